@@ -1,0 +1,186 @@
+"""`Bark`: the engine object that holds the four models and runs text -> semantic -> coarse -> fine -> audio."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .constants import CODEBOOK_SIZE, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS, SAMPLE_RATE, SEMANTIC_VOCAB_SIZE
+from .errors import BadInput
+from .loading.layouts import Parts, load_parts
+from .options import CoarseOptions, FineOptions, GenerationOptions, SemanticOptions
+from .stages.coarse import generate_coarse
+from .stages.fine import generate_fine
+from .stages.semantic import generate_semantic
+from .stages.text import fit_text_window
+from .voices import Voice, VoiceLike, resolve_voice
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated clip: the waveform and the tokens of every stage."""
+
+    audio: np.ndarray  # float32 (n_samples,), 24 kHz
+    semantic_tokens: np.ndarray  # (n,)
+    coarse_tokens: np.ndarray  # (2, T)
+    fine_tokens: np.ndarray  # (8, T)
+    sample_rate: int = SAMPLE_RATE
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    def to_voice(self) -> Voice:
+        """This clip as a voice prompt, to continue in the same voice."""
+        return Voice(self.semantic_tokens, self.coarse_tokens, self.fine_tokens)
+
+    def save_voice(self, path: str | os.PathLike) -> None:
+        self.to_voice().save(path)
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise BadInput(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
+
+
+def parse_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise BadInput(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"device {device!r} asked for, but CUDA is not available on this machine; use device='cpu'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise BadInput(f"device {device!r} asked for, but MPS is not available on this machine; use device='cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise BadInput(f"unsupported device {device!r}; accepted: cpu, cuda, cuda:N, mps")
+    return dev
+
+
+def check_tokens(name: str, tokens, rows: int | None, high: int) -> np.ndarray:
+    arr = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
+    shape_ok = arr.ndim == 1 if rows is None else (arr.ndim == 2 and arr.shape[0] == rows)
+    if not shape_ok or not np.issubdtype(arr.dtype, np.integer):
+        want = "(n,)" if rows is None else f"({rows}, T)"
+        raise BadInput(f"{name} must be an integer array of shape {want}, got {arr.dtype} {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() >= high):
+        raise BadInput(f"{name} must lie in [0, {high}), got values from {arr.min()} to {arr.max()}")
+    return arr.astype(np.int64)
+
+
+class Bark:
+    """Bark text-to-speech. Make one with `Bark.from_pretrained(...)`; it holds no global state."""
+
+    def __init__(self, parts: Parts, device: torch.device, dtype: torch.dtype):
+        self.semantic_model, self.coarse_model, self.fine_model = parts.semantic, parts.coarse, parts.fine
+        self.codec, self.tokenizer, self.voice_library = parts.codec, parts.tokenizer, parts.voices
+        self.source, self.device, self.dtype = parts.source, device, dtype
+        self.progress = False  # tqdm bars per stage (the CLI turns them on)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike = "suno/bark-small", *, device="cpu", dtype="float32",
+                        tokenizer: str | os.PathLike | None = None, codec: str | os.PathLike | None = None,
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        local_files_only: bool = False) -> "Bark":
+        """Load from a hub id (`suno/bark-small`, `suno/bark`), a folder in the hub layout, or a folder of
+        Suno's original `.pt` files (EnCodec from `codec`: a `.th` file, a folder or hub id; default
+        `facebook/encodec_24khz`). `tokenizer` overrides the tokenizer (a file, folder or hub id)."""
+        dev, dt = parse_device(device), parse_dtype(dtype)
+        parts = load_parts(source, dev, dt, tokenizer=tokenizer, codec=codec, revision=revision,
+                           cache_dir=os.fspath(cache_dir) if cache_dir else None, local_files_only=local_files_only)
+        return cls(parts, dev, dt)
+
+    # ------------------------------------------------------------ voices
+
+    def voices(self) -> list[str]:
+        """Names of the checkpoint's voice presets."""
+        return self.voice_library.names() if self.voice_library else []
+
+    def load_voice(self, voice: VoiceLike) -> Voice | None:
+        return resolve_voice(voice, self.voice_library)
+
+    # ------------------------------------------------------------ stages
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise BadInput(f"seed must be an integer or None, got {seed!r}")
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def tokenize(self, text: str) -> list[int]:
+        return fit_text_window(self.tokenizer.encode(text))
+
+    def text_to_semantic(self, text: str, voice: VoiceLike = None, *, temperature: float | None = 0.7,
+                         top_k: int | None = None, top_p: float | None = None, min_eos_p: float | None = 0.2,
+                         max_tokens: int = 768, allow_early_stop: bool = True, seed: int | None = None,
+                         _generator: torch.Generator | None = None) -> np.ndarray:
+        options = SemanticOptions(temperature, top_k, top_p, min_eos_p, max_tokens, allow_early_stop)
+        ids = self.tokenize(text)
+        return generate_semantic(self.semantic_model, ids, self.load_voice(voice), options,
+                                 _generator or self._generator(seed), self.progress)
+
+    def semantic_to_coarse(self, semantic, voice: VoiceLike = None, *, temperature: float | None = 0.7,
+                           top_k: int | None = None, top_p: float | None = None, max_coarse_history: int = 630,
+                           sliding_window_len: int = 60, seed: int | None = None,
+                           _generator: torch.Generator | None = None) -> np.ndarray:
+        options = CoarseOptions(temperature, top_k, top_p, max_coarse_history, sliding_window_len)
+        semantic = check_tokens("semantic tokens", semantic, None, SEMANTIC_VOCAB_SIZE)
+        return generate_coarse(self.coarse_model, semantic, self.load_voice(voice), options,
+                               _generator or self._generator(seed), self.progress)
+
+    def coarse_to_fine(self, coarse, voice: VoiceLike = None, *, temperature: float | None = 0.5,
+                       seed: int | None = None, _generator: torch.Generator | None = None) -> np.ndarray:
+        coarse = check_tokens("coarse tokens", coarse, N_COARSE_CODEBOOKS, CODEBOOK_SIZE)
+        return generate_fine(self.fine_model, coarse, self.load_voice(voice), FineOptions(temperature),
+                             _generator or self._generator(seed), self.progress)
+
+    @torch.inference_mode()
+    def decode(self, fine) -> np.ndarray:
+        """Fine codes (8, T) -> float32 waveform (T * 320,) at 24 kHz."""
+        fine = check_tokens("fine tokens", fine, N_FINE_CODEBOOKS, CODEBOOK_SIZE)
+        if fine.shape[1] == 0:
+            return np.zeros(0, dtype=np.float32)
+        codes = torch.from_numpy(fine).to(self.codec.quantizer.layers[0].codebook.embed.device)[None]  # (1, 8, T)
+        return self.codec(codes)[0].float().cpu().numpy()
+
+    # ------------------------------------------------------------ end to end
+
+    def generate(self, text: str | list[str], voice: VoiceLike = None, *, options: GenerationOptions | None = None,
+                 seed: int | None = None, **option_values) -> Generation | list[Generation]:
+        """Text (or a list of texts) -> Generation(s). Options: the fields of GenerationOptions, or `options=`."""
+        if options is not None and option_values:
+            raise BadInput("give either options=GenerationOptions(...) or option keywords, not both")
+        if options is None:
+            unknown = set(option_values) - set(GenerationOptions.__dataclass_fields__)
+            if unknown:
+                raise BadInput(f"unknown option(s) {', '.join(sorted(unknown))}; accepted: "
+                               f"{', '.join(GenerationOptions.__dataclass_fields__)}")
+            options = GenerationOptions(**option_values)
+        if isinstance(text, (list, tuple)):
+            if not text:
+                raise BadInput("the list of texts is empty")
+            ids = [self.tokenize(t) for t in text]  # validate every text before generating any
+            prompt = self.load_voice(voice)
+            generator = self._generator(seed)
+            return [self._generate_one(i, prompt, options, generator) for i in ids]
+        return self._generate_one(self.tokenize(text), self.load_voice(voice), options, self._generator(seed))
+
+    def _generate_one(self, ids: list[int], voice: Voice | None, options: GenerationOptions,
+                      generator: torch.Generator | None) -> Generation:
+        semantic = generate_semantic(self.semantic_model, ids, voice, options.semantic, generator, self.progress)
+        if len(semantic) == 0:
+            warnings.warn("the semantic model stopped at once (end of speech first): the audio is empty",
+                          stacklevel=3)
+        coarse = generate_coarse(self.coarse_model, semantic, voice, options.coarse, generator, self.progress)
+        fine = generate_fine(self.fine_model, coarse, voice, options.fine, generator, self.progress)
+        return Generation(self.decode(fine), semantic, coarse, fine)

@@ -1,0 +1,247 @@
+"""The checkpoint layouts users hold, each turned into the same set of loaded parts.
+
+- hub layout (`suno/bark-small`, `suno/bark`, or a folder like them): config.json + one state dict
+  holding all four models + tokenizer files + speaker_embeddings_path.json;
+- Suno's original files: text*.pt / coarse*.pt / fine*.pt (nanoGPT `model_args` + `model`), with
+  EnCodec from its original `.th` file or the hub layout of `facebook/encodec_24khz`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.encodec import CodecConfig, EncodecDecoder
+from ..models.gpt import CausalGPT, FineGPT, GPTConfig
+from ..stages.text import TextTokenizer
+from ..voices import VoiceLibrary
+from .sources import HubFiles, LocalFiles, first_of, open_source, required
+from .weights import (FoldedWeightNorm, MergedWeights, Renamed, Tensors, build, encodec_name, read_weights,
+                      suno_gpt_name, torch_load, with_prefix)
+
+SUBMODELS = {"semantic": "semantic_config", "coarse_acoustics": "coarse_acoustics_config",
+             "fine_acoustics": "fine_acoustics_config"}
+WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"]
+TOKENIZER_FILES = ["tokenizer.json", "vocab.txt"]
+DEFAULT_CODEC = "facebook/encodec_24khz"
+DEFAULT_TOKENIZER = "bert-base-multilingual-cased"  # what Suno's original code tokenizes with
+
+
+@dataclass
+class Parts:
+    semantic: CausalGPT
+    coarse: CausalGPT
+    fine: FineGPT
+    codec: EncodecDecoder
+    tokenizer: TextTokenizer
+    voices: VoiceLibrary | None
+    source: str
+
+
+# ---------------------------------------------------------------- configs
+
+def gpt_config_from_hub(d: Mapping) -> GPTConfig:
+    try:
+        return GPTConfig(n_layer=d["num_layers"], n_head=d["num_heads"], n_embd=d["hidden_size"],
+                         input_vocab_size=d["input_vocab_size"], output_vocab_size=d["output_vocab_size"],
+                         block_size=d.get("block_size", 1024), bias=d.get("bias", False),
+                         n_codes_total=d.get("n_codes_total", 8), n_codes_given=d.get("n_codes_given", 1))
+    except KeyError as e:
+        raise CheckpointError(f"config.json: a sub-model config lacks {e.args[0]!r}") from None
+
+
+def gpt_config_from_suno(args: Mapping) -> GPTConfig:
+    """nanoGPT `model_args`; old files have one `vocab_size` for input and output."""
+    try:
+        vocab_in = args.get("input_vocab_size", args.get("vocab_size"))
+        vocab_out = args.get("output_vocab_size", args.get("vocab_size"))
+        if vocab_in is None or vocab_out is None:
+            raise KeyError("input_vocab_size")
+        return GPTConfig(n_layer=args["n_layer"], n_head=args["n_head"], n_embd=args["n_embd"],
+                         input_vocab_size=vocab_in, output_vocab_size=vocab_out,
+                         block_size=args.get("block_size", 1024), bias=bool(args.get("bias", False)),
+                         n_codes_total=args.get("n_codes_total", 8), n_codes_given=args.get("n_codes_given", 1))
+    except KeyError as e:
+        raise CheckpointError(f"model_args lacks {e.args[0]!r}") from None
+
+
+def codec_config_from_hub(d: Mapping) -> CodecConfig:
+    fields = CodecConfig.__dataclass_fields__
+    kwargs = {k: (tuple(v) if k == "upsampling_ratios" else v) for k, v in d.items() if k in fields}
+    if not d.get("use_causal_conv", True) or d.get("norm_type", "weight_norm") != "weight_norm":
+        raise CheckpointError("codec config: only the causal, weight-normed EnCodec 24 kHz decoder is supported")
+    return CodecConfig(**kwargs)
+
+
+def codec_config_from_weights(weights: Tensors) -> CodecConfig:
+    """EnCodec's original `.th` has no config: read the sizes from the (renamed) decoder weights."""
+    try:
+        first = weights["decoder.layers.0.conv.weight"]  # (channels, hidden, kernel)
+        layer_ids = sorted({int(k.split(".")[2]) for k in weights if k.startswith("decoder.layers.")})
+        last = weights[f"decoder.layers.{layer_ids[-1]}.conv.weight"]  # (channels_out, filters, kernel)
+        resblocks = {i for i in layer_ids if f"decoder.layers.{i}.shortcut.conv.weight" in weights}
+        upsamplers = [i for i in layer_ids[2:-1] if i not in resblocks]
+        ratios = tuple(weights[f"decoder.layers.{i}.conv.weight"].shape[-1] // 2 for i in upsamplers)
+        block = weights[f"decoder.layers.{min(resblocks)}.block.1.conv.weight"]  # (hidden, dim, kernel)
+        n_lstm = sum(1 for k in weights if k.startswith("decoder.layers.1.lstm.weight_ih_l"))
+        n_quantizers = sum(1 for k in weights if k.endswith("codebook.embed"))
+    except (KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(f"the EnCodec weights are not those of a SEANet decoder ({e})") from None
+    return CodecConfig(hidden_size=first.shape[1], num_filters=last.shape[1], upsampling_ratios=ratios,
+                       num_lstm_layers=n_lstm, kernel_size=first.shape[-1], last_kernel_size=last.shape[-1],
+                       residual_kernel_size=block.shape[-1], compress=block.shape[1] // block.shape[0],
+                       num_residual_layers=len(resblocks) // len(ratios), audio_channels=last.shape[0],
+                       num_quantizers=n_quantizers)
+
+
+# ---------------------------------------------------------------- models
+
+def _fine_tied(model: FineGPT, missing: set) -> None:
+    """lm_heads may be absent from the file: they are tied to input embeddings (filled after loading)."""
+    missing.difference_update({f"lm_heads.{i}.weight" for i in range(len(model.lm_heads))})
+
+
+def build_gpts(configs: dict[str, GPTConfig], weights: dict[str, Tensors], device, dtype):
+    semantic = build(lambda: CausalGPT(configs["semantic"]), weights["semantic"], device=device, dtype=dtype,
+                     what="semantic model")
+    coarse = build(lambda: CausalGPT(configs["coarse_acoustics"]), weights["coarse_acoustics"], device=device,
+                   dtype=dtype, what="coarse model")
+    fine = build(lambda: FineGPT(configs["fine_acoustics"]), weights["fine_acoustics"], device=device,
+                 dtype=dtype, what="fine model", optional=_fine_tied)
+    if any(head.weight.is_meta for head in fine.lm_heads):
+        fine.tie_weights()
+    return semantic, coarse, fine
+
+
+def build_codec(config: CodecConfig, weights: Tensors, device) -> EncodecDecoder:
+    """The codec always runs in float32: it is small (7.4M parameters in the decoder) and sensitive."""
+    weights = FoldedWeightNorm(Renamed(weights, encodec_name))
+    return build(lambda: EncodecDecoder(config), weights, device=device, dtype=torch.float32, what="EnCodec")
+
+
+def load_tokenizer(files) -> TextTokenizer | None:
+    path = first_of(files, TOKENIZER_FILES)
+    return TextTokenizer.from_file(path) if path else None
+
+
+def read_state(files, what: str) -> Tensors:
+    """The checkpoint's state dict; sharded ones (an index.json) are merged lazily."""
+    for name in WEIGHT_FILES:
+        path = files.get(name)
+        if path is None:
+            continue
+        if not name.endswith(".index.json"):
+            return read_weights(path)
+        with open(path, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return MergedWeights(read_weights(required(files, shard, f"a shard of {name}")) for shard in shards)
+    if isinstance(files, HubFiles) and files.unreachable:
+        raise CheckpointError(files.offline_message())
+    raise CheckpointError(f"{files} has no weights for {what}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+# ---------------------------------------------------------------- layouts
+
+def load_hub_layout(files, device, dtype) -> Parts:
+    with open(required(files, "config.json", "the Bark config"), encoding="utf-8") as f:
+        config = json.load(f)
+    if not all(key in config for key in SUBMODELS.values()):
+        raise CheckpointError(f"{files}/config.json is not a Bark config (it needs {', '.join(SUBMODELS.values())})")
+    state = read_state(files, "Bark")
+    configs = {name: gpt_config_from_hub(config[key]) for name, key in SUBMODELS.items()}
+    semantic, coarse, fine = build_gpts(configs, {n: Renamed(state, with_prefix(n + ".")) for n in SUBMODELS},
+                                        device, dtype)
+    codec = build_codec(codec_config_from_hub(config.get("codec_config", {})),
+                        Renamed(state, with_prefix("codec_model.")), device)
+    tokenizer = load_tokenizer(files)
+    if tokenizer is None:
+        raise CheckpointError(f"{files} has no tokenizer: expected {' or '.join(TOKENIZER_FILES)}")
+    presets = files.get("speaker_embeddings_path.json")
+    voices = VoiceLibrary.from_json(presets, lambda rel: required(files, rel, "a voice preset file")) if presets else None
+    return Parts(semantic, coarse, fine, codec, tokenizer, voices, str(files))
+
+
+SUNO_FILES = {"semantic": ("text_2.pt", "text.pt"), "coarse_acoustics": ("coarse_2.pt", "coarse.pt"),
+              "fine_acoustics": ("fine_2.pt", "fine.pt")}
+
+
+def is_suno_layout(files) -> bool:
+    return isinstance(files, LocalFiles) and any(files.get(n) for names in SUNO_FILES.values() for n in names)
+
+
+def load_suno_layout(files: LocalFiles, device, dtype, *, tokenizer=None, codec=None, **hub) -> Parts:
+    """Suno's text/coarse/fine `.pt` files (the large `_2` set when both are present)."""
+    configs, weights = {}, {}
+    for name, candidates in SUNO_FILES.items():
+        path = first_of(files, list(candidates))
+        if path is None:
+            raise CheckpointError(f"{files} has {' / '.join(candidates)} missing (Suno's original layout needs "
+                                  f"text, coarse and fine .pt files)")
+        checkpoint = torch_load(path)
+        if not isinstance(checkpoint, Mapping) or "model" not in checkpoint or "model_args" not in checkpoint:
+            raise CheckpointError(f"{path} is not one of Suno's checkpoints (no 'model' / 'model_args')")
+        configs[name] = gpt_config_from_suno(checkpoint["model_args"])
+        weights[name] = Renamed(checkpoint["model"], suno_gpt_name)
+    semantic, coarse, fine = build_gpts(configs, weights, device, dtype)
+    codec_model = load_codec(codec or _local_codec(files) or DEFAULT_CODEC, device, **hub)
+    text = _tokenizer_from(tokenizer, hub) if tokenizer else load_tokenizer(files) or _tokenizer_from(DEFAULT_TOKENIZER, hub)
+    prompts = next((files.root / d for d in ("prompts", "assets/prompts") if (files.root / d).is_dir()), None)
+    voices = VoiceLibrary.from_npz_folder(prompts) if prompts else None
+    return Parts(semantic, coarse, fine, codec_model, text, voices, str(files))
+
+
+def _local_codec(files: LocalFiles) -> str | None:
+    ths = files.list("*.th")
+    if ths:
+        return str(files.root / ths[0])
+    folder = files.root / "encodec_24khz"
+    return str(folder) if folder.is_dir() else None
+
+
+def _tokenizer_from(source: str | os.PathLike, hub: dict) -> TextTokenizer:
+    if Path(source).is_file():
+        return TextTokenizer.from_file(source)
+    files = open_source(source, **hub)
+    tokenizer = load_tokenizer(files)
+    if tokenizer is None:
+        raise CheckpointError(f"{files} has no tokenizer: expected {' or '.join(TOKENIZER_FILES)}")
+    return tokenizer
+
+
+def load_codec(source: str | os.PathLike, device, **hub) -> EncodecDecoder:
+    """EnCodec 24 kHz from its original `.th` file, or a folder / hub repo in the `facebook/encodec_24khz` layout."""
+    if Path(source).is_file():
+        weights = Renamed(read_weights(os.fspath(source)), encodec_name)
+        return build_codec(codec_config_from_weights(FoldedWeightNorm(weights)), weights, device)
+    files = open_source(source, **hub)
+    config_path = files.get("config.json")
+    weights = read_state(files, "EnCodec")
+    if config_path:
+        with open(config_path, encoding="utf-8") as f:
+            config = codec_config_from_hub(json.load(f))
+    else:
+        config = codec_config_from_weights(FoldedWeightNorm(Renamed(weights, encodec_name)))
+    return build_codec(config, weights, device)
+
+
+def load_parts(source, device, dtype, *, tokenizer=None, codec=None, revision=None, cache_dir=None,
+               local_files_only=False, download=None) -> Parts:
+    hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only}
+    if download is not None:
+        hub["download"] = download
+    files = open_source(source, **hub)
+    if is_suno_layout(files) and files.get("config.json") is None:
+        return load_suno_layout(files, device, dtype, tokenizer=tokenizer, codec=codec, **hub)
+    if isinstance(files, LocalFiles) and files.get("config.json") is None:
+        raise CheckpointError(f"{files} holds no Bark checkpoint: expected config.json with model.safetensors or "
+                              f"pytorch_model.bin (hub layout), or Suno's text.pt, coarse.pt and fine.pt")
+    parts = load_hub_layout(files, device, dtype)
+    if tokenizer is not None:
+        parts.tokenizer = _tokenizer_from(tokenizer, hub)
+    return parts

@@ -1,0 +1,100 @@
+"""Where a checkpoint's files come from: a local folder, or the Hugging Face hub (downloaded on demand).
+
+Only the files the engine needs are fetched: never Suno's multi-GB `.pt` files that share the hub
+repos, and a voice's three `.npy` files only when that voice is first used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                    RepositoryNotFoundError, RevisionNotFoundError)
+
+from ..errors import CheckpointError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+class LocalFiles:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __str__(self):
+        return str(self.root)
+
+    def get(self, name: str) -> str | None:
+        path = self.root / name
+        return str(path) if path.is_file() else None
+
+    def list(self, pattern: str) -> list[str]:
+        return sorted(p.name for p in self.root.glob(pattern))
+
+
+class HubFiles:
+    """Files of a hub repo, each downloaded (or found in the usual cache) the first time it is asked for."""
+
+    def __init__(self, repo_id: str, revision: str | None = None, cache_dir: str | None = None,
+                 local_files_only: bool = False, download=hf_hub_download):
+        self.repo_id, self.revision, self.cache_dir = repo_id, revision, cache_dir
+        self.local_files_only = local_files_only
+        self._download = download
+        self.unreachable = False  # set when a file could be neither downloaded nor found in the cache
+
+    def __str__(self):
+        return f"hub repo {self.repo_id}"
+
+    def get(self, name: str) -> str | None:
+        try:
+            return self._download(repo_id=self.repo_id, filename=name, revision=self.revision,
+                                  cache_dir=self.cache_dir, local_files_only=self.local_files_only)
+        except LocalEntryNotFoundError:  # offline (or local_files_only) and not in the cache
+            self.unreachable = True
+            return None
+        except EntryNotFoundError:  # the repo has no such file
+            return None
+        except (RepositoryNotFoundError, GatedRepoError) as e:
+            raise CheckpointError(f"cannot open hub repo {self.repo_id!r}: {str(e).splitlines()[0]}") from None
+        except RevisionNotFoundError:
+            raise CheckpointError(f"hub repo {self.repo_id!r} has no revision {self.revision!r}") from None
+        except (OSError, ValueError) as e:  # connection errors
+            self.unreachable = True
+            raise CheckpointError(self.offline_message(f" ({type(e).__name__}: {str(e).splitlines()[0]})")) from None
+
+    def offline_message(self, detail: str = "") -> str:
+        where = self.cache_dir or "the Hugging Face cache"
+        return (f"cannot download {self.repo_id!r} from the hub{detail}, and the files needed are not in "
+                f"{where}. Connect once to cache them, or pass a local folder (see `fastbark convert`).")
+
+
+def open_source(source: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None,
+                local_files_only: bool = False, download=hf_hub_download) -> LocalFiles | HubFiles:
+    """A local folder, or else a hub id like 'suno/bark-small'."""
+    path = Path(source)
+    if path.is_dir():
+        return LocalFiles(path)
+    if path.exists():
+        raise CheckpointError(f"{str(source)!r} is a file; give the folder that holds the checkpoint")
+    if isinstance(source, str) and HUB_ID.match(source) and not source.startswith((".", "/")):
+        return HubFiles(source, revision, cache_dir, local_files_only, download)
+    raise CheckpointError(f"{str(source)!r} is neither a local folder nor a hub id like 'suno/bark-small'")
+
+
+def required(files: LocalFiles | HubFiles, name: str, why: str) -> str:
+    path = files.get(name)
+    if path is None:
+        if isinstance(files, HubFiles) and files.unreachable:
+            raise CheckpointError(files.offline_message())
+        raise CheckpointError(f"{files} has no {name} ({why})")
+    return path
+
+
+def first_of(files: LocalFiles | HubFiles, names: list[str]) -> str | None:
+    for name in names:
+        path = files.get(name)
+        if path is not None:
+            return path
+    return None

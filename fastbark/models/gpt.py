@@ -1,0 +1,160 @@
+"""Bark's three GPTs: the causal one (semantic and coarse stages) and the non-causal fine one.
+
+Module and parameter names follow the Hugging Face checkpoints (`input_embeds_layer`,
+`layers.N.attn.att_proj`, ...), so a hub state dict loads without renaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    input_vocab_size: int
+    output_vocab_size: int
+    block_size: int = 1024
+    bias: bool = False  # biases of the linear layers (and, in causal models, of the LayerNorms)
+    n_codes_total: int = 8  # fine model only: codebooks embedded
+    n_codes_given: int = 1  # fine model only: codebooks never predicted (lm_heads start after these)
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"hidden size {self.n_embd} is not divisible by the {self.n_head} heads")
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer, preallocated for `max_len` positions: (layers, B, H, max_len, hd)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @classmethod
+    def empty(cls, config: GPTConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
+        shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
+        return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.att_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v
+        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None, pos: int) -> torch.Tensor:
+        B, T, C = x.shape
+        hd = C // self.n_head
+        # (B, T, 3C) -> 3 x (B, H, T, hd)
+        q, k, v = self.att_proj(x).view(B, T, 3, self.n_head, hd).permute(2, 0, 3, 1, 4)
+        if cache is None:  # non-causal full attention (fine model)
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            k_cache, v_cache = cache  # (B, H, max_len, hd) each
+            k_cache[:, :, pos : pos + T] = k
+            v_cache[:, :, pos : pos + T] = v
+            k, v = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]
+            if T == 1:  # one new token attends to every cached position
+                y = F.scaled_dot_product_attention(q, k, v)
+            elif pos == 0:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:  # several new tokens after a prefix: causal mask aligned to the bottom right
+                mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, H, T, hd) -> (B, T, C)
+        return self.out_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.in_proj = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.out_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(F.gelu(self.in_proj(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, norm_bias: bool):
+        super().__init__()
+        self.layernorm_1 = nn.LayerNorm(config.n_embd, bias=norm_bias)
+        self.attn = SelfAttention(config)
+        self.layernorm_2 = nn.LayerNorm(config.n_embd, bias=norm_bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, pos: int = 0):
+        x = x + self.attn(self.layernorm_1(x), cache, pos)
+        return x + self.mlp(self.layernorm_2(x))
+
+
+class CausalGPT(nn.Module):
+    """The semantic and coarse models: causal, learned absolute positions, decoded over a KV cache."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.input_embeds_layer = nn.Embedding(config.input_vocab_size, config.n_embd)
+        self.position_embeds_layer = nn.Embedding(config.block_size, config.n_embd)
+        self.layers = nn.ModuleList(Block(config, norm_bias=config.bias) for _ in range(config.n_layer))
+        self.layernorm_final = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.output_vocab_size, bias=False)
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        w = self.lm_head.weight
+        return KVCache.empty(self.config, batch, max_len or self.config.block_size, w.device, w.dtype)
+
+    def forward(self, embeds: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+        """Run `embeds` (B, T, C) at positions pos..pos+T-1; return the logits of the last position (B, V)."""
+        T = embeds.shape[1]
+        if pos + T > self.config.block_size:
+            raise ValueError(f"sequence of {pos + T} positions exceeds the context of {self.config.block_size}")
+        x = embeds + self.position_embeds_layer.weight[pos : pos + T]
+        for i, block in enumerate(self.layers):
+            x = block(x, (cache.k[i], cache.v[i]), pos)
+        return self.lm_head(self.layernorm_final(x[:, -1]))
+
+
+class FineGPT(nn.Module):
+    """The fine model: non-causal; input = sum of the embeddings of codebooks 0..k; one head per predicted codebook."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.input_embeds_layers = nn.ModuleList(
+            nn.Embedding(config.input_vocab_size, config.n_embd) for _ in range(config.n_codes_total)
+        )
+        self.position_embeds_layer = nn.Embedding(config.block_size, config.n_embd)
+        self.layers = nn.ModuleList(Block(config, norm_bias=True) for _ in range(config.n_layer))
+        self.layernorm_final = nn.LayerNorm(config.n_embd)
+        n_heads = config.n_codes_total - config.n_codes_given
+        self.lm_heads = nn.ModuleList(
+            nn.Linear(config.n_embd, config.output_vocab_size, bias=False) for _ in range(n_heads)
+        )
+
+    def tie_weights(self) -> None:
+        """lm_heads[i] shares its weight with input_embeds_layers[i + n_codes_given], as in the checkpoints."""
+        for i, head in enumerate(self.lm_heads):
+            head.weight = self.input_embeds_layers[i + self.config.n_codes_given].weight
+
+    def forward(self, codes: torch.Tensor, codebook: int, start: int = 0) -> torch.Tensor:
+        """codes (B, T, n_codes_total) -> logits (B, T - start, V) of `codebook` for positions start..T-1."""
+        if not self.config.n_codes_given <= codebook < self.config.n_codes_total:
+            raise ValueError(f"the fine model predicts codebooks {self.config.n_codes_given}.."
+                             f"{self.config.n_codes_total - 1}, not {codebook}")
+        T = codes.shape[1]
+        x = self.position_embeds_layer.weight[:T]
+        for i in range(codebook + 1):
+            x = x + self.input_embeds_layers[i](codes[:, :, i])
+        for block in self.layers:
+            x = block(x)
+        x = self.layernorm_final(x[:, start:])
+        return self.lm_heads[codebook - self.config.n_codes_given](x)

@@ -1,0 +1,56 @@
+"""Choosing the next token from logits: greedy, or sampled after temperature, top-k and top-p.
+
+The order is the reference's (transformers' warpers): temperature, then top-k, then top-p on the
+tempered distribution. Temperature 0 (or None) means greedy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import BadInput
+
+
+def check_sampling(temperature: float | None, top_k: int | None = None, top_p: float | None = None) -> None:
+    if temperature is not None and not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise BadInput(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise BadInput(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise BadInput(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def is_greedy(temperature: float | None) -> bool:
+    return temperature is None or temperature == 0
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """Scale by 1/temperature and set every token outside top-k / top-p to -inf. logits (..., V)."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # probability of the strictly more likely tokens
+        drop_sorted = mass_before >= top_p  # the most likely token always stays
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def choose(logits: torch.Tensor, temperature: float | None, top_k: int | None = None,
+           top_p: float | None = None, generator: torch.Generator | None = None,
+           with_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pick one token per row of logits (B, V). Returns (tokens (B,), probabilities (B, V) or None).
+
+    The probabilities are those of the distribution the token was drawn from (greedy: the plain
+    softmax of the logits, computed only when `with_probs`); the semantic stage reads the
+    end-of-speech probability from them.
+    """
+    if is_greedy(temperature):
+        return logits.argmax(-1), (logits.float().softmax(-1) if with_probs else None)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1), probs

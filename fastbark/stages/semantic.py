@@ -1,0 +1,68 @@
+"""Stage 1: text ids -> semantic tokens (49.9 Hz), with the causal semantic GPT over a KV cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..constants import (MAX_TEXT_TOKENS, SEMANTIC_INFER_TOKEN, SEMANTIC_PAD_TOKEN, SEMANTIC_VOCAB_SIZE,
+                         TEXT_ENCODING_OFFSET, TEXT_PAD_TOKEN)
+from ..models.gpt import CausalGPT, KVCache
+from ..options import SemanticOptions
+from ..sampling import choose
+from ..voices import Voice
+
+EOS = SEMANTIC_PAD_TOKEN
+
+
+def semantic_prompt(model: CausalGPT, text_ids: list[int], voice: Voice | None) -> torch.Tensor:
+    """The 257 prompt embeddings (1, 257, C): emb(text) + emb(history) for 256 positions, then emb(infer)."""
+    device = model.lm_head.weight.device
+    text = torch.full((MAX_TEXT_TOKENS,), TEXT_PAD_TOKEN, dtype=torch.long)
+    text[: len(text_ids)] = torch.tensor(text_ids[:MAX_TEXT_TOKENS], dtype=torch.long) + TEXT_ENCODING_OFFSET
+    history = torch.full((MAX_TEXT_TOKENS,), SEMANTIC_PAD_TOKEN, dtype=torch.long)
+    if voice is not None:
+        tail = torch.from_numpy(voice.semantic_prompt[-MAX_TEXT_TOKENS:])
+        history[: len(tail)] = tail
+    emb = model.input_embeds_layer
+    prompt = emb(text.to(device)) + emb(history.to(device))  # (256, C), summed, not concatenated
+    infer = emb(torch.tensor([SEMANTIC_INFER_TOKEN], device=device))  # (1, C)
+    return torch.cat([prompt, infer])[None]  # (1, 257, C)
+
+
+def prefill(model: CausalGPT, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    return model(embeds, cache, 0)
+
+
+def decode_one_token(model: CausalGPT, token: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+    """token (B,) at position pos -> next logits (B, V)."""
+    return model(model.input_embeds_layer(token)[:, None], cache, pos)  # (B, C) -> (B, 1, C)
+
+
+@torch.inference_mode()
+def generate_semantic(model: CausalGPT, text_ids: list[int], voice: Voice | None, options: SemanticOptions,
+                      generator: torch.Generator | None = None, progress: bool = False) -> np.ndarray:
+    """Semantic tokens (n,) int64, EOS excluded."""
+    embeds = semantic_prompt(model, text_ids, voice)
+    cache = model.new_cache(batch=1)
+    logits = prefill(model, embeds, cache)
+    pos = embeds.shape[1]
+    # candidates: the semantic vocabulary, plus EOS when early stop is allowed
+    n_candidates = SEMANTIC_VOCAB_SIZE + 1 if options.allow_early_stop else SEMANTIC_VOCAB_SIZE
+    tokens: list[int] = []
+    with tqdm(total=options.max_tokens, desc="semantic", unit="tok", disable=not progress, leave=False) as bar:
+        for step in range(options.max_tokens):
+            token, probs = choose(logits[:, :n_candidates], options.temperature, options.top_k, options.top_p,
+                                  generator, with_probs=options.min_eos_p is not None)
+            if options.allow_early_stop:
+                if token.item() == EOS:
+                    break
+                if options.min_eos_p is not None and probs[0, EOS].item() >= options.min_eos_p:
+                    break
+            tokens.append(token.item())
+            bar.update()
+            if step + 1 < options.max_tokens:
+                logits = decode_one_token(model, token, cache, pos)
+                pos += 1
+    return np.array(tokens, dtype=np.int64)
