@@ -32,6 +32,10 @@ class TextTokenizer:
         except Exception as e:  # the tokenizers library raises plain Exceptions
             raise CheckpointError(f"cannot read the tokenizer file {path!r}: {e}") from None
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write as a `tokenizer.json`."""
+        self._tokenizer.save(os.fspath(path))
+
     def encode(self, text: str) -> list[int]:
         """Wordpiece ids of `text` (whitespace normalised, no special tokens)."""
         return self._tokenizer.encode(normalize_text(text), add_special_tokens=False).ids

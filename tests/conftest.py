@@ -1,0 +1,37 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from checkpoints import VOICES, random_voice, reference_model, write_hub_dir, write_suno_files  # noqa: E402
+
+import fastbark  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """transformers' BarkModel with tiny random weights: the reference implementation."""
+    return reference_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def voice_arrays():
+    rng = np.random.default_rng(0)
+    return {name: random_voice(rng) for name in VOICES}
+
+
+@pytest.fixture(scope="session")
+def hub_dir(reference, voice_arrays, tmp_path_factory):
+    return write_hub_dir(reference, tmp_path_factory.mktemp("hub") / "bark-tiny", voice_arrays)
+
+
+@pytest.fixture(scope="session")
+def suno_dir(reference, tmp_path_factory):
+    return write_suno_files(reference, tmp_path_factory.mktemp("suno") / "bark-original")
+
+
+@pytest.fixture(scope="session")
+def tts(hub_dir):
+    return fastbark.Bark.from_pretrained(hub_dir)
