@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..constants import COARSE_RATE_HZ, N_FINE_CODEBOOKS
 from ..errors import BadInput
 from ..models.gpt import GPTConfig
 from .layouts import Parts
@@ -31,8 +30,7 @@ def _codec_config_dict(parts: Parts) -> dict:
              use_causal_conv=True, norm_type="weight_norm", pad_mode="reflect", trim_right_ratio=1.0,
              use_conv_shortcut=True, normalize=False, chunk_length_s=None, overlap=None,
              # 6 kbps at 75 Hz x 10 bits = the 8 codebooks kept
-             target_bandwidths=[1.5, 3.0, 6.0], num_quantizers=N_FINE_CODEBOOKS)
-    d["frame_rate"] = COARSE_RATE_HZ
+             target_bandwidths=[1.5, 3.0, 6.0])
     return d
 
 

@@ -90,14 +90,12 @@ def codec_config_from_weights(weights: Tensors) -> CodecConfig:
         ratios = tuple(weights[f"decoder.layers.{i}.conv.weight"].shape[-1] // 2 for i in upsamplers)
         block = weights[f"decoder.layers.{min(resblocks)}.block.1.conv.weight"]  # (hidden, dim, kernel)
         n_lstm = sum(1 for k in weights if k.startswith("decoder.layers.1.lstm.weight_ih_l"))
-        n_quantizers = sum(1 for k in weights if k.endswith("codebook.embed"))
     except (KeyError, ValueError, IndexError) as e:
         raise CheckpointError(f"the EnCodec weights are not those of a SEANet decoder ({e})") from None
     return CodecConfig(hidden_size=first.shape[1], num_filters=last.shape[1], upsampling_ratios=ratios,
                        num_lstm_layers=n_lstm, kernel_size=first.shape[-1], last_kernel_size=last.shape[-1],
                        residual_kernel_size=block.shape[-1], compress=block.shape[1] // block.shape[0],
-                       num_residual_layers=len(resblocks) // len(ratios), audio_channels=last.shape[0],
-                       num_quantizers=n_quantizers)
+                       num_residual_layers=len(resblocks) // len(ratios), audio_channels=last.shape[0])
 
 
 # ---------------------------------------------------------------- models
@@ -114,8 +112,9 @@ def build_gpts(configs: dict[str, GPTConfig], weights: dict[str, Tensors], devic
                    dtype=dtype, what="coarse model")
     fine = build(lambda: FineGPT(configs["fine_acoustics"]), weights["fine_acoustics"], device=device,
                  dtype=dtype, what="fine model", optional=_fine_tied)
-    if any(head.weight.is_meta for head in fine.lm_heads):
-        fine.tie_weights()
+    embeds = fine.input_embeds_layers[fine.config.n_codes_given:]
+    if all(h.weight.is_meta or torch.equal(h.weight, e.weight) for h, e in zip(fine.lm_heads, embeds)):
+        fine.tie_weights()  # one copy of the tied weights, whether or not the file repeats them
     return semantic, coarse, fine
 
 

@@ -28,7 +28,6 @@ class CodecConfig:
     dilation_growth_rate: int = 2
     audio_channels: int = 1
     codebook_size: int = 1024
-    num_quantizers: int = 32  # the checkpoint holds 32 (24 kbps); Bark decodes with the first 8
     sampling_rate: int = 24_000
 
 
