@@ -1,0 +1,113 @@
+"""The `fastbark` command: WAV out, stdin and stdout, voices, and exit status 2 with a clear line on bad input."""
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from fastbark.cli import main
+
+FAST = ["--max-semantic-tokens", "12", "--seed", "0", "-q"]
+
+
+def run(*args, stdin: bytes | None = None, module: bool = False):
+    command = [sys.executable, "-m", "fastbark"] if module else [os.path.join(os.path.dirname(sys.executable), "fastbark")]
+    return subprocess.run(command + list(args), input=stdin, capture_output=True, timeout=300)
+
+
+def test_say_writes_a_24khz_mono_wav(hub_dir, tmp_path):
+    out = tmp_path / "out.wav"
+    proc = run("say", "the dog is cute", "--model", str(hub_dir), "-o", str(out), *FAST)
+    assert proc.returncode == 0, proc.stderr.decode()
+    audio, rate = sf.read(out)
+    info = sf.info(out)
+    assert rate == 24_000 and info.channels == 1 and audio.ndim == 1 and len(audio) > 0
+    assert len(audio) % 320 == 0
+
+
+def test_stdin_to_stdout_with_python_m(hub_dir):
+    proc = run("say", "--model", str(hub_dir), "-o", "-", *FAST, stdin=b"hello world\n", module=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    audio, rate = sf.read(io.BytesIO(proc.stdout))
+    assert rate == 24_000 and len(audio) > 0
+
+
+def test_text_file_voice_and_save_voice(hub_dir, tmp_path, capsys):
+    (tmp_path / "text.txt").write_text("café naïve\n", encoding="utf-8")
+    args = ["say", "--file", str(tmp_path / "text.txt"), "--model", str(hub_dir), "--voice", "announcer",
+            "-o", str(tmp_path / "a.wav"), "--save-voice", str(tmp_path / "v.npz"), *FAST]
+    assert main(args) == 0
+    with np.load(tmp_path / "v.npz") as voice:
+        assert voice["fine_prompt"].shape[0] == 8
+    # the same seed and voice file give the same audio
+    again = ["say", "café naïve", "--model", str(hub_dir), "--voice", "announcer", "-o", str(tmp_path / "b.wav"),
+             *FAST]
+    assert main(again) == 0
+    np.testing.assert_array_equal(sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "b.wav")[0])
+
+
+def test_voices_lists_presets(hub_dir, capsys):
+    assert main(["voices", "--model", str(hub_dir)]) == 0
+    assert capsys.readouterr().out.split() == ["announcer", "v2/en_speaker_1"]
+
+
+def bad_files(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    np.savez(tmp_path / "pickled.npz", semantic_prompt=np.array([object()]), coarse_prompt=np.zeros((2, 3), int),
+             fine_prompt=np.zeros((8, 3), int))
+    np.savez(tmp_path / "shape.npz", semantic_prompt=np.arange(9), coarse_prompt=np.zeros((3, 3), int),
+             fine_prompt=np.zeros((8, 3), int))
+    np.savez(tmp_path / "range.npz", semantic_prompt=np.array([1, 20_000]), coarse_prompt=np.zeros((2, 3), int),
+             fine_prompt=np.zeros((8, 3), int))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["   "], "text is empty"),
+    (["hi", "--voice", "v2/en_speakr_1"], "unknown voice 'v2/en_speakr_1'. Did you mean: v2/en_speaker_1"),
+    (["hi", "--voice", "{tmp}/junk.npz"], "not a readable .npz"),
+    (["hi", "--voice", "{tmp}/pickled.npz"], "not a readable .npz"),
+    (["hi", "--voice", "{tmp}/shape.npz"], r"coarse_prompt must have shape (2, n)"),
+    (["hi", "--voice", "{tmp}/range.npz"], "outside [0, 10000)"),
+    (["hi", "--dtype", "half8"], "unknown dtype 'half8'"),
+    (["hi", "--device", "tpu"], "unknown device 'tpu'"),
+    (["hi", "--model", "{tmp}"], "holds no Bark checkpoint"),
+    (["hi", "--temperature-typo"], None),  # argparse's own error, also status 2
+    (["hi", "--semantic-temperature", "-1"], "temperature must be a number >= 0"),
+])
+def test_bad_input_exits_2_with_a_clear_message(hub_dir, tmp_path, capsys, extra, message):
+    bad_files(tmp_path)
+    args = ["say", *[a.replace("{tmp}", str(tmp_path)) for a in extra], "-o", str(tmp_path / "x.wav"), "-q"]
+    if "--model" not in args:
+        args += ["--model", str(hub_dir)]
+    if message is None:
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+    else:
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    if message is not None:
+        assert err.startswith("fastbark: error: ") and message in err
+        assert "Traceback" not in err
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_partial_checkpoint_exit_2(hub_dir, tmp_path):
+    import shutil
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(hub_dir, tmp_path / "partial")
+    state = load_file(tmp_path / "partial" / "model.safetensors")
+    del state["semantic.lm_head.weight"]
+    save_file(state, tmp_path / "partial" / "model.safetensors")
+    proc = run("say", "hi", "--model", str(tmp_path / "partial"), "-o", str(tmp_path / "x.wav"), "-q")
+    assert proc.returncode == 2
+    assert b"missing lm_head.weight" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_no_text_at_all(hub_dir, tmp_path):
+    proc = run("say", "--model", str(hub_dir), "-o", str(tmp_path / "x.wav"), stdin=b"")
+    assert proc.returncode == 2 and b"text is empty" in proc.stderr
