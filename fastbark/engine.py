@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .constants import CODEBOOK_SIZE, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS, SAMPLE_RATE, SEMANTIC_VOCAB_SIZE
+from .constants import (CODEBOOK_SIZE, DEFAULT_COARSE_TEMPERATURE, DEFAULT_FINE_TEMPERATURE, DEFAULT_MIN_EOS_P,
+                        DEFAULT_SEMANTIC_TEMPERATURE, MAX_COARSE_HISTORY, MAX_SEMANTIC_TOKENS, N_COARSE_CODEBOOKS,
+                        N_FINE_CODEBOOKS, SAMPLE_RATE, SEMANTIC_VOCAB_SIZE, SLIDING_WINDOW_LEN)
 from .errors import BadInput
 from .loading.layouts import Parts, load_parts
 from .options import CoarseOptions, FineOptions, GenerationOptions, SemanticOptions
@@ -120,29 +122,27 @@ class Bark:
     def tokenize(self, text: str) -> list[int]:
         return fit_text_window(self.tokenizer.encode(text))
 
-    def text_to_semantic(self, text: str, voice: VoiceLike = None, *, temperature: float | None = 0.7,
-                         top_k: int | None = None, top_p: float | None = None, min_eos_p: float | None = 0.2,
-                         max_tokens: int = 768, allow_early_stop: bool = True, seed: int | None = None,
-                         _generator: torch.Generator | None = None) -> np.ndarray:
+    def text_to_semantic(self, text: str, voice: VoiceLike = None, *, temperature: float | None = DEFAULT_SEMANTIC_TEMPERATURE,
+                         top_k: int | None = None, top_p: float | None = None,
+                         min_eos_p: float | None = DEFAULT_MIN_EOS_P, max_tokens: int = MAX_SEMANTIC_TOKENS, allow_early_stop: bool = True, seed: int | None = None) -> np.ndarray:
         options = SemanticOptions(temperature, top_k, top_p, min_eos_p, max_tokens, allow_early_stop)
         ids = self.tokenize(text)
         return generate_semantic(self.semantic_model, ids, self.load_voice(voice), options,
-                                 _generator or self._generator(seed), self.progress)
+                                 self._generator(seed), self.progress)
 
-    def semantic_to_coarse(self, semantic, voice: VoiceLike = None, *, temperature: float | None = 0.7,
-                           top_k: int | None = None, top_p: float | None = None, max_coarse_history: int = 630,
-                           sliding_window_len: int = 60, seed: int | None = None,
-                           _generator: torch.Generator | None = None) -> np.ndarray:
+    def semantic_to_coarse(self, semantic, voice: VoiceLike = None, *, temperature: float | None = DEFAULT_COARSE_TEMPERATURE,
+                           top_k: int | None = None, top_p: float | None = None,
+                           max_coarse_history: int = MAX_COARSE_HISTORY, sliding_window_len: int = SLIDING_WINDOW_LEN, seed: int | None = None) -> np.ndarray:
         options = CoarseOptions(temperature, top_k, top_p, max_coarse_history, sliding_window_len)
         semantic = check_tokens("semantic tokens", semantic, None, SEMANTIC_VOCAB_SIZE)
         return generate_coarse(self.coarse_model, semantic, self.load_voice(voice), options,
-                               _generator or self._generator(seed), self.progress)
+                               self._generator(seed), self.progress)
 
-    def coarse_to_fine(self, coarse, voice: VoiceLike = None, *, temperature: float | None = 0.5,
-                       seed: int | None = None, _generator: torch.Generator | None = None) -> np.ndarray:
+    def coarse_to_fine(self, coarse, voice: VoiceLike = None, *, temperature: float | None = DEFAULT_FINE_TEMPERATURE,
+                       seed: int | None = None) -> np.ndarray:
         coarse = check_tokens("coarse tokens", coarse, N_COARSE_CODEBOOKS, CODEBOOK_SIZE)
         return generate_fine(self.fine_model, coarse, self.load_voice(voice), FineOptions(temperature),
-                             _generator or self._generator(seed), self.progress)
+                             self._generator(seed), self.progress)
 
     @torch.inference_mode()
     def decode(self, fine) -> np.ndarray:
