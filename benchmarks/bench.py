@@ -1,0 +1,137 @@
+"""Benchmark fastbark against transformers' Bark on the same random weights, in the same run.
+
+Random weights at the real sizes (bark-small, bark) or tiny (a smoke run). A fixed number of
+semantic tokens is forced (no early stop) so that every engine does the same work. Prints a
+table and writes JSON.
+
+    python benchmarks/bench.py --size small --semantic-tokens 128 --threads 2 --json benchmarks/small-128.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from checkpoints import CODEC, VOCAB  # noqa: E402
+
+SIZES = {
+    "tiny": dict(num_layers=2, num_heads=2, hidden_size=32),
+    "small": dict(num_layers=12, num_heads=12, hidden_size=768),
+    "large": dict(num_layers=24, num_heads=16, hidden_size=1024),
+}
+REAL_CODEC = dict(CODEC, num_filters=32, hidden_size=128, codebook_dim=128)
+
+
+def make_checkpoint(size: str, folder: Path) -> Path:
+    from transformers import BarkConfig, BarkModel
+    gpt = dict(SIZES[size], block_size=1024)
+    config = BarkConfig(
+        semantic_config=dict(gpt, bias=False, input_vocab_size=129_600, output_vocab_size=10_048),
+        coarse_acoustics_config=dict(gpt, bias=False, input_vocab_size=12_096, output_vocab_size=12_096),
+        fine_acoustics_config=dict(gpt, bias=True, input_vocab_size=1056, output_vocab_size=1056,
+                                   n_codes_total=8, n_codes_given=1),
+        codec_config=CODEC if size == "tiny" else REAL_CODEC)
+    torch.manual_seed(0)
+    BarkModel(config).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    return folder
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def run_fastbark(folder: Path, text: str, n_semantic: int) -> dict:
+    import fastbark
+    tts = fastbark.Bark.from_pretrained(folder)
+    greedy = dict(temperature=0)
+    sem, t_sem = timed(lambda: tts.text_to_semantic(text, max_tokens=n_semantic, allow_early_stop=False, **greedy))
+    coarse, t_coarse = timed(lambda: tts.semantic_to_coarse(sem, **greedy))
+    fine, t_fine = timed(lambda: tts.coarse_to_fine(coarse, **greedy))
+    audio, t_codec = timed(lambda: tts.decode(fine))
+    return dict(semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine, codec_s=t_codec,
+                n_semantic=len(sem), n_coarse=coarse.size, audio_s=len(audio) / 24_000)
+
+
+@torch.no_grad()
+def run_transformers(folder: Path, text: str, n_semantic: int) -> dict:
+    from transformers import BarkModel, BertTokenizer, GenerationConfig
+    from transformers.models.bark.generation_configuration_bark import (BarkCoarseGenerationConfig,
+                                                                         BarkFineGenerationConfig,
+                                                                         BarkSemanticGenerationConfig)
+    model = BarkModel.from_pretrained(folder).eval()
+    model.generation_config = GenerationConfig(semantic_config={}, coarse_acoustics_config={},
+                                               fine_acoustics_config={}, codebook_size=1024)
+    ids = BertTokenizer.from_pretrained(folder, do_lower_case=False)(
+        text, add_special_tokens=False, padding="max_length", max_length=256, return_tensors="pt")
+    s_cfg, c_cfg = BarkSemanticGenerationConfig(), BarkCoarseGenerationConfig()
+    f_cfg = BarkFineGenerationConfig()
+    sem, t_sem = timed(lambda: model.semantic.generate(
+        ids["input_ids"], attention_mask=ids["attention_mask"], semantic_generation_config=s_cfg,
+        max_new_tokens=n_semantic, min_new_tokens=n_semantic))  # min = max: no early stop
+    coarse, t_coarse = timed(lambda: model.coarse_acoustics.generate(
+        sem, semantic_generation_config=s_cfg, coarse_generation_config=c_cfg, codebook_size=1024))
+    fine, t_fine = timed(lambda: model.fine_acoustics.generate(
+        coarse, semantic_generation_config=s_cfg, coarse_generation_config=c_cfg, fine_generation_config=f_cfg,
+        codebook_size=1024, temperature=1.0))
+    audio, t_codec = timed(lambda: model.codec_decode(fine))
+    return dict(semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine, codec_s=t_codec,
+                n_semantic=int((sem != 10_000).sum()), n_coarse=int(coarse.numel()),
+                audio_s=audio.shape[-1] / 24_000)
+
+
+def summarise(row: dict) -> dict:
+    row["total_s"] = row["semantic_s"] + row["coarse_s"] + row["fine_s"] + row["codec_s"]
+    row["semantic_tok_s"] = row["n_semantic"] / row["semantic_s"]
+    row["coarse_tok_s"] = row["n_coarse"] / row["coarse_s"]
+    row["rtf"] = row["audio_s"] / row["total_s"]  # audio seconds per compute second
+    return row
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=SIZES, default="small")
+    p.add_argument("--semantic-tokens", type=int, default=128)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--engines", default="fastbark,transformers")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    text = "Hello, my dog is cute [laughs]"
+    results = {"size": args.size, "semantic_tokens": args.semantic_tokens, "threads": args.threads,
+               "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+               "date": time.strftime("%Y-%m-%d"), "engines": {}}
+    runners = {"fastbark": run_fastbark, "transformers": run_transformers}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_checkpoint(args.size, Path(tmp) / "bark")
+        for name in args.engines.split(","):
+            results["engines"][name] = summarise(runners[name](folder, text, args.semantic_tokens))
+    base = results["engines"].get("transformers")
+    print(f"\nbark-{args.size} sizes, {args.semantic_tokens} semantic tokens, {args.threads} threads, "
+          f"torch {torch.__version__}")
+    print(f"{'engine':<14}{'semantic s':>11}{'tok/s':>8}{'coarse s':>10}{'tok/s':>8}{'fine s':>8}"
+          f"{'codec s':>9}{'total s':>9}{'RTF':>7}{'speed-up':>10}")
+    for name, r in results["engines"].items():
+        ratio = base["total_s"] / r["total_s"] if base else float("nan")
+        r["speedup_vs_transformers"] = ratio
+        print(f"{name:<14}{r['semantic_s']:>11.2f}{r['semantic_tok_s']:>8.1f}{r['coarse_s']:>10.2f}"
+              f"{r['coarse_tok_s']:>8.1f}{r['fine_s']:>8.2f}{r['codec_s']:>9.2f}{r['total_s']:>9.2f}"
+              f"{r['rtf']:>7.3f}{ratio:>9.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
