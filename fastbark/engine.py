@@ -19,7 +19,7 @@ from .stages.coarse import generate_coarse
 from .stages.fine import generate_fine
 from .stages.semantic import generate_semantic
 from .stages.text import fit_text_window
-from .voices import Voice, VoiceLike, resolve_voice
+from .voices import Voice, VoiceLike, check_tokens, resolve_voice
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -68,17 +68,6 @@ def parse_device(device) -> torch.device:
     return dev
 
 
-def check_tokens(name: str, tokens, rows: int | None, high: int) -> np.ndarray:
-    arr = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
-    shape_ok = arr.ndim == 1 if rows is None else (arr.ndim == 2 and arr.shape[0] == rows)
-    if not shape_ok or not np.issubdtype(arr.dtype, np.integer):
-        want = "(n,)" if rows is None else f"({rows}, T)"
-        raise BadInput(f"{name} must be an integer array of shape {want}, got {arr.dtype} {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() >= high):
-        raise BadInput(f"{name} must lie in [0, {high}), got values from {arr.min()} to {arr.max()}")
-    return arr.astype(np.int64)
-
-
 class Bark:
     """Bark text-to-speech. Make one with `Bark.from_pretrained(...)`; it holds no global state."""
 
@@ -124,7 +113,8 @@ class Bark:
 
     def text_to_semantic(self, text: str, voice: VoiceLike = None, *, temperature: float | None = DEFAULT_SEMANTIC_TEMPERATURE,
                          top_k: int | None = None, top_p: float | None = None,
-                         min_eos_p: float | None = DEFAULT_MIN_EOS_P, max_tokens: int = MAX_SEMANTIC_TOKENS, allow_early_stop: bool = True, seed: int | None = None) -> np.ndarray:
+                         min_eos_p: float | None = DEFAULT_MIN_EOS_P, max_tokens: int = MAX_SEMANTIC_TOKENS,
+                         allow_early_stop: bool = True, seed: int | None = None) -> np.ndarray:
         options = SemanticOptions(temperature, top_k, top_p, min_eos_p, max_tokens, allow_early_stop)
         ids = self.tokenize(text)
         return generate_semantic(self.semantic_model, ids, self.load_voice(voice), options,
@@ -132,22 +122,23 @@ class Bark:
 
     def semantic_to_coarse(self, semantic, voice: VoiceLike = None, *, temperature: float | None = DEFAULT_COARSE_TEMPERATURE,
                            top_k: int | None = None, top_p: float | None = None,
-                           max_coarse_history: int = MAX_COARSE_HISTORY, sliding_window_len: int = SLIDING_WINDOW_LEN, seed: int | None = None) -> np.ndarray:
+                           max_coarse_history: int = MAX_COARSE_HISTORY, sliding_window_len: int = SLIDING_WINDOW_LEN,
+                           seed: int | None = None) -> np.ndarray:
         options = CoarseOptions(temperature, top_k, top_p, max_coarse_history, sliding_window_len)
-        semantic = check_tokens("semantic tokens", semantic, None, SEMANTIC_VOCAB_SIZE)
+        semantic = check_tokens("semantic tokens", semantic, None, SEMANTIC_VOCAB_SIZE, allow_empty=True)
         return generate_coarse(self.coarse_model, semantic, self.load_voice(voice), options,
                                self._generator(seed), self.progress)
 
     def coarse_to_fine(self, coarse, voice: VoiceLike = None, *, temperature: float | None = DEFAULT_FINE_TEMPERATURE,
                        seed: int | None = None) -> np.ndarray:
-        coarse = check_tokens("coarse tokens", coarse, N_COARSE_CODEBOOKS, CODEBOOK_SIZE)
+        coarse = check_tokens("coarse tokens", coarse, N_COARSE_CODEBOOKS, CODEBOOK_SIZE, allow_empty=True)
         return generate_fine(self.fine_model, coarse, self.load_voice(voice), FineOptions(temperature),
                              self._generator(seed), self.progress)
 
     @torch.inference_mode()
     def decode(self, fine) -> np.ndarray:
         """Fine codes (8, T) -> float32 waveform (T * 320,) at 24 kHz."""
-        fine = check_tokens("fine tokens", fine, N_FINE_CODEBOOKS, CODEBOOK_SIZE)
+        fine = check_tokens("fine tokens", fine, N_FINE_CODEBOOKS, CODEBOOK_SIZE, allow_empty=True)
         if fine.shape[1] == 0:
             return np.zeros(0, dtype=np.float32)
         codes = torch.from_numpy(fine).to(self.codec.quantizer.layers[0].codebook.embed.device)[None]  # (1, 8, T)

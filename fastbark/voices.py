@@ -30,7 +30,7 @@ class Voice:
         for key, rows, high in (("semantic_prompt", None, SEMANTIC_VOCAB_SIZE),
                                 ("coarse_prompt", N_COARSE_CODEBOOKS, CODEBOOK_SIZE),
                                 ("fine_prompt", N_FINE_CODEBOOKS, CODEBOOK_SIZE)):
-            object.__setattr__(self, key, _check_tokens(key, getattr(self, key), rows, high))
+            object.__setattr__(self, key, check_tokens(f"voice {key}", getattr(self, key), rows, high))
         if self.coarse_prompt.shape[1] != self.fine_prompt.shape[1]:
             raise BadInput(f"voice: coarse_prompt has {self.coarse_prompt.shape[1]} frames but fine_prompt has "
                            f"{self.fine_prompt.shape[1]}; they must cover the same audio")
@@ -61,17 +61,20 @@ class Voice:
         np.savez(path, **{k: getattr(self, k) for k in PROMPT_KEYS})
 
 
-def _check_tokens(name: str, value, rows: int | None, high: int) -> np.ndarray:
-    arr = np.asarray(value)
+def check_tokens(name: str, value, rows: int | None, high: int, allow_empty: bool = False) -> np.ndarray:
+    """An integer token array of shape (n,) (rows None) or (rows, n), values in [0, high), as int64."""
+    arr = np.asarray(value.cpu() if hasattr(value, "cpu") else value)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
-        raise BadInput(f"voice {name} must hold integer tokens, got dtype {arr.dtype}")
+        raise BadInput(f"{name} must hold integer tokens, got dtype {arr.dtype}")
     want = "(n,)" if rows is None else f"({rows}, n)"
     if (rows is None and arr.ndim != 1) or (rows is not None and (arr.ndim != 2 or arr.shape[0] != rows)):
-        raise BadInput(f"voice {name} must have shape {want}, got {arr.shape}")
+        raise BadInput(f"{name} must have shape {want}, got {arr.shape}")
     if arr.size == 0:
-        raise BadInput(f"voice {name} is empty; it needs at least one token")
+        if allow_empty:
+            return arr.astype(np.int64)
+        raise BadInput(f"{name} is empty; it needs at least one token")
     if arr.min() < 0 or arr.max() >= high:
-        raise BadInput(f"voice {name} has tokens outside [0, {high}): min {arr.min()}, max {arr.max()}")
+        raise BadInput(f"{name} has tokens outside [0, {high}): min {arr.min()}, max {arr.max()}")
     return arr.astype(np.int64)
 
 

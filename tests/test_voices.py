@@ -100,3 +100,13 @@ def test_preset_paths_cannot_leave_the_checkpoint(hub_dir, tmp_path):
     (copy / "speaker_embeddings_path.json").write_text(json.dumps(table))
     with pytest.raises(BadInput, match="outside the checkpoint"):
         fastbark.Bark.from_pretrained(copy).load_voice("announcer")
+
+
+def test_stage_inputs_are_checked(tts):
+    with pytest.raises(BadInput, match=r"semantic tokens has tokens outside \[0, 10000\)"):
+        tts.semantic_to_coarse(np.array([1, 10_000]))
+    with pytest.raises(BadInput, match=r"coarse tokens must have shape \(2, n\)"):
+        tts.coarse_to_fine(np.zeros((3, 4), int))
+    with pytest.raises(BadInput, match="fine tokens must hold integer tokens"):
+        tts.decode(np.zeros((8, 4), np.float32))
+    assert tts.decode(np.zeros((8, 0), int)).shape == (0,)

@@ -55,12 +55,13 @@ def generate_semantic(model: CausalGPT, text_ids: list[int], voice: Voice | None
         for step in range(options.max_tokens):
             token, probs = choose(logits[:, :n_candidates], options.temperature, options.top_k, options.top_p,
                                   generator, with_probs=options.min_eos_p is not None)
+            chosen = token.item()
             if options.allow_early_stop:
-                if token.item() == EOS:
+                if chosen == EOS:
                     break
                 if options.min_eos_p is not None and probs[0, EOS].item() >= options.min_eos_p:
                     break
-            tokens.append(token.item())
+            tokens.append(chosen)
             bar.update()
             if step + 1 < options.max_tokens:
                 logits = decode_one_token(model, token, cache, pos)
