@@ -14,6 +14,7 @@ from .constants import (CODEBOOK_SIZE, DEFAULT_COARSE_TEMPERATURE, DEFAULT_FINE_
                         N_FINE_CODEBOOKS, SAMPLE_RATE, SEMANTIC_VOCAB_SIZE, SLIDING_WINDOW_LEN)
 from .errors import BadInput
 from .loading.layouts import Parts, load_parts
+from .models.cpu_kernels import pack_linears, packing_available
 from .options import CoarseOptions, FineOptions, GenerationOptions, SemanticOptions
 from .stages.coarse import generate_coarse
 from .stages.fine import generate_fine
@@ -71,7 +72,10 @@ def parse_device(device) -> torch.device:
 class Bark:
     """Bark text-to-speech. Make one with `Bark.from_pretrained(...)`; it holds no global state."""
 
-    def __init__(self, parts: Parts, device: torch.device, dtype: torch.dtype):
+    def __init__(self, parts: Parts, device: torch.device, dtype: torch.dtype, cpu_packing: bool = True):
+        if cpu_packing and packing_available(device, dtype):  # the decode-step GPTs; the fine GPT runs big GEMMs
+            pack_linears(parts.semantic)
+            pack_linears(parts.coarse)
         self.semantic_model, self.coarse_model, self.fine_model = parts.semantic, parts.coarse, parts.fine
         self.codec, self.tokenizer, self.voice_library = parts.codec, parts.tokenizer, parts.voices
         self.source, self.device, self.dtype = parts.source, device, dtype
@@ -81,14 +85,15 @@ class Bark:
     def from_pretrained(cls, source: str | os.PathLike = "suno/bark-small", *, device="cpu", dtype="float32",
                         tokenizer: str | os.PathLike | None = None, codec: str | os.PathLike | None = None,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-                        local_files_only: bool = False) -> "Bark":
+                        local_files_only: bool = False, cpu_packing: bool = True) -> "Bark":
         """Load from a hub id (`suno/bark-small`, `suno/bark`), a folder in the hub layout, or a folder of
         Suno's original `.pt` files (EnCodec from `codec`: a `.th` file, a folder or hub id; default
-        `facebook/encodec_24khz`). `tokenizer` overrides the tokenizer (a file, folder or hub id)."""
+        `facebook/encodec_24khz`). `tokenizer` overrides the tokenizer (a file, folder or hub id).
+        `cpu_packing=False` keeps plain weights instead of oneDNN-packed ones on the CPU."""
         dev, dt = parse_device(device), parse_dtype(dtype)
         parts = load_parts(source, dev, dt, tokenizer=tokenizer, codec=codec, revision=revision,
                            cache_dir=os.fspath(cache_dir) if cache_dir else None, local_files_only=local_files_only)
-        return cls(parts, dev, dt)
+        return cls(parts, dev, dt, cpu_packing)
 
     # ------------------------------------------------------------ voices
 

@@ -35,3 +35,9 @@ def suno_dir(reference, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tts(hub_dir):
     return fastbark.Bark.from_pretrained(hub_dir)
+
+
+@pytest.fixture(scope="session")
+def plain_tts(hub_dir):
+    """Plain (unpacked) CPU weights: every weight shows in state_dict()."""
+    return fastbark.Bark.from_pretrained(hub_dir, cpu_packing=False)

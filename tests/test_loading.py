@@ -18,6 +18,7 @@ CPU = torch.device("cpu")
 
 
 def same_weights(a: fastbark.Bark, b: fastbark.Bark):
+    """Every weight equal (engines loaded with cpu_packing=False, so that state_dict shows them all)."""
     for name in ("semantic_model", "coarse_model", "fine_model", "codec"):
         sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
         assert sa.keys() == sb.keys(), name
@@ -32,22 +33,23 @@ def same_outputs(a: fastbark.Bark, b: fastbark.Bark):
     np.testing.assert_allclose(x.audio, y.audio, atol=1e-5)
 
 
-def test_suno_pt_and_original_encodec_load_the_same_model(tts, suno_dir, hub_dir):
-    suno = fastbark.Bark.from_pretrained(suno_dir, tokenizer=hub_dir / "vocab.txt")
+def test_suno_pt_and_original_encodec_load_the_same_model(plain_tts, suno_dir, hub_dir):
+    tts = plain_tts
+    suno = fastbark.Bark.from_pretrained(suno_dir, tokenizer=hub_dir / "vocab.txt", cpu_packing=False)
     same_weights(tts, suno)
     same_outputs(tts, suno)
     assert all(h.weight is e.weight for h, e in zip(suno.fine_model.lm_heads, suno.fine_model.input_embeds_layers[1:]))
 
 
-def test_old_vocab_size_and_hub_layout_encodec(reference, hub_dir, tmp_path, tts):
+def test_old_vocab_size_and_hub_layout_encodec(reference, hub_dir, tmp_path, plain_tts):
     from checkpoints import write_suno_files
     folder = write_suno_files(reference, tmp_path / "old", old_vocab_size=True)
     (folder / "encodec_24khz-d7cc33bc.th").unlink()
     reference.codec_model.save_pretrained(tmp_path / "encodec_24khz")  # the facebook/encodec_24khz layout
     shutil.copy(hub_dir / "vocab.txt", folder / "vocab.txt")
-    old = fastbark.Bark.from_pretrained(folder, codec=tmp_path / "encodec_24khz")
+    old = fastbark.Bark.from_pretrained(folder, codec=tmp_path / "encodec_24khz", cpu_packing=False)
     assert old.coarse_model.config.input_vocab_size == 12_096
-    same_weights(tts, old)
+    same_weights(plain_tts, old)
 
 
 def test_tied_fine_heads_are_shared(tts):
@@ -59,7 +61,7 @@ def test_tied_fine_heads_are_shared(tts):
                                                 (torch.float32, torch.float32)])
 def test_dtype_cast_at_load(hub_dir, dtype, torch_dtype):
     tts = fastbark.Bark.from_pretrained(hub_dir, dtype=dtype)
-    assert tts.semantic_model.lm_head.weight.dtype == torch_dtype
+    assert tts.semantic_model.position_embeds_layer.weight.dtype == torch_dtype
     assert tts.fine_model.layers[0].mlp.in_proj.weight.dtype == torch_dtype
     assert tts.codec.decoder.layers[0].conv.weight.dtype == torch.float32  # the codec stays float32
     if torch_dtype != torch.float16:  # half precision matmuls are slow on CPU; bf16 is the CPU fast path
@@ -155,25 +157,26 @@ def test_hub_id_offline_and_not_cached(tmp_path):
         fastbark.Bark.from_pretrained("suno/bark-small", cache_dir=tmp_path, local_files_only=True)
 
 
-def test_hub_id_from_the_usual_cache(hub_dir, tmp_path, tts):
+def test_hub_id_from_the_usual_cache(hub_dir, tmp_path, plain_tts):
     snapshot = tmp_path / "models--suno--bark-tiny" / "snapshots" / "0123abcd"
     shutil.copytree(hub_dir, snapshot)
     (tmp_path / "models--suno--bark-tiny" / "refs").mkdir()
     (tmp_path / "models--suno--bark-tiny" / "refs" / "main").write_text("0123abcd")
-    cached = fastbark.Bark.from_pretrained("suno/bark-tiny", cache_dir=tmp_path, local_files_only=True)
-    same_weights(tts, cached)
+    cached = fastbark.Bark.from_pretrained("suno/bark-tiny", cache_dir=tmp_path, local_files_only=True,
+                                           cpu_packing=False)
+    same_weights(plain_tts, cached)
     assert cached.load_voice("announcer") is not None
 
 
 @pytest.mark.parametrize("source", ["hub", "suno"])
-def test_convert_round_trip(source, hub_dir, suno_dir, tmp_path, tts):
+def test_convert_round_trip(source, hub_dir, suno_dir, tmp_path, plain_tts):
     src = hub_dir if source == "hub" else suno_dir
     parts = load_parts(src, CPU, torch.float32, tokenizer=hub_dir / "vocab.txt" if source == "suno" else None)
     write_hub_layout(parts, tmp_path / "out")
-    converted = fastbark.Bark.from_pretrained(tmp_path / "out")
-    same_weights(tts, converted)
-    same_outputs(tts, converted)
-    assert converted.tokenize("café naïve ♪") == tts.tokenize("café naïve ♪")
+    converted = fastbark.Bark.from_pretrained(tmp_path / "out", cpu_packing=False)
+    same_weights(plain_tts, converted)
+    same_outputs(plain_tts, converted)
+    assert converted.tokenize("café naïve ♪") == plain_tts.tokenize("café naïve ♪")
 
 
 def test_convert_float16_loads_in_transformers(hub_dir, tmp_path, reference):
@@ -189,3 +192,11 @@ def test_convert_float16_loads_in_transformers(hub_dir, tmp_path, reference):
     torch.testing.assert_close(theirs.fine_acoustics.lm_heads[0].weight,
                                reference.fine_acoustics.lm_heads[0].weight.half().float())
     assert main(["convert", str(hub_dir), str(tmp_path / "half")]) == 2  # refuses to overwrite
+
+
+def test_packed_and_plain_weights_give_the_same_tokens(tts, plain_tts):
+    assert type(tts.semantic_model.lm_head).__name__ == "PackedLinear"
+    kwargs = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, min_eos_p=None)
+    a, b = tts.generate("the dog is cute", **kwargs), plain_tts.generate("the dog is cute", **kwargs)
+    np.testing.assert_array_equal(a.semantic_tokens, b.semantic_tokens)
+    np.testing.assert_array_equal(a.fine_tokens, b.fine_tokens)

@@ -109,7 +109,7 @@ class CausalGPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.output_vocab_size, bias=False)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
-        w = self.lm_head.weight
+        w = self.position_embeds_layer.weight  # (lm_head's weight may be packed away: see cpu_kernels.py)
         return KVCache.empty(self.config, batch, max_len or self.config.block_size, w.device, w.dtype)
 
     def forward(self, embeds: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:

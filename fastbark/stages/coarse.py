@@ -48,7 +48,7 @@ def voice_histories(voice: Voice | None, max_coarse_history: int) -> tuple[np.nd
 def generate_coarse(model: CausalGPT, semantic: np.ndarray, voice: Voice | None, options: CoarseOptions,
                     generator: torch.Generator | None = None, progress: bool = False) -> np.ndarray:
     """Coarse codes (2, T) int64 in [0, 1024) for semantic tokens (n,)."""
-    device = model.lm_head.weight.device
+    device = model.position_embeds_layer.weight.device
     semantic_history, coarse_history = voice_histories(voice, options.max_coarse_history)
     semantic_in = np.concatenate([semantic_history, semantic])
     n_steps = n_coarse_steps(len(semantic))

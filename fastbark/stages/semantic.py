@@ -18,7 +18,7 @@ EOS = SEMANTIC_PAD_TOKEN
 
 def semantic_prompt(model: CausalGPT, text_ids: list[int], voice: Voice | None) -> torch.Tensor:
     """The 257 prompt embeddings (1, 257, C): emb(text) + emb(history) for 256 positions, then emb(infer)."""
-    device = model.lm_head.weight.device
+    device = model.position_embeds_layer.weight.device
     text = torch.full((MAX_TEXT_TOKENS,), TEXT_PAD_TOKEN, dtype=torch.long)
     text[: len(text_ids)] = torch.tensor(text_ids[:MAX_TEXT_TOKENS], dtype=torch.long) + TEXT_ENCODING_OFFSET
     history = torch.full((MAX_TEXT_TOKENS,), SEMANTIC_PAD_TOKEN, dtype=torch.long)
