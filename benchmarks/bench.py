@@ -52,9 +52,9 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def run_fastbark(folder: Path, text: str, n_semantic: int) -> dict:
+def run_fastbark(folder: Path, text: str, n_semantic: int, dtype: str) -> dict:
     import fastbark
-    tts = fastbark.Bark.from_pretrained(folder)
+    tts = fastbark.Bark.from_pretrained(folder, dtype=dtype)
     greedy = dict(temperature=0)
     sem, t_sem = timed(lambda: tts.text_to_semantic(text, max_tokens=n_semantic, allow_early_stop=False, **greedy))
     coarse, t_coarse = timed(lambda: tts.semantic_to_coarse(sem, **greedy))
@@ -65,12 +65,13 @@ def run_fastbark(folder: Path, text: str, n_semantic: int) -> dict:
 
 
 @torch.no_grad()
-def run_transformers(folder: Path, text: str, n_semantic: int) -> dict:
+def run_transformers(folder: Path, text: str, n_semantic: int, dtype: str) -> dict:
     from transformers import BarkModel, BertTokenizer, GenerationConfig
     from transformers.models.bark.generation_configuration_bark import (BarkCoarseGenerationConfig,
                                                                          BarkFineGenerationConfig,
                                                                          BarkSemanticGenerationConfig)
-    model = BarkModel.from_pretrained(folder).eval()
+    model = BarkModel.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
+    model.codec_model.float()  # as in fastbark: the codec runs in float32
     model.generation_config = GenerationConfig(semantic_config={}, coarse_acoustics_config={},
                                                fine_acoustics_config={}, codebook_size=1024)
     ids = BertTokenizer.from_pretrained(folder, do_lower_case=False)(
@@ -104,22 +105,28 @@ def main(argv=None) -> dict:
     p.add_argument("--size", choices=SIZES, default="small")
     p.add_argument("--semantic-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--engines", default="fastbark,transformers")
+    p.add_argument("--engines", default="fastbark,transformers",
+                   help="comma list; 'transformers-float32' runs the reference in float32 whatever --dtype is")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     text = "Hello, my dog is cute [laughs]"
     results = {"size": args.size, "semantic_tokens": args.semantic_tokens, "threads": args.threads,
+               "dtype": args.dtype,
                "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                "date": time.strftime("%Y-%m-%d"), "engines": {}}
-    runners = {"fastbark": run_fastbark, "transformers": run_transformers}
+    runners = {"fastbark": (run_fastbark, args.dtype), "transformers": (run_transformers, args.dtype),
+               "transformers-float32": (run_transformers, "float32")}
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_checkpoint(args.size, Path(tmp) / "bark")
         for name in args.engines.split(","):
-            results["engines"][name] = summarise(runners[name](folder, text, args.semantic_tokens))
-    base = results["engines"].get("transformers")
-    print(f"\nbark-{args.size} sizes, {args.semantic_tokens} semantic tokens, {args.threads} threads, "
-          f"torch {torch.__version__}")
+            runner, dtype = runners[name]
+            results["engines"][name] = summarise(runner(folder, text, args.semantic_tokens, dtype))
+    engines = results["engines"]
+    base = engines.get("transformers-float32") or engines.get("transformers")
+    print(f"\nbark-{args.size} sizes, {args.dtype}, {args.semantic_tokens} semantic tokens, {args.threads} threads, "
+          f"torch {torch.__version__}; speed-up against {'transformers-float32' if 'transformers-float32' in engines else 'transformers'}")
     print(f"{'engine':<14}{'semantic s':>11}{'tok/s':>8}{'coarse s':>10}{'tok/s':>8}{'fine s':>8}"
           f"{'codec s':>9}{'total s':>9}{'RTF':>7}{'speed-up':>10}")
     for name, r in results["engines"].items():

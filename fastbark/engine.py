@@ -122,8 +122,8 @@ class Bark:
                          allow_early_stop: bool = True, seed: int | None = None) -> np.ndarray:
         options = SemanticOptions(temperature, top_k, top_p, min_eos_p, max_tokens, allow_early_stop)
         ids = self.tokenize(text)
-        return generate_semantic(self.semantic_model, ids, self.load_voice(voice), options,
-                                 self._generator(seed), self.progress)
+        return generate_semantic(self.semantic_model, [ids], self.load_voice(voice), options,
+                                 self._generator(seed), self.progress)[0]
 
     def semantic_to_coarse(self, semantic, voice: VoiceLike = None, *, temperature: float | None = DEFAULT_COARSE_TEMPERATURE,
                            top_k: int | None = None, top_p: float | None = None,
@@ -131,14 +131,14 @@ class Bark:
                            seed: int | None = None) -> np.ndarray:
         options = CoarseOptions(temperature, top_k, top_p, max_coarse_history, sliding_window_len)
         semantic = check_tokens("semantic tokens", semantic, None, SEMANTIC_VOCAB_SIZE, allow_empty=True)
-        return generate_coarse(self.coarse_model, semantic, self.load_voice(voice), options,
-                               self._generator(seed), self.progress)
+        return generate_coarse(self.coarse_model, [semantic], self.load_voice(voice), options,
+                               self._generator(seed), self.progress)[0]
 
     def coarse_to_fine(self, coarse, voice: VoiceLike = None, *, temperature: float | None = DEFAULT_FINE_TEMPERATURE,
                        seed: int | None = None) -> np.ndarray:
         coarse = check_tokens("coarse tokens", coarse, N_COARSE_CODEBOOKS, CODEBOOK_SIZE, allow_empty=True)
-        return generate_fine(self.fine_model, coarse, self.load_voice(voice), FineOptions(temperature),
-                             self._generator(seed), self.progress)
+        return generate_fine(self.fine_model, [coarse], self.load_voice(voice), FineOptions(temperature),
+                             self._generator(seed), self.progress)[0]
 
     @torch.inference_mode()
     def decode(self, fine) -> np.ndarray:
@@ -151,9 +151,14 @@ class Bark:
 
     # ------------------------------------------------------------ end to end
 
-    def generate(self, text: str | list[str], voice: VoiceLike = None, *, options: GenerationOptions | None = None,
-                 seed: int | None = None, **option_values) -> Generation | list[Generation]:
-        """Text (or a list of texts) -> Generation(s). Options: the fields of GenerationOptions, or `options=`."""
+    def generate(self, text: str | list[str], voice: VoiceLike | list[VoiceLike] = None, *,
+                 options: GenerationOptions | None = None, seed: int | None = None, batch_size: int = 16,
+                 **option_values) -> Generation | list[Generation]:
+        """Text (or a list of texts) -> Generation(s). Options: the fields of GenerationOptions, or `options=`.
+
+        A list of texts runs through every stage as a batch (`batch_size` texts at a time). With a
+        list of voices (one per text), the texts that share a voice are batched together.
+        """
         if options is not None and option_values:
             raise BadInput("give either options=GenerationOptions(...) or option keywords, not both")
         if options is None:
@@ -162,21 +167,42 @@ class Bark:
                 raise BadInput(f"unknown option(s) {', '.join(sorted(unknown))}; accepted: "
                                f"{', '.join(GenerationOptions.__dataclass_fields__)}")
             options = GenerationOptions(**option_values)
-        if isinstance(text, (list, tuple)):
-            if not text:
-                raise BadInput("the list of texts is empty")
-            ids = [self.tokenize(t) for t in text]  # validate every text before generating any
-            prompt = self.load_voice(voice)
-            generator = self._generator(seed)
-            return [self._generate_one(i, prompt, options, generator) for i in ids]
-        return self._generate_one(self.tokenize(text), self.load_voice(voice), options, self._generator(seed))
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise BadInput(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        single = not isinstance(text, (list, tuple))
+        texts = [text] if single else list(text)
+        if not texts:
+            raise BadInput("the list of texts is empty")
+        if isinstance(voice, (list, tuple)):
+            if single or len(voice) != len(texts):
+                raise BadInput(f"a list of voices needs one voice per text: {len(voice)} voices for "
+                               f"{len(texts)} text{'s' if len(texts) != 1 else ''}")
+            voices = list(voice)
+        else:
+            voices = [voice] * len(texts)
+        ids = [self.tokenize(t) for t in texts]  # validate every text and voice before generating any
+        groups: dict[int, tuple[Voice | None, list[int]]] = {}
+        resolved = {}
+        for i, v in enumerate(voices):
+            key = id(v) if not isinstance(v, (str, os.PathLike)) else hash(os.fspath(v))
+            if key not in resolved:
+                resolved[key] = self.load_voice(v)
+            groups.setdefault(key, (resolved[key], []))[1].append(i)
+        generator = self._generator(seed)
+        results: list[Generation | None] = [None] * len(texts)
+        for prompt, members in groups.values():
+            for first in range(0, len(members), batch_size):
+                chunk = members[first: first + batch_size]
+                for i, result in zip(chunk, self._generate_batch([ids[i] for i in chunk], prompt, options, generator)):
+                    results[i] = result
+        return results[0] if single else results
 
-    def _generate_one(self, ids: list[int], voice: Voice | None, options: GenerationOptions,
-                      generator: torch.Generator | None) -> Generation:
+    def _generate_batch(self, ids: list[list[int]], voice: Voice | None, options: GenerationOptions,
+                        generator: torch.Generator | None) -> list[Generation]:
         semantic = generate_semantic(self.semantic_model, ids, voice, options.semantic, generator, self.progress)
-        if len(semantic) == 0:
+        if any(len(s) == 0 for s in semantic):
             warnings.warn("the semantic model stopped at once (end of speech first): the audio is empty",
                           stacklevel=3)
         coarse = generate_coarse(self.coarse_model, semantic, voice, options.coarse, generator, self.progress)
         fine = generate_fine(self.fine_model, coarse, voice, options.fine, generator, self.progress)
-        return Generation(self.decode(fine), semantic, coarse, fine)
+        return [Generation(self.decode(f), s, c, f) for s, c, f in zip(semantic, coarse, fine)]

@@ -69,7 +69,7 @@ def test_decoded_waveform_matches(tts, reference):
 @torch.no_grad()
 def test_one_step_logits_match(tts, reference):
     model = tts.semantic_model
-    embeds = semantic_prompt(model, tts.tokenize("the dog is cute"), None)  # (1, 257, C)
+    embeds = semantic_prompt(model, [tts.tokenize("the dog is cute")], None)  # (1, 257, C)
     cache = model.new_cache(batch=1)
     ours = prefill(model, embeds, cache)
     theirs = reference.semantic(inputs_embeds=embeds).logits[:, -1]

@@ -42,6 +42,10 @@ class KVCache:
         shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
         return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
 
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """Keep only these batch rows (a copy; done when rows finish, not every step)."""
+        return KVCache(self.k[:, rows], self.v[:, rows])
+
 
 class SelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):

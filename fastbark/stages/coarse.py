@@ -45,43 +45,54 @@ def voice_histories(voice: Voice | None, max_coarse_history: int) -> tuple[np.nd
 
 
 @torch.inference_mode()
-def generate_coarse(model: CausalGPT, semantic: np.ndarray, voice: Voice | None, options: CoarseOptions,
-                    generator: torch.Generator | None = None, progress: bool = False) -> np.ndarray:
-    """Coarse codes (2, T) int64 in [0, 1024) for semantic tokens (n,)."""
+def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice | None, options: CoarseOptions,
+                    generator: torch.Generator | None = None, progress: bool = False) -> list[np.ndarray]:
+    """Coarse codes (2, T_i) int64 in [0, 1024) for each semantic array (n_i,).
+
+    The batch moves window by window together: with one voice every row's prompt has the same
+    length (semantic context padded to 256, infer token, the same number of coarse tokens), so
+    no padding is needed. A row leaves the batch once its own number of steps is done.
+    """
     device = model.position_embeds_layer.weight.device
     semantic_history, coarse_history = voice_histories(voice, options.max_coarse_history)
-    semantic_in = np.concatenate([semantic_history, semantic])
-    n_steps = n_coarse_steps(len(semantic))
+    semantic_in = [np.concatenate([semantic_history, s]) for s in semantic]
+    n_steps = [n_coarse_steps(len(s)) for s in semantic]
     max_semantic_history = int(math.floor(options.max_coarse_history / SEMANTIC_TO_COARSE_RATIO))
+    n_hist = len(coarse_history)
 
-    coarse = torch.empty(len(coarse_history) + n_steps, dtype=torch.long, device=device)  # history + new tokens
-    coarse[: len(coarse_history)] = torch.from_numpy(coarse_history)
-    n_hist, done = len(coarse_history), 0
-    cache = model.new_cache(batch=1)
-    emb = model.input_embeds_layer
-    with tqdm(total=n_steps, desc="coarse", unit="tok", disable=not progress, leave=False) as bar:
-        while done < n_steps:
+    # (B, history + new tokens): every row's coarse ids; rows write only their own n_steps
+    coarse = torch.empty(len(semantic), n_hist + max(n_steps, default=0), dtype=torch.long, device=device)
+    coarse[:, :n_hist] = torch.from_numpy(coarse_history).to(device)
+    emb, done = model.input_embeds_layer, 0
+    with tqdm(total=max(n_steps, default=0), desc="coarse", unit="tok", disable=not progress, leave=False) as bar:
+        while done < max(n_steps, default=0):
+            rows = [i for i, n in enumerate(n_steps) if n > done]
             semantic_idx = len(semantic_history) + int(round(done / SEMANTIC_TO_COARSE_RATIO))
-            context = semantic_in[max(0, semantic_idx - max_semantic_history):][:MAX_COARSE_INPUT]
-            context = np.pad(context, (0, MAX_COARSE_INPUT - len(context)), constant_values=COARSE_SEMANTIC_PAD_TOKEN)
+            contexts = []
+            for i in rows:
+                context = semantic_in[i][max(0, semantic_idx - max_semantic_history):][:MAX_COARSE_INPUT]
+                contexts.append(np.pad(context, (0, MAX_COARSE_INPUT - len(context)),
+                                       constant_values=COARSE_SEMANTIC_PAD_TOKEN))
             end = n_hist + done
-            prompt = torch.cat([torch.from_numpy(context).to(device),
-                                torch.tensor([COARSE_INFER_TOKEN], device=device),
-                                coarse[max(0, end - options.max_coarse_history): end]])
-            logits = prefill(model, emb(prompt)[None], cache)  # fresh cache: positions restart at 0
-            pos = len(prompt)
-            n_window = min(options.sliding_window_len, n_steps - done)
+            prompt = torch.cat([torch.from_numpy(np.stack(contexts)).to(device),  # (B, 256)
+                                torch.full((len(rows), 1), COARSE_INFER_TOKEN, device=device),
+                                coarse[rows, max(0, end - options.max_coarse_history): end]], dim=1)
+            cache = model.new_cache(len(rows))  # a fresh cache per window: positions restart at 0
+            logits = prefill(model, emb(prompt), cache)
+            pos = prompt.shape[1]
+            n_window = min(options.sliding_window_len, max(n_steps) - done)
             for step in range(n_window):
                 # even steps emit codebook 0, odd steps codebook 1
                 low = SEMANTIC_VOCAB_SIZE + (step % N_COARSE_CODEBOOKS) * CODEBOOK_SIZE
                 token, _ = choose(logits[:, low: low + CODEBOOK_SIZE], options.temperature, options.top_k,
                                   options.top_p, generator)
                 token = token + low
-                coarse[n_hist + done] = token[0]
-                done += 1
+                coarse[rows, end + step] = token  # past a row's own n_steps this is scratch, cut below
                 if step + 1 < n_window:
                     logits = decode_one_token(model, token, cache, pos)
                     pos += 1
+            done += n_window
             bar.update(n_window)
-    codes = coarse[n_hist:].cpu().numpy().reshape(-1, N_COARSE_CODEBOOKS).T  # (n_steps,) -> (T, 2) -> (2, T)
-    return codes - CODEBOOK_OFFSETS
+    flat = coarse[:, n_hist:].cpu().numpy()
+    # (n_steps,) interleaved -> (T, 2) -> (2, T) codes
+    return [flat[i, :n].reshape(-1, N_COARSE_CODEBOOKS).T - CODEBOOK_OFFSETS for i, n in enumerate(n_steps)]

@@ -15,33 +15,49 @@ from ..sampling import choose
 from ..voices import Voice
 
 
-@torch.inference_mode()
-def generate_fine(model: FineGPT, coarse: np.ndarray, voice: Voice | None, options: FineOptions,
-                  generator: torch.Generator | None = None, progress: bool = False) -> np.ndarray:
-    """Fine codes (8, T) int64 for coarse codes (2, T)."""
-    device = model.lm_heads[0].weight.device
-    n_frames = coarse.shape[1]
-    if n_frames == 0:
-        return np.zeros((N_FINE_CODEBOOKS, 0), np.int64)
-    history = voice.fine_prompt[:, -FINE_STRIDE:] if voice is not None else np.zeros((N_FINE_CODEBOOKS, 0), np.int64)
-    n_history = history.shape[1]
-    # (8, n_history + T): the voice's fine history, then the coarse rows with rows 2-7 still to predict
+def _fine_input(coarse: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """(8, L): the voice's fine history, the coarse rows with rows 2-7 still to predict, then padding to
+    at least one window."""
+    n_history, n_frames = history.shape[1], coarse.shape[1]
     codes = np.full((N_FINE_CODEBOOKS, max(FINE_WINDOW, n_history + n_frames)), FINE_PAD_TOKEN, dtype=np.int64)
     codes[:, :n_history] = history
     codes[:N_COARSE_CODEBOOKS, n_history: n_history + n_frames] = coarse
-    total = codes.shape[1]
-    buffer = torch.from_numpy(codes.T.copy()).to(device)[None]  # (8, L) -> (1, L, 8)
+    return codes
 
-    n_loops = max(0, math.ceil((n_frames - (FINE_WINDOW - n_history)) / FINE_STRIDE)) + 1
-    with tqdm(total=n_loops, desc="fine", unit="win", disable=not progress, leave=False) as bar:
-        for loop in range(n_loops):
-            start = min(loop * FINE_STRIDE, total - FINE_WINDOW)
-            fill_from = min(n_history + loop * FINE_STRIDE, total - FINE_STRIDE)
-            rel = fill_from - start  # the window's first position still to predict
-            window = buffer[:, start: start + FINE_WINDOW]  # a view: predictions land in `buffer`
+
+@torch.inference_mode()
+def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None, options: FineOptions,
+                  generator: torch.Generator | None = None, progress: bool = False) -> list[np.ndarray]:
+    """Fine codes (8, T_i) int64 for each coarse array (2, T_i).
+
+    Window l of every text that has one runs in one batch: each text keeps its own windows, so
+    its result does not depend on the other texts of the batch.
+    """
+    device = model.position_embeds_layer.weight.device
+    history = voice.fine_prompt[:, -FINE_STRIDE:] if voice is not None else np.zeros((N_FINE_CODEBOOKS, 0), np.int64)
+    n_history = history.shape[1]
+    inputs = [torch.from_numpy(_fine_input(c, history).T.copy()).to(device) for c in coarse]  # (8, L) -> (L, 8)
+    n_frames = [c.shape[1] for c in coarse]
+    n_loops = [max(0, math.ceil((n - (FINE_WINDOW - n_history)) / FINE_STRIDE)) + 1 if n else 0 for n in n_frames]
+    with tqdm(total=max(n_loops, default=0), desc="fine", unit="win", disable=not progress, leave=False) as bar:
+        for loop in range(max(n_loops, default=0)):
+            rows = [i for i, n in enumerate(n_loops) if n > loop]
+            starts, rels = [], []
+            for i in rows:
+                total = inputs[i].shape[0]
+                start = min(loop * FINE_STRIDE, total - FINE_WINDOW)
+                starts.append(start)
+                rels.append(min(n_history + loop * FINE_STRIDE, total - FINE_STRIDE) - start)
+            window = torch.stack([inputs[i][s: s + FINE_WINDOW] for i, s in zip(rows, starts)])  # (B, 1024, 8)
+            rel = min(rels)  # logits from the earliest position any row still predicts
             for k in range(N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS):
-                logits = model(window, k, start=rel)[..., :CODEBOOK_SIZE]  # (1, 1024 - rel, 1024)
+                logits = model(window, k, start=rel)[..., :CODEBOOK_SIZE]  # (B, 1024 - rel, 1024)
                 tokens, _ = choose(logits.reshape(-1, CODEBOOK_SIZE), options.temperature, generator=generator)
-                window[0, rel:, k] = tokens
+                tokens = tokens.view(len(rows), -1)  # (B * (1024 - rel),) -> (B, 1024 - rel)
+                for b, r in enumerate(rels):  # each row keeps what it has already predicted before its own rel
+                    window[b, r:, k] = tokens[b, r - rel:]
+            for b, (i, s) in enumerate(zip(rows, starts)):
+                inputs[i][s: s + FINE_WINDOW] = window[b]
             bar.update()
-    return buffer[0, n_history: n_history + n_frames].T.cpu().numpy()  # (T, 8) -> (8, T)
+    # (L, 8) -> (8, T): drop the history and the padding
+    return [x[n_history: n_history + n].T.cpu().numpy() for x, n in zip(inputs, n_frames)]

@@ -1,4 +1,8 @@
-"""Stage 1: text ids -> semantic tokens (49.9 Hz), with the causal semantic GPT over a KV cache."""
+"""Stage 1: text ids -> semantic tokens (49.9 Hz), with the causal semantic GPT over a KV cache.
+
+A batch of texts runs together: every prompt is 257 positions long, so the batch needs no
+padding; a row that reaches its end of speech is dropped from the batch (and from the cache).
+"""
 
 from __future__ import annotations
 
@@ -16,19 +20,20 @@ from ..voices import Voice
 EOS = SEMANTIC_PAD_TOKEN
 
 
-def semantic_prompt(model: CausalGPT, text_ids: list[int], voice: Voice | None) -> torch.Tensor:
-    """The 257 prompt embeddings (1, 257, C): emb(text) + emb(history) for 256 positions, then emb(infer)."""
+def semantic_prompt(model: CausalGPT, text_ids: list[list[int]], voice: Voice | None) -> torch.Tensor:
+    """The prompt embeddings (B, 257, C): emb(text) + emb(history) for 256 positions, then emb(infer)."""
     device = model.position_embeds_layer.weight.device
-    text = torch.full((MAX_TEXT_TOKENS,), TEXT_PAD_TOKEN, dtype=torch.long)
-    text[: len(text_ids)] = torch.tensor(text_ids[:MAX_TEXT_TOKENS], dtype=torch.long) + TEXT_ENCODING_OFFSET
+    text = torch.full((len(text_ids), MAX_TEXT_TOKENS), TEXT_PAD_TOKEN, dtype=torch.long)  # (B, 256)
+    for row, ids in enumerate(text_ids):
+        text[row, : len(ids)] = torch.tensor(ids[:MAX_TEXT_TOKENS], dtype=torch.long) + TEXT_ENCODING_OFFSET
     history = torch.full((MAX_TEXT_TOKENS,), SEMANTIC_PAD_TOKEN, dtype=torch.long)
     if voice is not None:
         tail = torch.from_numpy(voice.semantic_prompt[-MAX_TEXT_TOKENS:])
         history[: len(tail)] = tail
     emb = model.input_embeds_layer
-    prompt = emb(text.to(device)) + emb(history.to(device))  # (256, C), summed, not concatenated
-    infer = emb(torch.tensor([SEMANTIC_INFER_TOKEN], device=device))  # (1, C)
-    return torch.cat([prompt, infer])[None]  # (1, 257, C)
+    prompt = emb(text.to(device)) + emb(history.to(device))  # (B, 256, C), summed, not concatenated
+    infer = emb(torch.tensor([SEMANTIC_INFER_TOKEN], device=device)).expand(len(text_ids), 1, -1)  # (B, 1, C)
+    return torch.cat([prompt, infer], dim=1)  # (B, 257, C)
 
 
 def prefill(model: CausalGPT, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -41,29 +46,40 @@ def decode_one_token(model: CausalGPT, token: torch.Tensor, cache: KVCache, pos:
 
 
 @torch.inference_mode()
-def generate_semantic(model: CausalGPT, text_ids: list[int], voice: Voice | None, options: SemanticOptions,
-                      generator: torch.Generator | None = None, progress: bool = False) -> np.ndarray:
-    """Semantic tokens (n,) int64, EOS excluded."""
+def generate_semantic(model: CausalGPT, text_ids: list[list[int]], voice: Voice | None, options: SemanticOptions,
+                      generator: torch.Generator | None = None, progress: bool = False) -> list[np.ndarray]:
+    """Semantic tokens (n_i,) int64 for each text, EOS excluded."""
     embeds = semantic_prompt(model, text_ids, voice)
-    cache = model.new_cache(batch=1)
+    batch = len(text_ids)
+    cache = model.new_cache(batch)
     logits = prefill(model, embeds, cache)
     pos = embeds.shape[1]
     # candidates: the semantic vocabulary, plus EOS when early stop is allowed
     n_candidates = SEMANTIC_VOCAB_SIZE + 1 if options.allow_early_stop else SEMANTIC_VOCAB_SIZE
-    tokens: list[int] = []
+    want_probs = options.allow_early_stop and options.min_eos_p is not None
+    tokens = torch.zeros(batch, options.max_tokens, dtype=torch.long, device=embeds.device)
+    lengths = [options.max_tokens] * batch
+    rows = list(range(batch))  # the texts still generating, in cache order
     with tqdm(total=options.max_tokens, desc="semantic", unit="tok", disable=not progress, leave=False) as bar:
         for step in range(options.max_tokens):
             token, probs = choose(logits[:, :n_candidates], options.temperature, options.top_k, options.top_p,
-                                  generator, with_probs=options.min_eos_p is not None)
-            chosen = token.item()
+                                  generator, with_probs=want_probs)
+            tokens[rows, step] = token
             if options.allow_early_stop:
-                if chosen == EOS:
-                    break
-                if options.min_eos_p is not None and probs[0, EOS].item() >= options.min_eos_p:
-                    break
-            tokens.append(chosen)
+                stop = token == EOS
+                if want_probs:
+                    stop |= probs[:, EOS] >= options.min_eos_p
+                if stop.any():
+                    keep = (~stop).nonzero().flatten()
+                    for i in stop.nonzero().flatten().tolist():
+                        lengths[rows[i]] = step
+                    rows = [rows[i] for i in keep.tolist()]
+                    if not rows:
+                        break
+                    token, cache = token[keep], cache.select(keep)
             bar.update()
             if step + 1 < options.max_tokens:
                 logits = decode_one_token(model, token, cache, pos)
                 pos += 1
-    return np.array(tokens, dtype=np.int64)
+    out = tokens.cpu().numpy()
+    return [out[i, : lengths[i]] for i in range(batch)]
