@@ -5,6 +5,8 @@ semantic tokens is forced (no early stop) so that every engine does the same wor
 table and writes JSON.
 
     python benchmarks/bench.py --size small --semantic-tokens 128 --threads 2 --json benchmarks/small-128.json
+    python benchmarks/bench.py --size small --batch 4 ...        # 4 different texts as one batch
+    python benchmarks/bench.py --size small --memory ...         # peak RSS of loading, per engine
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,20 +55,34 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def run_fastbark(folder: Path, text: str, n_semantic: int, dtype: str) -> dict:
+TEXTS = ["Hello, my dog is cute [laughs]", "I am a hobbyist on a laptop.", "The weather is nice today.",
+         "Bark turns text into speech."]
+
+
+def batch_texts(n: int) -> list[str]:
+    return [TEXTS[i % len(TEXTS)] + " " * (i // len(TEXTS)) for i in range(n)]
+
+
+def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str) -> dict:
     import fastbark
+    from fastbark.options import CoarseOptions, FineOptions, SemanticOptions
+    from fastbark.stages.coarse import generate_coarse
+    from fastbark.stages.fine import generate_fine
+    from fastbark.stages.semantic import generate_semantic
     tts = fastbark.Bark.from_pretrained(folder, dtype=dtype)
-    greedy = dict(temperature=0)
-    sem, t_sem = timed(lambda: tts.text_to_semantic(text, max_tokens=n_semantic, allow_early_stop=False, **greedy))
-    coarse, t_coarse = timed(lambda: tts.semantic_to_coarse(sem, **greedy))
-    fine, t_fine = timed(lambda: tts.coarse_to_fine(coarse, **greedy))
-    audio, t_codec = timed(lambda: tts.decode(fine))
+    ids = [tts.tokenize(t) for t in texts]
+    sem, t_sem = timed(lambda: generate_semantic(
+        tts.semantic_model, ids, None, SemanticOptions(temperature=0, max_tokens=n_semantic, allow_early_stop=False)))
+    coarse, t_coarse = timed(lambda: generate_coarse(tts.coarse_model, sem, None, CoarseOptions(temperature=0)))
+    fine, t_fine = timed(lambda: generate_fine(tts.fine_model, coarse, None, FineOptions(temperature=0)))
+    audio, t_codec = timed(lambda: [tts.decode(f) for f in fine])
     return dict(semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine, codec_s=t_codec,
-                n_semantic=len(sem), n_coarse=coarse.size, audio_s=len(audio) / 24_000)
+                n_semantic=sum(len(s) for s in sem), n_coarse=sum(c.size for c in coarse),
+                audio_s=sum(len(a) for a in audio) / 24_000)
 
 
 @torch.no_grad()
-def run_transformers(folder: Path, text: str, n_semantic: int, dtype: str) -> dict:
+def run_transformers(folder: Path, texts: list[str], n_semantic: int, dtype: str) -> dict:
     from transformers import BarkModel, BertTokenizer, GenerationConfig
     from transformers.models.bark.generation_configuration_bark import (BarkCoarseGenerationConfig,
                                                                          BarkFineGenerationConfig,
@@ -75,28 +92,50 @@ def run_transformers(folder: Path, text: str, n_semantic: int, dtype: str) -> di
     model.generation_config = GenerationConfig(semantic_config={}, coarse_acoustics_config={},
                                                fine_acoustics_config={}, codebook_size=1024)
     ids = BertTokenizer.from_pretrained(folder, do_lower_case=False)(
-        text, add_special_tokens=False, padding="max_length", max_length=256, return_tensors="pt")
+        texts, add_special_tokens=False, padding="max_length", max_length=256, return_tensors="pt")
     s_cfg, c_cfg = BarkSemanticGenerationConfig(), BarkCoarseGenerationConfig()
     f_cfg = BarkFineGenerationConfig()
     sem, t_sem = timed(lambda: model.semantic.generate(
         ids["input_ids"], attention_mask=ids["attention_mask"], semantic_generation_config=s_cfg,
         max_new_tokens=n_semantic, min_new_tokens=n_semantic))  # min = max: no early stop
-    coarse, t_coarse = timed(lambda: model.coarse_acoustics.generate(
-        sem, semantic_generation_config=s_cfg, coarse_generation_config=c_cfg, codebook_size=1024))
+    (coarse, lengths), t_coarse = timed(lambda: model.coarse_acoustics.generate(
+        sem, semantic_generation_config=s_cfg, coarse_generation_config=c_cfg, codebook_size=1024,
+        return_output_lengths=True))
     fine, t_fine = timed(lambda: model.fine_acoustics.generate(
         coarse, semantic_generation_config=s_cfg, coarse_generation_config=c_cfg, fine_generation_config=f_cfg,
         codebook_size=1024, temperature=1.0))
-    audio, t_codec = timed(lambda: model.codec_decode(fine))
+    audio, t_codec = timed(lambda: model.codec_decode(fine, lengths // 2))
     return dict(semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine, codec_s=t_codec,
-                n_semantic=int((sem != 10_000).sum()), n_coarse=int(coarse.numel()),
-                audio_s=audio.shape[-1] / 24_000)
+                n_semantic=int((sem != 10_000).sum()), n_coarse=int(lengths.sum()),
+                audio_s=sum(a.shape[-1] for a in audio) / 24_000)
+
+
+LOADERS = {
+    "fastbark": "import fastbark; fastbark.Bark.from_pretrained(r'{folder}', dtype='{dtype}')",
+    "transformers": "import torch, transformers; transformers.BarkModel.from_pretrained(r'{folder}', dtype=torch.{dtype})",
+}
+
+
+def load_rss_mb(engine: str, folder: Path, dtype: str) -> dict:
+    """Peak RSS of a fresh process that loads the checkpoint, minus that of one that only imports.
+
+    The peak is VmHWM from /proc (reset at exec); ru_maxrss would carry this process's own peak over."""
+    def peak(code: str) -> float:
+        probe = (f"{code}\nimport re; print(re.search(r'VmHWM:\\s+(\\d+)', "
+                 f"open('/proc/self/status').read()).group(1))")
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1]) / 1024  # kB -> MB
+    code = LOADERS[engine].format(folder=folder, dtype=dtype)
+    imports = code.split(";")[0] + ("; import torch" if engine == "fastbark" else "")
+    full, base = peak(code), peak(imports)
+    return dict(peak_rss_mb=full, import_rss_mb=base, load_rss_mb=full - base)
 
 
 def summarise(row: dict) -> dict:
     row["total_s"] = row["semantic_s"] + row["coarse_s"] + row["fine_s"] + row["codec_s"]
     row["semantic_tok_s"] = row["n_semantic"] / row["semantic_s"]
     row["coarse_tok_s"] = row["n_coarse"] / row["coarse_s"]
-    row["rtf"] = row["audio_s"] / row["total_s"]  # audio seconds per compute second
+    row["rtf"] = row["audio_s"] / row["total_s"]  # audio seconds per compute second (for a batch: aggregate)
     return row
 
 
@@ -108,33 +147,46 @@ def main(argv=None) -> dict:
     p.add_argument("--engines", default="fastbark,transformers",
                    help="comma list; 'transformers-float32' runs the reference in float32 whatever --dtype is")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--batch", type=int, default=1, help="texts generated together")
+    p.add_argument("--memory", action="store_true", help="measure the peak RSS of loading instead of speed")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    text = "Hello, my dog is cute [laughs]"
+    texts = batch_texts(args.batch)
     results = {"size": args.size, "semantic_tokens": args.semantic_tokens, "threads": args.threads,
-               "dtype": args.dtype,
+               "dtype": args.dtype, "batch": args.batch,
                "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                "date": time.strftime("%Y-%m-%d"), "engines": {}}
     runners = {"fastbark": (run_fastbark, args.dtype), "transformers": (run_transformers, args.dtype),
                "transformers-float32": (run_transformers, "float32")}
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_checkpoint(args.size, Path(tmp) / "bark")
+        if args.memory:
+            for name in args.engines.split(","):
+                results["engines"][name] = load_rss_mb(name.split("-")[0], folder, args.dtype)
+                print(f"{name:<14} loading bark-{args.size} in {args.dtype}: peak RSS "
+                      f"{results['engines'][name]['peak_rss_mb']:.0f} MB, of which loading "
+                      f"{results['engines'][name]['load_rss_mb']:.0f} MB")
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2))
+            return results
         for name in args.engines.split(","):
             runner, dtype = runners[name]
-            results["engines"][name] = summarise(runner(folder, text, args.semantic_tokens, dtype))
+            results["engines"][name] = summarise(runner(folder, texts, args.semantic_tokens, dtype))
     engines = results["engines"]
     base = engines.get("transformers-float32") or engines.get("transformers")
-    print(f"\nbark-{args.size} sizes, {args.dtype}, {args.semantic_tokens} semantic tokens, {args.threads} threads, "
+    print(f"\nbark-{args.size} sizes, {args.dtype}, batch {args.batch}, {args.semantic_tokens} semantic tokens, "
+          f"{args.threads} threads, "
           f"torch {torch.__version__}; speed-up against {'transformers-float32' if 'transformers-float32' in engines else 'transformers'}")
     print(f"{'engine':<14}{'semantic s':>11}{'tok/s':>8}{'coarse s':>10}{'tok/s':>8}{'fine s':>8}"
-          f"{'codec s':>9}{'total s':>9}{'RTF':>7}{'speed-up':>10}")
+          f"{'codec s':>9}{'total s':>9}{'RTF':>7}{'speed-up':>10}{'samples/s':>11}")
     for name, r in results["engines"].items():
         ratio = base["total_s"] / r["total_s"] if base else float("nan")
         r["speedup_vs_transformers"] = ratio
         print(f"{name:<14}{r['semantic_s']:>11.2f}{r['semantic_tok_s']:>8.1f}{r['coarse_s']:>10.2f}"
               f"{r['coarse_tok_s']:>8.1f}{r['fine_s']:>8.2f}{r['codec_s']:>9.2f}{r['total_s']:>9.2f}"
-              f"{r['rtf']:>7.3f}{ratio:>9.2f}x")
+              f"{r['rtf']:>7.3f}{ratio:>9.2f}x{args.batch / r['total_s']:>11.3f}")
+        r["samples_per_s"] = args.batch / r["total_s"]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--seed", type=int, help="random seed: the same seed gives the same audio")
     say.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     say.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (default float32)")
+    say.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)")
     say.add_argument("--semantic-temperature", type=float, default=DEFAULT_SEMANTIC_TEMPERATURE)
     say.add_argument("--coarse-temperature", type=float, default=DEFAULT_COARSE_TEMPERATURE)
     say.add_argument("--fine-temperature", type=float, default=DEFAULT_FINE_TEMPERATURE)
@@ -93,8 +94,13 @@ def write_wav(path: str, audio, sample_rate: int) -> None:
 
 
 def cmd_say(args) -> None:
+    import torch
     from .engine import Bark
     text = read_text(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise BadInput(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     tts = Bark.from_pretrained(args.model, device=args.device, dtype=args.dtype, codec=args.codec,
                                tokenizer=args.tokenizer)
     tts.progress = not args.quiet

@@ -21,7 +21,7 @@ def run(*args, stdin: bytes | None = None, module: bool = False):
 
 def test_say_writes_a_24khz_mono_wav(hub_dir, tmp_path):
     out = tmp_path / "out.wav"
-    proc = run("say", "the dog is cute", "--model", str(hub_dir), "-o", str(out), *FAST)
+    proc = run("say", "the dog is cute", "--model", str(hub_dir), "-o", str(out), "--threads", "1", *FAST)
     assert proc.returncode == 0, proc.stderr.decode()
     audio, rate = sf.read(out)
     info = sf.info(out)
@@ -77,6 +77,7 @@ def bad_files(tmp_path):
     (["hi", "--model", "{tmp}"], "holds no Bark checkpoint"),
     (["hi", "--temperature-typo"], None),  # argparse's own error, also status 2
     (["hi", "--semantic-temperature", "-1"], "temperature must be a number >= 0"),
+    (["hi", "--threads", "0"], "--threads must be at least 1"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(hub_dir, tmp_path, capsys, extra, message):
     bad_files(tmp_path)
