@@ -63,13 +63,13 @@ def batch_texts(n: int) -> list[str]:
     return [TEXTS[i % len(TEXTS)] + " " * (i // len(TEXTS)) for i in range(n)]
 
 
-def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str) -> dict:
+def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str, cpu_packing: bool = True) -> dict:
     import fastbark
     from fastbark.options import CoarseOptions, FineOptions, SemanticOptions
     from fastbark.stages.coarse import generate_coarse
     from fastbark.stages.fine import generate_fine
     from fastbark.stages.semantic import generate_semantic
-    tts = fastbark.Bark.from_pretrained(folder, dtype=dtype)
+    tts = fastbark.Bark.from_pretrained(folder, dtype=dtype, cpu_packing=cpu_packing)
     ids = [tts.tokenize(t) for t in texts]
     sem, t_sem = timed(lambda: generate_semantic(
         tts.semantic_model, ids, None, SemanticOptions(temperature=0, max_tokens=n_semantic, allow_early_stop=False)))
@@ -150,7 +150,8 @@ def main(argv=None) -> dict:
     p.add_argument("--semantic-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--engines", default="fastbark,transformers",
-                   help="comma list; 'transformers-float32' runs the reference in float32 whatever --dtype is")
+                   help="comma list of fastbark, fastbark-unpacked (no oneDNN packing), transformers, "
+                        "transformers-float32 (the reference in float32 whatever --dtype is)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--batch", type=int, default=1, help="texts generated together")
     p.add_argument("--memory", action="store_true", help="measure the peak RSS of loading instead of speed")
@@ -162,7 +163,9 @@ def main(argv=None) -> dict:
                "dtype": args.dtype, "batch": args.batch,
                "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                "date": time.strftime("%Y-%m-%d"), "engines": {}}
-    runners = {"fastbark": (run_fastbark, args.dtype), "transformers": (run_transformers, args.dtype),
+    unpacked = lambda *a: run_fastbark(*a, cpu_packing=False)  # noqa: E731  (ablation: plain F.linear)
+    runners = {"fastbark": (run_fastbark, args.dtype), "fastbark-unpacked": (unpacked, args.dtype),
+               "transformers": (run_transformers, args.dtype),
                "transformers-float32": (run_transformers, "float32")}
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_checkpoint(args.size, Path(tmp) / "bark")

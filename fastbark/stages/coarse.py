@@ -58,14 +58,14 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
     semantic_in = [np.concatenate([semantic_history, s]) for s in semantic]
     n_steps = [n_coarse_steps(len(s)) for s in semantic]
     max_semantic_history = int(math.floor(options.max_coarse_history / SEMANTIC_TO_COARSE_RATIO))
-    n_hist = len(coarse_history)
+    n_hist, total_steps = len(coarse_history), max(n_steps, default=0)
 
     # (B, history + new tokens): every row's coarse ids; rows write only their own n_steps
-    coarse = torch.empty(len(semantic), n_hist + max(n_steps, default=0), dtype=torch.long, device=device)
+    coarse = torch.empty(len(semantic), n_hist + total_steps, dtype=torch.long, device=device)
     coarse[:, :n_hist] = torch.from_numpy(coarse_history).to(device)
     emb, done = model.input_embeds_layer, 0
-    with tqdm(total=max(n_steps, default=0), desc="coarse", unit="tok", disable=not progress, leave=False) as bar:
-        while done < max(n_steps, default=0):
+    with tqdm(total=total_steps, desc="coarse", unit="tok", disable=not progress, leave=False) as bar:
+        while done < total_steps:
             rows = [i for i, n in enumerate(n_steps) if n > done]
             semantic_idx = len(semantic_history) + int(round(done / SEMANTIC_TO_COARSE_RATIO))
             contexts = []
@@ -80,7 +80,7 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
             cache = model.new_cache(len(rows))  # a fresh cache per window: positions restart at 0
             logits = prefill(model, emb(prompt), cache)
             pos = prompt.shape[1]
-            n_window = min(options.sliding_window_len, max(n_steps) - done)
+            n_window = min(options.sliding_window_len, total_steps - done)
             for step in range(n_window):
                 # even steps emit codebook 0, odd steps codebook 1
                 low = SEMANTIC_VOCAB_SIZE + (step % N_COARSE_CODEBOOKS) * CODEBOOK_SIZE
