@@ -90,3 +90,14 @@ def test_packed_linear_rows_do_not_depend_on_the_batch(dtype, k, n):
         assert torch.equal(packed(x[i: i + 1]), batch[i: i + 1])
     tolerance = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(batch, torch.nn.functional.linear(x, plain_weight), **tolerance)
+
+
+def test_packing_falls_back_to_plain_linear(monkeypatch):
+    from fastbark.models import cpu_kernels
+
+    def unavailable(*args):
+        raise RuntimeError("no oneDNN kernels in this build")
+
+    monkeypatch.setattr(cpu_kernels.PackedLinear, "__init__", unavailable)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    assert isinstance(cpu_kernels.pack_linears(model)[0], torch.nn.Linear)

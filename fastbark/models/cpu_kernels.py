@@ -57,10 +57,14 @@ class PackedLinear(nn.Module):
 
 
 def pack_linears(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear of `model` by a PackedLinear, in place."""
+    """Replace every nn.Linear of `model` by a PackedLinear, in place. A layer that oneDNN cannot
+    pack on this machine (a build without these kernels) stays a plain nn.Linear."""
     for name, child in model.named_children():
         if isinstance(child, nn.Linear):
-            setattr(model, name, PackedLinear(child))
+            try:
+                setattr(model, name, PackedLinear(child))
+            except (RuntimeError, NotImplementedError):
+                pass
         else:
             pack_linears(child)
     return model
