@@ -60,7 +60,7 @@ TEXTS = ["Hello, my dog is cute [laughs]", "I am a hobbyist on a laptop.", "The 
 
 
 def batch_texts(n: int) -> list[str]:
-    return [TEXTS[i % len(TEXTS)] + " " * (i // len(TEXTS)) for i in range(n)]
+    return [TEXTS[i % len(TEXTS)] for i in range(n)]
 
 
 def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str, cpu_packing: bool = True) -> dict:

@@ -40,6 +40,9 @@ def compare(exact: torch.Tensor, fast: torch.Tensor) -> dict:
 
 def measure(exact, fast, text: str, steps: int) -> dict:
     """exact, fast: two fastbark.Bark engines over the same checkpoint."""
+    from fastbark.constants import (COARSE_INFER_TOKEN, COARSE_SEMANTIC_PAD_TOKEN, MAX_COARSE_INPUT,
+                                    SEMANTIC_VOCAB_SIZE, SLIDING_WINDOW_LEN)
+    from fastbark.stages.coarse import CODEBOOK_OFFSETS
     from fastbark.stages.semantic import semantic_prompt
     ids = [exact.tokenize(text)]
     semantic = exact.text_to_semantic(text, temperature=0, max_tokens=steps, allow_early_stop=False)
@@ -51,10 +54,11 @@ def measure(exact, fast, text: str, steps: int) -> dict:
 
     coarse = exact.semantic_to_coarse(semantic, temperature=0)
     # one window as the coarse stage builds it: semantic context, infer token, then the coarse ids
-    context = np.pad(semantic[:256], (0, 256 - len(semantic[:256])), constant_values=12_048)
-    flat = torch.from_numpy((coarse + np.array([[10_000], [11_024]])).T.reshape(-1)[: min(steps, 60)])
-    prompt = torch.cat([torch.from_numpy(context), torch.tensor([12_050])])
-    logits = [causal_logits(e.coarse_model, e.coarse_model.input_embeds_layer(prompt)[None], flat)[:, 10_000:12_048]
+    context = semantic[:MAX_COARSE_INPUT]
+    context = np.pad(context, (0, MAX_COARSE_INPUT - len(context)), constant_values=COARSE_SEMANTIC_PAD_TOKEN)
+    flat = torch.from_numpy((coarse + CODEBOOK_OFFSETS).T.reshape(-1)[: min(steps, SLIDING_WINDOW_LEN)])
+    prompt = torch.cat([torch.from_numpy(context), torch.tensor([COARSE_INFER_TOKEN])])
+    logits = [causal_logits(e.coarse_model, e.coarse_model.input_embeds_layer(prompt)[None], flat)[:, SEMANTIC_VOCAB_SIZE:COARSE_SEMANTIC_PAD_TOKEN]
               for e in (exact, fast)]
     results["coarse"] = compare(*logits)
 

@@ -116,7 +116,8 @@ class Bark:
     def tokenize(self, text: str) -> list[int]:
         return fit_text_window(self.tokenizer.encode(text))
 
-    def text_to_semantic(self, text: str, voice: VoiceLike = None, *, temperature: float | None = DEFAULT_SEMANTIC_TEMPERATURE,
+    def text_to_semantic(self, text: str, voice: VoiceLike = None, *,
+                         temperature: float | None = DEFAULT_SEMANTIC_TEMPERATURE,
                          top_k: int | None = None, top_p: float | None = None,
                          min_eos_p: float | None = DEFAULT_MIN_EOS_P, max_tokens: int = MAX_SEMANTIC_TOKENS,
                          allow_early_stop: bool = True, seed: int | None = None) -> np.ndarray:
@@ -125,17 +126,18 @@ class Bark:
         return generate_semantic(self.semantic_model, [ids], self.load_voice(voice), options,
                                  self._generator(seed), self.progress)[0]
 
-    def semantic_to_coarse(self, semantic, voice: VoiceLike = None, *, temperature: float | None = DEFAULT_COARSE_TEMPERATURE,
+    def semantic_to_coarse(self, semantic, voice: VoiceLike = None, *,
+                           temperature: float | None = DEFAULT_COARSE_TEMPERATURE,
                            top_k: int | None = None, top_p: float | None = None,
-                           max_coarse_history: int = MAX_COARSE_HISTORY, sliding_window_len: int = SLIDING_WINDOW_LEN,
-                           seed: int | None = None) -> np.ndarray:
+                           max_coarse_history: int = MAX_COARSE_HISTORY,
+                           sliding_window_len: int = SLIDING_WINDOW_LEN, seed: int | None = None) -> np.ndarray:
         options = CoarseOptions(temperature, top_k, top_p, max_coarse_history, sliding_window_len)
         semantic = check_tokens("semantic tokens", semantic, None, SEMANTIC_VOCAB_SIZE, allow_empty=True)
         return generate_coarse(self.coarse_model, [semantic], self.load_voice(voice), options,
                                self._generator(seed), self.progress)[0]
 
-    def coarse_to_fine(self, coarse, voice: VoiceLike = None, *, temperature: float | None = DEFAULT_FINE_TEMPERATURE,
-                       seed: int | None = None) -> np.ndarray:
+    def coarse_to_fine(self, coarse, voice: VoiceLike = None, *,
+                       temperature: float | None = DEFAULT_FINE_TEMPERATURE, seed: int | None = None) -> np.ndarray:
         coarse = check_tokens("coarse tokens", coarse, N_COARSE_CODEBOOKS, CODEBOOK_SIZE, allow_empty=True)
         return generate_fine(self.fine_model, [coarse], self.load_voice(voice), FineOptions(temperature),
                              self._generator(seed), self.progress)[0]
@@ -181,13 +183,12 @@ class Bark:
         else:
             voices = [voice] * len(texts)
         ids = [self.tokenize(t) for t in texts]  # validate every text and voice before generating any
-        groups: dict[int, tuple[Voice | None, list[int]]] = {}
-        resolved = {}
+        groups: dict[object, tuple[Voice | None, list[int]]] = {}  # a voice (by path, or by object) -> its texts
         for i, v in enumerate(voices):
-            key = id(v) if not isinstance(v, (str, os.PathLike)) else hash(os.fspath(v))
-            if key not in resolved:
-                resolved[key] = self.load_voice(v)
-            groups.setdefault(key, (resolved[key], []))[1].append(i)
+            key = os.fspath(v) if isinstance(v, (str, os.PathLike)) else id(v)
+            if key not in groups:
+                groups[key] = (self.load_voice(v), [])
+            groups[key][1].append(i)
         generator = self._generator(seed)
         results: list[Generation | None] = [None] * len(texts)
         for prompt, members in groups.values():

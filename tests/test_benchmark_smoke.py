@@ -20,3 +20,11 @@ def test_benchmark_smoke(tmp_path):
         assert row["n_semantic"] == 12  # every engine did the same forced work
         assert row["audio_s"] > 0 and row["total_s"] > 0
     assert results["engines"]["fastbark"]["n_coarse"] == results["engines"]["transformers"]["n_coarse"]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_linear_bandwidth_smoke(tmp_path):
+    import linear_bandwidth
+    results = linear_bandwidth.main(["--json", str(tmp_path / "out.json")])
+    assert {"F.linear float32", "oneDNN packed float32"} <= results.keys()
+    assert all(ms > 0 for ms in results.values())

@@ -1,8 +1,8 @@
 """CPU decode speed: linear layers with weights pre-packed for oneDNN.
 
 A decode step is a chain of matrix-vector products, bound by how fast the weights stream from
-memory. On a 2-core AVX-512 machine `F.linear` reads them at ~13 GB/s; oneDNN's packed layout
-reads them at ~25 GB/s, close to the memory bandwidth (see benchmarks/RESULTS.md). The packed
+memory. On a 2-core AVX-512 machine oneDNN's packed layout streams them ~1.5x faster than
+`F.linear` (benchmarks/linear_bandwidth.py, RESULTS.md section 8). The packed
 tensor replaces the plain weight, so memory does not grow. Results agree with `F.linear` to
 float32 rounding (about 1e-6 relative).
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PACKING_ROWS_HINT = 4  # decode steps run 2-16 rows; oneDNN's layout for 4 rows measured fastest here
+PACKING_ROWS_HINT = 4  # decode steps run 1-16 rows; one layout, packed for 4 rows, serves them all
 
 
 def packing_available(device: torch.device, dtype: torch.dtype) -> bool:

@@ -1,0 +1,74 @@
+"""How fast a bark-small decode step's linear layers stream their weights, by kernel.
+
+The 49 matrix-vector products of one semantic decode step (12 layers x att_proj, out_proj,
+mlp.in_proj, mlp.out_proj, plus lm_head), one row each: plain `F.linear`, oneDNN-packed float32,
+packed bfloat16, and torch's int8 dynamic quantisation when this torch still has it.
+
+    python benchmarks/linear_bandwidth.py --threads 2 --json benchmarks/linear-bandwidth.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(10_048, 768)]  # (out, in)
+
+
+def per_step_ms(fn, repeats: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    weights = [torch.randn(o, i) for o, i in SHAPES]
+    x = {i: torch.randn(1, i) for i in (768, 3072)}
+    n_bytes = sum(w.numel() for w in weights) * 4
+    results = {}
+    with torch.inference_mode():
+        results["F.linear float32"] = per_step_ms(lambda: [F.linear(x[w.shape[1]], w) for w in weights])
+        from fastbark.models.cpu_kernels import PackedLinear
+        for dtype, name in ((torch.float32, "oneDNN packed float32"), (torch.bfloat16, "oneDNN packed bfloat16")):
+            layers = []
+            for w in weights:
+                linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False).to(dtype)
+                linear.weight.data.copy_(w)
+                layers.append(PackedLinear(linear))
+            xs = {k: v.to(dtype) for k, v in x.items()}
+            results[name] = per_step_ms(lambda: [m(xs[m.in_features]) for m in layers])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from torch.ao.quantization import quantize_dynamic
+                model = torch.nn.ModuleList(torch.nn.Linear(w.shape[1], w.shape[0], bias=False) for w in weights)
+                quantized = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            results["int8 dynamic (torch.ao)"] = per_step_ms(lambda: [m(x[m.in_features]) for m in quantized])
+        except Exception as e:  # removed from newer torch
+            print(f"int8 dynamic quantisation unavailable: {e}")
+    print(f"\n49 decode-step products of bark-small ({n_bytes / 1e6:.0f} MB in float32), {args.threads} threads")
+    print(f"{'kernel':<28}{'ms/step':>9}{'GB/s (fp32 bytes)':>19}")
+    for name, ms in results.items():
+        print(f"{name:<28}{ms:>9.2f}{n_bytes / ms / 1e6:>19.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "ms_per_step": results}, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
