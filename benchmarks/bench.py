@@ -63,13 +63,13 @@ def batch_texts(n: int) -> list[str]:
     return [TEXTS[i % len(TEXTS)] for i in range(n)]
 
 
-def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str, cpu_packing: bool = True) -> dict:
+def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str, **engine_options) -> dict:
     import fastbark
     from fastbark.options import CoarseOptions, FineOptions, SemanticOptions
     from fastbark.stages.coarse import generate_coarse
     from fastbark.stages.fine import generate_fine
     from fastbark.stages.semantic import generate_semantic
-    tts = fastbark.Bark.from_pretrained(folder, dtype=dtype, cpu_packing=cpu_packing)
+    tts = fastbark.Bark.from_pretrained(folder, dtype=dtype, **engine_options)
     ids = [tts.tokenize(t) for t in texts]
     sem, t_sem = timed(lambda: generate_semantic(
         tts.semantic_model, ids, None, SemanticOptions(temperature=0, max_tokens=n_semantic, allow_early_stop=False)))
@@ -87,13 +87,20 @@ def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str, cp
 
 
 @torch.no_grad()
-def run_transformers(folder: Path, texts: list[str], n_semantic: int, dtype: str) -> dict:
+def run_transformers(folder: Path, texts: list[str], n_semantic: int, dtype: str, int8: bool = False) -> dict:
     from transformers import BarkModel, BertTokenizer, GenerationConfig
     from transformers.models.bark.generation_configuration_bark import (BarkCoarseGenerationConfig,
                                                                          BarkFineGenerationConfig,
                                                                          BarkSemanticGenerationConfig)
     model = BarkModel.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
     model.codec_model.float()  # as in fastbark: the codec runs in float32
+    if int8:  # torch's own int8 dynamic quantisation of the three GPTs' linear layers
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in torch 2.13
+            from torch.ao.quantization import quantize_dynamic
+            for name in ("semantic", "coarse_acoustics", "fine_acoustics"):
+                setattr(model, name, quantize_dynamic(getattr(model, name), {torch.nn.Linear}, dtype=torch.qint8))
     model.generation_config = GenerationConfig(semantic_config={}, coarse_acoustics_config={},
                                                fine_acoustics_config={}, codebook_size=1024)
     ids = BertTokenizer.from_pretrained(folder, do_lower_case=False)(
@@ -117,6 +124,7 @@ def run_transformers(folder: Path, texts: list[str], n_semantic: int, dtype: str
 
 LOADERS = {
     "fastbark": "import fastbark; fastbark.Bark.from_pretrained(r'{folder}', dtype='{dtype}')",
+    "fastbark-int8": "import fastbark; fastbark.Bark.from_pretrained(r'{folder}', dtype='{dtype}', quantize='int8')",
     "transformers": "import torch, transformers; transformers.BarkModel.from_pretrained(r'{folder}', dtype=torch.{dtype})",
 }
 
@@ -131,7 +139,7 @@ def load_rss_mb(engine: str, folder: Path, dtype: str) -> dict:
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
         return int(out.stdout.split()[-1]) / 1024  # kB -> MB
     code = LOADERS[engine].format(folder=folder, dtype=dtype)
-    imports = code.split(";")[0] + ("; import torch" if engine == "fastbark" else "")
+    imports = code.split(";")[0] + ("; import torch" if engine.startswith("fastbark") else "")
     full, base = peak(code), peak(imports)
     return dict(peak_rss_mb=full, import_rss_mb=base, load_rss_mb=full - base)
 
@@ -150,8 +158,9 @@ def main(argv=None) -> dict:
     p.add_argument("--semantic-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--engines", default="fastbark,transformers",
-                   help="comma list of fastbark, fastbark-unpacked (no oneDNN packing), transformers, "
-                        "transformers-float32 (the reference in float32 whatever --dtype is)")
+                   help="comma list of fastbark, fastbark-unpacked (no oneDNN packing), fastbark-int8 (int8 "
+                        "linear layers), transformers, transformers-float32 (the reference in float32 whatever "
+                        "--dtype is), transformers-int8 (the reference under torch.ao dynamic int8)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--batch", type=int, default=1, help="texts generated together")
     p.add_argument("--memory", action="store_true", help="measure the peak RSS of loading instead of speed")
@@ -164,15 +173,19 @@ def main(argv=None) -> dict:
                "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                "date": time.strftime("%Y-%m-%d"), "engines": {}}
     unpacked = lambda *a: run_fastbark(*a, cpu_packing=False)  # noqa: E731  (ablation: plain F.linear)
+    int8 = lambda *a: run_fastbark(*a, quantize="int8")  # noqa: E731
     runners = {"fastbark": (run_fastbark, args.dtype), "fastbark-unpacked": (unpacked, args.dtype),
+               "fastbark-int8": (int8, args.dtype),
                "transformers": (run_transformers, args.dtype),
-               "transformers-float32": (run_transformers, "float32")}
+               "transformers-float32": (run_transformers, "float32"),
+               "transformers-int8": (lambda *a: run_transformers(*a, int8=True), args.dtype)}
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_checkpoint(args.size, Path(tmp) / "bark")
         if args.memory:
             for name in args.engines.split(","):
-                results["engines"][name] = load_rss_mb(name.split("-")[0], folder, args.dtype)
-                print(f"{name:<14} loading bark-{args.size} in {args.dtype}: peak RSS "
+                results["engines"][name] = load_rss_mb(name if name in LOADERS else name.split("-")[0],
+                                                       folder, args.dtype)
+                print(f"{name:<21} loading bark-{args.size} in {args.dtype}: peak RSS "
                       f"{results['engines'][name]['peak_rss_mb']:.0f} MB, of which loading "
                       f"{results['engines'][name]['load_rss_mb']:.0f} MB")
             if args.json:
@@ -186,7 +199,7 @@ def main(argv=None) -> dict:
     print(f"\nbark-{args.size} sizes, {args.dtype}, batch {args.batch}, {args.semantic_tokens} semantic tokens, "
           f"{args.threads} threads, "
           f"torch {torch.__version__}; speed-up against {'transformers-float32' if 'transformers-float32' in engines else 'transformers'}")
-    print(f"{'engine':<14}{'semantic s':>11}{'tok/s':>8}{'coarse s':>10}{'tok/s':>8}{'fine s':>8}"
+    print(f"{'engine':<21}{'semantic s':>11}{'tok/s':>8}{'coarse s':>10}{'tok/s':>8}{'fine s':>8}"
           f"{'codec s':>9}{'total s':>9}{'RTF':>7}{'speed-up':>10}{'samples/s':>11}")
     for name, r in results["engines"].items():
         ratio = base["total_s"] / r["total_s"] if base else float("nan")
@@ -194,7 +207,7 @@ def main(argv=None) -> dict:
             print(f"({name}: semantic decode step {r['semantic_decode_ms']:.1f} ms after a "
                   f"{r['semantic_s'] - r['semantic_decode_ms'] * (args.semantic_tokens - 1) / 1000:.2f} s prefill)")
         r["speedup_vs_transformers"] = ratio
-        print(f"{name:<14}{r['semantic_s']:>11.2f}{r['semantic_tok_s']:>8.1f}{r['coarse_s']:>10.2f}"
+        print(f"{name:<21}{r['semantic_s']:>11.2f}{r['semantic_tok_s']:>8.1f}{r['coarse_s']:>10.2f}"
               f"{r['coarse_tok_s']:>8.1f}{r['fine_s']:>8.2f}{r['codec_s']:>9.2f}{r['total_s']:>9.2f}"
               f"{r['rtf']:>7.3f}{ratio:>9.2f}x{args.batch / r['total_s']:>11.3f}")
         r["samples_per_s"] = args.batch / r["total_s"]

@@ -1,10 +1,11 @@
-"""Fidelity of a fast mode (bfloat16) against float32 on the same weights.
+"""Fidelity of a fast mode (bfloat16, int8) against float32 on the same weights.
 
 Teacher-forced: both engines read the same tokens (the float32 greedy run), so every step
 compares like with like. Reports the largest relative logit error (max |fast - exact| / max
 |exact| per step) and how often the greedy choice agrees, for the semantic, coarse and fine stages.
 
-    python benchmarks/fidelity.py --size small --steps 64
+    python benchmarks/fidelity.py --size small --steps 64                  # bfloat16
+    python benchmarks/fidelity.py --size small --steps 64 --dtype float32 --quantize int8
 """
 
 from __future__ import annotations
@@ -78,20 +79,23 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=["tiny", "small", "large"], default="small")
     p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--quantize", choices=["int8"], help="quantise the GPTs' linear layers")
     p.add_argument("--json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_checkpoint(args.size, Path(tmp) / "bark")
         exact = fastbark.Bark.from_pretrained(folder)
-        fast = fastbark.Bark.from_pretrained(folder, dtype=args.dtype)
+        fast = fastbark.Bark.from_pretrained(folder, dtype=args.dtype, quantize=args.quantize)
         results = measure(exact, fast, "Hello, my dog is cute [laughs]", args.steps)
-    print(f"\nbark-{args.size} sizes, {args.dtype} against float32, {args.steps} teacher-forced steps")
+    mode = args.dtype + (f" + {args.quantize}" if args.quantize else "")
+    print(f"\nbark-{args.size} sizes, {mode} against float32, {args.steps} teacher-forced steps")
     print(f"{'stage':<10}{'max rel logit error':>22}{'greedy agreement':>19}")
     for stage, r in results.items():
         print(f"{stage:<10}{r['max_rel_logit_error']:>22.4f}{r['greedy_agreement']:>19.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"size": args.size, "dtype": args.dtype, "steps": args.steps,
+        Path(args.json).write_text(json.dumps({"size": args.size, "dtype": args.dtype, "quantize": args.quantize,
+                                               "steps": args.steps,
                                                "stages": results}, indent=2))
     return results
 

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--seed", type=int, help="random seed: the same seed gives the same audio")
     say.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     say.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (default float32)")
+    say.add_argument("--quantize", choices=["int8"],
+                     help="int8: the fast int8 mode on the CPU (int8 linear layers; see the README for fidelity)")
     say.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)")
     say.add_argument("--semantic-temperature", type=float, default=DEFAULT_SEMANTIC_TEMPERATURE)
     say.add_argument("--coarse-temperature", type=float, default=DEFAULT_COARSE_TEMPERATURE)
@@ -102,7 +104,7 @@ def cmd_say(args) -> None:
             raise BadInput(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     tts = Bark.from_pretrained(args.model, device=args.device, dtype=args.dtype, codec=args.codec,
-                               tokenizer=args.tokenizer)
+                               tokenizer=args.tokenizer, quantize=args.quantize)
     tts.progress = not args.quiet
     result = tts.generate(text, voice=args.voice, seed=args.seed, semantic_temperature=args.semantic_temperature,
                           coarse_temperature=args.coarse_temperature, fine_temperature=args.fine_temperature,

@@ -15,6 +15,7 @@ from .constants import (CODEBOOK_SIZE, DEFAULT_COARSE_TEMPERATURE, DEFAULT_FINE_
 from .errors import BadInput
 from .loading.layouts import Parts, load_parts
 from .models.cpu_kernels import pack_linears, packing_available
+from .models.int8 import int8_available, quantize_linears
 from .options import CoarseOptions, FineOptions, GenerationOptions, SemanticOptions
 from .stages.coarse import generate_coarse
 from .stages.fine import generate_fine
@@ -23,6 +24,7 @@ from .stages.text import fit_text_window
 from .voices import Voice, VoiceLike, check_tokens, resolve_voice
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+QUANTIZE = (None, "int8")  # int8: the three GPTs' linear layers (models/int8.py); CPU only
 
 
 @dataclass(frozen=True)
@@ -69,31 +71,49 @@ def parse_device(device) -> torch.device:
     return dev
 
 
+def check_quantize(quantize, device: torch.device, dtype: torch.dtype) -> None:
+    if quantize not in QUANTIZE:
+        raise BadInput(f"unknown quantize {quantize!r}; accepted: None (no quantisation) or 'int8'")
+    if quantize == "int8" and not int8_available(device):
+        raise BadInput(f"quantize='int8' runs on the CPU only (with a torch that has torch._int_mm); "
+                       f"got device {str(device)!r}: use device='cpu' or no quantisation")
+    if quantize == "int8" and dtype == torch.float16:
+        raise BadInput("quantize='int8' works with dtype float32 or bfloat16, not float16")
+
+
 class Bark:
     """Bark text-to-speech. Make one with `Bark.from_pretrained(...)`; it holds no global state."""
 
-    def __init__(self, parts: Parts, device: torch.device, dtype: torch.dtype, cpu_packing: bool = True):
-        if cpu_packing and packing_available(device, dtype):  # the decode-step GPTs; the fine GPT runs big GEMMs
+    def __init__(self, parts: Parts, device: torch.device, dtype: torch.dtype, cpu_packing: bool = True,
+                 quantize: str | None = None):
+        check_quantize(quantize, device, dtype)
+        if quantize == "int8":  # all three GPTs: the fine GPT's big products gain from int8 too
+            for model in (parts.semantic, parts.coarse, parts.fine):
+                quantize_linears(model)
+        elif cpu_packing and packing_available(device, dtype):  # the decode-step GPTs; the fine GPT runs big GEMMs
             pack_linears(parts.semantic)
             pack_linears(parts.coarse)
         self.semantic_model, self.coarse_model, self.fine_model = parts.semantic, parts.coarse, parts.fine
         self.codec, self.tokenizer, self.voice_library = parts.codec, parts.tokenizer, parts.voices
-        self.source, self.device, self.dtype = parts.source, device, dtype
+        self.source, self.device, self.dtype, self.quantize = parts.source, device, dtype, quantize
         self.progress = False  # tqdm bars per stage (the CLI turns them on)
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike = "suno/bark-small", *, device="cpu", dtype="float32",
                         tokenizer: str | os.PathLike | None = None, codec: str | os.PathLike | None = None,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-                        local_files_only: bool = False, cpu_packing: bool = True) -> "Bark":
+                        local_files_only: bool = False, cpu_packing: bool = True,
+                        quantize: str | None = None) -> "Bark":
         """Load from a hub id (`suno/bark-small`, `suno/bark`), a folder in the hub layout, or a folder of
         Suno's original `.pt` files (EnCodec from `codec`: a `.th` file, a folder or hub id; default
         `facebook/encodec_24khz`). `tokenizer` overrides the tokenizer (a file, folder or hub id).
-        `cpu_packing=False` keeps plain weights instead of oneDNN-packed ones on the CPU."""
+        `cpu_packing=False` keeps plain weights instead of oneDNN-packed ones on the CPU.
+        `quantize="int8"` is the int8 fast mode (CPU): see README for its measured fidelity."""
         dev, dt = parse_device(device), parse_dtype(dtype)
+        check_quantize(quantize, dev, dt)
         parts = load_parts(source, dev, dt, tokenizer=tokenizer, codec=codec, revision=revision,
                            cache_dir=os.fspath(cache_dir) if cache_dir else None, local_files_only=local_files_only)
-        return cls(parts, dev, dt, cpu_packing)
+        return cls(parts, dev, dt, cpu_packing, quantize)
 
     # ------------------------------------------------------------ voices
 

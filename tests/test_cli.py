@@ -50,6 +50,13 @@ def test_text_file_voice_and_save_voice(hub_dir, tmp_path, capsys):
     np.testing.assert_array_equal(sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "b.wav")[0])
 
 
+def test_int8_mode(hub_dir, tmp_path):
+    assert main(["say", "the dog is cute", "--model", str(hub_dir), "--quantize", "int8", "-o",
+                 str(tmp_path / "q.wav"), *FAST]) == 0
+    audio, rate = sf.read(tmp_path / "q.wav")
+    assert rate == 24_000 and len(audio) > 0
+
+
 def test_voices_lists_presets(hub_dir, capsys):
     assert main(["voices", "--model", str(hub_dir)]) == 0
     assert capsys.readouterr().out.split() == ["announcer", "v2/en_speaker_1"]
@@ -78,6 +85,7 @@ def bad_files(tmp_path):
     (["hi", "--temperature-typo"], None),  # argparse's own error, also status 2
     (["hi", "--semantic-temperature", "-1"], "temperature must be a number >= 0"),
     (["hi", "--threads", "0"], "--threads must be at least 1"),
+    (["hi", "--quantize", "int8", "--dtype", "float16"], "not float16"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(hub_dir, tmp_path, capsys, extra, message):
     bad_files(tmp_path)

@@ -1,39 +1,78 @@
-"""The bfloat16 fast mode stays within stated bounds of float32 (teacher-forced, same weights)."""
+"""The fast modes (bfloat16, int8) stay within stated bounds of float32 (teacher-forced, same weights)."""
 
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import fastbark
+from fastbark.models.int8 import Int8Linear, quantize_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 # Bounds for the tiny test models; benchmarks/RESULTS.md reports the same measures at real sizes.
 MAX_REL_LOGIT_ERROR = 0.05
 MIN_GREEDY_AGREEMENT = 0.9
+MODES = {"bfloat16": dict(dtype="bfloat16"), "int8": dict(quantize="int8"),
+         "int8+bfloat16": dict(dtype="bfloat16", quantize="int8")}
 
 
-@pytest.fixture(scope="module")
-def bf16(hub_dir):
-    return fastbark.Bark.from_pretrained(hub_dir, dtype="bfloat16")
+@pytest.fixture(scope="module", params=list(MODES))
+def fast(request, hub_dir):
+    return fastbark.Bark.from_pretrained(hub_dir, **MODES[request.param])
 
 
-def test_bfloat16_fidelity(tts, bf16):
+def test_fidelity(tts, fast):
     from fidelity import measure
-    results = measure(tts, bf16, "the dog is cute", steps=48)
+    results = measure(tts, fast, "the dog is cute", steps=48)
     for stage, r in results.items():
         assert r["max_rel_logit_error"] < MAX_REL_LOGIT_ERROR, stage
         assert r["greedy_agreement"] >= MIN_GREEDY_AGREEMENT, stage
-        assert r["max_rel_logit_error"] > 0, "bfloat16 must actually run in bfloat16"
+        assert r["max_rel_logit_error"] > 0, "the fast mode must actually differ from float32"
 
 
-def test_bfloat16_batch_equals_alone(bf16):
+def test_batch_equals_alone(fast):
     texts = ["the dog is cute", "café naïve", "Hello world"]
     greedy = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, max_semantic_tokens=40)
-    batch = bf16.generate(texts, **greedy)
+    batch = fast.generate(texts, **greedy)
     for text, in_batch in zip(texts, batch):
-        alone = bf16.generate(text, **greedy)
+        alone = fast.generate(text, **greedy)
         np.testing.assert_array_equal(in_batch.fine_tokens, alone.fine_tokens)
         np.testing.assert_array_equal(in_batch.semantic_tokens, alone.semantic_tokens)
+
+
+def test_int8_mode_quantises_every_gpt_linear(hub_dir):
+    tts = fastbark.Bark.from_pretrained(hub_dir, quantize="int8")
+    for model in (tts.semantic_model, tts.coarse_model, tts.fine_model):
+        linears = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
+        assert linears and all(isinstance(m, Int8Linear) for m in linears)
+        assert all(m.weight_q.dtype == torch.int8 for m in linears)
+
+
+@pytest.mark.parametrize("k, n", [(32, 40), (768, 2304), (3072, 768)])
+def test_int8_linear(k, n):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(k, n)
+    x = torch.randn(2, 5, k)
+    q = Int8Linear(linear)
+    y = q(x)
+    assert y.shape == (2, 5, n) and y.dtype == torch.float32
+    # the integer product is exact: it equals the float64 product of the quantised operands
+    x_q, x_scale = quantize_rows(x.reshape(-1, k))
+    exact = (x_q.double() @ q.weight_q.double().t()) * x_scale.double() * q.weight_scale.double() + linear.bias.double()
+    torch.testing.assert_close(y.reshape(-1, n).double(), exact, rtol=1e-6, atol=1e-6)
+    # and it approximates the float layer (symmetric int8 on both sides: about 1% of the output's range)
+    reference = linear(x)
+    assert (y - reference).abs().max() < 0.02 * reference.abs().max()
+    # every row gets the same bits alone as in the batch
+    rows = x.reshape(-1, 1, k)
+    assert all(torch.equal(q(rows[i]), y.reshape(-1, n)[i: i + 1]) for i in range(len(rows)))
+
+
+def test_bad_quantize(hub_dir):
+    with pytest.raises(fastbark.BadInput, match="accepted: None .* 'int8'"):
+        fastbark.Bark.from_pretrained(hub_dir, quantize="int4")
+    with pytest.raises(fastbark.BadInput, match="not float16"):
+        fastbark.Bark.from_pretrained(hub_dir, quantize="int8", dtype="float16")
