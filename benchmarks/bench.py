@@ -122,6 +122,59 @@ def run_transformers(folder: Path, texts: list[str], n_semantic: int, dtype: str
                 audio_s=sum(a.shape[-1] for a in audio) / 24_000)
 
 
+def suno_models(folder: Path) -> dict:
+    """Suno's original GPTs (package `bark`) holding the same random weights, keyed as its `models` cache."""
+    from bark.model import GPT, GPTConfig
+    from bark.model_fine import FineGPT, FineGPTConfig
+    from checkpoints import _suno_key
+    from encodec import EncodecModel
+    from transformers import BarkModel, BertTokenizer
+    reference = BarkModel.from_pretrained(folder)
+    models = {}
+    for key, sub, cls, config_cls in (("text", reference.semantic, GPT, GPTConfig),
+                                      ("coarse", reference.coarse_acoustics, GPT, GPTConfig),
+                                      ("fine", reference.fine_acoustics, FineGPT, FineGPTConfig)):
+        c = sub.config
+        model = cls(config_cls(n_layer=c.num_layers, n_head=c.num_heads, n_embd=c.hidden_size, block_size=c.block_size,
+                               bias=c.bias, dropout=0.0, input_vocab_size=c.input_vocab_size,
+                               output_vocab_size=c.output_vocab_size))
+        state = {_suno_key(k).removeprefix("_orig_mod."): v for k, v in sub.state_dict().items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # only the causal masks may differ (a buffer that either side builds for itself)
+        assert all(k.endswith(".attn.bias") for k in missing + unexpected), (missing, unexpected)
+        models[key] = model.eval()
+    models["text"] = {"model": models["text"], "tokenizer": BertTokenizer.from_pretrained(folder, do_lower_case=False)}
+    # EnCodec at its real 24 kHz size, randomly initialised (Suno's code would download the pretrained one)
+    models["codec"] = EncodecModel.encodec_model_24khz(pretrained=False).eval()
+    return models
+
+
+def run_suno(folder: Path, texts: list[str], n_semantic: int, dtype: str) -> dict:
+    """Suno's original code (`pip install bark`), with its KV cache turned on (its fastest CPU setting).
+
+    It has no batching, so a batch is a loop; it always samples (temperature 0 would divide by zero),
+    which does not change the work: the token counts are fixed."""
+    if dtype != "float32":
+        raise SystemExit("the suno engine runs in float32 only (its bfloat16 autocast is CUDA-only)")
+    try:
+        import torchaudio  # noqa: F401
+    except ImportError:  # encodec imports it for its file helpers only; decoding never calls it
+        import types
+        sys.modules["torchaudio"] = types.ModuleType("torchaudio")
+    import bark.generation as suno
+    suno.models.update(suno_models(folder))
+    # its loop stops once the generated duration exceeds this: exactly n_semantic tokens
+    duration = (n_semantic - 0.5) / suno.SEMANTIC_RATE_HZ
+    sem, t_sem = timed(lambda: [suno.generate_text_semantic(
+        t, silent=True, allow_early_stop=False, max_gen_duration_s=duration, use_kv_caching=True) for t in texts])
+    coarse, t_coarse = timed(lambda: [suno.generate_coarse(s, silent=True, use_kv_caching=True) for s in sem])
+    fine, t_fine = timed(lambda: [suno.generate_fine(c, silent=True) for c in coarse])
+    audio, t_codec = timed(lambda: [suno.codec_decode(f) for f in fine])
+    return dict(semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine, codec_s=t_codec,
+                n_semantic=sum(len(s) for s in sem), n_coarse=sum(c.size for c in coarse),
+                audio_s=sum(len(a) for a in audio) / 24_000)
+
+
 LOADERS = {
     "fastbark": "import fastbark; fastbark.Bark.from_pretrained(r'{folder}', dtype='{dtype}')",
     "fastbark-int8": "import fastbark; fastbark.Bark.from_pretrained(r'{folder}', dtype='{dtype}', quantize='int8')",
@@ -160,7 +213,8 @@ def main(argv=None) -> dict:
     p.add_argument("--engines", default="fastbark,transformers",
                    help="comma list of fastbark, fastbark-unpacked (no oneDNN packing), fastbark-int8 (int8 "
                         "linear layers), transformers, transformers-float32 (the reference in float32 whatever "
-                        "--dtype is), transformers-int8 (the reference under torch.ao dynamic int8)")
+                        "--dtype is), transformers-int8 (the reference under torch.ao dynamic int8), suno (Suno's "
+                        "original code, when `bark` is installed)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--batch", type=int, default=1, help="texts generated together")
     p.add_argument("--memory", action="store_true", help="measure the peak RSS of loading instead of speed")
@@ -178,7 +232,8 @@ def main(argv=None) -> dict:
                "fastbark-int8": (int8, args.dtype),
                "transformers": (run_transformers, args.dtype),
                "transformers-float32": (run_transformers, "float32"),
-               "transformers-int8": (lambda *a: run_transformers(*a, int8=True), args.dtype)}
+               "transformers-int8": (lambda *a: run_transformers(*a, int8=True), args.dtype),
+               "suno": (run_suno, args.dtype)}
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_checkpoint(args.size, Path(tmp) / "bark")
         if args.memory:
@@ -195,6 +250,9 @@ def main(argv=None) -> dict:
             runner, dtype = runners[name]
             results["engines"][name] = summarise(runner(folder, texts, args.semantic_tokens, dtype))
     engines = results["engines"]
+    work = {name: (r["n_semantic"], r["n_coarse"]) for name, r in engines.items()}
+    if len(set(work.values())) > 1:  # every engine must have done the same work, or the ratios mean nothing
+        raise SystemExit(f"engines generated different token counts (semantic, coarse): {work}")
     base = engines.get("transformers-float32") or engines.get("transformers")
     print(f"\nbark-{args.size} sizes, {args.dtype}, batch {args.batch}, {args.semantic_tokens} semantic tokens, "
           f"{args.threads} threads, "

@@ -29,7 +29,7 @@ def int8_available(device: torch.device) -> bool:
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x (M, K) float -> (x_q (M, K) int8, scale (M, 1) float32) with x ~= x_q * scale."""
     x = x.float()
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / INT8_MAX  # (M, 1)
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-12).div_(INT8_MAX)  # (M, 1)
     return torch.round(x / scale).to(torch.int8), scale
 
 
@@ -48,9 +48,9 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)  # (..., K) -> (M, K)
         x_q, x_scale = quantize_rows(rows)
         acc = torch._int_mm(x_q, self.weight_q.t())  # (M, K) @ (K, N) -> (M, N) int32, exact
-        y = acc.float().mul_(x_scale).mul_(self.weight_scale)  # (M, N) float32
+        y = acc * (x_scale * self.weight_scale)  # (M, N) int32 * (M, N) float32 -> float32
         if self.bias is not None:
-            y.add_(self.bias)
+            y += self.bias
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (M, N) -> x's leading shape + (N,)
 
     def extra_repr(self) -> str:
