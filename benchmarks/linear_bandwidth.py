@@ -2,7 +2,8 @@
 
 The 49 matrix-vector products of one semantic decode step (12 layers x att_proj, out_proj,
 mlp.in_proj, mlp.out_proj, plus lm_head), one row each: plain `F.linear`, oneDNN-packed float32,
-packed bfloat16, and torch's int8 dynamic quantisation when this torch still has it.
+packed bfloat16, fastbark's int8 mode (models/int8.py), and torch's int8 dynamic quantisation when
+this torch still has it.
 
     python benchmarks/linear_bandwidth.py --threads 2 --json benchmarks/linear-bandwidth.json
 """
@@ -19,6 +20,12 @@ import torch
 import torch.nn.functional as F
 
 SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(10_048, 768)]  # (out, in)
+
+
+def as_linear(weight: torch.Tensor) -> torch.nn.Linear:
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight.data.copy_(weight)
+    return linear
 
 
 def per_step_ms(fn, repeats: int = 20) -> float:
@@ -45,18 +52,17 @@ def main(argv=None) -> dict:
         results["F.linear float32"] = per_step_ms(lambda: [F.linear(x[w.shape[1]], w) for w in weights])
         from fastbark.models.cpu_kernels import PackedLinear
         for dtype, name in ((torch.float32, "oneDNN packed float32"), (torch.bfloat16, "oneDNN packed bfloat16")):
-            layers = []
-            for w in weights:
-                linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False).to(dtype)
-                linear.weight.data.copy_(w)
-                layers.append(PackedLinear(linear))
+            layers = [PackedLinear(as_linear(w).to(dtype)) for w in weights]
             xs = {k: v.to(dtype) for k, v in x.items()}
             results[name] = per_step_ms(lambda: [m(xs[m.in_features]) for m in layers])
+        from fastbark.models.int8 import Int8Linear
+        int8 = [Int8Linear(as_linear(w)) for w in weights]
+        results["fastbark int8 (per-row)"] = per_step_ms(lambda: [m(x[m.in_features]) for m in int8])
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 from torch.ao.quantization import quantize_dynamic
-                model = torch.nn.ModuleList(torch.nn.Linear(w.shape[1], w.shape[0], bias=False) for w in weights)
+                model = torch.nn.ModuleList(as_linear(w) for w in weights)
                 quantized = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
             results["int8 dynamic (torch.ao)"] = per_step_ms(lambda: [m(x[m.in_features]) for m in quantized])
         except Exception as e:  # removed from newer torch

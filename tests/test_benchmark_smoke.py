@@ -12,10 +12,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 @pytest.mark.filterwarnings("ignore")
 def test_benchmark_smoke(tmp_path):
     import bench
-    results = bench.main(["--size", "tiny", "--semantic-tokens", "12",
+    engines = {"fastbark", "fastbark-int8", "transformers", "transformers-int8"}
+    results = bench.main(["--size", "tiny", "--semantic-tokens", "12", "--engines", ",".join(sorted(engines)),
                           "--json", str(tmp_path / "out.json")])
     saved = json.loads((tmp_path / "out.json").read_text())
-    assert saved["engines"].keys() == {"fastbark", "transformers"}
+    assert saved["engines"].keys() == engines
     for row in results["engines"].values():
         assert row["n_semantic"] == 12  # every engine did the same forced work
         assert row["audio_s"] > 0 and row["total_s"] > 0
@@ -23,8 +24,23 @@ def test_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore")
+def test_benchmark_suno_engine_smoke():
+    pytest.importorskip("bark.model", reason="Suno's original code (pip install bark) is optional")
+    import bench
+    results = bench.main(["--size", "tiny", "--semantic-tokens", "12", "--engines", "suno,fastbark"])
+    assert results["engines"]["suno"]["n_semantic"] == 12
+
+
+def test_attention_benchmark_smoke():
+    import attention
+    results = attention.main(["--repeats", "1"])
+    for row in results.values():
+        assert row["max_abs_diff"] < 1e-4  # eager and SDPA compute the same attention
+
+
+@pytest.mark.filterwarnings("ignore")
 def test_linear_bandwidth_smoke(tmp_path):
     import linear_bandwidth
     results = linear_bandwidth.main(["--json", str(tmp_path / "out.json")])
-    assert {"F.linear float32", "oneDNN packed float32"} <= results.keys()
+    assert {"F.linear float32", "oneDNN packed float32", "fastbark int8 (per-row)"} <= results.keys()
     assert all(ms > 0 for ms in results.values())
