@@ -211,7 +211,8 @@ def main(argv=None) -> dict:
     p.add_argument("--semantic-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--engines", default="fastbark,transformers",
-                   help="comma list of fastbark, fastbark-unpacked (no oneDNN packing), fastbark-int8 (int8 "
+                   help="comma list of fastbark, fastbark-unpacked (plain F.linear), fastbark-onednn (oneDNN-packed "
+                        "decode layers instead of the C kernel), fastbark-int8 (int8 "
                         "linear layers), transformers, transformers-float32 (the reference in float32 whatever "
                         "--dtype is), transformers-int8 (the reference under torch.ao dynamic int8), suno (Suno's "
                         "original code, when `bark` is installed)")
@@ -226,9 +227,11 @@ def main(argv=None) -> dict:
                "dtype": args.dtype, "batch": args.batch,
                "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                "date": time.strftime("%Y-%m-%d"), "engines": {}}
-    unpacked = lambda *a: run_fastbark(*a, cpu_packing=False)  # noqa: E731  (ablation: plain F.linear)
+    unpacked = lambda *a: run_fastbark(*a, cpu_kernel="plain")  # noqa: E731  (ablation: plain F.linear)
+    onednn = lambda *a: run_fastbark(*a, cpu_kernel="onednn")  # noqa: E731  (ablation: oneDNN, no C kernel)
     int8 = lambda *a: run_fastbark(*a, quantize="int8")  # noqa: E731
     runners = {"fastbark": (run_fastbark, args.dtype), "fastbark-unpacked": (unpacked, args.dtype),
+               "fastbark-onednn": (onednn, args.dtype),
                "fastbark-int8": (int8, args.dtype),
                "transformers": (run_transformers, args.dtype),
                "transformers-float32": (run_transformers, "float32"),

@@ -2,7 +2,7 @@
 
 The 49 matrix-vector products of one semantic decode step (12 layers x att_proj, out_proj,
 mlp.in_proj, mlp.out_proj, plus lm_head), one row each: plain `F.linear`, oneDNN-packed float32,
-packed bfloat16, fastbark's int8 mode (models/int8.py), and torch's int8 dynamic quantisation when
+packed bfloat16, fastbark's C kernel (models/native/gemv.c), fastbark's int8 mode (models/int8.py), and torch's int8 dynamic quantisation when
 this torch still has it.
 
     python benchmarks/linear_bandwidth.py --threads 2 --json benchmarks/linear-bandwidth.json
@@ -55,6 +55,11 @@ def main(argv=None) -> dict:
             layers = [PackedLinear(as_linear(w).to(dtype)) for w in weights]
             xs = {k: v.to(dtype) for k, v in x.items()}
             results[name] = per_step_ms(lambda: [m(xs[m.in_features]) for m in layers])
+        from fastbark.models.cpu_gemv import GemvLinear, load_gemv
+        if load_gemv() is not None:
+            c_layers = [GemvLinear(as_linear(w)) for w in weights]
+            x3 = {k: v[None] for k, v in x.items()}  # (1, K) -> (1, 1, K): one decode position
+            results["fastbark C kernel float32"] = per_step_ms(lambda: [m(x3[m.in_features]) for m in c_layers])
         from fastbark.models.int8 import Int8Linear
         int8 = [Int8Linear(as_linear(w)) for w in weights]
         results["fastbark int8 (per-row)"] = per_step_ms(lambda: [m(x[m.in_features]) for m in int8])

@@ -14,6 +14,7 @@ from .constants import (CODEBOOK_SIZE, DEFAULT_COARSE_TEMPERATURE, DEFAULT_FINE_
                         N_FINE_CODEBOOKS, SAMPLE_RATE, SEMANTIC_VOCAB_SIZE, SLIDING_WINDOW_LEN)
 from .errors import BadInput
 from .loading.layouts import Parts, load_parts
+from .models.cpu_gemv import gemv_available, use_gemv
 from .models.cpu_kernels import pack_linears, packing_available
 from .models.int8 import int8_available, quantize_linears
 from .options import CoarseOptions, FineOptions, GenerationOptions, SemanticOptions
@@ -25,6 +26,7 @@ from .voices import Voice, VoiceLike, check_tokens, resolve_voice
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZE = (None, "int8")  # int8: the three GPTs' linear layers (models/int8.py); CPU only
+CPU_KERNELS = ("auto", "c", "onednn", "plain")  # the decode-step linear layers on the CPU (see from_pretrained)
 
 
 @dataclass(frozen=True)
@@ -81,18 +83,28 @@ def check_quantize(quantize, device: torch.device, dtype: torch.dtype) -> None:
         raise BadInput("quantize='int8' works with dtype float32 or bfloat16, not float16")
 
 
+def check_cpu_kernel(cpu_kernel) -> None:
+    if cpu_kernel not in CPU_KERNELS:
+        raise BadInput(f"unknown cpu_kernel {cpu_kernel!r}; accepted: {', '.join(CPU_KERNELS)}")
+
+
 class Bark:
     """Bark text-to-speech. Make one with `Bark.from_pretrained(...)`; it holds no global state."""
 
-    def __init__(self, parts: Parts, device: torch.device, dtype: torch.dtype, cpu_packing: bool = True,
+    def __init__(self, parts: Parts, device: torch.device, dtype: torch.dtype, cpu_kernel: str = "auto",
                  quantize: str | None = None):
         check_quantize(quantize, device, dtype)
+        check_cpu_kernel(cpu_kernel)
+        decoders = (parts.semantic, parts.coarse)  # the decode-step GPTs; the fine GPT runs big GEMMs
         if quantize == "int8":  # all three GPTs: the fine GPT's big products gain from int8 too
-            for model in (parts.semantic, parts.coarse, parts.fine):
+            for model in (*decoders, parts.fine):
                 quantize_linears(model)
-        elif cpu_packing and packing_available(device, dtype):  # the decode-step GPTs; the fine GPT runs big GEMMs
-            pack_linears(parts.semantic)
-            pack_linears(parts.coarse)
+        elif cpu_kernel in ("auto", "c") and gemv_available(device, dtype):
+            for model in decoders:
+                use_gemv(model)
+        elif cpu_kernel in ("auto", "c", "onednn") and packing_available(device, dtype):
+            for model in decoders:
+                pack_linears(model)
         self.semantic_model, self.coarse_model, self.fine_model = parts.semantic, parts.coarse, parts.fine
         self.codec, self.tokenizer, self.voice_library = parts.codec, parts.tokenizer, parts.voices
         self.source, self.device, self.dtype, self.quantize = parts.source, device, dtype, quantize
@@ -102,18 +114,20 @@ class Bark:
     def from_pretrained(cls, source: str | os.PathLike = "suno/bark-small", *, device="cpu", dtype="float32",
                         tokenizer: str | os.PathLike | None = None, codec: str | os.PathLike | None = None,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-                        local_files_only: bool = False, cpu_packing: bool = True,
+                        local_files_only: bool = False, cpu_kernel: str = "auto",
                         quantize: str | None = None) -> "Bark":
         """Load from a hub id (`suno/bark-small`, `suno/bark`), a folder in the hub layout, or a folder of
         Suno's original `.pt` files (EnCodec from `codec`: a `.th` file, a folder or hub id; default
         `facebook/encodec_24khz`). `tokenizer` overrides the tokenizer (a file, folder or hub id).
-        `cpu_packing=False` keeps plain weights instead of oneDNN-packed ones on the CPU.
+        `cpu_kernel` picks the CPU decode step's linear layers: "auto" (the C kernel in float32 where a C
+        compiler exists, else oneDNN-packed weights), "c", "onednn", or "plain" (`F.linear`).
         `quantize="int8"` is the int8 fast mode (CPU): see README for its measured fidelity."""
         dev, dt = parse_device(device), parse_dtype(dtype)
         check_quantize(quantize, dev, dt)
+        check_cpu_kernel(cpu_kernel)
         parts = load_parts(source, dev, dt, tokenizer=tokenizer, codec=codec, revision=revision,
                            cache_dir=os.fspath(cache_dir) if cache_dir else None, local_files_only=local_files_only)
-        return cls(parts, dev, dt, cpu_packing, quantize)
+        return cls(parts, dev, dt, cpu_kernel, quantize)
 
     # ------------------------------------------------------------ voices
 

@@ -40,4 +40,4 @@ def tts(hub_dir):
 @pytest.fixture(scope="session")
 def plain_tts(hub_dir):
     """Plain (unpacked) CPU weights: every weight shows in state_dict()."""
-    return fastbark.Bark.from_pretrained(hub_dir, cpu_packing=False)
+    return fastbark.Bark.from_pretrained(hub_dir, cpu_kernel="plain")

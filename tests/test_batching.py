@@ -1,5 +1,7 @@
 """Batches: every text's tokens in a batch equal its tokens generated alone (float32, CPU, greedy)."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -101,3 +103,45 @@ def test_packing_falls_back_to_plain_linear(monkeypatch):
     monkeypatch.setattr(cpu_kernels.PackedLinear, "__init__", unavailable)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     assert isinstance(cpu_kernels.pack_linears(model)[0], torch.nn.Linear)
+
+
+needs_c = pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode kernel needs a C compiler")
+
+
+@needs_c
+@pytest.mark.parametrize("k, n, bias", [(768, 2304, False), (3072, 768, False), (45, 7, True), (32, 10_048, False)])
+def test_c_kernel_rows_do_not_depend_on_batch_or_threads(k, n, bias):
+    """The C decode kernel: a row's bits alone = inside batches of 2, 5 and 16 (its 4x2 blocks and its
+    one-row path) = with another thread count; and it matches F.linear to float32 rounding."""
+    from fastbark.models.cpu_gemv import GemvLinear, load_gemv
+    assert load_gemv() is not None, "a C compiler is present, so the kernel must build"
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(k, n, bias=bias)
+    layer = GemvLinear(linear)
+    x = torch.randn(16, 1, k)
+    alone = [layer(x[i: i + 1]) for i in range(16)]
+    for size in (2, 5, 16):
+        batch = layer(x[:size])
+        assert all(torch.equal(batch[i: i + 1], alone[i]) for i in range(size)), size
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(layer(x), torch.cat(alone))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(torch.cat(alone), linear(x), rtol=1e-5, atol=1e-4)
+    # several positions per row take the big-product path, which agrees too
+    torch.testing.assert_close(layer(x.reshape(4, 4, k)), linear(x.reshape(4, 4, k)), rtol=1e-5, atol=1e-4)
+
+
+def test_c_kernel_falls_back_without_a_compiler(monkeypatch, hub_dir):
+    import fastbark
+    from fastbark.models import cpu_gemv
+    monkeypatch.setattr(cpu_gemv.shutil, "which", lambda name: None)
+    cpu_gemv.load_gemv.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="no C compiler"):
+            tts = fastbark.Bark.from_pretrained(hub_dir)
+        assert type(tts.semantic_model.lm_head).__name__ == "PackedLinear"
+    finally:
+        cpu_gemv.load_gemv.cache_clear()

@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 
 
 def same_weights(a: fastbark.Bark, b: fastbark.Bark):
-    """Every weight equal (engines loaded with cpu_packing=False, so that state_dict shows them all)."""
+    """Every weight equal (engines loaded with cpu_kernel="plain", so that state_dict shows them all)."""
     for name in ("semantic_model", "coarse_model", "fine_model", "codec"):
         sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
         assert sa.keys() == sb.keys(), name
@@ -35,7 +35,7 @@ def same_outputs(a: fastbark.Bark, b: fastbark.Bark):
 
 def test_suno_pt_and_original_encodec_load_the_same_model(plain_tts, suno_dir, hub_dir):
     tts = plain_tts
-    suno = fastbark.Bark.from_pretrained(suno_dir, tokenizer=hub_dir / "vocab.txt", cpu_packing=False)
+    suno = fastbark.Bark.from_pretrained(suno_dir, tokenizer=hub_dir / "vocab.txt", cpu_kernel="plain")
     same_weights(tts, suno)
     same_outputs(tts, suno)
     assert all(h.weight is e.weight for h, e in zip(suno.fine_model.lm_heads, suno.fine_model.input_embeds_layers[1:]))
@@ -47,7 +47,7 @@ def test_old_vocab_size_and_hub_layout_encodec(reference, hub_dir, tmp_path, pla
     (folder / "encodec_24khz-d7cc33bc.th").unlink()
     reference.codec_model.save_pretrained(tmp_path / "encodec_24khz")  # the facebook/encodec_24khz layout
     shutil.copy(hub_dir / "vocab.txt", folder / "vocab.txt")
-    old = fastbark.Bark.from_pretrained(folder, codec=tmp_path / "encodec_24khz", cpu_packing=False)
+    old = fastbark.Bark.from_pretrained(folder, codec=tmp_path / "encodec_24khz", cpu_kernel="plain")
     assert old.coarse_model.config.input_vocab_size == 12_096
     same_weights(plain_tts, old)
 
@@ -163,7 +163,7 @@ def test_hub_id_from_the_usual_cache(hub_dir, tmp_path, plain_tts):
     (tmp_path / "models--suno--bark-tiny" / "refs").mkdir()
     (tmp_path / "models--suno--bark-tiny" / "refs" / "main").write_text("0123abcd")
     cached = fastbark.Bark.from_pretrained("suno/bark-tiny", cache_dir=tmp_path, local_files_only=True,
-                                           cpu_packing=False)
+                                           cpu_kernel="plain")
     same_weights(plain_tts, cached)
     assert cached.load_voice("announcer") is not None
 
@@ -173,7 +173,7 @@ def test_convert_round_trip(source, hub_dir, suno_dir, tmp_path, plain_tts):
     src = hub_dir if source == "hub" else suno_dir
     parts = load_parts(src, CPU, torch.float32, tokenizer=hub_dir / "vocab.txt" if source == "suno" else None)
     write_hub_layout(parts, tmp_path / "out")
-    converted = fastbark.Bark.from_pretrained(tmp_path / "out", cpu_packing=False)
+    converted = fastbark.Bark.from_pretrained(tmp_path / "out", cpu_kernel="plain")
     same_weights(plain_tts, converted)
     same_outputs(plain_tts, converted)
     assert converted.tokenize("café naïve ♪") == plain_tts.tokenize("café naïve ♪")
@@ -194,9 +194,20 @@ def test_convert_float16_loads_in_transformers(hub_dir, tmp_path, reference):
     assert main(["convert", str(hub_dir), str(tmp_path / "half")]) == 2  # refuses to overwrite
 
 
-def test_packed_and_plain_weights_give_the_same_tokens(tts, plain_tts):
-    assert type(tts.semantic_model.lm_head).__name__ == "PackedLinear"
+@pytest.mark.parametrize("kernel, layer", [("c", "GemvLinear"), ("onednn", "PackedLinear")])
+def test_cpu_kernels_give_the_plain_tokens(hub_dir, plain_tts, kernel, layer):
+    if kernel == "c" and shutil.which("cc") is None:
+        pytest.skip("no C compiler on this machine")
+    tts = fastbark.Bark.from_pretrained(hub_dir, cpu_kernel=kernel)
+    assert type(tts.semantic_model.lm_head).__name__ == layer
+    assert type(tts.coarse_model.layers[0].mlp.in_proj).__name__ == layer
     kwargs = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, min_eos_p=None)
     a, b = tts.generate("the dog is cute", **kwargs), plain_tts.generate("the dog is cute", **kwargs)
     np.testing.assert_array_equal(a.semantic_tokens, b.semantic_tokens)
     np.testing.assert_array_equal(a.fine_tokens, b.fine_tokens)
+    np.testing.assert_allclose(a.audio, b.audio, atol=1e-4)
+
+
+def test_bad_cpu_kernel(hub_dir):
+    with pytest.raises(fastbark.BadInput, match="unknown cpu_kernel 'fast'; accepted: auto, c, onednn, plain"):
+        fastbark.Bark.from_pretrained(hub_dir, cpu_kernel="fast")

@@ -1,0 +1,140 @@
+"""Exact-mode CPU decode: a float32 matrix-vector kernel in C (native/gemv.c), built at first use.
+
+A decode step is 49 matrix-vector products that only stream weights. oneDNN's packed kernel
+streams them at ~19 GB/s on the 2-core test machine; this plain C loop over the (N, K) weight,
+split over OpenMP threads, gets closer to what the memory delivers (RESULTS.md section 13).
+
+`GemvLinear` keeps the plain float32 weight. One-position inputs (decode steps: x of shape
+(B, 1, K)) go to the C kernel, whose every output follows one fixed order of operations, so a
+text gets the same bits alone as inside a batch. Longer inputs (prompt prefills, compute-bound)
+go to oneDNN, whose rows also do not depend on the batch.
+
+The library is compiled once per source, flags and CPU into the user's cache folder with the
+system C compiler (`cc`). Without a compiler, or if the built kernel fails its self-check, the
+engine falls back to oneDNN-packed layers (cpu_kernels.py) and says so once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SOURCE = Path(__file__).with_name("native") / "gemv.c"
+# -ffp-contract=off: no fused multiply-adds, so every code path of the kernel rounds alike
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastbark" / "native"
+
+
+def _cpu_signature() -> str:
+    """-march=native code must not run on another CPU: the cached library is keyed by the CPU's flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return next((line for line in info.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([compiler, *FLAGS, platform.machine(), _cpu_signature()]).encode())
+    target = _cache_dir() / f"gemv-{key.hexdigest()[:16]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out)], check=True, capture_output=True,
+                           timeout=120)
+            os.replace(out, target)  # atomic: a concurrent build never sees half a file
+    return target
+
+
+def _self_check(fn) -> bool:
+    """The built kernel against float64 on odd sizes (tails, a short last block, odd M)."""
+    g = torch.Generator().manual_seed(0)
+    for m, n, k in ((1, 7, 45), (3, 10, 96), (2, 4, 32)):
+        x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+        y = torch.empty(m, n)
+        fn(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), m, n, k, 1)
+        if not torch.allclose(y.double(), x.double() @ w.double().T + b.double(), rtol=1e-5, atol=1e-5):
+            return False
+    return True
+
+
+@functools.cache
+def load_gemv():
+    """The C kernel as a ctypes function, or None where it cannot be built or fails its check."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None or platform.system() != "Linux":
+        reason = "no C compiler (cc) found" if compiler is None else f"not built on {platform.system()}"
+    else:
+        try:
+            fn = ctypes.CDLL(str(_build(compiler))).fastbark_gemv_f32
+            fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+            fn.restype = None
+            if _self_check(fn):
+                return fn
+            reason = "the built kernel failed its self-check"
+        except (OSError, subprocess.SubprocessError) as e:
+            reason = f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    warnings.warn(f"fastbark: the C decode kernel is not used: {reason}; decoding with oneDNN instead", stacklevel=2)
+    return None
+
+
+def gemv_available(device: torch.device, dtype: torch.dtype) -> bool:
+    return device.type == "cpu" and dtype == torch.float32 and load_gemv() is not None
+
+
+def _onednn_linear(x, weight, bias):
+    """oneDNN on the plain weight (it repacks per call: cheap next to a prefill's compute)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class GemvLinear(nn.Module):
+    """nn.Linear for the CPU decode step: one-position inputs use the C kernel, longer ones oneDNN."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.detach().contiguous(), requires_grad=False)
+        self.bias = linear.bias
+        self._kernel = load_gemv()
+        self._big = _onednn_linear if torch.backends.mkldnn.is_available() else F.linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[-2] != 1:  # several positions per row: a compute-bound product
+            return self._big(x, self.weight, self.bias)
+        rows = x.reshape(-1, self.in_features).contiguous()  # (B, 1, K) -> (B, K)
+        y = torch.empty(rows.shape[0], self.out_features, dtype=x.dtype)
+        bias = self.bias.data_ptr() if self.bias is not None else None
+        self._kernel(rows.data_ptr(), self.weight.data_ptr(), bias, y.data_ptr(), rows.shape[0],
+                     self.out_features, self.in_features, torch.get_num_threads())
+        return y.reshape(*x.shape[:-1], self.out_features)  # (B, N) -> (B, 1, N)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, decode=C kernel"
+
+
+def use_gemv(model: nn.Module) -> nn.Module:
+    """Replace every nn.Linear of `model` by a GemvLinear, in place."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(model, name, GemvLinear(child))
+        else:
+            use_gemv(child)
+    return model
