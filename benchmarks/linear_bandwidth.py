@@ -55,8 +55,8 @@ def main(argv=None) -> dict:
             layers = [PackedLinear(as_linear(w).to(dtype)) for w in weights]
             xs = {k: v.to(dtype) for k, v in x.items()}
             results[name] = per_step_ms(lambda: [m(xs[m.in_features]) for m in layers])
-        from fastbark.models.cpu_gemv import GemvLinear, load_gemv
-        if load_gemv() is not None:
+        from fastbark.models.cpu_gemv import GemvLinear, load_kernels
+        if load_kernels() is not None:
             c_layers = [GemvLinear(as_linear(w)) for w in weights]
             x3 = {k: v[None] for k, v in x.items()}  # (1, K) -> (1, 1, K): one decode position
             results["fastbark C kernel float32"] = per_step_ms(lambda: [m(x3[m.in_features]) for m in c_layers])

@@ -113,8 +113,8 @@ needs_c = pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode ke
 def test_c_kernel_rows_do_not_depend_on_batch_or_threads(k, n, bias):
     """The C decode kernel: a row's bits alone = inside batches of 2, 5 and 16 (its 4x2 blocks and its
     one-row path) = with another thread count; and it matches F.linear to float32 rounding."""
-    from fastbark.models.cpu_gemv import GemvLinear, load_gemv
-    assert load_gemv() is not None, "a C compiler is present, so the kernel must build"
+    from fastbark.models.cpu_gemv import GemvLinear, load_kernels
+    assert load_kernels() is not None, "a C compiler is present, so the kernel must build"
     torch.manual_seed(0)
     linear = torch.nn.Linear(k, n, bias=bias)
     layer = GemvLinear(linear)
@@ -138,10 +138,10 @@ def test_c_kernel_falls_back_without_a_compiler(monkeypatch, hub_dir):
     import fastbark
     from fastbark.models import cpu_gemv
     monkeypatch.setattr(cpu_gemv.shutil, "which", lambda name: None)
-    cpu_gemv.load_gemv.cache_clear()
+    cpu_gemv.load_kernels.cache_clear()
     try:
         with pytest.warns(UserWarning, match="no C compiler"):
             tts = fastbark.Bark.from_pretrained(hub_dir)
         assert type(tts.semantic_model.lm_head).__name__ == "PackedLinear"
     finally:
-        cpu_gemv.load_gemv.cache_clear()
+        cpu_gemv.load_kernels.cache_clear()

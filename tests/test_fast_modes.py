@@ -1,5 +1,6 @@
 """The fast modes (bfloat16, int8) stay within stated bounds of float32 (teacher-forced, same weights)."""
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -76,3 +77,18 @@ def test_bad_quantize(hub_dir):
         fastbark.Bark.from_pretrained(hub_dir, quantize="int4")
     with pytest.raises(fastbark.BadInput, match="not float16"):
         fastbark.Bark.from_pretrained(hub_dir, quantize="int8", dtype="float16")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode kernels need a C compiler")
+@pytest.mark.parametrize("k, n", [(768, 2304), (3072, 768), (45, 7)])
+def test_int8_c_kernel_is_the_torch_path_bit_for_bit(k, n):
+    """Decode steps (one position) take the C kernel; it must give the torch path's bits, alone or batched."""
+    from fastbark.models.cpu_gemv import load_kernels
+    assert load_kernels() is not None and load_kernels().s8 is not None
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(k, n)
+    native, torch_path = Int8Linear(linear), Int8Linear(linear, native=False)
+    x = torch.randn(6, 1, k)
+    batch = native(x)
+    assert torch.equal(batch, torch_path(x))
+    assert all(torch.equal(native(x[i: i + 1]), batch[i: i + 1]) for i in range(6))

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,55 +58,94 @@ def _build(compiler: str) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out)], check=True, capture_output=True,
-                           timeout=120)
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], check=True,
+                           capture_output=True, timeout=120)
             os.replace(out, target)  # atomic: a concurrent build never sees half a file
     return target
 
 
-def _run(fn, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, threads: int = 1) -> torch.Tensor:
+@dataclass(frozen=True)
+class NativeKernels:
+    """The built library's checked entry points; `s8` is None if its check failed (int8 then uses torch)."""
+
+    f32: object
+    s8: object | None
+
+
+def run_f32(fn, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, threads: int = 1) -> torch.Tensor:
+    """x (M, K) @ w (N, K)^T + b -> (M, N), float32, all contiguous."""
     y = torch.empty(x.shape[0], w.shape[0])
     fn(x.data_ptr(), w.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(), x.shape[0], w.shape[0],
        w.shape[1], threads)
     return y
 
 
-def _self_check(fn) -> bool:
-    """The built kernel against float64, on sizes with every tail (N % 4, K % 16, M % 4), and each row's
-    bits alone against its bits in the batch (the compiler must have kept every path's arithmetic alike)."""
+def run_s8(fn, x: torch.Tensor, w_q: torch.Tensor, w_sum: torch.Tensor, w_scale: torch.Tensor,
+           b: torch.Tensor | None, threads: int = 1) -> torch.Tensor:
+    """The int8 mode's product (models/int8.py) of float32 rows x (M, K): quantise, int8 dot, rescale."""
+    y = torch.empty(x.shape[0], w_q.shape[0])
+    if fn(x.data_ptr(), w_q.data_ptr(), w_sum.data_ptr(), w_scale.data_ptr(), b.data_ptr() if b is not None else None,
+          y.data_ptr(), x.shape[0], w_q.shape[0], w_q.shape[1], threads):
+        raise MemoryError("fastbark's int8 kernel could not allocate its quantised rows")
+    return y
+
+
+SHAPES_CHECKED = ((1, 7, 45), (5, 10, 96), (9, 4, 130))  # (M, N, K): every tail of the blocks and of K
+
+
+def _check_f32(fn) -> bool:
+    """Against float64, and each row's bits alone against its bits in the batch (the compiler must have
+    kept every path's arithmetic alike)."""
     g = torch.Generator().manual_seed(0)
-    for m, n, k in ((1, 7, 45), (5, 10, 96), (9, 4, 32)):
+    for m, n, k in SHAPES_CHECKED:
         x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-        y = _run(fn, x, w, b)
+        y = run_f32(fn, x, w, b)
         if not torch.allclose(y.double(), x.double() @ w.double().T + b.double(), rtol=1e-5, atol=1e-5):
             return False
-        if not all(torch.equal(_run(fn, x[i: i + 1], w, b), y[i: i + 1]) for i in range(m)):
+        if not all(torch.equal(run_f32(fn, x[i: i + 1], w, b), y[i: i + 1]) for i in range(m)):
+            return False
+    return True
+
+
+def _check_s8(fn) -> bool:
+    """Bit for bit the int8 mode's torch path (Int8Linear with torch._int_mm)."""
+    from .int8 import Int8Linear  # int8.py imports this module: import here, when first checked
+    torch.manual_seed(0)
+    for m, n, k in SHAPES_CHECKED:
+        layer = Int8Linear(nn.Linear(k, n), native=False)
+        x = torch.randn(m, k)
+        y = run_s8(fn, x, layer.weight_q, layer.weight_sum, layer.weight_scale, layer.bias)
+        if not torch.equal(y, layer(x[:, None]).reshape(m, n)):
             return False
     return True
 
 
 @functools.cache
-def load_gemv():
-    """The C kernel as a ctypes function, or None where it cannot be built or fails its check."""
+def load_kernels() -> NativeKernels | None:
+    """The C kernels, or None where they cannot be built or the float32 one fails its check."""
     compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None or platform.system() != "Linux":
         reason = "no C compiler (cc) found" if compiler is None else f"not built on {platform.system()}"
     else:
         try:
-            fn = ctypes.CDLL(str(_build(compiler))).fastbark_gemv_f32
-            fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-            fn.restype = None
-            if _self_check(fn):
-                return fn
+            lib = ctypes.CDLL(str(_build(compiler)))
+            f32, s8 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8
+            f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+            f32.restype = None
+            s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+            s8.restype = ctypes.c_int
+            if _check_f32(f32):
+                return NativeKernels(f32, s8 if _check_s8(s8) else None)
             reason = "the built kernel failed its self-check"
         except (OSError, subprocess.SubprocessError) as e:
             reason = f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    warnings.warn(f"fastbark: the C decode kernel is not used: {reason}; decoding with oneDNN instead", stacklevel=2)
+    warnings.warn(f"fastbark: the C decode kernels are not used: {reason}; decoding with oneDNN and torch instead",
+                  stacklevel=2)
     return None
 
 
 def gemv_available(device: torch.device, dtype: torch.dtype) -> bool:
-    return device.type == "cpu" and dtype == torch.float32 and load_gemv() is not None
+    return device.type == "cpu" and dtype == torch.float32 and load_kernels() is not None
 
 
 def _onednn_linear(x, weight, bias):
@@ -121,14 +161,14 @@ class GemvLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = nn.Parameter(linear.weight.detach().contiguous(), requires_grad=False)
         self.bias = linear.bias
-        self._kernel = load_gemv()
+        self._kernel = load_kernels().f32
         self._big = _onednn_linear if torch.backends.mkldnn.is_available() else F.linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[-2] != 1:  # several positions per row: a compute-bound product
             return self._big(x, self.weight, self.bias)
         rows = x.reshape(-1, self.in_features).contiguous()  # (B, 1, K) -> (B, K)
-        y = _run(self._kernel, rows, self.weight, self.bias, torch.get_num_threads())  # (B, N)
+        y = run_f32(self._kernel, rows, self.weight, self.bias, torch.get_num_threads())  # (B, N)
         return y.reshape(*x.shape[:-1], self.out_features)  # (B, N) -> (B, 1, N)
 
     def extra_repr(self) -> str:

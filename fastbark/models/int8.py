@@ -11,13 +11,17 @@ too). torch's dynamic quantisation scales the whole batch at once, which would b
 
 Speed on the CPU (AVX-512 VNNI): a decode step reads a quarter of the float32 bytes, and the big
 prefill and fine-stage products run on the int8 units; RESULTS.md has the numbers and the
-fidelity (max relative logit error, greedy agreement) against float32.
+fidelity (max relative logit error, greedy agreement) against float32. Single positions (decode
+steps) go to fastbark's C kernel where it is built (cpu_gemv.py), which quantises, multiplies and
+rescales in one call and gives the same bits as the torch path.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .cpu_gemv import load_kernels, run_s8
 
 INT8_MAX = 127  # symmetric range [-127, 127]; -128 is left out so that negation is exact
 
@@ -36,15 +40,23 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """nn.Linear's forward with int8 weights and per-row int8 activations. The float weight is not kept."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, native: bool = True):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         w_q, w_scale = quantize_rows(linear.weight.detach())  # (N, K) int8, (N, 1)
         self.register_buffer("weight_q", w_q)
         self.register_buffer("weight_scale", w_scale.reshape(-1))  # (N, 1) -> (N,)
+        self.register_buffer("weight_sum", w_q.sum(dim=1, dtype=torch.int32))  # (N,): the C kernel's correction
         self.bias = linear.bias
+        kernels = load_kernels() if native else None
+        self._native = kernels.s8 if kernels is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._native is not None and x.dim() >= 2 and x.shape[-2] == 1 and x.dtype == torch.float32:
+            rows = x.reshape(-1, self.in_features).contiguous()  # (B, 1, K) -> (B, K)
+            y = run_s8(self._native, rows, self.weight_q, self.weight_sum, self.weight_scale, self.bias,
+                       torch.get_num_threads())
+            return y.reshape(*x.shape[:-1], self.out_features)  # (B, N) -> (B, 1, N)
         rows = x.reshape(-1, self.in_features)  # (..., K) -> (M, K)
         x_q, x_scale = quantize_rows(rows)
         acc = torch._int_mm(x_q, self.weight_q.t())  # (M, K) @ (K, N) -> (M, N) int32, exact

@@ -75,3 +75,67 @@ void fastbark_gemv_f32(const float *x, const float *w, const float *bias, float 
         else rows_of_w(w, x, bias, y, full * 4 + (u - full), M, N, K, 1);
     }
 }
+
+/* ---------------------------------------------------------------- int8 (the int8 mode's decode step)
+ *
+ * y[m, n] = (sum_k xq[m, k] * wq[n, k]) * x_scale[m] * w_scale[n] + bias[n], where each row of x is
+ * quantised here exactly as fastbark/models/int8.py does it (symmetric, amax / 127, round half to
+ * even). The integer sums are exact, so any blocking gives the same bits; the float epilogue has one
+ * fixed order. With AVX512-VNNI, the unsigned-by-signed byte dot product runs on x + 128 and the
+ * 128 * sum_k wq[n, k] it adds is taken off again (w_sum, precomputed).
+ */
+#include <math.h>
+#include <stdlib.h>
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+static void quantize_row(const float *x, int64_t K, int8_t *q, uint8_t *q_biased, float *scale) {
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
+    float s = fmaxf(amax, 1e-12f) / 127.0f;
+    *scale = s;
+    for (int64_t k = 0; k < K; k++) {
+        int v = (int)nearbyintf(x[k] / s);  /* the default rounding mode: half to even, as torch.round */
+        q[k] = (int8_t)v;
+        q_biased[k] = (uint8_t)(v + 128);
+    }
+}
+
+static int32_t dot_s8(const int8_t *x, const uint8_t *x_biased, const int8_t *w, int32_t w_sum, int64_t K) {
+    int64_t k = 0;
+    int32_t s = 0;
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+    __m512i acc = _mm512_setzero_si512();
+    for (; k + 64 <= K; k += 64)
+        acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(x_biased + k), _mm512_loadu_si512(w + k));
+    s = _mm512_reduce_add_epi32(acc) - 128 * w_sum;  /* sum (x + 128) w - 128 sum w = sum x w, exactly */
+    /* the tail below runs on x itself, so take its share of the correction back */
+    for (int64_t j = k; j < K; j++) s += 128 * w[j];
+#else
+    (void)x_biased; (void)w_sum;
+#endif
+    for (; k < K; k++) s += (int32_t)x[k] * (int32_t)w[k];
+    return s;
+}
+
+/* x: (M, K) float32, wq: (N, K) int8, w_sum: (N,) int32, w_scale: (N,), bias: (N,) or NULL, y: (M, N).
+   Returns 0, or 1 when out of memory. */
+int fastbark_linear_s8(const float *x, const int8_t *wq, const int32_t *w_sum, const float *w_scale,
+                       const float *bias, float *y, int64_t M, int64_t N, int64_t K, int threads) {
+    int8_t *xq = malloc((size_t)(M * K));
+    uint8_t *xb = malloc((size_t)(M * K));
+    float *xs = malloc((size_t)M * sizeof(float));
+    if (!xq || !xb || !xs) { free(xq); free(xb); free(xs); return 1; }  /* out of memory */
+    for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, xq + m * K, xb + m * K, xs + m);
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const int8_t *wn = wq + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const int32_t acc = dot_s8(xq + m * K, xb + m * K, wn, w_sum[n], K);
+            y[m * N + n] = (float)acc * (xs[m] * w_scale[n]) + (bias ? bias[n] : 0.0f);
+        }
+    }
+    free(xq); free(xb); free(xs);
+    return 0;
+}
