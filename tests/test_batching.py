@@ -145,3 +145,14 @@ def test_c_kernel_falls_back_without_a_compiler(monkeypatch, hub_dir):
         assert type(tts.semantic_model.lm_head).__name__ == "PackedLinear"
     finally:
         cpu_gemv.load_kernels.cache_clear()
+
+
+@needs_c
+def test_building_the_kernels_leaves_the_users_rng_alone():
+    from fastbark.models import cpu_gemv
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    cpu_gemv.load_kernels.cache_clear()
+    assert cpu_gemv.load_kernels() is not None  # rebuilt from the cache folder and checked again
+    assert torch.equal(torch.rand(4), expected)

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_kernels import replace_linears
+
 SOURCE = Path(__file__).with_name("native") / "gemv.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
@@ -110,13 +112,14 @@ def _check_f32(fn) -> bool:
 def _check_s8(fn) -> bool:
     """Bit for bit the int8 mode's torch path (Int8Linear with torch._int_mm)."""
     from .int8 import Int8Linear  # int8.py imports this module: import here, when first checked
-    torch.manual_seed(0)
-    for m, n, k in SHAPES_CHECKED:
-        layer = Int8Linear(nn.Linear(k, n), native=False)
-        x = torch.randn(m, k)
-        y = run_s8(fn, x, layer.weight_q, layer.weight_sum, layer.weight_scale, layer.bias)
-        if not torch.equal(y, layer(x[:, None]).reshape(m, n)):
-            return False
+    with torch.random.fork_rng(devices=[]):  # the layers' initialisation must not move the user's RNG
+        torch.manual_seed(0)
+        for m, n, k in SHAPES_CHECKED:
+            layer = Int8Linear(nn.Linear(k, n), native=False)
+            x = torch.randn(m, k)
+            y = run_s8(fn, x, layer.weight_q, layer.weight_sum, layer.weight_scale, layer.bias)
+            if not torch.equal(y, layer(x[:, None]).reshape(m, n)):
+                return False
     return True
 
 
@@ -177,9 +180,4 @@ class GemvLinear(nn.Module):
 
 def use_gemv(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear of `model` by a GemvLinear, in place."""
-    for name, child in model.named_children():
-        if isinstance(child, nn.Linear):
-            setattr(model, name, GemvLinear(child))
-        else:
-            use_gemv(child)
-    return model
+    return replace_linears(model, GemvLinear)

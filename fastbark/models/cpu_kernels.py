@@ -56,15 +56,25 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
 
 
+def replace_linears(model: nn.Module, make) -> nn.Module:
+    """Replace every nn.Linear of `model`, at any depth, by `make(linear)`, in place; where `make`
+    returns None the layer stays as it is."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Linear):
+            new = make(child)
+            if new is not None:
+                setattr(model, name, new)
+        else:
+            replace_linears(child, make)
+    return model
+
+
 def pack_linears(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear of `model` by a PackedLinear, in place. A layer that oneDNN cannot
     pack on this machine (a build without these kernels) stays a plain nn.Linear."""
-    for name, child in model.named_children():
-        if isinstance(child, nn.Linear):
-            try:
-                setattr(model, name, PackedLinear(child))
-            except (RuntimeError, NotImplementedError):
-                pass
-        else:
-            pack_linears(child)
-    return model
+    def pack(linear: nn.Linear) -> PackedLinear | None:
+        try:
+            return PackedLinear(linear)
+        except (RuntimeError, NotImplementedError):
+            return None
+    return replace_linears(model, pack)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .cpu_gemv import load_kernels, run_s8
+from .cpu_kernels import replace_linears
 
 INT8_MAX = 127  # symmetric range [-127, 127]; -128 is left out so that negation is exact
 
@@ -71,9 +72,4 @@ class Int8Linear(nn.Module):
 
 def quantize_linears(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear of `model` by an Int8Linear, in place."""
-    for name, child in model.named_children():
-        if isinstance(child, nn.Linear):
-            setattr(model, name, Int8Linear(child))
-        else:
-            quantize_linears(child)
-    return model
+    return replace_linears(model, Int8Linear)
