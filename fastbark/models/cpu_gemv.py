@@ -67,11 +67,18 @@ def _build(compiler: str) -> Path:
 
 
 @dataclass(frozen=True)
+class Int8Kernels:
+    linear: object  # one-position rows: quantise, int8 dot, rescale
+    quantize: object  # big products: rows -> int8 and scales, before torch._int_mm
+    rescale: object  # big products: int32 -> float32, after torch._int_mm
+
+
+@dataclass(frozen=True)
 class NativeKernels:
     """The built library's checked entry points; `s8` is None if its check failed (int8 then uses torch)."""
 
     f32: object
-    s8: object | None
+    s8: Int8Kernels | None
 
 
 def run_f32(fn, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, threads: int = 1) -> torch.Tensor:
@@ -92,6 +99,22 @@ def run_s8(fn, x: torch.Tensor, w_q: torch.Tensor, w_sum: torch.Tensor, w_scale:
     return y
 
 
+def run_quantize(fn, x: torch.Tensor, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 rows x (M, K) -> (int8 (M, K), scales (M, 1)), as models/int8.py's quantize_rows."""
+    q, scale = torch.empty(x.shape, dtype=torch.int8), torch.empty(x.shape[0], 1)
+    fn(x.data_ptr(), q.data_ptr(), scale.data_ptr(), x.shape[0], x.shape[1], threads)
+    return q, scale
+
+
+def run_rescale(fn, acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, b: torch.Tensor | None,
+                threads: int = 1) -> torch.Tensor:
+    """int32 (M, N) * (x_scale (M, 1) * w_scale (N,)) + b -> float32 (M, N)."""
+    y = torch.empty(acc.shape)
+    fn(acc.data_ptr(), x_scale.data_ptr(), w_scale.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(),
+       acc.shape[0], acc.shape[1], threads)
+    return y
+
+
 SHAPES_CHECKED = ((1, 7, 45), (5, 10, 96), (9, 4, 130))  # (M, N, K): every tail of the blocks and of K
 
 
@@ -109,17 +132,20 @@ def _check_f32(fn) -> bool:
     return True
 
 
-def _check_s8(fn) -> bool:
-    """Bit for bit the int8 mode's torch path (Int8Linear with torch._int_mm)."""
+def _check_s8(kernels: Int8Kernels) -> bool:
+    """Bit for bit the int8 mode's torch path (Int8Linear without native kernels), for one position per
+    row (the decode kernel) and for several (quantise and rescale around torch._int_mm)."""
     from .int8 import Int8Linear  # int8.py imports this module: import here, when first checked
     with torch.random.fork_rng(devices=[]):  # the layers' initialisation must not move the user's RNG
         torch.manual_seed(0)
         for m, n, k in SHAPES_CHECKED:
-            layer = Int8Linear(nn.Linear(k, n), native=False)
-            x = torch.randn(m, k)
-            y = run_s8(fn, x, layer.weight_q, layer.weight_sum, layer.weight_scale, layer.bias)
-            if not torch.equal(y, layer(x[:, None]).reshape(m, n)):
-                return False
+            layer = Int8Linear(nn.Linear(k, n, bias=n % 2 == 0), native=False)
+            for x in (torch.randn(m, 1, k), torch.randn(2, m, k)):
+                layer._native = None
+                expected = layer(x)
+                layer._native = kernels
+                if not torch.equal(layer(x), expected):
+                    return False
     return True
 
 
@@ -133,12 +159,16 @@ def load_kernels() -> NativeKernels | None:
         try:
             lib = ctypes.CDLL(str(_build(compiler)))
             f32, s8 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8
+            quantize, rescale = lib.fastbark_quantize_rows, lib.fastbark_rescale_s32
             f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-            f32.restype = None
             s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+            quantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+            rescale.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+            f32.restype = quantize.restype = rescale.restype = None
             s8.restype = ctypes.c_int
             if _check_f32(f32):
-                return NativeKernels(f32, s8 if _check_s8(s8) else None)
+                int8 = Int8Kernels(s8, quantize, rescale)
+                return NativeKernels(f32, int8 if _check_s8(int8) else None)
             reason = "the built kernel failed its self-check"
         except (OSError, subprocess.SubprocessError) as e:
             reason = f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"

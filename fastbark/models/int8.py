@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cpu_gemv import load_kernels, run_s8
+from .cpu_gemv import load_kernels, run_quantize, run_rescale, run_s8
 from .cpu_kernels import replace_linears
 
 INT8_MAX = 127  # symmetric range [-127, 127]; -128 is left out so that negation is exact
@@ -53,17 +53,22 @@ class Int8Linear(nn.Module):
         self._native = kernels.s8 if kernels is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._native is not None and x.dim() >= 2 and x.shape[-2] == 1 and x.dtype == torch.float32:
-            rows = x.reshape(-1, self.in_features).contiguous()  # (B, 1, K) -> (B, K)
-            y = run_s8(self._native, rows, self.weight_q, self.weight_sum, self.weight_scale, self.bias,
-                       torch.get_num_threads())
-            return y.reshape(*x.shape[:-1], self.out_features)  # (B, N) -> (B, 1, N)
+        native = self._native if x.dtype == torch.float32 else None
+        threads = torch.get_num_threads()
         rows = x.reshape(-1, self.in_features)  # (..., K) -> (M, K)
-        x_q, x_scale = quantize_rows(rows)
-        acc = torch._int_mm(x_q, self.weight_q.t())  # (M, K) @ (K, N) -> (M, N) int32, exact
-        y = acc * (x_scale * self.weight_scale)  # (M, N) int32 * (M, N) float32 -> float32
-        if self.bias is not None:
-            y += self.bias
+        if native is not None and x.dim() >= 2 and x.shape[-2] == 1:  # one position per row: a decode step
+            y = run_s8(native.linear, rows.contiguous(), self.weight_q, self.weight_sum, self.weight_scale,
+                       self.bias, threads)
+        elif native is not None:  # the same numbers, with the float work in one parallel pass each
+            x_q, x_scale = run_quantize(native.quantize, rows.contiguous(), threads)
+            acc = torch._int_mm(x_q, self.weight_q.t())  # (M, K) @ (K, N) -> (M, N) int32, exact
+            y = run_rescale(native.rescale, acc, x_scale, self.weight_scale, self.bias, threads)
+        else:
+            x_q, x_scale = quantize_rows(rows)
+            acc = torch._int_mm(x_q, self.weight_q.t())  # (M, K) @ (K, N) -> (M, N) int32, exact
+            y = acc * (x_scale * self.weight_scale)  # (M, N) int32 * (M, N) float32 -> float32
+            if self.bias is not None:
+                y += self.bias
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (M, N) -> x's leading shape + (N,)
 
     def extra_repr(self) -> str:

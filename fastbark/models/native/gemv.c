@@ -120,7 +120,8 @@ static int32_t dot_s8(const int8_t *x, const uint8_t *x_biased, const int8_t *w,
 }
 
 /* x: (M, K) float32, wq: (N, K) int8, w_sum: (N,) int32, w_scale: (N,), bias: (N,) or NULL, y: (M, N).
-   Returns 0, or 1 when out of memory. */
+   Returns 0, or 1 when out of memory. The epilogue rounds twice, never fused, as torch does. */
+__attribute__((optimize("fp-contract=off")))
 int fastbark_linear_s8(const float *x, const int8_t *wq, const int32_t *w_sum, const float *w_scale,
                        const float *bias, float *y, int64_t M, int64_t N, int64_t K, int threads) {
     int8_t *xq = malloc((size_t)(M * K));
@@ -133,9 +134,36 @@ int fastbark_linear_s8(const float *x, const int8_t *wq, const int32_t *w_sum, c
         const int8_t *wn = wq + n * K;
         for (int64_t m = 0; m < M; m++) {
             const int32_t acc = dot_s8(xq + m * K, xb + m * K, wn, w_sum[n], K);
-            y[m * N + n] = (float)acc * (xs[m] * w_scale[n]) + (bias ? bias[n] : 0.0f);
+            const float v = (float)acc * (xs[m] * w_scale[n]);
+            y[m * N + n] = bias ? v + bias[n] : v;
         }
     }
     free(xq); free(xb); free(xs);
     return 0;
+}
+
+/* The int8 mode's big products (prefills, fine passes) run on torch._int_mm; these two do the
+ * float work around it in one parallel pass each, with the same arithmetic as the torch path. */
+void fastbark_quantize_rows(const float *x, int8_t *q, float *scale, int64_t M, int64_t K, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t m = 0; m < M; m++) {
+        const float *xm = x + m * K;
+        float amax = 0.0f;
+        for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(xm[k]));
+        const float s = fmaxf(amax, 1e-12f) / 127.0f;
+        scale[m] = s;
+        for (int64_t k = 0; k < K; k++) q[m * K + k] = (int8_t)(int)nearbyintf(xm[k] / s);
+    }
+}
+
+/* y = acc * (x_scale[m] * w_scale[n]), then + bias[n]: two roundings, never fused, as in torch. */
+__attribute__((optimize("fp-contract=off")))
+void fastbark_rescale_s32(const int32_t *acc, const float *x_scale, const float *w_scale, const float *bias,
+                          float *y, int64_t M, int64_t N, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            const float v = (float)acc[m * N + n] * (x_scale[m] * w_scale[n]);
+            y[m * N + n] = bias ? v + bias[n] : v;
+        }
 }
