@@ -2,7 +2,7 @@
 
 Weights are quantised once, symmetric per output channel: w ~= w_q * w_scale, w_q in [-127, 127].
 Activations are quantised on the fly, symmetric per row: x ~= x_q * x_scale. The product
-x_q @ w_q^T is exact in int32 (at most 3072 * 127 * 127 < 2^31 per sum), and
+x_q @ w_q^T is exact in int32 (at most 4096 * 127 * 127 < 2^31 per sum: bark's longest rows), and
 y = (x_q @ w_q^T) * x_scale * w_scale + bias.
 
 Why per row: every row's numbers depend on that row alone, and integer sums do not depend on their
@@ -11,9 +11,10 @@ too). torch's dynamic quantisation scales the whole batch at once, which would b
 
 Speed on the CPU (AVX-512 VNNI): a decode step reads a quarter of the float32 bytes, and the big
 prefill and fine-stage products run on the int8 units; RESULTS.md has the numbers and the
-fidelity (max relative logit error, greedy agreement) against float32. Single positions (decode
-steps) go to fastbark's C kernel where it is built (cpu_gemv.py), which quantises, multiplies and
-rescales in one call and gives the same bits as the torch path.
+fidelity (max relative logit error, greedy agreement) against float32. Where fastbark's C kernels
+are built (cpu_gemv.py), single positions (decode steps) are quantised, multiplied and rescaled in
+one C call, and longer inputs have their rounding and rescaling done in C around torch._int_mm.
+Both give the torch path's bits, which is checked when the kernels are built.
 """
 
 from __future__ import annotations

@@ -90,6 +90,7 @@ void fastbark_gemv_f32(const float *x, const float *w, const float *bias, float 
 #include <immintrin.h>
 #endif
 
+/* q_biased (x + 128 as unsigned bytes, for VNNI) may be NULL. */
 static void quantize_row(const float *x, int64_t K, int8_t *q, uint8_t *q_biased, float *scale) {
     float amax = 0.0f;
     for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
@@ -98,7 +99,7 @@ static void quantize_row(const float *x, int64_t K, int8_t *q, uint8_t *q_biased
     for (int64_t k = 0; k < K; k++) {
         int v = (int)nearbyintf(x[k] / s);  /* the default rounding mode: half to even, as torch.round */
         q[k] = (int8_t)v;
-        q_biased[k] = (uint8_t)(v + 128);
+        if (q_biased) q_biased[k] = (uint8_t)(v + 128);
     }
 }
 
@@ -146,14 +147,7 @@ int fastbark_linear_s8(const float *x, const int8_t *wq, const int32_t *w_sum, c
  * float work around it in one parallel pass each, with the same arithmetic as the torch path. */
 void fastbark_quantize_rows(const float *x, int8_t *q, float *scale, int64_t M, int64_t K, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t m = 0; m < M; m++) {
-        const float *xm = x + m * K;
-        float amax = 0.0f;
-        for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(xm[k]));
-        const float s = fmaxf(amax, 1e-12f) / 127.0f;
-        scale[m] = s;
-        for (int64_t k = 0; k < K; k++) q[m * K + k] = (int8_t)(int)nearbyintf(xm[k] / s);
-    }
+    for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, q + m * K, NULL, scale + m);
 }
 
 /* y = acc * (x_scale[m] * w_scale[n]), then + bias[n]: two roundings, never fused, as in torch. */
