@@ -54,14 +54,14 @@ class Int8Linear(nn.Module):
         self._native = kernels.s8 if kernels is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        native = self._native if x.dtype == torch.float32 else None
-        threads = torch.get_num_threads()
+        native, threads = self._native, torch.get_num_threads()
         rows = x.reshape(-1, self.in_features)  # (..., K) -> (M, K)
+        if native is not None:  # the kernels read float32 rows, as quantize_rows does
+            rows = rows.float().contiguous()
         if native is not None and x.dim() >= 2 and x.shape[-2] == 1:  # one position per row: a decode step
-            y = run_s8(native.linear, rows.contiguous(), self.weight_q, self.weight_sum, self.weight_scale,
-                       self.bias, threads)
+            y = run_s8(native.linear, rows, self.weight_q, self.weight_sum, self.weight_scale, self.bias, threads)
         elif native is not None:  # the same numbers, with the float work in one parallel pass each
-            x_q, x_scale = run_quantize(native.quantize, rows.contiguous(), threads)
+            x_q, x_scale = run_quantize(native.quantize, rows, threads)
             acc = torch._int_mm(x_q, self.weight_q.t())  # (M, K) @ (K, N) -> (M, N) int32, exact
             y = run_rescale(native.rescale, acc, x_scale, self.weight_scale, self.bias, threads)
         else:
