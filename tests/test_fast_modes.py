@@ -80,17 +80,18 @@ def test_bad_quantize(hub_dir):
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode kernels need a C compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("k, n", [(768, 2304), (3072, 768), (45, 7)])
-def test_int8_c_kernel_is_the_torch_path_bit_for_bit(k, n):
+def test_int8_c_kernel_is_the_torch_path_bit_for_bit(k, n, dtype):
     """The C kernels must give the torch path's bits: decode steps alone or batched, and longer inputs."""
     from fastbark.models.cpu_gemv import load_kernels
     assert load_kernels() is not None and load_kernels().s8 is not None
     torch.manual_seed(0)
-    linear = torch.nn.Linear(k, n)
+    linear = torch.nn.Linear(k, n).to(dtype)
     native, torch_path = Int8Linear(linear), Int8Linear(linear, native=False)
-    x = torch.randn(6, 1, k)
+    x = torch.randn(6, 1, k, dtype=dtype)
     batch = native(x)
     assert torch.equal(batch, torch_path(x))
     assert all(torch.equal(native(x[i: i + 1]), batch[i: i + 1]) for i in range(6))
-    several = torch.randn(2, 5, k)  # several positions per row: C quantise / rescale around torch._int_mm
+    several = torch.randn(2, 5, k, dtype=dtype)  # several positions per row: C quantise / rescale around torch._int_mm
     assert torch.equal(native(several), torch_path(several))

@@ -50,6 +50,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", w_scale.reshape(-1))  # (N, 1) -> (N,)
         self.register_buffer("weight_sum", w_q.sum(dim=1, dtype=torch.int32))  # (N,): the C kernel's correction
         self.bias = linear.bias
+        # the C kernels read a float32 bias (in bfloat16 mode, the torch path also adds it in float32)
+        self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
         kernels = load_kernels() if native else None
         self._native = kernels.s8 if kernels is not None else None
 
@@ -59,11 +61,12 @@ class Int8Linear(nn.Module):
         if native is not None:  # the kernels read float32 rows, as quantize_rows does
             rows = rows.float().contiguous()
         if native is not None and x.dim() >= 2 and x.shape[-2] == 1:  # one position per row: a decode step
-            y = run_s8(native.linear, rows, self.weight_q, self.weight_sum, self.weight_scale, self.bias, threads)
+            y = run_s8(native.linear, rows, self.weight_q, self.weight_sum, self.weight_scale, self._bias_f32,
+                       threads)
         elif native is not None:  # the same numbers, with the float work in one parallel pass each
             x_q, x_scale = run_quantize(native.quantize, rows, threads)
             acc = torch._int_mm(x_q, self.weight_q.t())  # (M, K) @ (K, N) -> (M, N) int32, exact
-            y = run_rescale(native.rescale, acc, x_scale, self.weight_scale, self.bias, threads)
+            y = run_rescale(native.rescale, acc, x_scale, self.weight_scale, self._bias_f32, threads)
         else:
             x_q, x_scale = quantize_rows(rows)
             acc = torch._int_mm(x_q, self.weight_q.t())  # (M, K) @ (K, N) -> (M, N) int32, exact
