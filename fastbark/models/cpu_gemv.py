@@ -1,8 +1,8 @@
 """Exact-mode CPU decode: a float32 matrix-vector kernel in C (native/gemv.c), built at first use.
 
 A decode step is 49 matrix-vector products that only stream weights. oneDNN's packed kernel
-streams them at ~19 GB/s on the 2-core test machine; this plain C loop over the (N, K) weight,
-split over OpenMP threads, gets closer to what the memory delivers (RESULTS.md section 13).
+streams them at ~18-23 GB/s on the 2-core test machine; this plain C loop over the (N, K) weight,
+split over OpenMP threads, reaches ~29 GB/s (RESULTS.md section 8; whole pipeline: section 13).
 
 `GemvLinear` keeps the plain float32 weight. One-position inputs (decode steps: x of shape
 (B, 1, K)) go to the C kernel, whose every output follows one fixed order of operations, so a
@@ -83,7 +83,7 @@ class NativeKernels:
 
 def run_f32(fn, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, threads: int = 1) -> torch.Tensor:
     """x (M, K) @ w (N, K)^T + b -> (M, N), float32, all contiguous."""
-    y = torch.empty(x.shape[0], w.shape[0])
+    y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)  # the kernel writes float32, whatever the default
     fn(x.data_ptr(), w.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(), x.shape[0], w.shape[0],
        w.shape[1], threads)
     return y
@@ -92,7 +92,7 @@ def run_f32(fn, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, thread
 def run_s8(fn, x: torch.Tensor, w_q: torch.Tensor, w_sum: torch.Tensor, w_scale: torch.Tensor,
            b: torch.Tensor | None, threads: int = 1) -> torch.Tensor:
     """The int8 mode's product (models/int8.py) of float32 rows x (M, K): quantise, int8 dot, rescale."""
-    y = torch.empty(x.shape[0], w_q.shape[0])
+    y = torch.empty(x.shape[0], w_q.shape[0], dtype=torch.float32)
     if fn(x.data_ptr(), w_q.data_ptr(), w_sum.data_ptr(), w_scale.data_ptr(), b.data_ptr() if b is not None else None,
           y.data_ptr(), x.shape[0], w_q.shape[0], w_q.shape[1], threads):
         raise MemoryError("fastbark's int8 kernel could not allocate its quantised rows")
@@ -101,7 +101,7 @@ def run_s8(fn, x: torch.Tensor, w_q: torch.Tensor, w_sum: torch.Tensor, w_scale:
 
 def run_quantize(fn, x: torch.Tensor, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 rows x (M, K) -> (int8 (M, K), scales (M, 1)), as models/int8.py's quantize_rows."""
-    q, scale = torch.empty(x.shape, dtype=torch.int8), torch.empty(x.shape[0], 1)
+    q, scale = torch.empty(x.shape, dtype=torch.int8), torch.empty(x.shape[0], 1, dtype=torch.float32)
     fn(x.data_ptr(), q.data_ptr(), scale.data_ptr(), x.shape[0], x.shape[1], threads)
     return q, scale
 
@@ -109,7 +109,7 @@ def run_quantize(fn, x: torch.Tensor, threads: int = 1) -> tuple[torch.Tensor, t
 def run_rescale(fn, acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, b: torch.Tensor | None,
                 threads: int = 1) -> torch.Tensor:
     """int32 (M, N) * (x_scale (M, 1) * w_scale (N,)) + b -> float32 (M, N)."""
-    y = torch.empty(acc.shape)
+    y = torch.empty(acc.shape, dtype=torch.float32)
     fn(acc.data_ptr(), x_scale.data_ptr(), w_scale.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(),
        acc.shape[0], acc.shape[1], threads)
     return y
