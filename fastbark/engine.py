@@ -17,6 +17,7 @@ from .loading.layouts import Parts, load_parts
 from .models.cpu_gemv import gemv_available, use_gemv
 from .models.cpu_kernels import pack_linears, packing_available
 from .models.int8 import int8_available, quantize_linears
+from .models.int8_decode import use_int8_decode
 from .options import CoarseOptions, FineOptions, GenerationOptions, SemanticOptions
 from .stages.coarse import generate_coarse
 from .stages.fine import generate_fine
@@ -99,6 +100,9 @@ class Bark:
         if quantize == "int8":  # all three GPTs: the fine GPT's big products gain from int8 too
             for model in (*decoders, parts.fine):
                 quantize_linears(model)
+            if cpu_kernel in ("auto", "c"):  # the decode steps in one C call each (int8_decode.py)
+                for model in decoders:
+                    use_int8_decode(model)
         elif cpu_kernel in ("auto", "c") and gemv_available(device, dtype):
             for model in decoders:
                 use_gemv(model)

@@ -34,7 +34,7 @@ from torch import nn
 
 from .cpu_kernels import replace_linears
 
-SOURCE = Path(__file__).with_name("native") / "gemv.c"
+NATIVE = Path(__file__).with_name("native")  # gemv.c, decode_int8.c and their header: one library
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -53,14 +53,16 @@ def _cpu_signature() -> str:
 
 
 def _build(compiler: str) -> Path:
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([compiler, *FLAGS, platform.machine(), _cpu_signature()]).encode())
-    target = _cache_dir() / f"gemv-{key.hexdigest()[:16]}.so"
+    files = sorted(NATIVE.glob("*.[ch]"))
+    sources = [str(f) for f in files if f.suffix == ".c"]
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in files)
+                         + " ".join([compiler, *FLAGS, platform.machine(), _cpu_signature()]).encode())
+    target = _cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], check=True,
+            subprocess.run([compiler, *FLAGS, *sources, "-o", str(out), "-lm"], check=True,
                            capture_output=True, timeout=120)
             os.replace(out, target)  # atomic: a concurrent build never sees half a file
     return target
@@ -71,6 +73,7 @@ class Int8Kernels:
     linear: object  # one-position rows: quantise, int8 dot, rescale
     quantize: object  # big products: rows -> int8 and scales, before torch._int_mm
     rescale: object  # big products: int32 -> float32, after torch._int_mm
+    decode: object  # a causal GPT's whole decode step (native/decode_int8.c; checked in int8_decode.py)
 
 
 @dataclass(frozen=True)
@@ -160,14 +163,17 @@ def load_kernels() -> NativeKernels | None:
             lib = ctypes.CDLL(str(_build(compiler)))
             f32, s8 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8
             quantize, rescale = lib.fastbark_quantize_rows, lib.fastbark_rescale_s32
+            decode = lib.fastbark_decode_s8
             f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
             s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
             quantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
             rescale.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+            decode.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
+                [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
             f32.restype = quantize.restype = rescale.restype = None
-            s8.restype = ctypes.c_int
+            s8.restype = decode.restype = ctypes.c_int
             if _check_f32(f32):
-                int8 = Int8Kernels(s8, quantize, rescale)
+                int8 = Int8Kernels(s8, quantize, rescale, decode)
                 return NativeKernels(f32, int8 if _check_s8(int8) else None)
             reason = "the built kernel failed its self-check"
         except (OSError, subprocess.SubprocessError) as e:

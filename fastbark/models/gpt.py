@@ -116,6 +116,9 @@ class CausalGPT(nn.Module):
         self.layers = nn.ModuleList(Block(config, norm_bias=config.bias) for _ in range(config.n_layer))
         self.layernorm_final = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.output_vocab_size, bias=False)
+        # a faster equivalent of the blocks for one position per row, (x, cache, pos) -> x; None: the blocks
+        # themselves (the int8 mode sets its C step here: int8_decode.py)
+        self.decode_step = None
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         w = self.position_embeds_layer.weight  # (lm_head's weight may be packed away: see cpu_kernels.py)
@@ -127,8 +130,11 @@ class CausalGPT(nn.Module):
         if pos + T > self.config.block_size:
             raise ValueError(f"sequence of {pos + T} positions exceeds the context of {self.config.block_size}")
         x = embeds + self.position_embeds_layer.weight[pos : pos + T]
-        for i, block in enumerate(self.layers):
-            x = block(x, (cache.k[i], cache.v[i]), pos)
+        if T == 1 and self.decode_step is not None:
+            x = self.decode_step(x, cache, pos)
+        else:
+            for i, block in enumerate(self.layers):
+                x = block(x, (cache.k[i], cache.v[i]), pos)
         return self.lm_head(self.layernorm_final(x[:, -1]))
 
 
