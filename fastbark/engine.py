@@ -18,6 +18,7 @@ from .models.cpu_gemv import gemv_available, use_gemv
 from .models.cpu_kernels import pack_linears, packing_available
 from .models.int8 import int8_available, quantize_linears
 from .models.int8_decode import use_int8_decode
+from .models.bf16_attention import use_bf16_attention
 from .options import CoarseOptions, FineOptions, GenerationOptions, SemanticOptions
 from .stages.coarse import generate_coarse
 from .stages.fine import generate_fine
@@ -109,6 +110,9 @@ class Bark:
         elif cpu_kernel in ("auto", "c", "onednn") and packing_available(device, dtype):
             for model in decoders:
                 pack_linears(model)
+        if (quantize == "int8" or dtype == torch.bfloat16) and device.type == "cpu" and cpu_kernel in ("auto", "c"):
+            for model in (*decoders, parts.fine):  # the fast modes: whole-sequence attention in bfloat16
+                use_bf16_attention(model)
         self.semantic_model, self.coarse_model, self.fine_model = parts.semantic, parts.coarse, parts.fine
         self.codec, self.tokenizer, self.voice_library = parts.codec, parts.tokenizer, parts.voices
         self.source, self.device, self.dtype, self.quantize = parts.source, device, dtype, quantize

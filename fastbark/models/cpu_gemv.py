@@ -82,6 +82,7 @@ class NativeKernels:
 
     f32: object
     s8: Int8Kernels | None
+    attention: object  # whole-sequence attention in bfloat16 (native/attention.c; checked in bf16_attention.py)
 
 
 def run_f32(fn, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, threads: int = 1) -> torch.Tensor:
@@ -163,7 +164,7 @@ def load_kernels() -> NativeKernels | None:
             lib = ctypes.CDLL(str(_build(compiler)))
             f32, s8 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8
             quantize, rescale = lib.fastbark_quantize_rows, lib.fastbark_rescale_s32
-            decode = lib.fastbark_decode_s8
+            decode, attention = lib.fastbark_decode_s8, lib.fastbark_attention_bf16
             f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
             s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
             quantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
@@ -171,10 +172,11 @@ def load_kernels() -> NativeKernels | None:
             decode.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
                 [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
             f32.restype = quantize.restype = rescale.restype = None
-            s8.restype = decode.restype = ctypes.c_int
+            attention.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
+            s8.restype = decode.restype = attention.restype = ctypes.c_int
             if _check_f32(f32):
                 int8 = Int8Kernels(s8, quantize, rescale, decode)
-                return NativeKernels(f32, int8 if _check_s8(int8) else None)
+                return NativeKernels(f32, int8 if _check_s8(int8) else None, attention)
             reason = "the built kernel failed its self-check"
         except (OSError, subprocess.SubprocessError) as e:
             reason = f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"

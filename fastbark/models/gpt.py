@@ -53,18 +53,26 @@ class SelfAttention(nn.Module):
         self.n_head = config.n_head
         self.att_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v
         self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        # a faster attention over whole sequences (the fine model's, prefills from position 0),
+        # (qkv (B, T, 3C), heads, causal) -> (B, T, C) or None; None: SDPA (the fast modes set bf16_attention.py's)
+        self.whole_attention = None
 
     def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None, pos: int) -> torch.Tensor:
         B, T, C = x.shape
         hd = C // self.n_head
-        # (B, T, 3C) -> 3 x (B, H, T, hd)
-        q, k, v = self.att_proj(x).view(B, T, 3, self.n_head, hd).permute(2, 0, 3, 1, 4)
-        if cache is None:  # non-causal full attention (fine model)
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:
+        qkv = self.att_proj(x)  # (B, T, 3C)
+        q, k, v = qkv.view(B, T, 3, self.n_head, hd).permute(2, 0, 3, 1, 4)  # (B, T, 3C) -> 3 x (B, H, T, hd)
+        if cache is not None:
             k_cache, v_cache = cache  # (B, H, max_len, hd) each
             k_cache[:, :, pos : pos + T] = k
             v_cache[:, :, pos : pos + T] = v
+        if self.whole_attention is not None and (cache is None or (pos == 0 and T > 1)):
+            y = self.whole_attention(qkv, self.n_head, cache is not None)  # (B, T, C)
+            if y is not None:
+                return self.out_proj(y)
+        if cache is None:  # non-causal full attention (fine model)
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
             k, v = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]
             if T == 1 and x.device.type == "cpu" and x.dtype != torch.float32:
                 # one query in half precision: two small matmuls run 2-4x faster than SDPA's CPU kernel
