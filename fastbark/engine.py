@@ -15,9 +15,9 @@ from .constants import (CODEBOOK_SIZE, DEFAULT_COARSE_TEMPERATURE, DEFAULT_FINE_
 from .errors import BadInput
 from .loading.layouts import Parts, load_parts
 from .models.cpu_gemv import gemv_available, use_gemv
-from .models.cpu_kernels import pack_linears, packing_available
+from .models.cpu_kernels import pack_linear, pack_linears, packing_available
 from .models.int8 import int8_available, quantize_linears
-from .models.int8_decode import use_int8_decode
+from .models.decode_step import use_decode_step
 from .models.bf16_attention import use_bf16_attention
 from .options import CoarseOptions, FineOptions, GenerationOptions, SemanticOptions
 from .stages.coarse import generate_coarse
@@ -98,19 +98,23 @@ class Bark:
         check_quantize(quantize, device, dtype)
         check_cpu_kernel(cpu_kernel)
         decoders = (parts.semantic, parts.coarse)  # the decode-step GPTs; the fine GPT runs big GEMMs
+        fused = cpu_kernel in ("auto", "c") and device.type == "cpu"  # fastbark's C kernels may be used
         if quantize == "int8":  # all three GPTs: the fine GPT's big products gain from int8 too
             for model in (*decoders, parts.fine):
                 quantize_linears(model)
-            if cpu_kernel in ("auto", "c"):  # the decode steps in one C call each (int8_decode.py)
+            if fused:  # the decode steps in one C call each (decode_step.py)
                 for model in decoders:
-                    use_int8_decode(model)
+                    use_decode_step(model)
         elif cpu_kernel in ("auto", "c") and gemv_available(device, dtype):
             for model in decoders:
                 use_gemv(model)
         elif cpu_kernel in ("auto", "c", "onednn") and packing_available(device, dtype):
             for model in decoders:
-                pack_linears(model)
-        if (quantize == "int8" or dtype == torch.bfloat16) and device.type == "cpu" and cpu_kernel in ("auto", "c"):
+                if fused and use_decode_step(model):  # bfloat16: the blocks' decode step in one C call
+                    model.lm_head = pack_linear(model.lm_head) or model.lm_head
+                else:
+                    pack_linears(model)
+        if (quantize == "int8" or dtype == torch.bfloat16) and fused:
             for model in (*decoders, parts.fine):  # the fast modes: whole-sequence attention in bfloat16
                 use_bf16_attention(model)
         self.semantic_model, self.coarse_model, self.fine_model = parts.semantic, parts.coarse, parts.fine

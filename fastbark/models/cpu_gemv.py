@@ -34,7 +34,7 @@ from torch import nn
 
 from .cpu_kernels import replace_linears
 
-NATIVE = Path(__file__).with_name("native")  # gemv.c, decode_int8.c and their header: one library
+NATIVE = Path(__file__).with_name("native")  # every .c there, with its headers: one library
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -73,7 +73,6 @@ class Int8Kernels:
     linear: object  # one-position rows: quantise, int8 dot, rescale
     quantize: object  # big products: rows -> int8 and scales, before torch._int_mm
     rescale: object  # big products: int32 -> float32, after torch._int_mm
-    decode: object  # a causal GPT's whole decode step (native/decode_int8.c; checked in int8_decode.py)
 
 
 @dataclass(frozen=True)
@@ -83,6 +82,8 @@ class NativeKernels:
     f32: object
     s8: Int8Kernels | None
     attention: object  # whole-sequence attention in bfloat16 (native/attention.c; checked in bf16_attention.py)
+    decode_step: object  # a causal GPT's whole decode step, int8 or bfloat16 (native/decode_step.c; decode_step.py)
+    has_bf16: bool  # whether the library was built for AVX512-BF16
 
 
 def run_f32(fn, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, threads: int = 1) -> torch.Tensor:
@@ -164,19 +165,20 @@ def load_kernels() -> NativeKernels | None:
             lib = ctypes.CDLL(str(_build(compiler)))
             f32, s8 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8
             quantize, rescale = lib.fastbark_quantize_rows, lib.fastbark_rescale_s32
-            decode, attention = lib.fastbark_decode_s8, lib.fastbark_attention_bf16
+            decode, attention = lib.fastbark_decode_step, lib.fastbark_attention_bf16
             f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
             s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
             quantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
             rescale.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
-            decode.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
-                [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
+            decode.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
+                [ctypes.c_int] + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
             f32.restype = quantize.restype = rescale.restype = None
             attention.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
             s8.restype = decode.restype = attention.restype = ctypes.c_int
             if _check_f32(f32):
-                int8 = Int8Kernels(s8, quantize, rescale, decode)
-                return NativeKernels(f32, int8 if _check_s8(int8) else None, attention)
+                int8 = Int8Kernels(s8, quantize, rescale)
+                return NativeKernels(f32, int8 if _check_s8(int8) else None, attention, decode,
+                                     bool(lib.fastbark_has_bf16()))
             reason = "the built kernel failed its self-check"
         except (OSError, subprocess.SubprocessError) as e:
             reason = f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"

@@ -69,12 +69,15 @@ def replace_linears(model: nn.Module, make) -> nn.Module:
     return model
 
 
+def pack_linear(linear: nn.Linear) -> PackedLinear | None:
+    """`linear` as a PackedLinear, or None where oneDNN cannot pack it on this machine."""
+    try:
+        return PackedLinear(linear)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 def pack_linears(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear of `model` by a PackedLinear, in place. A layer that oneDNN cannot
     pack on this machine (a build without these kernels) stays a plain nn.Linear."""
-    def pack(linear: nn.Linear) -> PackedLinear | None:
-        try:
-            return PackedLinear(linear)
-        except (RuntimeError, NotImplementedError):
-            return None
-    return replace_linears(model, pack)
+    return replace_linears(model, pack_linear)

@@ -125,7 +125,7 @@ class CausalGPT(nn.Module):
         self.layernorm_final = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.output_vocab_size, bias=False)
         # a faster equivalent of the blocks for one position per row, (x, cache, pos) -> x; None: the blocks
-        # themselves (the int8 mode sets its C step here: int8_decode.py)
+        # themselves (the fast modes set their C step here: decode_step.py)
         self.decode_step = None
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:

@@ -1,0 +1,140 @@
+"""The fast modes' decode step in one C call (native/decode_step.c), for the semantic and coarse GPTs.
+
+A decode step of bark-small in Python is 12 layers x ~20 small ops; in the fast modes the
+products take only about half of its time, and the rest is dispatch, ctypes calls and SDPA over
+the KV cache. `FusedDecodeStep` runs every block of the step in one OpenMP region instead:
+- int8 mode: the same int8 products as models/int8.py (bit for bit, for the same input rows);
+- bfloat16 mode: the bfloat16 weights, input rows rounded to bfloat16, float32 sums.
+LayerNorm, attention over the KV cache and GELU run as float32 loops in C, and the residual
+stream stays float32. The results are close to the Python step's, not equal (other summation
+orders, and in bfloat16 a float32 residual stream), and stay batch-invariant;
+tests/test_decode_step.py checks both.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from .cpu_gemv import load_kernels
+from .gpt import CausalGPT, GPTConfig, KVCache
+from .int8 import Int8Linear, quantize_linears
+
+INT8, BF16 = 0, 1  # decode_step.c's weight formats
+POINTERS_PER_LAYER = 20  # decode_step.c's Layer: 2 LayerNorm + 2 x 4 linear + 2 LayerNorm + 2 x 4 linear
+
+
+def weight_format(model: CausalGPT) -> int | None:
+    """INT8 for a quantised model, BF16 for plain bfloat16 linear layers, None otherwise."""
+    linears = [m for block in model.layers for m in (block.attn.att_proj, block.attn.out_proj, block.mlp.in_proj,
+                                                      block.mlp.out_proj)]
+    if all(isinstance(m, Int8Linear) for m in linears):
+        return INT8
+    if all(type(m) is nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.is_contiguous() for m in linears):
+        return BF16
+    return None
+
+
+def _float32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """float32 parameters as they are (so the step follows them); others as float32 copies."""
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t
+    return t.detach().float().contiguous()
+
+
+def _linear(layer: nn.Module, format: int) -> list[torch.Tensor | None]:
+    if format == INT8:
+        return [layer.weight_q, layer.weight_sum, layer.weight_scale, layer._bias_f32]
+    return [layer.weight, None, None, _float32(layer.bias)]
+
+
+class FusedDecodeStep:
+    """Runs a fast-mode CausalGPT's blocks for one position per row: x (B, 1, C) -> (B, 1, C).
+
+    The weights' addresses are read anew each step. In a bfloat16 model, the LayerNorm parameters
+    (and biases) are float32 copies made here."""
+
+    def __init__(self, model: CausalGPT, kernel):
+        self.model, self._kernel, self._format = model, kernel, weight_format(model)
+        if self._format is None:
+            raise TypeError("the fused decode step needs Int8Linear or bfloat16 nn.Linear layers")
+        eps = {block.layernorm_1.eps for block in model.layers} | {block.layernorm_2.eps for block in model.layers}
+        if len(eps) != 1:
+            raise ValueError(f"the fused decode step needs one LayerNorm eps, not {sorted(eps)}")
+        self._eps = eps.pop()
+        self._tensors = []  # every layer's tensors, in Layer's order
+        for block in model.layers:
+            self._tensors += [_float32(block.layernorm_1.weight), _float32(block.layernorm_1.bias)]
+            self._tensors += _linear(block.attn.att_proj, self._format) + _linear(block.attn.out_proj, self._format)
+            self._tensors += [_float32(block.layernorm_2.weight), _float32(block.layernorm_2.bias)]
+            self._tensors += _linear(block.mlp.in_proj, self._format) + _linear(block.mlp.out_proj, self._format)
+        assert len(self._tensors) == POINTERS_PER_LAYER * len(model.layers)
+
+    def _table(self) -> torch.Tensor:
+        """The tensors' addresses, read anew each step: a parameter given new data (`.data = ...`) is
+        followed, never read at its old address."""
+        return torch.tensor([0 if t is None else t.data_ptr() for t in self._tensors], dtype=torch.int64)
+
+    def __call__(self, x: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+        B, T, C = x.shape
+        config = self.model.config
+        k, v = cache.k, cache.v  # (n_layer, B, H, max_len, hd) each
+        if T != 1 or x.dtype not in (torch.float32, torch.bfloat16) or k.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError("the fused decode step takes one position per row, and a cache, in float32 or bfloat16")
+        if not (k.is_contiguous() and v.is_contiguous()) or k.shape[1] != B or v.dtype != k.dtype:
+            raise ValueError("the KV cache must be contiguous and hold one row per input row")
+        rows = x.reshape(B, C).float()  # (B, 1, C) -> (B, C); overwritten by the kernel
+        if rows.data_ptr() == x.data_ptr():
+            rows = rows.clone()  # never write into the caller's tensor
+        table = self._table()
+        status = self._kernel(self._format, rows.data_ptr(), table.data_ptr(), config.n_layer, k.data_ptr(),
+                              v.data_ptr(), int(k.dtype == torch.bfloat16), B, C, config.n_head, k.shape[3], pos,
+                              self._eps, torch.get_num_threads())
+        if status:
+            raise MemoryError("fastbark's decode step could not allocate its buffers") if status == 1 else \
+                ValueError(f"the fused decode step takes heads of at most 128, not {C // config.n_head}")
+        return rows.to(x.dtype).reshape(B, 1, C)  # (B, C) -> (B, 1, C)
+
+
+@functools.cache
+def decode_step_works(format: int) -> bool:
+    """Whether the C step was built (for BF16: with AVX512-BF16) and agrees with the Python step on a
+    small random model."""
+    kernels = load_kernels()
+    if kernels is None or (format == INT8 and kernels.s8 is None) or (format == BF16 and not kernels.has_bf16):
+        return False
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=64, input_vocab_size=32, output_vocab_size=32, block_size=16,
+                       bias=True)
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():  # the user's RNG must not move
+        torch.manual_seed(0)
+        model = CausalGPT(config).eval()
+        model = quantize_linears(model) if format == INT8 else model.to(torch.bfloat16)
+        step = FusedDecodeStep(model, kernels.decode_step)
+        embeds = torch.randn(3, 6, 64).to(model.position_embeds_layer.weight.dtype)
+        expected, got = model.new_cache(3), model.new_cache(3)
+        model(embeds[:, :5], expected, 0)
+        model(embeds[:, :5], got, 0)
+        x = ref = embeds[:, 5:] + model.position_embeds_layer.weight[5]  # position 5 after a 5-position prefill
+        for i, block in enumerate(model.layers):
+            ref = block(ref, (expected.k[i], expected.v[i]), 5)
+        y = step(x, got, 5)
+        # int8: the C LayerNorm sums in another order, so an int8 rounding may flip; bfloat16: torch rounds
+        # every activation, the C step keeps them in float32
+        tolerance = 0.01 if format == INT8 else 0.05
+
+        def close(a, b):
+            return bool((a.float() - b.float()).abs().max() <= tolerance * b.float().abs().max())
+        return close(y, ref) and close(got.k[:, :, :, 5], expected.k[:, :, :, 5]) and \
+            close(got.v[:, :, :, 5], expected.v[:, :, :, 5])
+
+
+def use_decode_step(model: CausalGPT) -> bool:
+    """Give a fast-mode CausalGPT (int8, or plain bfloat16 linear layers) on the CPU the one-call decode
+    step, where the C kernels work; True if it got it."""
+    format = weight_format(model)
+    if format is None or model.position_embeds_layer.weight.device.type != "cpu" or not decode_step_works(format):
+        return False
+    model.decode_step = FusedDecodeStep(model, load_kernels().decode_step)
+    return True

@@ -1,0 +1,247 @@
+/* One decode step of a causal GPT (semantic or coarse) in a fast mode: every layer in one call.
+ *
+ * In Python, a decode step is ~15 small torch ops and 4 products per layer, each a dispatch or a
+ * ctypes call of 5-30 us, and attention over the KV cache through SDPA. Here the whole stack of
+ * blocks runs in one OpenMP parallel region:
+ *
+ *   for each layer:  h = LN1(x); qkv = att_proj(h); cache[pos] = k, v; a = softmax(q k^T / sqrt(hd)) v
+ *                    x = x + out_proj(a); h = LN2(x); x = x + mlp.out_proj(gelu(mlp.in_proj(h)))
+ *
+ * Two weight formats:
+ * - INT8 (the int8 mode): the products are those of int8.h and gemv.c (per-row quantisation, exact
+ *   int32 sums, the same float epilogue), bit for bit what models/int8.py computes for the same rows.
+ * - BF16 (the bfloat16 mode): bfloat16 weights; each input row is rounded to bfloat16, as torch's
+ *   bfloat16 mode rounds every activation, and the products sum in float32 (AVX512-BF16).
+ * The residual stream, LayerNorm, attention and GELU stay in float32; the KV cache is float32 or
+ * bfloat16 (the model's dtype). Every row goes through a fixed sequence of operations whatever the
+ * batch size or the thread count, so the step stays batch-invariant.
+ *
+ * The caller (models/decode_step.py) passes the layers' tensors as a table of pointers, `Layer`,
+ * and the KV cache as laid out by models/gpt.py: (n_layer, B, H, max_len, hd).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#include "int8.h"
+
+typedef float v16 __attribute__((vector_size(64)));
+
+typedef struct {  /* one linear layer: an Int8Linear (models/int8.py) or a bfloat16 nn.Linear */
+    const void *weight;  /* (N, K): int8 or bfloat16 */
+    const int32_t *weight_sum;  /* (N,), int8 only */
+    const float *weight_scale;  /* (N,), int8 only */
+    const float *bias;  /* (N,) float32, or NULL */
+} Linear;
+
+typedef struct {  /* one Block (models/gpt.py), in its checkpoint's order; float32 LayerNorm parameters */
+    const float *ln1_weight, *ln1_bias;  /* bias may be NULL */
+    Linear att_proj, att_out_proj;
+    const float *ln2_weight, *ln2_bias;
+    Linear mlp_in_proj, mlp_out_proj;
+} Layer;
+
+enum { INT8, BF16 };  /* the weights' format */
+enum { STORE, ADD_TO, GELU };  /* what a product does with its result */
+
+typedef struct {  /* the input rows of a product, prepared for the weights' format */
+    int8_t *q; uint8_t *q_biased; float *scale;  /* INT8: quantised rows (int8.h) */
+    uint16_t *h;  /* BF16: rows rounded to bfloat16 */
+} Rows;
+
+static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch does (finite values) */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float from_bf16(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Row m (K wide) of x, prepared as product() reads it. */
+static void prepare(int format, const float *x, int64_t m, int64_t K, Rows *r) {
+    if (format == INT8) quantize_row(x + m * K, K, r->q + m * K, r->q_biased + m * K, r->scale + m);
+    else for (int64_t k = 0; k < K; k++) r->h[m * K + k] = to_bf16(x[m * K + k]);
+}
+
+/* sum_k x[k] w[k] over bfloat16 x and w, in float32: 32 products per instruction, then a fixed tail. */
+static inline float dot_bf16(const uint16_t *x, const uint16_t *w, int64_t K) {
+    int64_t k = 0;
+    float s = 0.0f;
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+    __m512 acc = _mm512_setzero_ps();
+    for (; k + 32 <= K; k += 32)
+        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(x + k), (__m512bh)_mm512_loadu_si512(w + k));
+    s = _mm512_reduce_add_ps(acc);
+#endif
+    for (; k < K; k++) s += from_bf16(x[k]) * from_bf16(w[k]);
+    return s;
+}
+
+static inline float gelu(float v) { return v * 0.5f * (1.0f + erff(v * (float)M_SQRT1_2)); }
+
+/* y (M, N) from the prepared rows of x (M, K); one thread's share of the N outputs. */
+__attribute__((optimize("fp-contract=off")))
+static void product(int format, const Linear *l, const Rows *r, float *y, int64_t M, int64_t N, int64_t K,
+                    int mode) {
+    #pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t m = 0; m < M; m++) {
+            float v;
+            if (format == INT8) {
+                const int32_t acc = dot_s8(r->q + m * K, r->q_biased + m * K, (const int8_t *)l->weight + n * K,
+                                           l->weight_sum[n], K);
+                v = (float)acc * (r->scale[m] * l->weight_scale[n]);  /* as gemv.c's epilogue */
+            } else {
+                v = dot_bf16(r->h + m * K, (const uint16_t *)l->weight + n * K, K);
+            }
+            if (l->bias) v = v + l->bias[n];
+            float *out = y + m * N + n;
+            *out = mode == ADD_TO ? *out + v : mode == GELU ? gelu(v) : v;
+        }
+    }
+}
+
+/* LayerNorm of each row of x (M, C) into h, then h's prepared rows: run by one thread. */
+static void norm_and_prepare(int format, const float *x, const float *weight, const float *bias, float eps,
+                             float *h, Rows *rows, int64_t M, int64_t C) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *r = x + m * C;
+        double sum = 0.0, sq = 0.0;
+        for (int64_t c = 0; c < C; c++) sum += r[c];
+        const double mean = sum / (double)C;
+        for (int64_t c = 0; c < C; c++) sq += (r[c] - mean) * (r[c] - mean);
+        const float inv = (float)(1.0 / sqrt(sq / (double)C + eps)), mu = (float)mean;
+        for (int64_t c = 0; c < C; c++) {
+            const float v = (r[c] - mu) * inv * weight[c];
+            h[m * C + c] = bias ? v + bias[c] : v;
+        }
+        prepare(format, h, m, C, rows);
+    }
+}
+
+static inline float dot_f32(const float *a, const float *b, int64_t n) {
+    v16 acc = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v16 va, vb;
+        memcpy(&va, a + i, sizeof va);
+        memcpy(&vb, b + i, sizeof vb);
+        acc += va * vb;
+    }
+    float t[16], s = 0.0f;
+    memcpy(t, &acc, sizeof t);
+    for (int j = 0; j < 16; j++) s += t[j];
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Key or value t of one head's cache, as float32 (kv_bf16: the cache holds bfloat16). */
+static inline float cached(const void *cache, int64_t i, int kv_bf16) {
+    return kv_bf16 ? from_bf16(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
+}
+
+/* One query against positions 0..T-1 of one head's cache: out (hd) = softmax(q K^T * scale) V. */
+static inline __attribute__((always_inline)) void attend(const float *q, const void *k, const void *v, float *out,
+                                                         float *p, int64_t T, int64_t hd, float scale,
+                                                         const int kv_bf16) {
+    float top = -INFINITY, row[128];  /* hd <= 128 (checked by the caller) */
+    for (int64_t t = 0; t < T; t++) {
+        if (kv_bf16) {
+            for (int64_t d = 0; d < hd; d++) row[d] = cached(k, t * hd + d, 1);
+            p[t] = dot_f32(q, row, hd) * scale;
+        } else {
+            p[t] = dot_f32(q, (const float *)k + t * hd, hd) * scale;
+        }
+        top = fmaxf(top, p[t]);
+    }
+    float sum = 0.0f;
+    for (int64_t t = 0; t < T; t++) {
+        p[t] = expf(p[t] - top);
+        sum += p[t];
+    }
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t d = 0; d < hd; d++) out[d] += p[t] * cached(v, t * hd + d, kv_bf16);
+    const float inv = 1.0f / sum;
+    for (int64_t d = 0; d < hd; d++) out[d] *= inv;
+}
+
+/* Write k and v (hd floats each) at position pos of one head's cache, then attend. */
+static void store_and_attend(const float *q, const float *k_new, const float *v_new, void *k, void *v, float *out,
+                             float *p, int64_t pos, int64_t hd, float scale, int kv_bf16) {
+    if (kv_bf16) {
+        for (int64_t d = 0; d < hd; d++) {
+            ((uint16_t *)k)[pos * hd + d] = to_bf16(k_new[d]);
+            ((uint16_t *)v)[pos * hd + d] = to_bf16(v_new[d]);
+        }
+        attend(q, k, v, out, p, pos + 1, hd, scale, 1);
+    } else {
+        memcpy((float *)k + pos * hd, k_new, (size_t)hd * sizeof(float));
+        memcpy((float *)v + pos * hd, v_new, (size_t)hd * sizeof(float));
+        attend(q, k, v, out, p, pos + 1, hd, scale, 0);
+    }
+}
+
+/* x (B, C): the step's input embeddings, overwritten by the last block's output (before the final
+ * LayerNorm). k_cache, v_cache: (n_layer, B, H, max_len, hd), float32 or (kv_bf16) bfloat16; position
+ * `pos` is written here. Returns 0; 1 when out of memory; 2 for a head size over 128. */
+int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_layer, void *k_cache, void *v_cache,
+                         int kv_bf16, int64_t B, int64_t C, int64_t H, int64_t max_len, int64_t pos, float eps,
+                         int threads) {
+    const int64_t hd = C / H, C4 = 4 * C, T = pos + 1, elem = kv_bf16 ? 2 : 4;
+    if (hd > 128) return 2;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *h = malloc((size_t)(B * C4) * sizeof(float));  /* normed rows, then the MLP's hidden rows */
+    float *qkv = malloc((size_t)(B * 3 * C) * sizeof(float));
+    float *att = malloc((size_t)(B * C) * sizeof(float));
+    float *p = malloc((size_t)(threads * T) * sizeof(float));  /* one row of attention weights per thread */
+    Rows rows = {malloc((size_t)(B * C4)), malloc((size_t)(B * C4)), malloc((size_t)B * sizeof(float)),
+                 malloc((size_t)(B * C4) * sizeof(uint16_t))};
+    int failed = !h || !qkv || !att || !p || !rows.q || !rows.q_biased || !rows.scale || !rows.h;
+    if (!failed) {
+        #pragma omp parallel num_threads(threads)
+        for (int64_t i = 0; i < n_layer; i++) {
+            const Layer *l = layers + i;
+            char *kc = (char *)k_cache + i * B * H * max_len * hd * elem;
+            char *vc = (char *)v_cache + i * B * H * max_len * hd * elem;
+            #pragma omp single
+            norm_and_prepare(format, x, l->ln1_weight, l->ln1_bias, eps, h, &rows, B, C);
+            product(format, &l->att_proj, &rows, qkv, B, 3 * C, C, STORE);
+            #pragma omp for schedule(static)
+            for (int64_t u = 0; u < B * H; u++) {  /* one (row, head) each */
+                const int64_t b = u / H, head = u % H;
+                const float *q = qkv + b * 3 * C + head * hd;  /* qkv row: q (H, hd), k (H, hd), v (H, hd) */
+                store_and_attend(q, q + C, q + 2 * C, kc + u * max_len * hd * elem, vc + u * max_len * hd * elem,
+                                 att + b * C + head * hd, p + (int64_t)omp_get_thread_num() * T, pos, hd, scale,
+                                 kv_bf16);
+            }
+            #pragma omp single
+            for (int64_t m = 0; m < B; m++) prepare(format, att, m, C, &rows);
+            product(format, &l->att_out_proj, &rows, x, B, C, C, ADD_TO);
+            #pragma omp single
+            norm_and_prepare(format, x, l->ln2_weight, l->ln2_bias, eps, h, &rows, B, C);
+            product(format, &l->mlp_in_proj, &rows, h, B, C4, C, GELU);
+            #pragma omp single
+            for (int64_t m = 0; m < B; m++) prepare(format, h, m, C4, &rows);
+            product(format, &l->mlp_out_proj, &rows, x, B, C, C4, ADD_TO);
+        }
+    }
+    free(h); free(qkv); free(att); free(p); free(rows.q); free(rows.q_biased); free(rows.scale); free(rows.h);
+    return failed;
+}
+
+/* 1 where this build multiplies bfloat16 on the AVX512-BF16 units (else dot_bf16's scalar loop runs). */
+int fastbark_has_bf16(void) {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+    return 1;
+#else
+    return 0;
+#endif
+}
