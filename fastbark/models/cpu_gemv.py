@@ -11,7 +11,9 @@ go to oneDNN, whose rows also do not depend on the batch.
 
 The library is compiled once per source, flags and CPU into the user's cache folder with the
 system C compiler (`cc`). Without a compiler, or if the built kernel fails its self-check, the
-engine falls back to oneDNN-packed layers (cpu_kernels.py) and says so once.
+engine falls back to oneDNN-packed layers (cpu_kernels.py) and says so once. The same library
+holds the int8 mode's products (int8.py) and the fast modes' decode step and attention
+(decode_step.py, bf16_attention.py), each checked before use.
 """
 
 from __future__ import annotations

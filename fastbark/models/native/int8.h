@@ -1,4 +1,4 @@
-/* The int8 mode's two shared pieces, for gemv.c and decode_int8.c: one row's quantisation and one
+/* The int8 mode's two shared pieces, for gemv.c and decode_step.c: one row's quantisation and one
  * int8 dot product. See gemv.c for the arithmetic. */
 #ifndef FASTBARK_INT8_H
 #define FASTBARK_INT8_H
