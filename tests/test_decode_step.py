@@ -65,7 +65,8 @@ def test_c_step_is_as_faithful_as_the_python_step(mode, n_embd, n_head, bias):
     def error(x):
         return ((x.float() - reference).abs().max() / reference.abs().max()).item()
     assert 0 < error(c) <= 1.25 * error(python)
-    assert ((c.float() - python.float()).abs().max() / reference.abs().max()).item() <= max(0.5, error(python)) * 2
+    apart = 0.5 if mode == "int8" else 1.5  # bfloat16: the Python step's own rounding is most of the gap
+    assert ((c.float() - python.float()).abs().max() / reference.abs().max()).item() <= apart * error(python)
     assert (c.argmax(-1) == python.argmax(-1)).float().mean() >= 0.9
     assert torch.equal(cache.k[:, :, :, :9], python_cache.k[:, :, :, :9])  # the prefill's positions are untouched
     written = slice(9, 15)  # and the decode steps wrote theirs
