@@ -23,30 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from checkpoints import CODEC, VOCAB  # noqa: E402
-
-SIZES = {
-    "tiny": dict(num_layers=2, num_heads=2, hidden_size=32),
-    "small": dict(num_layers=12, num_heads=12, hidden_size=768),
-    "large": dict(num_layers=24, num_heads=16, hidden_size=1024),
-}
-REAL_CODEC = dict(CODEC, num_filters=32, hidden_size=128, codebook_dim=128)
-
-
-def make_checkpoint(size: str, folder: Path) -> Path:
-    from transformers import BarkConfig, BarkModel
-    gpt = dict(SIZES[size], block_size=1024)
-    config = BarkConfig(
-        semantic_config=dict(gpt, bias=False, input_vocab_size=129_600, output_vocab_size=10_048),
-        coarse_acoustics_config=dict(gpt, bias=False, input_vocab_size=12_096, output_vocab_size=12_096),
-        fine_acoustics_config=dict(gpt, bias=True, input_vocab_size=1056, output_vocab_size=1056,
-                                   n_codes_total=8, n_codes_given=1),
-        codec_config=CODEC if size == "tiny" else REAL_CODEC)
-    torch.manual_seed(0)
-    BarkModel(config).save_pretrained(folder)
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    return folder
+from fastbark.testing import SIZES, write_random_checkpoint
 
 
 def weight_read_ms(model: torch.nn.Module, repeats: int = 5) -> float:
@@ -80,9 +57,9 @@ def batch_texts(n: int) -> list[str]:
 def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str, **engine_options) -> dict:
     import fastbark
     from fastbark.options import CoarseOptions, FineOptions, SemanticOptions
-    from fastbark.stages.coarse import generate_coarse
-    from fastbark.stages.fine import generate_fine
-    from fastbark.stages.semantic import generate_semantic
+    from fastbark.pipeline.coarse import generate_coarse
+    from fastbark.pipeline.fine import generate_fine
+    from fastbark.pipeline.semantic import generate_semantic
     tts = fastbark.Bark.from_pretrained(folder, dtype=dtype, **engine_options)
     ids = [tts.tokenize(t) for t in texts]
     sem, t_sem = timed(lambda: generate_semantic(
@@ -91,7 +68,8 @@ def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str, **
     fine, t_fine = timed(lambda: generate_fine(tts.fine_model, coarse, None, FineOptions(temperature=0)))
     audio, t_codec = timed(lambda: [tts.decode(f) for f in fine])
     # the semantic prefill alone, to report the steady decode step (the weight-reading floor's measure)
-    from fastbark.stages.semantic import prefill, semantic_prompt
+    from fastbark.pipeline.decoding import prefill
+    from fastbark.pipeline.semantic import semantic_prompt
     model = tts.semantic_model
     _, t_prefill = timed(lambda: prefill(model, semantic_prompt(model, ids, None), model.new_cache(len(ids))))
     return dict(semantic_decode_ms=(t_sem - t_prefill) / (n_semantic - 1) * 1000,
@@ -141,7 +119,7 @@ def suno_models(folder: Path) -> dict:
     """Suno's original GPTs (package `bark`) holding the same random weights, keyed as its `models` cache."""
     from bark.model import GPT, GPTConfig
     from bark.model_fine import FineGPT, FineGPTConfig
-    from checkpoints import _suno_key
+    from fastbark.testing import _suno_key
     from encodec import EncodecModel
     from transformers import BarkModel, BertTokenizer
     reference = BarkModel.from_pretrained(folder)
@@ -253,7 +231,7 @@ def main(argv=None) -> dict:
                "transformers-int8": (lambda *a: run_transformers(*a, int8=True), args.dtype),
                "suno": (run_suno, args.dtype)}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = make_checkpoint(args.size, Path(tmp) / "bark")
+        folder = write_random_checkpoint(args.size, Path(tmp) / "bark")
         if args.memory:
             for name in args.engines.split(","):
                 results["engines"][name] = load_rss_mb(name if name in LOADERS else name.split("-")[0],

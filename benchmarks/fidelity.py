@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @torch.inference_mode()
 def causal_logits(model, embeds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Logits (steps, V) of the prefill and of each decode step fed `tokens` (teacher forcing)."""
-    from fastbark.stages.semantic import decode_one_token, prefill
+    from fastbark.pipeline.decoding import decode_one_token, prefill
     cache = model.new_cache(1)
     out = [prefill(model, embeds, cache)]
     for i, token in enumerate(tokens[:-1]):
@@ -43,8 +41,8 @@ def measure(exact, fast, text: str, steps: int) -> dict:
     """exact, fast: two fastbark.Bark engines over the same checkpoint."""
     from fastbark.constants import (COARSE_INFER_TOKEN, COARSE_SEMANTIC_PAD_TOKEN, MAX_COARSE_INPUT,
                                     SEMANTIC_VOCAB_SIZE, SLIDING_WINDOW_LEN)
-    from fastbark.stages.coarse import CODEBOOK_OFFSETS
-    from fastbark.stages.semantic import semantic_prompt
+    from fastbark.pipeline.coarse import CODEBOOK_OFFSETS
+    from fastbark.pipeline.semantic import semantic_prompt
     ids = [exact.tokenize(text)]
     semantic = exact.text_to_semantic(text, temperature=0, max_tokens=steps, allow_early_stop=False)
     tokens = torch.from_numpy(semantic)
@@ -75,7 +73,7 @@ def measure(exact, fast, text: str, steps: int) -> dict:
 
 def main(argv=None) -> dict:
     import fastbark
-    from bench import make_checkpoint
+    from fastbark.testing import write_random_checkpoint
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=["tiny", "small", "large"], default="small")
     p.add_argument("--steps", type=int, default=64)
@@ -84,7 +82,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = make_checkpoint(args.size, Path(tmp) / "bark")
+        folder = write_random_checkpoint(args.size, Path(tmp) / "bark")
         exact = fastbark.Bark.from_pretrained(folder)
         fast = fastbark.Bark.from_pretrained(folder, dtype=args.dtype, quantize=args.quantize)
         results = measure(exact, fast, "Hello, my dog is cute [laughs]", args.steps)

@@ -2,7 +2,7 @@
 
 The 49 matrix-vector products of one semantic decode step (12 layers x att_proj, out_proj,
 mlp.in_proj, mlp.out_proj, plus lm_head), one row each: plain `F.linear`, oneDNN-packed float32,
-packed bfloat16, fastbark's C kernel (models/native/gemv.c), fastbark's int8 mode (models/int8.py), and torch's int8 dynamic quantisation when
+packed bfloat16, fastbark's C kernel (backends/cpu/native/gemv.c), fastbark's int8 mode (backends/cpu/int8.py), and torch's int8 dynamic quantisation when
 this torch still has it.
 
     python benchmarks/linear_bandwidth.py --threads 2 --json benchmarks/linear-bandwidth.json
@@ -53,17 +53,20 @@ def main(argv=None) -> dict:
     results = {}
     with torch.inference_mode():
         results["F.linear float32"] = per_step_ms(lambda: [F.linear(x[w.shape[1]], w) for w in weights])
-        from fastbark.models.cpu_kernels import PackedLinear
+        from fastbark.backends.cpu.library import load_kernels
+        from fastbark.backends.cpu.linears import GemvLinear, PackedLinear, packing_available
         for dtype, name in ((torch.float32, "oneDNN packed float32"), (torch.bfloat16, "oneDNN packed bfloat16")):
+            if not packing_available(dtype):
+                print(f"{name}: oneDNN cannot pack {dtype} weights on this CPU")
+                continue
             layers = [PackedLinear(as_linear(w).to(dtype)) for w in weights]
             xs = {k: v.to(dtype) for k, v in x.items()}
             results[name] = per_step_ms(lambda: [m(xs[m.in_features]) for m in layers])
-        from fastbark.models.cpu_gemv import GemvLinear, load_kernels
         if load_kernels() is not None:
             c_layers = [GemvLinear(as_linear(w)) for w in weights]
             x3 = {k: v[None] for k, v in x.items()}  # (1, K) -> (1, 1, K): one decode position
             results["fastbark C kernel float32"] = per_step_ms(lambda: [m(x3[m.in_features]) for m in c_layers])
-        from fastbark.models.int8 import Int8Linear
+        from fastbark.backends.cpu.int8 import Int8Linear
         int8 = [Int8Linear(as_linear(w), native=False) for w in weights]
         results["fastbark int8, torch._int_mm"] = per_step_ms(lambda: [m(x[m.in_features]) for m in int8])
         if load_kernels() is not None:

@@ -3,9 +3,11 @@
 from .constants import SAMPLE_RATE
 from .engine import Bark, Generation
 from .errors import BadInput, CheckpointError
-from .options import CoarseOptions, FineOptions, GenerationOptions, SemanticOptions
+from .backends import BackendReport
+from .options import CoarseOptions, EngineOptions, FineOptions, GenerationOptions, SemanticOptions
+from .pipeline.progress import Progress
 from .voices import Voice
 
-__all__ = ["Bark", "Generation", "GenerationOptions", "SemanticOptions", "CoarseOptions", "FineOptions", "Voice",
-           "BadInput", "CheckpointError", "SAMPLE_RATE"]
+__all__ = ["Bark", "Generation", "EngineOptions", "GenerationOptions", "SemanticOptions", "CoarseOptions",
+           "FineOptions", "Voice", "Progress", "BackendReport", "BadInput", "CheckpointError", "SAMPLE_RATE"]
 __version__ = "0.1.0"

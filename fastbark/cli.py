@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import sys
+import typing
 import warnings
 
-from .constants import (DEFAULT_COARSE_TEMPERATURE, DEFAULT_FINE_TEMPERATURE, DEFAULT_MIN_EOS_P,
-                        DEFAULT_SEMANTIC_TEMPERATURE, MAX_SEMANTIC_TOKENS)
 from .errors import BadInput
+from .options import EngineOptions, GenerationOptions
 
 DEFAULT_MODEL = "suno/bark-small"
 
@@ -21,13 +22,64 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer file, folder or hub id (overrides the checkpoint's)")
 
 
-def _none_or_float(value: str) -> float | None:
-    return None if value.lower() == "none" else float(value)
+def _flag_type(kind):
+    """argparse's converter for a field of type `kind` (int, float or str, maybe Optional): 'none' gives None
+    for Optional fields."""
+    args = typing.get_args(kind)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), kind) if args else kind
+
+    def convert(text: str):
+        if optional and text.lower() == "none":
+            return None
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if base is int else 'a number'}"
+                                             f"{' or none' if optional else ''}, got {text!r}") from None
+    return convert if base in (int, float) else base
+
+
+def add_option_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of the options dataclass `cls`: --field-name, typed, with its default and help."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} (see fastbark.{cls.__name__})")
+    for f in dataclasses.fields(cls):
+        flag, kind, meta = "--" + f.name.replace("_", "-"), hints[f.name], f.metadata
+        help_text = f"{meta.get('help', '')} (default {f.default})"
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=help_text)
+        else:
+            # choices are checked by the dataclass, with its message; the help shows them
+            metavar = "{" + ",".join(meta["choices"]) + "}" if "choices" in meta else f.name.split("_")[-1].upper()
+            group.add_argument(flag, dest=f.name, type=_flag_type(kind), default=f.default, help=help_text,
+                               metavar=metavar)
+
+
+def options_from_args(cls, args: argparse.Namespace):
+    """`cls` from the parsed flags; an error about a field names its flag."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    try:
+        return cls(**{name: getattr(args, name) for name in names})
+    except BadInput as e:
+        message = str(e)
+        for name in sorted(names, key=len, reverse=True):
+            if message.startswith(name + " "):
+                raise BadInput("--" + name.replace("_", "-") + message[len(name):]) from None
+        raise
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2, like every other bad input."""
+
+    def error(self, message: str):
+        raise BadInput(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastbark", description="Bark text-to-speech, fast and faithful.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="fastbark", description="Bark text-to-speech, fast and faithful.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     say = sub.add_parser("say", help="speak text into a WAV file")
     say.add_argument("text", nargs="?", help="text to speak ('-' or absent: read standard input)")
@@ -35,22 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("-o", "--output", default="out.wav", help="WAV file to write, '-' for standard output")
     _model_args(say)
     say.add_argument("--voice", "-v", help="voice preset name (see `fastbark voices`) or .npz file")
-    say.add_argument("--seed", type=int, help="random seed: the same seed gives the same audio")
-    say.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
-    say.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (default float32)")
-    say.add_argument("--quantize", choices=["int8"],
-                     help="int8: the fast int8 mode on the CPU (int8 linear layers; see the README for fidelity)")
-    say.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)")
-    say.add_argument("--semantic-temperature", type=float, default=DEFAULT_SEMANTIC_TEMPERATURE)
-    say.add_argument("--coarse-temperature", type=float, default=DEFAULT_COARSE_TEMPERATURE)
-    say.add_argument("--fine-temperature", type=float, default=DEFAULT_FINE_TEMPERATURE)
-    say.add_argument("--top-k", type=int, help="semantic and coarse stages")
-    say.add_argument("--top-p", type=float, help="semantic and coarse stages")
-    say.add_argument("--min-eos-p", type=_none_or_float, default=DEFAULT_MIN_EOS_P,
-                     help="stop when p(end of speech) reaches this; 'none' turns it off")
-    say.add_argument("--max-semantic-tokens", type=int, default=MAX_SEMANTIC_TOKENS)
+    say.add_argument("--seed", type=_flag_type(int), help="random seed: the same seed gives the same audio")
     say.add_argument("--save-voice", help="also save the result as a reusable .npz voice")
     say.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    say.add_argument("--show-backend", action="store_true", help="print what the backend chose, and its fallbacks")
+    add_option_flags(say, EngineOptions)
+    add_option_flags(say, GenerationOptions)
 
     voices = sub.add_parser("voices", help="list the voice presets of a model")
     _model_args(voices)
@@ -63,6 +105,25 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--tokenizer", help="tokenizer file, folder or hub id")
     convert.add_argument("--no-voices", action="store_true", help="leave the voice presets out")
     return parser
+
+
+class ProgressBars:
+    """Renders the pipeline's progress callbacks as one tqdm bar per stage, on stderr."""
+
+    def __init__(self):
+        self._bar, self._stage = None, None
+
+    def __call__(self, p) -> None:
+        from tqdm.auto import tqdm
+        if p.stage != self._stage or p.done == 0:
+            self.close()
+            self._bar, self._stage = tqdm(total=p.total, desc=p.stage, unit=p.unit, leave=False), p.stage
+        self._bar.update(p.done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def read_text(args) -> str:
@@ -96,20 +157,19 @@ def write_wav(path: str, audio, sample_rate: int) -> None:
 
 
 def cmd_say(args) -> None:
-    import torch
     from .engine import Bark
     text = read_text(args)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise BadInput(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    tts = Bark.from_pretrained(args.model, device=args.device, dtype=args.dtype, codec=args.codec,
-                               tokenizer=args.tokenizer, quantize=args.quantize)
-    tts.progress = not args.quiet
-    result = tts.generate(text, voice=args.voice, seed=args.seed, semantic_temperature=args.semantic_temperature,
-                          coarse_temperature=args.coarse_temperature, fine_temperature=args.fine_temperature,
-                          top_k=args.top_k, top_p=args.top_p, min_eos_p=args.min_eos_p,
-                          max_semantic_tokens=args.max_semantic_tokens)
+    engine = options_from_args(EngineOptions, args)
+    options = options_from_args(GenerationOptions, args)  # both checked before anything loads
+    tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
+    if args.show_backend:
+        print(tts.backend, file=sys.stderr)
+    bars = None if args.quiet else ProgressBars()
+    try:
+        result = tts.generate(text, voice=args.voice, seed=args.seed, options=options, progress=bars)
+    finally:
+        if bars is not None:
+            bars.close()
     write_wav(args.output, result.audio, result.sample_rate)
     if args.save_voice:
         result.save_voice(args.save_voice)
@@ -127,7 +187,7 @@ def cmd_voices(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from .engine import parse_dtype
+    from .options import parse_dtype
     from .loading.convert import write_hub_layout
     from .loading.layouts import load_parts
     import torch
@@ -138,10 +198,10 @@ def cmd_convert(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"fastbark: warning: {msg}\n"
     try:
+        args = build_parser().parse_args(argv)
         {"say": cmd_say, "voices": cmd_voices, "convert": cmd_convert}[args.command](args)
     except BadInput as e:
         print(f"fastbark: error: {e}", file=sys.stderr)

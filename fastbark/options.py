@@ -1,14 +1,147 @@
-"""Generation options: frozen dataclasses, validated when made. Defaults are those of Suno's original code."""
+"""Every option, defined once: frozen dataclasses, validated when made.
+
+`EngineOptions` are how an engine is built (device, dtype, quantisation, kernels, threads);
+`GenerationOptions` are how a text is spoken (defaults: Suno's original code). The Python keywords
+of `Bark.from_pretrained` and `Bark.generate`, and the `fastbark` command's flags, come from these
+fields (cli.py reads each field's type, default and `help`), so adding a field here adds it
+everywhere. The checks here are the ones every entry point shares.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
 
 from .constants import (CONTEXT_LEN, DEFAULT_COARSE_TEMPERATURE, DEFAULT_FINE_TEMPERATURE, DEFAULT_MIN_EOS_P,
                         DEFAULT_SEMANTIC_TEMPERATURE, MAX_COARSE_HISTORY, MAX_COARSE_INPUT, MAX_SEMANTIC_TOKENS,
                         SLIDING_WINDOW_LEN)
 from .errors import BadInput
-from .sampling import check_sampling
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+QUANTIZE = ("int8",)  # int8: the three GPTs' linear layers (backends/cpu/int8.py); CPU only
+CPU_KERNELS = ("auto", "c", "onednn", "plain")  # the CPU backend's decode-step linear layers
+BACKENDS = ("auto", "cpu", "torch")  # auto: cpu on the CPU, torch elsewhere (backends/__init__.py)
+
+
+def _help(text: str, **more) -> dict:
+    return {"help": text, **more}
+
+
+# ------------------------------------------------------------------ shared checks
+
+
+def check_number(name: str, value, *, integer: bool = False, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, none_ok: bool = False, accepted: str = ""):
+    """`value` as a finite int (or float), within [low, high] (low excluded if `low_open`); BadInput
+    naming `name` and what is accepted otherwise. Booleans are not numbers here."""
+    if value is None and none_ok:
+        return None
+    kinds = (int,) if integer else (int, float)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        if not accepted:
+            bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
+                     f"{high if high is not None else 'inf'}]"
+            accepted = f"{'an integer' if integer else 'a number'} in {bounds}" + (" or None" if none_ok else "")
+        raise BadInput(f"{name} must be {accepted}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise BadInput(f"unknown {name} {value!r}; accepted: {', '.join(map(str, choices))}")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise BadInput(f"{name} must be True or False, got {value!r}")
+
+
+def check_sampling(temperature: float | None, top_k: int | None = None, top_p: float | None = None) -> None:
+    check_number("temperature", temperature, low=0, none_ok=True, accepted="a number >= 0 and finite (0 = greedy)")
+    check_number("top_k", top_k, integer=True, low=1, none_ok=True, accepted="an integer >= 1 or None")
+    check_number("top_p", top_p, low=0, low_open=True, high=1, none_ok=True, accepted="in (0, 1] or None")
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise BadInput(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
+
+
+def parse_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise BadInput(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"device {device!r} asked for, but CUDA is not available on this machine; use device='cpu'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise BadInput(f"device {device!r} asked for, but MPS is not available on this machine; use device='cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise BadInput(f"unsupported device {device!r}; accepted: cpu, cuda, cuda:N, mps")
+    return dev
+
+
+# ------------------------------------------------------------------ engine
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How an engine is built. Values are normalised: `dtype` and `device` are canonical strings."""
+
+    device: str = field(default="cpu", metadata=_help("cpu, cuda, cuda:N or mps"))
+    dtype: str = field(default="float32", metadata=_help("float32 (exact), bfloat16 or float16",
+                                                         choices=tuple(DTYPES)))
+    quantize: str | None = field(default=None, metadata=_help(
+        "int8: the fast int8 mode on the CPU (int8 linear layers; see the README for fidelity)", choices=QUANTIZE))
+    cpu_kernel: str = field(default="auto", metadata=_help(
+        "the CPU decode step's linear layers: auto (C kernel, else oneDNN), c, onednn, or plain (F.linear)",
+        choices=CPU_KERNELS))
+    backend: str = field(default="auto", metadata=_help(
+        "auto (cpu on the CPU, torch elsewhere), cpu (fastbark's CPU kernels), or torch (plain torch, any device)",
+        choices=BACKENDS))
+    threads: int | None = field(default=None, metadata=_help(
+        "CPU threads for torch (default: torch's choice, one per core); set for the whole process"))
+
+    def __post_init__(self):
+        dtype, device = parse_dtype(self.dtype), parse_device(self.device)
+        object.__setattr__(self, "dtype", str(dtype).removeprefix("torch."))
+        object.__setattr__(self, "device", str(device))
+        if self.quantize is not None and self.quantize not in QUANTIZE:
+            raise BadInput(f"unknown quantize {self.quantize!r}; accepted: None (no quantisation) or 'int8'")
+        check_choice("cpu_kernel", self.cpu_kernel, CPU_KERNELS)
+        check_choice("backend", self.backend, BACKENDS)
+        check_number("threads", self.threads, integer=True, low=1, none_ok=True, accepted="at least 1 (an integer) or None")
+        if self.quantize == "int8":
+            if device.type != "cpu" or not hasattr(torch, "_int_mm"):
+                raise BadInput(f"quantize='int8' runs on the CPU only (with a torch that has torch._int_mm); "
+                               f"got device {self.device!r}: use device='cpu' or no quantisation")
+            if dtype == torch.float16:
+                raise BadInput("quantize='int8' works with dtype float32 or bfloat16, not float16")
+            if self.backend == "torch":
+                raise BadInput("quantize='int8' needs the cpu backend (backend='auto' or 'cpu'), not 'torch'")
+        if self.backend == "cpu" and device.type != "cpu":
+            raise BadInput(f"backend='cpu' runs on the CPU, not on {self.device!r}; use backend='auto' or 'torch'")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+# ------------------------------------------------------------------ generation
 
 
 @dataclass(frozen=True)
@@ -22,11 +155,11 @@ class SemanticOptions:
 
     def __post_init__(self):
         check_sampling(self.temperature, self.top_k, self.top_p)
-        if self.min_eos_p is not None and not (isinstance(self.min_eos_p, (int, float)) and 0 < self.min_eos_p <= 1):
-            raise BadInput(f"min_eos_p must be in (0, 1] or None, got {self.min_eos_p!r}")
-        if not (isinstance(self.max_tokens, int) and 1 <= self.max_tokens <= MAX_SEMANTIC_TOKENS):
-            raise BadInput(f"max semantic tokens must be an integer in 1..{MAX_SEMANTIC_TOKENS}, "
-                           f"got {self.max_tokens!r}")
+        check_number("min_eos_p", self.min_eos_p, low=0, low_open=True, high=1, none_ok=True,
+                     accepted="in (0, 1] or None")
+        check_number("max semantic tokens", self.max_tokens, integer=True, low=1, high=MAX_SEMANTIC_TOKENS,
+                     accepted=f"an integer in 1..{MAX_SEMANTIC_TOKENS}")
+        check_bool("allow_early_stop", self.allow_early_stop)
 
 
 @dataclass(frozen=True)
@@ -39,13 +172,11 @@ class CoarseOptions:
 
     def __post_init__(self):
         check_sampling(self.temperature, self.top_k, self.top_p)
-        if not (isinstance(self.max_coarse_history, int) and 60 <= self.max_coarse_history <= MAX_COARSE_HISTORY):
-            raise BadInput(f"max_coarse_history must be an integer in 60..{MAX_COARSE_HISTORY}, "
-                           f"got {self.max_coarse_history!r}")
+        check_number("max_coarse_history", self.max_coarse_history, integer=True, low=60, high=MAX_COARSE_HISTORY,
+                     accepted=f"an integer in 60..{MAX_COARSE_HISTORY}")
         room = CONTEXT_LEN - MAX_COARSE_INPUT - self.max_coarse_history  # positions left for generation
-        if not (isinstance(self.sliding_window_len, int) and 1 <= self.sliding_window_len <= room):
-            raise BadInput(f"sliding_window_len must be an integer in 1..{room} with "
-                           f"max_coarse_history={self.max_coarse_history}, got {self.sliding_window_len!r}")
+        check_number("sliding_window_len", self.sliding_window_len, integer=True, low=1, high=room,
+                     accepted=f"an integer in 1..{room} with max_coarse_history={self.max_coarse_history}")
 
 
 @dataclass(frozen=True)
@@ -60,16 +191,24 @@ class FineOptions:
 class GenerationOptions:
     """Every option of `Bark.generate`, one frozen value."""
 
-    semantic_temperature: float | None = DEFAULT_SEMANTIC_TEMPERATURE
-    coarse_temperature: float | None = DEFAULT_COARSE_TEMPERATURE
-    fine_temperature: float | None = DEFAULT_FINE_TEMPERATURE
-    top_k: int | None = None  # semantic and coarse stages
-    top_p: float | None = None  # semantic and coarse stages
-    min_eos_p: float | None = DEFAULT_MIN_EOS_P
-    max_semantic_tokens: int = MAX_SEMANTIC_TOKENS
-    allow_early_stop: bool = True
-    max_coarse_history: int = MAX_COARSE_HISTORY
-    sliding_window_len: int = SLIDING_WINDOW_LEN
+    semantic_temperature: float | None = field(default=DEFAULT_SEMANTIC_TEMPERATURE, metadata=_help(
+        "semantic stage sampling temperature; 0 or none: greedy"))
+    coarse_temperature: float | None = field(default=DEFAULT_COARSE_TEMPERATURE, metadata=_help(
+        "coarse stage sampling temperature; 0 or none: greedy"))
+    fine_temperature: float | None = field(default=DEFAULT_FINE_TEMPERATURE, metadata=_help(
+        "fine stage sampling temperature; 0 or none: greedy"))
+    top_k: int | None = field(default=None, metadata=_help("keep the k likeliest tokens (semantic and coarse)"))
+    top_p: float | None = field(default=None, metadata=_help("nucleus sampling mass (semantic and coarse)"))
+    min_eos_p: float | None = field(default=DEFAULT_MIN_EOS_P, metadata=_help(
+        "stop when p(end of speech) reaches this; none: only when end of speech is chosen"))
+    max_semantic_tokens: int = field(default=MAX_SEMANTIC_TOKENS, metadata=_help(
+        f"at most this many semantic tokens (1..{MAX_SEMANTIC_TOKENS}, ~49.9 per second of speech)"))
+    allow_early_stop: bool = field(default=True, metadata=_help(
+        "stop at end of speech (--no-allow-early-stop: always max-semantic-tokens tokens)"))
+    max_coarse_history: int = field(default=MAX_COARSE_HISTORY, metadata=_help(
+        f"coarse tokens of history per window (60..{MAX_COARSE_HISTORY})"))
+    sliding_window_len: int = field(default=SLIDING_WINDOW_LEN, metadata=_help(
+        "coarse tokens generated per window"))
 
     def __post_init__(self):
         self.semantic, self.coarse, self.fine  # validate now, not halfway through a generation
@@ -87,3 +226,18 @@ class GenerationOptions:
     @property
     def fine(self) -> FineOptions:
         return FineOptions(self.fine_temperature)
+
+
+def make_options(cls, options, values: dict, what: str):
+    """`options` (an instance of `cls`) or `cls(**values)`: never both, no unknown names."""
+    if options is not None:
+        if values:
+            raise BadInput(f"give either {what}={cls.__name__}(...) or option keywords, not both")
+        if not isinstance(options, cls):
+            raise BadInput(f"{what} must be a fastbark.{cls.__name__}, got {type(options).__name__}")
+        return options
+    names = [f.name for f in fields(cls)]
+    unknown = set(values) - set(names)
+    if unknown:
+        raise BadInput(f"unknown option(s) {', '.join(sorted(unknown))}; accepted: {', '.join(names)}")
+    return cls(**values)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from checkpoints import VOICES, random_voice, reference_model, write_hub_dir, write_suno_files  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # fidelity.measure for the bounds
+from fastbark.testing import VOICES, random_voice, reference_model, write_hub_dir, write_suno_files  # noqa: E402
 
 import fastbark  # noqa: E402
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fastbark.options import CoarseOptions, FineOptions
-from fastbark.stages.coarse import generate_coarse
-from fastbark.stages.fine import generate_fine
+from fastbark.pipeline.coarse import generate_coarse
+from fastbark.pipeline.fine import generate_fine
 
 GREEDY = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, min_eos_p=None)
 TEXTS = ["the dog is cute", "Hello world [laughs] ♪", "café naïve", "I a the"]
@@ -75,13 +75,14 @@ def test_bad_batch_arguments(tts):
         tts.generate([])
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN packing needs mkldnn")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("k, n", [(768, 2304), (3072, 768)])  # bark-small's attention and MLP-out shapes
 def test_packed_linear_rows_do_not_depend_on_the_batch(dtype, k, n):
     """At real sizes oneDNN's one-row kernel differs in the last bits from its multi-row one (the tiny
     test models do not reach it); PackedLinear must give a row the same bits alone and in a batch."""
-    from fastbark.models.cpu_kernels import PackedLinear
+    from fastbark.backends.cpu.linears import PackedLinear, packing_available
+    if not packing_available(dtype):
+        pytest.skip(f"oneDNN cannot pack {dtype} weights on this CPU (bfloat16 needs AVX-512 or AVX-NE-CONVERT)")
     torch.manual_seed(0)
     linear = torch.nn.Linear(k, n, bias=False).to(dtype)
     plain_weight = linear.weight.detach().clone()
@@ -95,14 +96,16 @@ def test_packed_linear_rows_do_not_depend_on_the_batch(dtype, k, n):
 
 
 def test_packing_falls_back_to_plain_linear(monkeypatch):
-    from fastbark.models import cpu_kernels
+    from fastbark.backends.cpu import linears
+    from fastbark.models.gpt import swap_linears
 
     def unavailable(*args):
         raise RuntimeError("no oneDNN kernels in this build")
 
-    monkeypatch.setattr(cpu_kernels.PackedLinear, "__init__", unavailable)
+    monkeypatch.setattr(linears.PackedLinear, "__init__", unavailable)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    assert isinstance(cpu_kernels.pack_linears(model)[0], torch.nn.Linear)
+    assert swap_linears(model, linears.pack_linear) == 0
+    assert isinstance(model[0], torch.nn.Linear)
 
 
 needs_c = pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode kernel needs a C compiler")
@@ -113,7 +116,8 @@ needs_c = pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode ke
 def test_c_kernel_rows_do_not_depend_on_batch_or_threads(k, n, bias):
     """The C decode kernel: a row's bits alone = inside batches of 2, 5 and 16 (its 4x2 blocks and its
     one-row path) = with another thread count; and it matches F.linear to float32 rounding."""
-    from fastbark.models.cpu_gemv import GemvLinear, load_kernels
+    from fastbark.backends.cpu.library import load_kernels
+    from fastbark.backends.cpu.linears import GemvLinear
     assert load_kernels() is not None, "a C compiler is present, so the kernel must build"
     torch.manual_seed(0)
     linear = torch.nn.Linear(k, n, bias=bias)
@@ -136,23 +140,27 @@ def test_c_kernel_rows_do_not_depend_on_batch_or_threads(k, n, bias):
 
 def test_c_kernel_falls_back_without_a_compiler(monkeypatch, hub_dir):
     import fastbark
-    from fastbark.models import cpu_gemv
-    monkeypatch.setattr(cpu_gemv.shutil, "which", lambda name: None)
-    cpu_gemv.load_kernels.cache_clear()
+    from fastbark.backends.cpu import library
+    monkeypatch.setattr(library.shutil, "which", lambda name: None)
+    library.clear_cache()
     try:
         with pytest.warns(UserWarning, match="no C compiler"):
             tts = fastbark.Bark.from_pretrained(hub_dir)
         assert type(tts.semantic_model.lm_head).__name__ == "PackedLinear"
+        assert tts.backend.models["semantic"].linears == {"onednn": 9}
+        assert tts.backend.fallbacks == ("C kernels: no C compiler (cc) found",)
     finally:
-        cpu_gemv.load_kernels.cache_clear()
+        library.clear_cache()
 
 
 @needs_c
 def test_building_the_kernels_leaves_the_users_rng_alone():
-    from fastbark.models import cpu_gemv
+    from fastbark.backends.cpu import int8, library
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
-    cpu_gemv.load_kernels.cache_clear()
-    assert cpu_gemv.load_kernels() is not None  # rebuilt from the cache folder and checked again
+    library.clear_cache()
+    int8.int8_kernels.cache_clear()
+    assert library.load_kernels() is not None  # rebuilt from the cache folder and checked again
+    assert int8.int8_kernels() is not None
     assert torch.equal(torch.rand(4), expected)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastbark
-from fastbark.models.bf16_attention import Bf16Attention, _sdpa, bf16_attention
+from fastbark.backends.cpu.attention import Bf16Attention, _sdpa, bf16_attention
 
 attend = bf16_attention() if shutil.which("cc") else None
 pytestmark = pytest.mark.skipif(attend is None, reason="needs a C compiler and a CPU with AVX512-BF16")
@@ -53,7 +53,8 @@ def test_unsupported_head_sizes_fall_back_to_sdpa(hub_dir):
     assert attend(torch.randn(1, 10, 3 * 2 * 8), 2, False) is None  # hd = 8: not a multiple of 16
     assert attend(torch.randn(1, 10, 3 * 1 * 160), 1, False) is None  # hd = 160: more than 128
     tts = fastbark.Bark.from_pretrained(hub_dir, quantize="int8")  # the test models' heads hold 16
-    assert tts.fine_model.layers[0].attn.whole_attention is attend
+    assert tts.fine_model.layers[0].attn.kernel._whole is attend
+    assert tts.backend.models["fine"].whole_attention == "bf16-c"
 
 
 def test_bfloat16_inputs():
@@ -70,5 +71,5 @@ def test_only_the_fast_modes_use_it(hub_dir):
                               (dict(quantize="int8", cpu_kernel="plain"), False)):
         tts = fastbark.Bark.from_pretrained(hub_dir, **options)
         for model in (tts.semantic_model, tts.coarse_model, tts.fine_model):
-            uses = [isinstance(layer.attn.whole_attention, Bf16Attention) for layer in model.layers]
+            uses = [isinstance(layer.attn.kernel._whole, Bf16Attention) for layer in model.layers]
             assert all(uses) if expected else not any(uses), options

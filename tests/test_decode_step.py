@@ -7,8 +7,8 @@ import torch
 
 import fastbark
 from fastbark.models.gpt import CausalGPT, GPTConfig
-from fastbark.models.int8 import quantize_linears
-from fastbark.models.decode_step import BF16, INT8, FusedDecodeStep, decode_step_works, use_decode_step
+from fastbark.backends.cpu.int8 import Int8Linear
+from fastbark.backends.cpu.decode_step import BF16, INT8, FusedDecodeStep, decode_step_works, fused_decode_step
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode step needs a C compiler")
 
@@ -24,7 +24,16 @@ def float_model(n_embd: int, n_head: int, bias: bool, seed: int = 0) -> CausalGP
 
 
 def quantised_model(n_embd: int, n_head: int, bias: bool, seed: int = 0) -> CausalGPT:
-    return quantize_linears(float_model(n_embd, n_head, bias, seed))
+    model = float_model(n_embd, n_head, bias, seed)
+    model.swap_linears(Int8Linear)
+    return model
+
+
+def use_decode_step(model: CausalGPT) -> bool:
+    """Give `model` the C step through its seam, where it works here."""
+    step = fused_decode_step(model)
+    model.use_kernels(decode_step=step)
+    return step is not None
 
 
 def fast_model(mode: str, n_embd: int, n_head: int, bias: bool) -> CausalGPT:
@@ -99,8 +108,9 @@ def test_engine_uses_the_c_step_in_the_fast_modes(hub_dir):
                               (dict(dtype="bfloat16"), bf16), ({}, False), (dict(quantize="int8", cpu_kernel="plain"), False),
                               (dict(dtype="bfloat16", cpu_kernel="onednn"), False)):
         tts = fastbark.Bark.from_pretrained(hub_dir, **options)
-        for model in (tts.semantic_model, tts.coarse_model):
+        for name, model in (("semantic", tts.semantic_model), ("coarse", tts.coarse_model)):
             assert isinstance(model.decode_step, FusedDecodeStep) == expected, options
+            assert (tts.backend.models[name].decode_step == "fused-c") == expected, options
         if options == dict(dtype="bfloat16") and bf16:
             assert type(tts.semantic_model.lm_head).__name__ == "PackedLinear"  # the step leaves it to oneDNN
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastbark
-from fastbark.models.int8 import Int8Linear, quantize_rows
+from fastbark.backends.cpu.int8 import Int8Linear, quantize_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -84,7 +84,7 @@ def test_bad_quantize(hub_dir):
 @pytest.mark.parametrize("k, n", [(768, 2304), (3072, 768), (45, 7)])
 def test_int8_c_kernel_is_the_torch_path_bit_for_bit(k, n, dtype):
     """The C kernels must give the torch path's bits: decode steps alone or batched, and longer inputs."""
-    from fastbark.models.cpu_gemv import load_kernels
+    from fastbark.backends.cpu.library import load_kernels
     assert load_kernels() is not None and load_kernels().s8 is not None
     torch.manual_seed(0)
     linear = torch.nn.Linear(k, n).to(dtype)

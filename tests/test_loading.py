@@ -42,7 +42,7 @@ def test_suno_pt_and_original_encodec_load_the_same_model(plain_tts, suno_dir, h
 
 
 def test_old_vocab_size_and_hub_layout_encodec(reference, hub_dir, tmp_path, plain_tts):
-    from checkpoints import write_suno_files
+    from fastbark.testing import write_suno_files
     folder = write_suno_files(reference, tmp_path / "old", old_vocab_size=True)
     (folder / "encodec_24khz-d7cc33bc.th").unlink()
     reference.codec_model.save_pretrained(tmp_path / "encodec_24khz")  # the facebook/encodec_24khz layout
@@ -145,7 +145,7 @@ def test_hub_downloads_only_what_is_needed(hub_dir, suno_dir, tmp_path):
     parts = load_parts("suno/bark-tiny", CPU, torch.float32, download=hub)
     assert not [f for f in hub.asked if f.endswith((".pt", ".th", ".npy"))]
     assert "model.safetensors" in hub.asked and "config.json" in hub.asked
-    tts = fastbark.Bark(parts, CPU, torch.float32)
+    tts = fastbark.Bark(parts, fastbark.EngineOptions())
     assert tts.voices() == ["announcer", "v2/en_speaker_1"]
     tts.load_voice("announcer")
     assert sorted(f for f in hub.asked if f.endswith(".npy")) == [

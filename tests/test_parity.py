@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import reference as ref
-from fastbark.stages.semantic import decode_one_token, prefill, semantic_prompt
+from fastbark.pipeline.decoding import decode_one_token, prefill
+from fastbark.pipeline.semantic import semantic_prompt
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

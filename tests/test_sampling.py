@@ -6,7 +6,7 @@ import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from fastbark.errors import BadInput
-from fastbark.sampling import choose, filter_logits
+from fastbark.pipeline.sampling import choose, filter_logits
 
 
 def reference_filter(logits, temperature, top_k=None, top_p=None):

@@ -4,7 +4,7 @@ import pytest
 from transformers import BertTokenizer, BertTokenizerLegacy
 
 from fastbark.errors import BadInput, CheckpointError
-from fastbark.stages.text import TextTokenizer
+from fastbark.text.tokenizer import TextTokenizer
 
 TEXTS = [
     "Hello world",

@@ -19,7 +19,7 @@ import torch
 from ..errors import CheckpointError
 from ..models.encodec import CodecConfig, EncodecDecoder
 from ..models.gpt import CausalGPT, FineGPT, GPTConfig
-from ..stages.text import TextTokenizer
+from ..text.tokenizer import TextTokenizer
 from ..voices import VoiceLibrary
 from .sources import HubFiles, LocalFiles, first_of, open_source, required
 from .weights import (FoldedWeightNorm, MergedWeights, Renamed, Tensors, build, encodec_name, read_weights,

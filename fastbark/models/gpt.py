@@ -2,11 +2,18 @@
 
 Module and parameter names follow the Hugging Face checkpoints (`input_embeds_layer`,
 `layers.N.attn.att_proj`, ...), so a hub state dict loads without renaming.
+
+Pure torch, no device branches. A backend (fastbark/backends/) may swap in its own code at three
+typed seams, and only there:
+- `AttentionKernel`: attention over a whole sequence, and one query over the KV cache;
+- `DecodeStep`: every block of a causal GPT for one position per row;
+- `GPT.swap_linears`: the linear layers (any module with nn.Linear's forward).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -47,15 +54,39 @@ class KVCache:
         return KVCache(self.k[:, rows], self.v[:, rows])
 
 
+class AttentionKernel:
+    """Seam: how attention is computed. This base class is plain torch (SDPA); a backend passes a
+    subclass to `GPT.use_kernels`."""
+
+    whole_kind = one_query_kind = "sdpa"  # what each method runs on, for the backend's report
+
+    def whole(self, qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor | None:
+        """Attention over a whole sequence from position 0 (fine passes, prefills): qkv (B, T, 3C) ->
+        (B, T, C), or None for the model's own SDPA."""
+        return None
+
+    def one_query(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """One new position against the cache: q (B, H, 1, hd), k and v (B, H, L, hd) -> (B, H, 1, hd)."""
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+class DecodeStep(Protocol):
+    """Seam: every block of a causal GPT for one position per row, x (B, 1, C) -> (B, 1, C), writing
+    the new keys and values into `cache` at `pos`."""
+
+    def __call__(self, x: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor: ...
+
+
+LinearFactory = Callable[[nn.Linear], "nn.Module | None"]  # seam: a replacement for a linear layer, or None
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
         self.att_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v
         self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        # a faster attention over whole sequences (the fine model's, prefills from position 0),
-        # (qkv (B, T, 3C), heads, causal) -> (B, T, C) or None; None: SDPA (the fast modes set bf16_attention.py's)
-        self.whole_attention = None
+        self.kernel = AttentionKernel()  # set through GPT.use_kernels
 
     def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None, pos: int) -> torch.Tensor:
         B, T, C = x.shape
@@ -66,21 +97,16 @@ class SelfAttention(nn.Module):
             k_cache, v_cache = cache  # (B, H, max_len, hd) each
             k_cache[:, :, pos : pos + T] = k
             v_cache[:, :, pos : pos + T] = v
-        if self.whole_attention is not None and (cache is None or (pos == 0 and T > 1)):
-            y = self.whole_attention(qkv, self.n_head, cache is not None)  # (B, T, C)
+        if cache is None or (pos == 0 and T > 1):
+            y = self.kernel.whole(qkv, self.n_head, cache is not None)  # (B, T, C) or None
             if y is not None:
                 return self.out_proj(y)
         if cache is None:  # non-causal full attention (fine model)
             y = F.scaled_dot_product_attention(q, k, v)
         else:
             k, v = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]
-            if T == 1 and x.device.type == "cpu" and x.dtype != torch.float32:
-                # one query in half precision: two small matmuls run 2-4x faster than SDPA's CPU kernel
-                # k @ q^T reads the cache slice as it lies; q @ k^T would copy it (a transposed view)
-                scores = (k @ q.transpose(-1, -2)).transpose(-1, -2) * hd**-0.5  # (B, H, 1, pos + 1)
-                y = scores.float().softmax(-1).to(v.dtype) @ v
-            elif T == 1:  # one new token attends to every cached position
-                y = F.scaled_dot_product_attention(q, k, v)
+            if T == 1:  # one new token attends to every cached position
+                y = self.kernel.one_query(q, k, v)
             elif pos == 0:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:  # several new tokens after a prefix: causal mask aligned to the bottom right
@@ -113,7 +139,38 @@ class Block(nn.Module):
         return x + self.mlp(self.layernorm_2(x))
 
 
-class CausalGPT(nn.Module):
+class GPT(nn.Module):
+    """What both GPTs share: the seams a backend fills."""
+
+    config: GPTConfig
+    layers: nn.ModuleList
+
+    def use_kernels(self, attention: AttentionKernel | None = None) -> None:
+        """Compute every layer's attention with `attention` (None: plain torch)."""
+        for block in self.layers:
+            block.attn.kernel = attention or AttentionKernel()
+
+    def swap_linears(self, make: LinearFactory) -> int:
+        """Replace every nn.Linear of the model by `make(linear)` (see `swap_linears`)."""
+        return swap_linears(self, make)
+
+
+def swap_linears(module: nn.Module, make: LinearFactory) -> int:
+    """Replace every nn.Linear under `module`, at any depth, by `make(linear)`, in place; where `make`
+    returns None the layer stays. Returns how many were replaced."""
+    replaced = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            new = make(child)
+            if new is not None:
+                setattr(module, name, new)
+                replaced += 1
+        else:
+            replaced += swap_linears(child, make)
+    return replaced
+
+
+class CausalGPT(GPT):
     """The semantic and coarse models: causal, learned absolute positions, decoded over a KV cache."""
 
     def __init__(self, config: GPTConfig):
@@ -124,12 +181,15 @@ class CausalGPT(nn.Module):
         self.layers = nn.ModuleList(Block(config, norm_bias=config.bias) for _ in range(config.n_layer))
         self.layernorm_final = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.output_vocab_size, bias=False)
-        # a faster equivalent of the blocks for one position per row, (x, cache, pos) -> x; None: the blocks
-        # themselves (the fast modes set their C step here: decode_step.py)
-        self.decode_step = None
+        self.decode_step: DecodeStep | None = None  # None: the blocks themselves; set through use_kernels
+
+    def use_kernels(self, attention: AttentionKernel | None = None, decode_step: DecodeStep | None = None) -> None:
+        """Also run one-position steps with `decode_step` (None: block by block)."""
+        super().use_kernels(attention)
+        self.decode_step = decode_step
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
-        w = self.position_embeds_layer.weight  # (lm_head's weight may be packed away: see cpu_kernels.py)
+        w = self.position_embeds_layer.weight  # (lm_head's weight may be swapped away by a backend)
         return KVCache.empty(self.config, batch, max_len or self.config.block_size, w.device, w.dtype)
 
     def forward(self, embeds: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
@@ -146,7 +206,7 @@ class CausalGPT(nn.Module):
         return self.lm_head(self.layernorm_final(x[:, -1]))
 
 
-class FineGPT(nn.Module):
+class FineGPT(GPT):
     """The fine model: non-causal; input = sum of the embeddings of codebooks 0..k; one head per predicted codebook."""
 
     def __init__(self, config: GPTConfig):

@@ -1,4 +1,5 @@
-"""The fast modes' attention over whole sequences, with bfloat16 products (native/attention.c).
+"""The CPU backend's attention: whole sequences with bfloat16 products (native/attention.c) in the
+fast modes, and one query over the cache as two matmuls in half precision.
 
 The fine GPT's passes attend over 1024 frames, and every coarse window starts with a causal
 prefill of 257-887 positions: there attention is compute-bound, and half of an int8 fine pass
@@ -6,6 +7,8 @@ was float32 SDPA running near this CPU's float32 peak. The C kernel multiplies i
 AVX512-BF16 units and keeps the softmax and every sum in float32. It is used by the int8 and
 bfloat16 modes only (the exact mode keeps SDPA); where the CPU lacks AVX512-BF16 or the head size
 does not fit, `SelfAttention` falls back to SDPA.
+
+One query in half precision: two small matmuls run 2-4x faster than SDPA's CPU kernel.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .cpu_gemv import load_kernels
+from ...models.gpt import AttentionKernel
+from .library import load_kernels
 
 
 class Bf16Attention:
@@ -64,12 +67,21 @@ def bf16_attention() -> Bf16Attention | None:
     return attend
 
 
-def use_bf16_attention(model: nn.Module) -> bool:
-    """Give every attention layer of `model` the bfloat16 kernel for whole sequences; True if it got it."""
-    attend = bf16_attention()
-    if attend is None:
-        return False
-    for module in model.modules():
-        if hasattr(module, "whole_attention"):
-            module.whole_attention = attend
-    return True
+class CpuAttention(AttentionKernel):
+    """`models.gpt.AttentionKernel` for the CPU: `whole` on the bfloat16 C kernel where given; `one_query`
+    as two matmuls where `half_matmul` (models in half precision)."""
+
+    def __init__(self, whole: Bf16Attention | None, half_matmul: bool):
+        self._whole, self._half_matmul = whole, half_matmul
+        self.whole_kind = "bf16-c" if whole is not None else "sdpa"
+        self.one_query_kind = "matmul" if half_matmul else "sdpa"
+
+    def whole(self, qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor | None:
+        return self._whole(qkv, n_head, causal) if self._whole is not None else None
+
+    def one_query(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if not self._half_matmul:
+            return super().one_query(q, k, v)
+        # k @ q^T reads the cache slice as it lies; q @ k^T would copy it (a transposed view)
+        scores = (k @ q.transpose(-1, -2)).transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, 1, L)
+        return scores.float().softmax(-1).to(v.dtype) @ v

@@ -11,7 +11,7 @@
  * loader checks at build time that a row's bits alone equal its bits in a batch, and falls back
  * to oneDNN if this compiler broke that.
  *
- * Built at first use by fastbark/models/cpu_gemv.py with the system C compiler.
+ * Built at first use by fastbark/backends/cpu/library.py with the system C compiler.
  */
 #include <stdint.h>
 #include <string.h>
@@ -79,7 +79,7 @@ void fastbark_gemv_f32(const float *x, const float *w, const float *bias, float 
 /* ---------------------------------------------------------------- int8 (the int8 mode's decode step)
  *
  * y[m, n] = (sum_k xq[m, k] * wq[n, k]) * x_scale[m] * w_scale[n] + bias[n], where each row of x is
- * quantised here exactly as fastbark/models/int8.py does it (symmetric, amax / 127, round half to
+ * quantised here exactly as fastbark/backends/cpu/int8.py does it (symmetric, amax / 127, round half to
  * even). The integer sums are exact, so any blocking gives the same bits; the float epilogue has one
  * fixed order. With AVX512-VNNI, the unsigned-by-signed byte dot product runs on x + 128 and the
  * 128 * sum_k wq[n, k] it adds is taken off again (w_sum, precomputed).

@@ -3,7 +3,7 @@
 A decode step of bark-small in Python is 12 layers x ~20 small ops; in the fast modes the
 products take only about half of its time, and the rest is dispatch, ctypes calls and SDPA over
 the KV cache. `FusedDecodeStep` runs every block of the step in one OpenMP region instead:
-- int8 mode: the same int8 products as models/int8.py (bit for bit, for the same input rows);
+- int8 mode: the same int8 products as int8.py (bit for bit, for the same input rows);
 - bfloat16 mode: the bfloat16 weights, input rows rounded to bfloat16, float32 sums.
 LayerNorm, attention over the KV cache and GELU run as float32 loops in C, and the residual
 stream stays float32. The results are close to the Python step's, not equal (other summation
@@ -18,9 +18,9 @@ import functools
 import torch
 from torch import nn
 
-from .cpu_gemv import load_kernels
-from .gpt import CausalGPT, GPTConfig, KVCache
-from .int8 import Int8Linear, quantize_linears
+from ...models.gpt import CausalGPT, GPTConfig, KVCache
+from .int8 import Int8Linear, int8_kernels
+from .library import load_kernels
 
 INT8, BF16 = 0, 1  # decode_step.c's weight formats
 POINTERS_PER_LAYER = 20  # decode_step.c's Layer: 2 LayerNorm + 2 x 4 linear + 2 LayerNorm + 2 x 4 linear
@@ -46,15 +46,18 @@ def _float32(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def _linear(layer: nn.Module, format: int) -> list[torch.Tensor | None]:
     if format == INT8:
-        return [layer.weight_q, layer.weight_sum, layer.weight_scale, layer._bias_f32]
+        return layer.c_operands()
     return [layer.weight, None, None, _float32(layer.bias)]
 
 
 class FusedDecodeStep:
-    """Runs a fast-mode CausalGPT's blocks for one position per row: x (B, 1, C) -> (B, 1, C).
+    """Runs a fast-mode CausalGPT's blocks for one position per row: x (B, 1, C) -> (B, 1, C). A
+    `models.gpt.DecodeStep`.
 
     The weights' addresses are read anew each step. In a bfloat16 model, the LayerNorm parameters
     (and biases) are float32 copies made here."""
+
+    kind = "fused-c"
 
     def __init__(self, model: CausalGPT, kernel):
         self.model, self._kernel, self._format = model, kernel, weight_format(model)
@@ -103,14 +106,17 @@ def decode_step_works(format: int) -> bool:
     """Whether the C step was built (for BF16: with AVX512-BF16) and agrees with the Python step on a
     small random model."""
     kernels = load_kernels()
-    if kernels is None or (format == INT8 and kernels.s8 is None) or (format == BF16 and not kernels.has_bf16):
+    if kernels is None or (format == INT8 and int8_kernels() is None) or (format == BF16 and not kernels.has_bf16):
         return False
     config = GPTConfig(n_layer=2, n_head=2, n_embd=64, input_vocab_size=32, output_vocab_size=32, block_size=16,
                        bias=True)
     with torch.random.fork_rng(devices=[]), torch.inference_mode():  # the user's RNG must not move
         torch.manual_seed(0)
         model = CausalGPT(config).eval()
-        model = quantize_linears(model) if format == INT8 else model.to(torch.bfloat16)
+        if format == INT8:
+            model.swap_linears(Int8Linear)
+        else:
+            model.to(torch.bfloat16)
         step = FusedDecodeStep(model, kernels.decode_step)
         embeds = torch.randn(3, 6, 64).to(model.position_embeds_layer.weight.dtype)
         expected, got = model.new_cache(3), model.new_cache(3)
@@ -130,11 +136,10 @@ def decode_step_works(format: int) -> bool:
             close(got.v[:, :, :, 5], expected.v[:, :, :, 5])
 
 
-def use_decode_step(model: CausalGPT) -> bool:
-    """Give a fast-mode CausalGPT (int8, or plain bfloat16 linear layers) on the CPU the one-call decode
-    step, where the C kernels work; True if it got it."""
+def fused_decode_step(model: CausalGPT) -> FusedDecodeStep | None:
+    """The one-call decode step for a fast-mode CausalGPT (int8, or plain bfloat16 linear layers) on the
+    CPU, where the C kernels work; None otherwise."""
     format = weight_format(model)
     if format is None or model.position_embeds_layer.weight.device.type != "cpu" or not decode_step_works(format):
-        return False
-    model.decode_step = FusedDecodeStep(model, load_kernels().decode_step)
-    return True
+        return None
+    return FusedDecodeStep(model, load_kernels().decode_step)

@@ -1,7 +1,9 @@
-"""Test checkpoints written by the tests themselves: random weights, the real layouts and key names.
+"""Random reference checkpoints for the tests and the benchmarks: random weights, the real layouts and
+key names (no weights can be downloaded where fastbark is developed).
 
-A tiny transformers `BarkModel` (the reference) is saved in the hub layout, with a BERT vocabulary
-and voice presets; the same weights can be written as Suno's original `.pt` files and EnCodec `.th`.
+A transformers `BarkModel` (the reference; `pip install -e ".[test]"`) is saved in the hub layout,
+with a BERT vocabulary and voice presets; the same weights can be written as Suno's original `.pt`
+files and EnCodec `.th`. `write_random_checkpoint` makes one at tiny or real sizes.
 """
 
 from __future__ import annotations
@@ -26,17 +28,33 @@ GPT = dict(num_layers=2, num_heads=2, hidden_size=32, block_size=1024)
 CODEC = dict(num_filters=4, hidden_size=8, codebook_dim=8, num_lstm_layers=2, upsampling_ratios=[8, 5, 4, 2],
              codebook_size=1024, sampling_rate=24000, target_bandwidths=[1.5, 3.0, 6.0, 12.0, 24.0])
 VOICES = ("v2/en_speaker_1", "announcer")
+SIZES = {  # the GPTs of the tests, of bark-small and of bark (large)
+    "tiny": dict(num_layers=2, num_heads=2, hidden_size=32),
+    "small": dict(num_layers=12, num_heads=12, hidden_size=768),
+    "large": dict(num_layers=24, num_heads=16, hidden_size=1024),
+}
+REAL_CODEC = dict(CODEC, num_filters=32, hidden_size=128, codebook_dim=128)  # EnCodec 24 kHz's real sizes
 
 
-def bark_config():
+def bark_config(gpt: dict = GPT, codec: dict = CODEC):
     from transformers import BarkConfig
     return BarkConfig(
-        semantic_config=dict(GPT, bias=False, input_vocab_size=129_600, output_vocab_size=10_048),
-        coarse_acoustics_config=dict(GPT, bias=False, input_vocab_size=12_096, output_vocab_size=12_096),
-        fine_acoustics_config=dict(GPT, bias=True, input_vocab_size=1056, output_vocab_size=1056,
+        semantic_config=dict(gpt, bias=False, input_vocab_size=129_600, output_vocab_size=10_048),
+        coarse_acoustics_config=dict(gpt, bias=False, input_vocab_size=12_096, output_vocab_size=12_096),
+        fine_acoustics_config=dict(gpt, bias=True, input_vocab_size=1056, output_vocab_size=1056,
                                    n_codes_total=8, n_codes_given=1),
-        codec_config=CODEC,
+        codec_config=codec,
     )
+
+
+def write_random_checkpoint(size: str, folder: Path, seed: int = 0) -> Path:
+    """A hub-layout folder with transformers' own random initialisation at `size` (SIZES), plus vocab.txt."""
+    from transformers import BarkModel
+    torch.manual_seed(seed)
+    config = bark_config(dict(SIZES[size], block_size=1024), CODEC if size == "tiny" else REAL_CODEC)
+    BarkModel(config).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    return folder
 
 
 def reference_model(seed: int = 0):

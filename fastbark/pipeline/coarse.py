@@ -10,15 +10,15 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..constants import (CODEBOOK_SIZE, COARSE_INFER_TOKEN, COARSE_SEMANTIC_PAD_TOKEN, MAX_COARSE_INPUT,
                          N_COARSE_CODEBOOKS, SEMANTIC_TO_COARSE_RATIO, SEMANTIC_VOCAB_SIZE)
 from ..models.gpt import CausalGPT
 from ..options import CoarseOptions
-from ..sampling import choose
 from ..voices import Voice
-from .semantic import decode_one_token, prefill
+from .decoding import decode_one_token, prefill
+from .progress import ProgressCallback, Reporter
+from .sampling import choose
 
 # codebook k of a coarse frame is stored as id SEMANTIC_VOCAB_SIZE + k * CODEBOOK_SIZE + code
 CODEBOOK_OFFSETS = SEMANTIC_VOCAB_SIZE + CODEBOOK_SIZE * np.arange(N_COARSE_CODEBOOKS)[:, None]  # (2, 1)
@@ -46,7 +46,8 @@ def voice_histories(voice: Voice | None, max_coarse_history: int) -> tuple[np.nd
 
 @torch.inference_mode()
 def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice | None, options: CoarseOptions,
-                    generator: torch.Generator | None = None, progress: bool = False) -> list[np.ndarray]:
+                    generator: torch.Generator | None = None,
+                    progress: ProgressCallback | None = None) -> list[np.ndarray]:
     """Coarse codes (2, T_i) int64 in [0, 1024) for each semantic array (n_i,).
 
     The batch moves window by window together: with one voice every row's prompt has the same
@@ -64,35 +65,35 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
     coarse = torch.empty(len(semantic), n_hist + total_steps, dtype=torch.long, device=device)
     coarse[:, :n_hist] = torch.from_numpy(coarse_history).to(device)
     emb, done = model.input_embeds_layer, 0
-    with tqdm(total=total_steps, desc="coarse", unit="tok", disable=not progress, leave=False) as bar:
-        while done < total_steps:
-            rows = [i for i, n in enumerate(n_steps) if n > done]
-            semantic_idx = len(semantic_history) + int(round(done / SEMANTIC_TO_COARSE_RATIO))
-            contexts = []
-            for i in rows:
-                context = semantic_in[i][max(0, semantic_idx - max_semantic_history):][:MAX_COARSE_INPUT]
-                contexts.append(np.pad(context, (0, MAX_COARSE_INPUT - len(context)),
-                                       constant_values=COARSE_SEMANTIC_PAD_TOKEN))
-            end = n_hist + done
-            prompt = torch.cat([torch.from_numpy(np.stack(contexts)).to(device),  # (B, 256)
-                                torch.full((len(rows), 1), COARSE_INFER_TOKEN, device=device),
-                                coarse[rows, max(0, end - options.max_coarse_history): end]], dim=1)
-            cache = model.new_cache(len(rows))  # a fresh cache per window: positions restart at 0
-            logits = prefill(model, emb(prompt), cache)
-            pos = prompt.shape[1]
-            n_window = min(options.sliding_window_len, total_steps - done)
-            for step in range(n_window):
-                # even steps emit codebook 0, odd steps codebook 1
-                low = SEMANTIC_VOCAB_SIZE + (step % N_COARSE_CODEBOOKS) * CODEBOOK_SIZE
-                token, _ = choose(logits[:, low: low + CODEBOOK_SIZE], options.temperature, options.top_k,
-                                  options.top_p, generator)
-                token = token + low
-                coarse[rows, end + step] = token  # past a row's own n_steps this is scratch, cut below
-                if step + 1 < n_window:
-                    logits = decode_one_token(model, token, cache, pos)
-                    pos += 1
-            done += n_window
-            bar.update(n_window)
+    bar = Reporter(progress, "coarse", total_steps, "token")
+    while done < total_steps:
+        rows = [i for i, n in enumerate(n_steps) if n > done]
+        semantic_idx = len(semantic_history) + int(round(done / SEMANTIC_TO_COARSE_RATIO))
+        contexts = []
+        for i in rows:
+            context = semantic_in[i][max(0, semantic_idx - max_semantic_history):][:MAX_COARSE_INPUT]
+            contexts.append(np.pad(context, (0, MAX_COARSE_INPUT - len(context)),
+                                   constant_values=COARSE_SEMANTIC_PAD_TOKEN))
+        end = n_hist + done
+        prompt = torch.cat([torch.from_numpy(np.stack(contexts)).to(device),  # (B, 256)
+                            torch.full((len(rows), 1), COARSE_INFER_TOKEN, device=device),
+                            coarse[rows, max(0, end - options.max_coarse_history): end]], dim=1)
+        cache = model.new_cache(len(rows))  # a fresh cache per window: positions restart at 0
+        logits = prefill(model, emb(prompt), cache)
+        pos = prompt.shape[1]
+        n_window = min(options.sliding_window_len, total_steps - done)
+        for step in range(n_window):
+            # even steps emit codebook 0, odd steps codebook 1
+            low = SEMANTIC_VOCAB_SIZE + (step % N_COARSE_CODEBOOKS) * CODEBOOK_SIZE
+            token, _ = choose(logits[:, low: low + CODEBOOK_SIZE], options.temperature, options.top_k,
+                              options.top_p, generator)
+            token = token + low
+            coarse[rows, end + step] = token  # past a row's own n_steps this is scratch, cut below
+            if step + 1 < n_window:
+                logits = decode_one_token(model, token, cache, pos)
+                pos += 1
+        done += n_window
+        bar.advance(n_window)
     flat = coarse[:, n_hist:].cpu().numpy()
     # (n_steps,) interleaved -> (T, 2) -> (2, T) codes
     return [flat[i, :n].reshape(-1, N_COARSE_CODEBOOKS).T - CODEBOOK_OFFSETS for i, n in enumerate(n_steps)]

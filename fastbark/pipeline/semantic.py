@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..constants import (MAX_TEXT_TOKENS, SEMANTIC_INFER_TOKEN, SEMANTIC_PAD_TOKEN, SEMANTIC_VOCAB_SIZE,
                          TEXT_ENCODING_OFFSET, TEXT_PAD_TOKEN)
-from ..models.gpt import CausalGPT, KVCache
+from ..models.gpt import CausalGPT
 from ..options import SemanticOptions
-from ..sampling import choose
 from ..voices import Voice
+from .decoding import decode_one_token, prefill
+from .progress import ProgressCallback, Reporter
+from .sampling import choose
 
 EOS = SEMANTIC_PAD_TOKEN
 
@@ -36,18 +37,10 @@ def semantic_prompt(model: CausalGPT, text_ids: list[list[int]], voice: Voice | 
     return torch.cat([prompt, infer], dim=1)  # (B, 257, C)
 
 
-def prefill(model: CausalGPT, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    return model(embeds, cache, 0)
-
-
-def decode_one_token(model: CausalGPT, token: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
-    """token (B,) at position pos -> next logits (B, V)."""
-    return model(model.input_embeds_layer(token)[:, None], cache, pos)  # (B, C) -> (B, 1, C)
-
-
 @torch.inference_mode()
 def generate_semantic(model: CausalGPT, text_ids: list[list[int]], voice: Voice | None, options: SemanticOptions,
-                      generator: torch.Generator | None = None, progress: bool = False) -> list[np.ndarray]:
+                      generator: torch.Generator | None = None,
+                      progress: ProgressCallback | None = None) -> list[np.ndarray]:
     """Semantic tokens (n_i,) int64 for each text, EOS excluded."""
     embeds = semantic_prompt(model, text_ids, voice)
     batch = len(text_ids)
@@ -60,26 +53,26 @@ def generate_semantic(model: CausalGPT, text_ids: list[list[int]], voice: Voice 
     tokens = torch.zeros(batch, options.max_tokens, dtype=torch.long, device=embeds.device)
     lengths = [options.max_tokens] * batch
     rows = list(range(batch))  # the texts still generating, in cache order
-    with tqdm(total=options.max_tokens, desc="semantic", unit="tok", disable=not progress, leave=False) as bar:
-        for step in range(options.max_tokens):
-            token, probs = choose(logits[:, :n_candidates], options.temperature, options.top_k, options.top_p,
-                                  generator, with_probs=want_probs)
-            tokens[rows, step] = token
-            if options.allow_early_stop:
-                stop = token == EOS
-                if want_probs:
-                    stop |= probs[:, EOS] >= options.min_eos_p
-                if stop.any():
-                    keep = (~stop).nonzero().flatten()
-                    for i in stop.nonzero().flatten().tolist():
-                        lengths[rows[i]] = step
-                    rows = [rows[i] for i in keep.tolist()]
-                    if not rows:
-                        break
-                    token, cache = token[keep], cache.select(keep)
-            bar.update()
-            if step + 1 < options.max_tokens:
-                logits = decode_one_token(model, token, cache, pos)
-                pos += 1
+    bar = Reporter(progress, "semantic", options.max_tokens, "token")
+    for step in range(options.max_tokens):
+        token, probs = choose(logits[:, :n_candidates], options.temperature, options.top_k, options.top_p,
+                              generator, with_probs=want_probs)
+        tokens[rows, step] = token
+        if options.allow_early_stop:
+            stop = token == EOS
+            if want_probs:
+                stop |= probs[:, EOS] >= options.min_eos_p
+            if stop.any():
+                keep = (~stop).nonzero().flatten()
+                for i in stop.nonzero().flatten().tolist():
+                    lengths[rows[i]] = step
+                rows = [rows[i] for i in keep.tolist()]
+                if not rows:
+                    break
+                token, cache = token[keep], cache.select(keep)
+        bar.advance()
+        if step + 1 < options.max_tokens:
+            logits = decode_one_token(model, token, cache, pos)
+            pos += 1
     out = tokens.cpu().numpy()
     return [out[i, : lengths[i]] for i in range(batch)]

@@ -17,7 +17,7 @@
  * pairs, hd) pairs, and each query's pair of probabilities is broadcast.
  *
  * Every output row follows a fixed order of operations whatever the batch or the thread count.
- * Without AVX512-BF16 the function returns 2 and fastbark uses SDPA (models/attention.py).
+ * Without AVX512-BF16 the function returns 2 and fastbark uses SDPA (attention.py).
  */
 #include <math.h>
 #include <stdint.h>

@@ -12,24 +12,45 @@ too). torch's dynamic quantisation scales the whole batch at once, which would b
 Speed on the CPU (AVX-512 VNNI): a decode step reads a quarter of the float32 bytes, and the big
 prefill and fine-stage products run on the int8 units; RESULTS.md has the numbers and the
 fidelity (max relative logit error, greedy agreement) against float32. Where fastbark's C kernels
-are built (cpu_gemv.py), single positions (decode steps) are quantised, multiplied and rescaled in
+are built (library.py), single positions (decode steps) are quantised, multiplied and rescaled in
 one C call, and longer inputs have their rounding and rescaling done in C around torch._int_mm.
 Both give the torch path's bits, which is checked when the kernels are built.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
-from .cpu_gemv import load_kernels, run_quantize, run_rescale, run_s8
-from .cpu_kernels import replace_linears
+from .library import SHAPES_CHECKED, Int8Kernels, load_kernels, run_quantize, run_rescale, run_s8
 
 INT8_MAX = 127  # symmetric range [-127, 127]; -128 is left out so that negation is exact
 
 
 def int8_available(device: torch.device) -> bool:
     return device.type == "cpu" and hasattr(torch, "_int_mm")
+
+
+@functools.cache
+def int8_kernels() -> Int8Kernels | None:
+    """The C int8 kernels, where they were built and give the torch path's bits (checked once)."""
+    kernels = load_kernels()
+    if kernels is None:
+        return None
+    with torch.random.fork_rng(devices=[]):  # the layers' initialisation must not move the user's RNG
+        torch.manual_seed(0)
+        for m, n, k in SHAPES_CHECKED:
+            layer = Int8Linear(nn.Linear(k, n, bias=n % 2 == 0), native=False)
+            for x in (torch.randn(m, 1, k), torch.randn(2, m, k)):  # decode rows; several positions per row
+                expected = layer(x)
+                layer._native = kernels.s8
+                got = layer(x)
+                layer._native = None
+                if not torch.equal(got, expected):
+                    return None
+    return kernels.s8
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,8 +73,15 @@ class Int8Linear(nn.Module):
         self.bias = linear.bias
         # the C kernels read a float32 bias (in bfloat16 mode, the torch path also adds it in float32)
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
-        kernels = load_kernels() if native else None
-        self._native = kernels.s8 if kernels is not None else None
+        self._native = int8_kernels() if native else None
+
+    @property
+    def kind(self) -> str:
+        return "int8-c" if self._native is not None else "int8-torch"
+
+    def c_operands(self) -> list[torch.Tensor | None]:
+        """What the C kernels read: int8 weight (N, K), its row sums (N,), scales (N,), float32 bias or None."""
+        return [self.weight_q, self.weight_sum, self.weight_scale, self._bias_f32]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         native, threads = self._native, torch.get_num_threads()
@@ -78,7 +106,3 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
-
-def quantize_linears(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear of `model` by an Int8Linear, in place."""
-    return replace_linears(model, Int8Linear)

@@ -9,14 +9,14 @@
  *
  * Two weight formats:
  * - INT8 (the int8 mode): the products are those of int8.h and gemv.c (per-row quantisation, exact
- *   int32 sums, the same float epilogue), bit for bit what models/int8.py computes for the same rows.
+ *   int32 sums, the same float epilogue), bit for bit what int8.py computes for the same rows.
  * - BF16 (the bfloat16 mode): bfloat16 weights; each input row is rounded to bfloat16, as torch's
  *   bfloat16 mode rounds every activation, and the products sum in float32 (AVX512-BF16).
  * The residual stream, LayerNorm, attention and GELU stay in float32; the KV cache is float32 or
  * bfloat16 (the model's dtype). Every row goes through a fixed sequence of operations whatever the
  * batch size or the thread count, so the step stays batch-invariant.
  *
- * The caller (models/decode_step.py) passes the layers' tensors as a table of pointers, `Layer`,
+ * The caller (decode_step.py) passes the layers' tensors as a table of pointers, `Layer`,
  * and the KV cache as laid out by models/gpt.py: (n_layer, B, H, max_len, hd).
  */
 #include <math.h>
@@ -28,7 +28,7 @@
 
 typedef float v16 __attribute__((vector_size(64)));
 
-typedef struct {  /* one linear layer: an Int8Linear (models/int8.py) or a bfloat16 nn.Linear */
+typedef struct {  /* one linear layer: an Int8Linear (int8.py) or a bfloat16 nn.Linear */
     const void *weight;  /* (N, K): int8 or bfloat16 */
     const int32_t *weight_sum;  /* (N,), int8 only */
     const float *weight_scale;  /* (N,), int8 only */

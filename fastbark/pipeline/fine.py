@@ -6,13 +6,13 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..constants import CODEBOOK_SIZE, FINE_PAD_TOKEN, FINE_STRIDE, FINE_WINDOW, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS
 from ..models.gpt import FineGPT
 from ..options import FineOptions
-from ..sampling import choose
 from ..voices import Voice
+from .progress import ProgressCallback, Reporter
+from .sampling import choose
 
 
 def _fine_input(coarse: np.ndarray, history: np.ndarray) -> np.ndarray:
@@ -27,7 +27,8 @@ def _fine_input(coarse: np.ndarray, history: np.ndarray) -> np.ndarray:
 
 @torch.inference_mode()
 def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None, options: FineOptions,
-                  generator: torch.Generator | None = None, progress: bool = False) -> list[np.ndarray]:
+                  generator: torch.Generator | None = None,
+                    progress: ProgressCallback | None = None) -> list[np.ndarray]:
     """Fine codes (8, T_i) int64 for each coarse array (2, T_i).
 
     Window l of every text that has one runs in one batch: each text keeps its own windows, so
@@ -39,25 +40,25 @@ def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None,
     inputs = [torch.from_numpy(_fine_input(c, history).T.copy()).to(device) for c in coarse]  # (8, L) -> (L, 8)
     n_frames = [c.shape[1] for c in coarse]
     n_loops = [max(0, math.ceil((n - (FINE_WINDOW - n_history)) / FINE_STRIDE)) + 1 if n else 0 for n in n_frames]
-    with tqdm(total=max(n_loops, default=0), desc="fine", unit="win", disable=not progress, leave=False) as bar:
-        for loop in range(max(n_loops, default=0)):
-            rows = [i for i, n in enumerate(n_loops) if n > loop]
-            starts, rels = [], []
-            for i in rows:
-                total = inputs[i].shape[0]
-                start = min(loop * FINE_STRIDE, total - FINE_WINDOW)
-                starts.append(start)
-                rels.append(min(n_history + loop * FINE_STRIDE, total - FINE_STRIDE) - start)
-            window = torch.stack([inputs[i][s: s + FINE_WINDOW] for i, s in zip(rows, starts)])  # (B, 1024, 8)
-            rel = min(rels)  # logits from the earliest position any row still predicts
-            for k in range(N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS):
-                logits = model(window, k, start=rel)[..., :CODEBOOK_SIZE]  # (B, 1024 - rel, 1024)
-                tokens, _ = choose(logits.reshape(-1, CODEBOOK_SIZE), options.temperature, generator=generator)
-                tokens = tokens.view(len(rows), -1)  # (B * (1024 - rel),) -> (B, 1024 - rel)
-                for b, r in enumerate(rels):  # each row keeps what it has already predicted before its own rel
-                    window[b, r:, k] = tokens[b, r - rel:]
-            for b, (i, s) in enumerate(zip(rows, starts)):
-                inputs[i][s: s + FINE_WINDOW] = window[b]
-            bar.update()
+    bar = Reporter(progress, "fine", max(n_loops, default=0), "window")
+    for loop in range(max(n_loops, default=0)):
+        rows = [i for i, n in enumerate(n_loops) if n > loop]
+        starts, rels = [], []
+        for i in rows:
+            total = inputs[i].shape[0]
+            start = min(loop * FINE_STRIDE, total - FINE_WINDOW)
+            starts.append(start)
+            rels.append(min(n_history + loop * FINE_STRIDE, total - FINE_STRIDE) - start)
+        window = torch.stack([inputs[i][s: s + FINE_WINDOW] for i, s in zip(rows, starts)])  # (B, 1024, 8)
+        rel = min(rels)  # logits from the earliest position any row still predicts
+        for k in range(N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS):
+            logits = model(window, k, start=rel)[..., :CODEBOOK_SIZE]  # (B, 1024 - rel, 1024)
+            tokens, _ = choose(logits.reshape(-1, CODEBOOK_SIZE), options.temperature, generator=generator)
+            tokens = tokens.view(len(rows), -1)  # (B * (1024 - rel),) -> (B, 1024 - rel)
+            for b, r in enumerate(rels):  # each row keeps what it has already predicted before its own rel
+                window[b, r:, k] = tokens[b, r - rel:]
+        for b, (i, s) in enumerate(zip(rows, starts)):
+            inputs[i][s: s + FINE_WINDOW] = window[b]
+        bar.advance()
     # (L, 8) -> (8, T): drop the history and the padding
     return [x[n_history: n_history + n].T.cpu().numpy() for x, n in zip(inputs, n_frames)]

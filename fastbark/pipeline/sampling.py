@@ -8,17 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from .errors import BadInput
-
-
-def check_sampling(temperature: float | None, top_k: int | None = None, top_p: float | None = None) -> None:
-    if temperature is not None and not (isinstance(temperature, (int, float)) and temperature >= 0):
-        raise BadInput(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
-        raise BadInput(f"top_k must be an integer >= 1 or None, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise BadInput(f"top_p must be in (0, 1] or None, got {top_p!r}")
-
 
 def is_greedy(temperature: float | None) -> bool:
     return temperature is None or temperature == 0

@@ -1,0 +1,81 @@
+"""What every backend is, and the report of what one chose."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+from torch import nn
+
+from ..models.gpt import CausalGPT, FineGPT, GPT
+from ..options import EngineOptions
+
+
+class Models(NamedTuple):
+    semantic: CausalGPT
+    coarse: CausalGPT
+    fine: FineGPT
+
+
+class Backend(ABC):
+    """Prepares the three GPTs for a device, in place, through the models' seams only."""
+
+    name: ClassVar[str]
+
+    def __init__(self, options: EngineOptions):
+        self.options = options
+
+    @abstractmethod
+    def prepare(self, models: Models) -> list[str]:
+        """Swap in this backend's code; return the fallbacks taken (what was not used, and why)."""
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    linears: dict[str, int]  # kind -> how many: torch, c, onednn, int8-c, int8-torch
+    decode_step: str  # blocks (block by block in torch) or fused-c; "" for the fine model
+    whole_attention: str  # sdpa or bf16-c: prefills and fine passes
+    one_query_attention: str  # sdpa or matmul: a decode step's attention over the cache; "" for the fine model
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    """What `select` chose: the backend, and per model ("semantic", "coarse", "fine") its kernels."""
+
+    name: str
+    options: EngineOptions
+    models: dict[str, ModelReport]
+    fallbacks: tuple[str, ...]  # each: what was not used, and why
+
+    def __str__(self) -> str:
+        o = self.options
+        lines = [f"backend {self.name} on {o.device}, {o.dtype}" + (f", {o.quantize}" if o.quantize else "")]
+        for name, m in self.models.items():
+            linears = ", ".join(f"{n} {kind}" for kind, n in sorted(m.linears.items()))
+            step = f"; decode step {m.decode_step}, one-query attention {m.one_query_attention}" if m.decode_step else ""
+            lines.append(f"  {name}: linear layers {linears}; whole-sequence attention {m.whole_attention}{step}")
+        lines += [f"  fallback: {f}" for f in self.fallbacks]
+        return "\n".join(lines)
+
+
+def linear_kind(module: nn.Module) -> str | None:
+    """A backend's linear layers say their `kind`; a plain nn.Linear is "torch"; other modules None."""
+    return getattr(module, "kind", None) or ("torch" if isinstance(module, nn.Linear) else None)
+
+
+def describe(name: str, options: EngineOptions, models: Models, fallbacks: tuple[str, ...]) -> BackendReport:
+    """The report, read off the prepared models themselves."""
+    reports = {}
+    for key, model in models._asdict().items():
+        kinds = Counter(k for k in map(linear_kind, model.modules()) if k is not None)
+        kernel = model.layers[0].attn.kernel
+        causal = isinstance(model, CausalGPT)
+        step = getattr(model.decode_step, "kind", "custom") if causal and model.decode_step else "blocks"
+        reports[key] = ModelReport(dict(kinds), step if causal else "", kernel.whole_kind,
+                                   kernel.one_query_kind if causal else "")
+    return BackendReport(name, options, reports, fallbacks)
+
+
+__all__ = ["Backend", "BackendReport", "GPT", "ModelReport", "Models", "describe"]

@@ -1,0 +1,69 @@
+"""The CPU backend: fastbark's C kernels (native/, built at first use by library.py), oneDNN-packed and
+int8 linear layers, the fast modes' one-call decode step and bfloat16 attention.
+
+What it chooses, per engine options (each choice falls back, and says so in the report):
+- exact float32: the decode steps' linear layers on the C kernel (`cpu_kernel` "auto"/"c"), else
+  oneDNN-packed (`"onednn"`), else plain `F.linear` (`"plain"`);
+- int8 (`quantize="int8"`): every linear layer of the three GPTs in int8 (C products where the
+  kernels are built); the semantic and coarse decode steps as one C call each;
+- bfloat16: the decode steps as one C call each (AVX512-BF16), the heads oneDNN-packed;
+- int8 and bfloat16: whole-sequence attention with bfloat16 products in C (AVX512-BF16);
+- half precision: a decode step's attention over the cache as two matmuls.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..base import Backend, Models
+from .attention import CpuAttention, bf16_attention
+from .decode_step import fused_decode_step
+from .int8 import Int8Linear, int8_kernels
+from .library import kernels_unavailable, load_kernels
+from .linears import GemvLinear, pack_linear, packing_available
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+
+    def prepare(self, models: Models) -> list[str]:
+        o, dtype = self.options, self.options.torch_dtype
+        use_c = o.cpu_kernel in ("auto", "c")  # fastbark's C kernels may be used
+        kernels = load_kernels() if use_c else None
+        fallbacks = [f"C kernels: {kernels_unavailable()}"] if use_c and kernels is None else []
+        fast = o.quantize == "int8" or dtype == torch.bfloat16  # the fast modes
+        attention = CpuAttention(bf16_attention() if fast and kernels else None, half_matmul=dtype != torch.float32)
+        if fast and kernels and attention.whole_kind == "sdpa":
+            fallbacks.append("bfloat16 attention kernel: not on this CPU (needs AVX512-BF16); SDPA instead")
+        if o.quantize == "int8":
+            make = functools.partial(Int8Linear, native=kernels is not None)
+            for model in models:
+                model.swap_linears(make)
+            if kernels and int8_kernels() is None:
+                fallbacks.append("int8 C kernels: failed their check; int8 products in torch")
+        for model in (models.semantic, models.coarse):  # the decode-step GPTs; the fine GPT runs big GEMMs
+            step = fused_decode_step(model) if fast and kernels else None
+            if fast and kernels and step is None:
+                fallbacks.append(f"one-call decode step: not available for {o.dtype}"
+                                 f"{' int8' if o.quantize else ''} on this CPU; block by block instead")
+            if o.quantize != "int8":
+                fallbacks += self._decode_linears(model, kernels, dtype, head_only=step is not None)
+            model.use_kernels(attention, step)
+        models.fine.use_kernels(attention)
+        return list(dict.fromkeys(fallbacks))  # the same fallback once, not per model
+
+    def _decode_linears(self, model, kernels, dtype: torch.dtype, head_only: bool) -> list[str]:
+        """The float linear layers of a decode-step GPT: the C kernel, else oneDNN-packed, else plain.
+        With a fused decode step only the head is swapped (the step reads the plain bfloat16 weights)."""
+        if self.options.cpu_kernel == "plain":
+            return []
+        if kernels is not None and dtype == torch.float32:
+            model.swap_linears(GemvLinear)
+            return []
+        if not packing_available(dtype):
+            return [] if dtype == torch.float16 else \
+                [f"oneDNN packing: cannot pack {self.options.dtype} weights on this CPU; plain F.linear instead"]
+        model.swap_linears(lambda linear: pack_linear(linear) if linear is model.lm_head or not head_only else None)
+        return []

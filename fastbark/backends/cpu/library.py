@@ -1,0 +1,180 @@
+"""fastbark's C kernels (native/*.c): built once per source, flags and CPU, loaded with ctypes.
+
+The library is compiled into the user's cache folder with the system C compiler (`cc`). Its
+float32 product is checked against float64 and for batch invariance before use; the other entry
+points are checked by the modules that use them (int8.py, decode_step.py, attention.py). Without a
+compiler, or if the check fails, `load_kernels()` returns None, `kernels_unavailable()` says why,
+and the backend falls back to oneDNN and torch (and says so in its report).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+NATIVE = Path(__file__).with_name("native")  # every .c there, with its headers: one library
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastbark" / "native"
+
+
+def _cpu_signature() -> str:
+    """-march=native code must not run on another CPU: the cached library is keyed by the CPU's flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return next((line for line in info.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    files = sorted(NATIVE.glob("*.[ch]"))
+    sources = [str(f) for f in files if f.suffix == ".c"]
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in files)
+                         + " ".join([compiler, *FLAGS, platform.machine(), _cpu_signature()]).encode())
+    target = _cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            subprocess.run([compiler, *FLAGS, *sources, "-o", str(out), "-lm"], check=True,
+                           capture_output=True, timeout=120)
+            os.replace(out, target)  # atomic: a concurrent build never sees half a file
+    return target
+
+
+@dataclass(frozen=True)
+class Int8Kernels:
+    linear: object  # one-position rows: quantise, int8 dot, rescale
+    quantize: object  # big products: rows -> int8 and scales, before torch._int_mm
+    rescale: object  # big products: int32 -> float32, after torch._int_mm
+
+
+@dataclass(frozen=True)
+class NativeKernels:
+    """The built library's entry points. `f32` is checked here; the others where they are used."""
+
+    f32: object
+    s8: Int8Kernels  # checked in int8.py
+    attention: object  # whole-sequence attention in bfloat16 (native/attention.c; checked in attention.py)
+    decode_step: object  # a causal GPT's whole decode step, int8 or bfloat16 (native/decode_step.c; decode_step.py)
+    has_bf16: bool  # whether the library was built for AVX512-BF16
+
+
+def run_f32(fn, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, threads: int = 1) -> torch.Tensor:
+    """x (M, K) @ w (N, K)^T + b -> (M, N), float32, all contiguous."""
+    y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)  # the kernel writes float32, whatever the default
+    fn(x.data_ptr(), w.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(), x.shape[0], w.shape[0],
+       w.shape[1], threads)
+    return y
+
+
+def run_s8(fn, x: torch.Tensor, w_q: torch.Tensor, w_sum: torch.Tensor, w_scale: torch.Tensor,
+           b: torch.Tensor | None, threads: int = 1) -> torch.Tensor:
+    """The int8 mode's product (int8.py) of float32 rows x (M, K): quantise, int8 dot, rescale."""
+    y = torch.empty(x.shape[0], w_q.shape[0], dtype=torch.float32)
+    if fn(x.data_ptr(), w_q.data_ptr(), w_sum.data_ptr(), w_scale.data_ptr(), b.data_ptr() if b is not None else None,
+          y.data_ptr(), x.shape[0], w_q.shape[0], w_q.shape[1], threads):
+        raise MemoryError("fastbark's int8 kernel could not allocate its quantised rows")
+    return y
+
+
+def run_quantize(fn, x: torch.Tensor, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 rows x (M, K) -> (int8 (M, K), scales (M, 1)), as int8.py's quantize_rows."""
+    q, scale = torch.empty(x.shape, dtype=torch.int8), torch.empty(x.shape[0], 1, dtype=torch.float32)
+    fn(x.data_ptr(), q.data_ptr(), scale.data_ptr(), x.shape[0], x.shape[1], threads)
+    return q, scale
+
+
+def run_rescale(fn, acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, b: torch.Tensor | None,
+                threads: int = 1) -> torch.Tensor:
+    """int32 (M, N) * (x_scale (M, 1) * w_scale (N,)) + b -> float32 (M, N)."""
+    y = torch.empty(acc.shape, dtype=torch.float32)
+    fn(acc.data_ptr(), x_scale.data_ptr(), w_scale.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(),
+       acc.shape[0], acc.shape[1], threads)
+    return y
+
+
+SHAPES_CHECKED = ((1, 7, 45), (5, 10, 96), (9, 4, 130))  # (M, N, K): every tail of the blocks and of K
+
+
+def _check_f32(fn) -> bool:
+    """Against float64, and each row's bits alone against its bits in the batch (the compiler must have
+    kept every path's arithmetic alike)."""
+    g = torch.Generator().manual_seed(0)
+    for m, n, k in SHAPES_CHECKED:
+        x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+        y = run_f32(fn, x, w, b)
+        if not torch.allclose(y.double(), x.double() @ w.double().T + b.double(), rtol=1e-5, atol=1e-5):
+            return False
+        if not all(torch.equal(run_f32(fn, x[i: i + 1], w, b), y[i: i + 1]) for i in range(m)):
+            return False
+    return True
+
+
+@functools.cache
+def _load() -> tuple[NativeKernels | None, str]:
+    """The C kernels and '', or None and why not."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        return None, "no C compiler (cc) found"
+    if platform.system() != "Linux":
+        return None, f"not built on {platform.system()}"
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    f32, s8 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8
+    quantize, rescale = lib.fastbark_quantize_rows, lib.fastbark_rescale_s32
+    decode, attention = lib.fastbark_decode_step, lib.fastbark_attention_bf16
+    f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    quantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    rescale.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    decode.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
+        [ctypes.c_int] + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
+    f32.restype = quantize.restype = rescale.restype = None
+    attention.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
+    s8.restype = decode.restype = attention.restype = ctypes.c_int
+    if not _check_f32(f32):
+        return None, "the built kernel failed its self-check"
+    return NativeKernels(f32, Int8Kernels(s8, quantize, rescale), attention, decode, bool(lib.fastbark_has_bf16())), ""
+
+
+def load_kernels() -> NativeKernels | None:
+    """The C kernels, or None (with a warning, once) where they cannot be built or fail their check."""
+    kernels, reason = _load()
+    if kernels is None:
+        _warn_once(reason)
+    return kernels
+
+
+def kernels_unavailable() -> str:
+    """Why the C kernels are not used ('' when they are)."""
+    return _load()[1]
+
+
+@functools.cache
+def _warn_once(reason: str) -> None:
+    warnings.warn(f"fastbark: the C decode kernels are not used: {reason}; decoding with oneDNN and torch instead",
+                  stacklevel=3)
+
+
+def clear_cache() -> None:
+    """Forget the loaded library (tests: build and check it again)."""
+    _load.cache_clear()
+    _warn_once.cache_clear()

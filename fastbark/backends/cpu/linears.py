@@ -1,0 +1,103 @@
+"""The CPU backend's linear layers for the exact mode's decode steps: the C kernel, or oneDNN-packed weights.
+
+A decode step is a chain of matrix-vector products, bound by how fast the weights stream from
+memory (benchmarks/linear_bandwidth.py, RESULTS.md section 8):
+- `GemvLinear` keeps the plain float32 weight. One-position inputs (x (B, 1, K)) go to the C kernel
+  (native/gemv.c), whose every output follows one fixed order of operations, so a text gets the same
+  bits alone as inside a batch. Longer inputs (prefills, compute-bound) go to oneDNN, whose rows do
+  not depend on the batch either.
+- `PackedLinear` holds the weight in oneDNN's packed layout (the plain one is not kept). For some
+  shapes (a long reduction, like the MLP's 3072 -> 768) oneDNN computes a single float32 row on a
+  different path from two or more rows, which differs in the last bits; every multi-row product
+  agrees row by row. So each layer checks once, when packed, whether its one-row product matches;
+  where it does not, a lone row is computed as two rows. The layers that need no padding pay nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .library import load_kernels, run_f32
+
+PACKING_ROWS_HINT = 4  # decode steps run 1-16 rows; one layout, packed for 4 rows, serves them all
+
+
+def _onednn(x, weight, bias):
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class PackedLinear(nn.Module):
+    """nn.Linear's forward over a oneDNN-packed weight. The plain weight is not kept."""
+
+    kind = "onednn"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACKING_ROWS_HINT)
+        self.bias = linear.bias
+        self.pad_single_row = not self._one_row_matches_batch(linear.weight.dtype)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        return _onednn(x, self.packed, self.bias)
+
+    def _one_row_matches_batch(self, dtype: torch.dtype) -> bool:
+        """Does a row computed alone get the same bits as inside a batch? (The kernel is chosen by shape.)"""
+        x = torch.randn(3, self.in_features, generator=torch.Generator().manual_seed(0)).to(dtype)
+        batch = self._product(x)
+        return all(torch.equal(self._product(x[i: i + 1]), batch[i: i + 1]) for i in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_single_row and x.numel() == x.shape[-1]:  # one row: run it as two (module docstring)
+            two = x.reshape(1, -1).expand(2, -1)  # (1, K) -> (2, K)
+            return self._product(two)[:1].reshape(*x.shape[:-1], -1)  # (2, N) -> x's leading shape + (N,)
+        return self._product(x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
+
+
+def pack_linear(linear: nn.Linear) -> PackedLinear | None:
+    """`linear` as a PackedLinear, or None where oneDNN cannot pack it on this machine."""
+    try:
+        return PackedLinear(linear)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+@functools.cache
+def packing_available(dtype: torch.dtype) -> bool:
+    """Whether this torch build and CPU pack weights of `dtype` for oneDNN (bfloat16 needs AVX-512 or
+    AVX-NE-CONVERT)."""
+    if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available() \
+            or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    return pack_linear(nn.Linear(8, 8, bias=False).to(dtype)) is not None
+
+
+class GemvLinear(nn.Module):
+    """nn.Linear for the CPU decode step: one-position inputs use the C kernel, longer ones oneDNN."""
+
+    kind = "c"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.detach().contiguous(), requires_grad=False)
+        self.bias = linear.bias
+        self._kernel = load_kernels().f32
+        self._big = _onednn if torch.backends.mkldnn.is_available() else F.linear  # oneDNN repacks per call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[-2] != 1:  # several positions per row: a compute-bound product
+            return self._big(x, self.weight, self.bias)
+        rows = x.reshape(-1, self.in_features).contiguous()  # (B, 1, K) -> (B, K)
+        y = run_f32(self._kernel, rows, self.weight, self.bias, torch.get_num_threads())  # (B, N)
+        return y.reshape(*x.shape[:-1], self.out_features)  # (B, N) -> (B, 1, N)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, decode=C kernel"

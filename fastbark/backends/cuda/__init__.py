@@ -1,0 +1,8 @@
+"""The place for a CUDA backend; nothing is here yet, and `select` gives CUDA the plain torch backend.
+
+What belongs here, as a `backends.base.Backend` subclass that `select` picks for `device="cuda"`:
+- half precision (float16 / bfloat16) with float32 softmax and LayerNorm where fidelity needs it;
+- a static KV cache and a `DecodeStep` captured as a CUDA graph (one launch per token);
+- fused attention for the whole-sequence passes (`AttentionKernel.whole`).
+It must keep the pipeline's contract: batch-invariant rows, no host syncs in the decode loop.
+"""

@@ -1,0 +1,165 @@
+"""Backends: what `select` chooses for each engine option, its report, and the plain torch backend that a
+CUDA user runs today, exercised on the CPU in float32, float16 and bfloat16."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastbark
+import reference as ref
+from fastbark.backends.cpu.attention import bf16_attention
+from fastbark.backends.cpu.decode_step import BF16, INT8, decode_step_works
+from fastbark.backends.cpu.int8 import int8_kernels
+from fastbark.backends.cpu.library import load_kernels
+from fastbark.backends.cpu.linears import packing_available
+
+GREEDY = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, min_eos_p=None)
+N_DECODER_LINEARS = 2 * 4 + 1  # the tiny causal GPTs: 2 layers x (att_proj, out_proj, in_proj, out_proj) + lm_head
+N_FINE_LINEARS = 2 * 4 + 7  # 2 layers x 4 + one head per predicted codebook (1..7)
+
+
+def expected_report(dtype: str, quantize, kernel: str) -> dict:
+    """What the CPU backend must choose on this machine, from the same capability probes it uses."""
+    c = kernel in ("auto", "c") and load_kernels() is not None
+    fast = quantize == "int8" or dtype == "bfloat16"
+    whole = "bf16-c" if fast and c and bf16_attention() is not None else "sdpa"
+    one_query = "matmul" if dtype != "float32" else "sdpa"
+    fallbacks = set()
+    if fast and c and whole == "sdpa":
+        fallbacks.add("bfloat16 attention kernel")
+    if quantize == "int8":
+        kind = "int8-c" if c and int8_kernels() is not None else "int8-torch"
+        fused = c and decode_step_works(INT8)
+        decoder = {kind: N_DECODER_LINEARS}
+        fine = {kind: N_FINE_LINEARS}
+    else:
+        fused = dtype == "bfloat16" and c and decode_step_works(BF16)
+        fine = {"torch": N_FINE_LINEARS}
+        if kernel == "plain":
+            decoder = {"torch": N_DECODER_LINEARS}
+        elif c and dtype == "float32":
+            decoder = {"c": N_DECODER_LINEARS}
+        elif dtype == "float16":
+            decoder = {"torch": N_DECODER_LINEARS}
+        elif not packing_available(torch.bfloat16 if dtype == "bfloat16" else torch.float32):
+            decoder = {"torch": N_DECODER_LINEARS}
+            fallbacks.add("oneDNN packing")
+        elif fused:
+            decoder = {"torch": N_DECODER_LINEARS - 1, "onednn": 1}  # the step reads the blocks' weights
+        else:
+            decoder = {"onednn": N_DECODER_LINEARS}
+    if fast and c and not fused:
+        fallbacks.add("one-call decode step")
+    step = "fused-c" if fused else "blocks"
+    return dict(decoder=decoder, fine=fine, step=step, whole=whole, one_query=one_query, fallbacks=fallbacks)
+
+
+COMBOS = [(dtype, None, kernel) for dtype in ("float32", "bfloat16", "float16")
+          for kernel in ("auto", "c", "onednn", "plain")] + \
+         [(dtype, "int8", kernel) for dtype in ("float32", "bfloat16") for kernel in ("auto", "onednn", "plain")]
+
+
+@pytest.mark.parametrize("dtype, quantize, kernel", COMBOS)
+def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
+    tts = fastbark.Bark.from_pretrained(hub_dir, dtype=dtype, quantize=quantize, cpu_kernel=kernel)
+    report, want = tts.backend, expected_report(dtype, quantize, kernel)
+    assert report.name == "cpu" and report.options == tts.options
+    assert report.options.dtype == dtype and report.options.quantize == quantize
+    for name in ("semantic", "coarse"):
+        m = report.models[name]
+        assert (m.linears, m.decode_step, m.whole_attention, m.one_query_attention) == \
+            (want["decoder"], want["step"], want["whole"], want["one_query"]), name
+    fine = report.models["fine"]
+    assert (fine.linears, fine.decode_step, fine.whole_attention) == (want["fine"], "", want["whole"])
+    assert {f.split(":")[0] for f in report.fallbacks} == want["fallbacks"]
+    # the report is read off the models themselves
+    kinds = {type(m).__name__ for m in tts.semantic_model.modules()}
+    assert ("GemvLinear" in kinds) == ("c" in want["decoder"])
+    assert ("PackedLinear" in kinds) == ("onednn" in want["decoder"])
+    assert ("Int8Linear" in kinds) == (quantize == "int8")
+    text = str(report)
+    assert text.startswith(f"backend cpu on cpu, {dtype}") and "semantic:" in text
+
+
+def test_fallback_is_reported_without_a_compiler(monkeypatch, hub_dir):
+    from fastbark.backends.cpu import library
+    monkeypatch.setattr(library.shutil, "which", lambda name: None)
+    library.clear_cache()
+    try:
+        with pytest.warns(UserWarning, match="no C compiler"):
+            tts = fastbark.Bark.from_pretrained(hub_dir, quantize="int8")
+        assert tts.backend.fallbacks == ("C kernels: no C compiler (cc) found",)
+        assert tts.backend.models["semantic"].linears == {"int8-torch": N_DECODER_LINEARS}
+        assert tts.backend.models["semantic"].decode_step == "blocks"
+    finally:
+        library.clear_cache()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_torch_backend_swaps_nothing(hub_dir, dtype):
+    tts = fastbark.Bark.from_pretrained(hub_dir, backend="torch", dtype=dtype)
+    assert tts.backend.name == "torch" and tts.backend.fallbacks == ()
+    for name, model in (("semantic", tts.semantic_model), ("coarse", tts.coarse_model), ("fine", tts.fine_model)):
+        m = tts.backend.models[name]
+        assert set(m.linears) == {"torch"} and m.whole_attention == "sdpa"
+        assert all(type(x) is torch.nn.Linear for x in model.modules() if hasattr(x, "in_features"))
+        assert all(type(block.attn.kernel) is fastbark.models.gpt.AttentionKernel for block in model.layers)
+
+
+def test_bad_backend_options(hub_dir):
+    with pytest.raises(fastbark.BadInput, match="unknown backend 'cuda-graphs'; accepted: auto, cpu, torch"):
+        fastbark.Bark.from_pretrained(hub_dir, backend="cuda-graphs")
+    with pytest.raises(fastbark.BadInput, match="needs the cpu backend"):
+        fastbark.Bark.from_pretrained(hub_dir, backend="torch", quantize="int8")
+    with pytest.raises(fastbark.BadInput, match="unknown option"):
+        fastbark.Bark.from_pretrained(hub_dir, kernel="c")
+    with pytest.raises(fastbark.BadInput, match="threads"):
+        fastbark.EngineOptions(threads=0)
+
+
+@pytest.fixture(scope="module")
+def torch_tts(hub_dir):
+    return fastbark.Bark.from_pretrained(hub_dir, backend="torch")
+
+
+def test_torch_backend_float32_matches_the_reference(torch_tts, tts, reference, voice_arrays):
+    """Every line a GPU runs, on the CPU: the plain backend gives the reference's tokens."""
+    for text, voice in (("the dog is cute", None), ("Hello world [laughs] ♪", "announcer")):
+        ours = torch_tts.text_to_semantic(text, voice=voice, temperature=0, min_eos_p=None)
+        theirs = ref.semantic(reference, torch_tts.tokenize(text), voice_arrays.get(voice))
+        np.testing.assert_array_equal(ours, theirs)
+    semantic = np.random.default_rng(1).integers(0, 10_000, 100)
+    np.testing.assert_array_equal(torch_tts.semantic_to_coarse(semantic, voice="announcer", temperature=0),
+                                  ref.coarse(reference, semantic, voice_arrays["announcer"]))
+    coarse = np.random.default_rng(2).integers(0, 1024, (2, 1100))
+    np.testing.assert_array_equal(torch_tts.coarse_to_fine(coarse, voice="v2/en_speaker_1", temperature=0),
+                                  ref.fine(reference, coarse, voice_arrays["v2/en_speaker_1"]))
+    a = torch_tts.generate("café naïve", voice="announcer", **GREEDY)
+    b = tts.generate("café naïve", voice="announcer", **GREEDY)
+    np.testing.assert_array_equal(a.fine_tokens, b.fine_tokens)
+    np.testing.assert_allclose(a.audio, b.audio, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_torch_backend_batches(hub_dir, dtype):
+    """The plain backend's batches: each text gets the tokens it gets alone (greedy), in every dtype a GPU
+    would use, on the CPU."""
+    tts = fastbark.Bark.from_pretrained(hub_dir, backend="torch", dtype=dtype)
+    texts = ["the dog is cute", "Hello world [laughs] ♪", "café naïve"]
+    batch = tts.generate(texts, voice="v2/en_speaker_1", max_semantic_tokens=60, **GREEDY)
+    for text, in_batch in zip(texts, batch):
+        alone = tts.generate(text, voice="v2/en_speaker_1", max_semantic_tokens=60, **GREEDY)
+        np.testing.assert_array_equal(in_batch.semantic_tokens, alone.semantic_tokens)
+        np.testing.assert_array_equal(in_batch.fine_tokens, alone.fine_tokens)
+        assert in_batch.audio.dtype == np.float32 and np.isfinite(in_batch.audio).all()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_torch_backend_half_precision_stays_close(hub_dir, tts, dtype):
+    """Teacher-forced, the plain backend in half precision stays near float32 (the fast modes' bounds)."""
+    from fidelity import measure
+    results = measure(tts, fastbark.Bark.from_pretrained(hub_dir, backend="torch", dtype=dtype),
+                      "the dog is cute", steps=48)
+    for stage, r in results.items():
+        assert 0 < r["max_rel_logit_error"] < 0.05, stage
+        assert r["greedy_agreement"] >= 0.9, stage
