@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import sys
 import typing
 import warnings
@@ -84,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     say = sub.add_parser("say", help="speak text into a WAV file")
     say.add_argument("text", nargs="?", help="text to speak ('-' or absent: read standard input)")
     say.add_argument("--file", "-f", help="read the text from this file")
-    say.add_argument("-o", "--output", default="out.wav", help="WAV file to write, '-' for standard output")
+    say.add_argument("-o", "--output", default="out.wav",
+                     help="audio file to write (.wav, .flac, .ogg, .opus, .mp3, .pcm), '-' for standard output")
+    say.add_argument("--format", help="audio format, overriding the extension: wav, flac, ogg, opus, mp3, pcm "
+                                      "(raw 16-bit little-endian mono); '-o -' defaults to wav")
     _model_args(say)
     say.add_argument("--voice", "-v", help="voice preset name (see `fastbark voices`) or .npz file")
     say.add_argument("--seed", type=_flag_type(int), help="random seed: the same seed gives the same audio")
@@ -126,41 +128,45 @@ class ProgressBars:
             self._bar = None
 
 
+MAX_TEXT_BYTES = 64 << 20  # a long book is a few MB of text
+
+
+def _decode_text(data: bytes, where: str) -> str:
+    if len(data) > MAX_TEXT_BYTES:
+        raise BadInput(f"the text from {where} is larger than {MAX_TEXT_BYTES >> 20} MB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"the text from {where} is not UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r}); "
+                       f"save it as UTF-8") from None
+
+
 def read_text(args) -> str:
     if args.file and args.text:
         raise BadInput("give the text either as an argument or with --file, not both")
     if args.file:
         try:
-            with open(args.file, encoding="utf-8") as f:
-                return f.read()
+            with open(args.file, "rb") as f:
+                return _decode_text(f.read(MAX_TEXT_BYTES + 1), repr(args.file))
         except OSError as e:
             raise BadInput(f"cannot read text file {args.file!r}: {e.strerror}") from None
     if args.text is not None and args.text != "-":
         return args.text
     if sys.stdin is None or sys.stdin.isatty():
         raise BadInput("no text given: pass TEXT, --file FILE, or pipe text on standard input")
-    return sys.stdin.read()
-
-
-def write_wav(path: str, audio, sample_rate: int) -> None:
-    import soundfile as sf
-    if path == "-":
-        buffer = io.BytesIO()
-        sf.write(buffer, audio, sample_rate, format="WAV", subtype="PCM_16")
-        sys.stdout.buffer.write(buffer.getvalue())
-        sys.stdout.buffer.flush()
-    else:
-        try:
-            sf.write(path, audio, sample_rate, subtype="PCM_16")
-        except (sf.LibsndfileError, OSError, TypeError) as e:
-            raise BadInput(f"cannot write {path!r}: {e} (the output must be a writable .wav path or '-')") from None
+    return _decode_text(sys.stdin.buffer.read(MAX_TEXT_BYTES + 1), "standard input")
 
 
 def cmd_say(args) -> None:
     from .engine import Bark
-    text = read_text(args)
+    from .output import check_output, write_audio
+    from .voices import check_voice_path
     engine = options_from_args(EngineOptions, args)
-    options = options_from_args(GenerationOptions, args)  # both checked before anything loads
+    options = options_from_args(GenerationOptions, args)
+    fmt = check_output(args.output, args.format)  # every output is checked before anything loads
+    if args.save_voice:
+        check_voice_path(args.save_voice)
+    text = read_text(args)
     tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
     if args.show_backend:
         print(tts.backend, file=sys.stderr)
@@ -170,7 +176,7 @@ def cmd_say(args) -> None:
     finally:
         if bars is not None:
             bars.close()
-    write_wav(args.output, result.audio, result.sample_rate)
+    write_audio(args.output, result.audio, fmt, result.sample_rate)
     if args.save_voice:
         result.save_voice(args.save_voice)
     if not args.quiet and args.output != "-":
@@ -188,9 +194,10 @@ def cmd_voices(args) -> None:
 
 def cmd_convert(args) -> None:
     from .options import parse_dtype
-    from .loading.convert import write_hub_layout
+    from .loading.convert import check_destination, write_hub_layout
     from .loading.layouts import load_parts
     import torch
+    check_destination(args.dst)
     parts = load_parts(args.src, torch.device("cpu"), parse_dtype(args.dtype), tokenizer=args.tokenizer,
                        codec=args.codec)
     dst = write_hub_layout(parts, args.dst, voices=not args.no_voices)

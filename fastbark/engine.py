@@ -4,46 +4,27 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from .backends import BackendReport, select
 from .backends.base import Models
-from .constants import CODEBOOK_SIZE, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS, SAMPLE_RATE, SEMANTIC_VOCAB_SIZE
+from .constants import CODEBOOK_SIZE, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS, SEMANTIC_VOCAB_SIZE
 from .errors import BadInput
 from .loading.layouts import Parts, load_parts
-from .options import (CoarseOptions, EngineOptions, FineOptions, GenerationOptions, SemanticOptions, check_number,
-                      make_options)
+from .options import (MAX_SEED, CoarseOptions, EngineOptions, FineOptions, GenerationOptions, LongFormOptions,
+                      SemanticOptions, check_number, make_options)
 from .pipeline.coarse import generate_coarse
 from .pipeline.fine import generate_fine
 from .pipeline.progress import ProgressCallback
 from .pipeline.semantic import generate_semantic
-from .text.tokenizer import fit_text_window
+from . import narrate
+from .results import AudioChunk, Generation
+from .text.split import chunk_text
+from .text.tokenizer import fit_text_window, normalize_text
 from .voices import Voice, VoiceLike, check_tokens, resolve_voice
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One generated clip: the waveform and the tokens of every stage."""
-
-    audio: np.ndarray  # float32 (n_samples,), 24 kHz
-    semantic_tokens: np.ndarray  # (n,)
-    coarse_tokens: np.ndarray  # (2, T)
-    fine_tokens: np.ndarray  # (8, T)
-    sample_rate: int = SAMPLE_RATE
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.audio) / self.sample_rate
-
-    def to_voice(self) -> Voice:
-        """This clip as a voice prompt, to continue in the same voice."""
-        return Voice(self.semantic_tokens, self.coarse_tokens, self.fine_tokens)
-
-    def save_voice(self, path: str | os.PathLike) -> None:
-        self.to_voice().save(path)
 
 
 class Bark:
@@ -98,15 +79,17 @@ class Bark:
 
     # ------------------------------------------------------------ stages
 
-    def _generator(self, seed: int | None) -> torch.Generator | None:
-        if seed is None:
-            return None
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise BadInput(f"seed must be an integer or None, got {seed!r}")
-        return torch.Generator(self.device).manual_seed(seed)
+    def _generator(self, seed: int | None) -> list[torch.Generator | None]:
+        check_number("seed", seed, integer=True, low=0, high=MAX_SEED, none_ok=True,
+                     accepted="an integer in 0..2**64-1 or None")
+        return narrate.chunk_generators(self.device, [seed])
 
     def tokenize(self, text: str) -> list[int]:
-        return fit_text_window(self.tokenizer.encode(text))
+        ids = self.tokenizer.encode(text)
+        if not ids:
+            raise BadInput(f"text {text[:40]!r} has nothing to speak: after removing control and zero-width "
+                           f"characters no words are left")
+        return fit_text_window(ids)
 
     def text_to_semantic(self, text: str, voice: VoiceLike = None, *, seed: int | None = None,
                          progress: ProgressCallback | None = None, **options) -> np.ndarray:
@@ -144,15 +127,49 @@ class Bark:
     # ------------------------------------------------------------ end to end
 
     def generate(self, text: str | list[str], voice: VoiceLike | list[VoiceLike] = None, *,
-                 options: GenerationOptions | None = None, seed: int | None = None, batch_size: int = 16,
-                 progress: ProgressCallback | None = None, **option_values) -> Generation | list[Generation]:
-        """Text (or a list of texts) -> Generation(s). Options: the fields of GenerationOptions, or `options=`.
+                 options: GenerationOptions | None = None, long_form: LongFormOptions | None = None,
+                 seed: int | list[int] | None = None, batch_size: int = 16, progress: ProgressCallback | None = None,
+                 **option_values) -> Generation | list[Generation]:
+        """Text of any length (or a list of texts) -> Generation(s).
 
-        A list of texts runs through every stage as a batch (`batch_size` texts at a time). With a
-        list of voices (one per text), the texts that share a voice are batched together. `progress`
-        is called as each stage advances (pipeline/progress.py).
+        Options: the fields of GenerationOptions and of LongFormOptions as keywords, or `options=` and
+        `long_form=`. A text longer than one generation is cut into chunks spoken in one voice and
+        joined (narrate.py). Chunks and texts that share a voice run through every stage as a batch,
+        `batch_size` at a time. `seed`: one integer (a list of texts: text i gets
+        `narrate.derive_seed(seed, i)`), or one seed per text. `progress` is called as each stage and
+        each chunk advances (pipeline/progress.py).
         """
-        options = make_options(GenerationOptions, options, option_values, "options")
+        single = not isinstance(text, (list, tuple))
+        jobs, options, long_form = self._plan(text, voice, seed, batch_size, options, long_form, option_values)
+        chunks: dict[int, list[AudioChunk]] = {job.index: [] for job in jobs}
+        for index, chunk in narrate.run(self.generate_chunks, jobs, options, long_form, batch_size, progress):
+            chunks[index].append(chunk)
+        results = [narrate.assemble(chunks[job.index]) for job in jobs]
+        return results[0] if single else results
+
+    def stream(self, text: str, voice: VoiceLike = None, *, options: GenerationOptions | None = None,
+               long_form: LongFormOptions | None = None, seed: int | None = None, batch_size: int = 16,
+               progress: ProgressCallback | None = None, **option_values) -> Iterator[AudioChunk]:
+        """Like `generate` for one text, but yields its AudioChunks in order as each is ready: the first
+        after about one chunk's generation. Their audio, concatenated, is `generate(...)`'s, sample for
+        sample. Everything is checked before this returns."""
+        if not isinstance(text, str):
+            raise BadInput(f"stream speaks one text: give a string, got {type(text).__name__}")
+        jobs, options, long_form = self._plan(text, voice, seed, batch_size, options, long_form, option_values)
+        return (chunk for _, chunk in narrate.run(self.generate_chunks, jobs, options, long_form, batch_size, progress))
+
+    def _plan(self, text, voice, seed, batch_size, options, long_form, option_values):
+        """Check everything (options, texts, voices, seeds) and cut the texts: nothing is generated here."""
+        long_form_fields = LongFormOptions.__dataclass_fields__
+        unknown = set(option_values) - set(GenerationOptions.__dataclass_fields__) - set(long_form_fields)
+        if unknown:
+            raise BadInput(f"unknown option(s) {', '.join(sorted(unknown))}; accepted: the fields of "
+                           f"GenerationOptions ({', '.join(GenerationOptions.__dataclass_fields__)}) and of "
+                           f"LongFormOptions ({', '.join(long_form_fields)})")
+        long_form = make_options(LongFormOptions, long_form,
+                                 {k: v for k, v in option_values.items() if k in long_form_fields}, "long_form")
+        options = make_options(GenerationOptions, options,
+                               {k: v for k, v in option_values.items() if k not in long_form_fields}, "options")
         check_number("batch_size", batch_size, integer=True, low=1, accepted="an integer >= 1")
         single = not isinstance(text, (list, tuple))
         texts = [text] if single else list(text)
@@ -165,29 +182,46 @@ class Bark:
             voices = list(voice)
         else:
             voices = [voice] * len(texts)
-        ids = [self.tokenize(t) for t in texts]  # validate every text and voice before generating any
-        groups: dict[object, tuple[Voice | None, list[int]]] = {}  # a voice (by path, or by object) -> its texts
-        for i, v in enumerate(voices):
+        seeds = self._seeds(seed, len(texts), single)
+        loaded: dict[object, Voice | None] = {}  # a voice (by path, or by object) -> the loaded voice
+        jobs = []
+        for i, (t, v) in enumerate(zip(texts, voices)):
             key = os.fspath(v) if isinstance(v, (str, os.PathLike)) else id(v)
-            if key not in groups:
-                groups[key] = (self.load_voice(v), [])
-            groups[key][1].append(i)
-        generator = self._generator(seed)
-        results: list[Generation | None] = [None] * len(texts)
-        for prompt, members in groups.values():
-            for first in range(0, len(members), batch_size):
-                chunk = members[first: first + batch_size]
-                batch = self._generate_batch([ids[i] for i in chunk], prompt, options, generator, progress)
-                for i, result in zip(chunk, batch):
-                    results[i] = result
-        return results[0] if single else results
+            if key not in loaded:
+                loaded[key] = self.load_voice(v)
+            normalize_text(t)  # a clear error for a non-string or empty text, before it is cut
+            chunks = chunk_text(t, lambda piece: len(self.tokenizer.encode(piece)),
+                                max_tokens=long_form.max_chunk_tokens, max_seconds=long_form.max_chunk_seconds,
+                                language=long_form.language)
+            if not chunks:
+                raise BadInput(f"text {t[:40]!r} has nothing to speak")
+            jobs.append(narrate.TextJob(i, chunks, [self.tokenize(c) for c in chunks], loaded[key], key, seeds[i]))
+        return jobs, options, long_form
 
-    def _generate_batch(self, ids: list[list[int]], voice: Voice | None, options: GenerationOptions,
-                        generator: torch.Generator | None, progress: ProgressCallback | None) -> list[Generation]:
-        semantic = generate_semantic(self.semantic_model, ids, voice, options.semantic, generator, progress)
+    @staticmethod
+    def _seeds(seed, n: int, single: bool) -> list[int | None]:
+        if isinstance(seed, (list, tuple)):
+            if single or len(seed) != n:
+                raise BadInput(f"a list of seeds needs one seed per text: {len(seed)} seeds for {n} texts")
+            for s in seed:
+                check_number("seed", s, integer=True, low=0, high=MAX_SEED, none_ok=True,
+                             accepted="an integer in 0..2**64-1 or None")
+            return list(seed)
+        check_number("seed", seed, integer=True, low=0, high=MAX_SEED, none_ok=True,
+                     accepted="an integer in 0..2**64-1, a list of them, or None")
+        if seed is None or single:
+            return [seed] * n
+        return [narrate.derive_seed(seed, i) for i in range(n)]
+
+    def generate_chunks(self, ids: list[list[int]], voice: Voice | None, options: GenerationOptions,
+                        seeds: list[int | None], progress: ProgressCallback | None = None) -> list[Generation]:
+        """Wordpiece ids of several texts, each fitting one generation, through every stage as one batch;
+        text i samples from its own stream seeded with `seeds[i]`."""
+        generators = narrate.chunk_generators(self.device, seeds)
+        semantic = generate_semantic(self.semantic_model, ids, voice, options.semantic, generators, progress)
         if any(len(s) == 0 for s in semantic):
             warnings.warn("the semantic model stopped at once (end of speech first): the audio is empty",
                           stacklevel=3)
-        coarse = generate_coarse(self.coarse_model, semantic, voice, options.coarse, generator, progress)
-        fine = generate_fine(self.fine_model, coarse, voice, options.fine, generator, progress)
+        coarse = generate_coarse(self.coarse_model, semantic, voice, options.coarse, generators, progress)
+        fine = generate_fine(self.fine_model, coarse, voice, options.fine, generators, progress)
         return [Generation(self.decode(f), s, c, f) for s, c, f in zip(semantic, coarse, fine)]

@@ -16,7 +16,7 @@ import torch
 
 from .constants import (CONTEXT_LEN, DEFAULT_COARSE_TEMPERATURE, DEFAULT_FINE_TEMPERATURE, DEFAULT_MIN_EOS_P,
                         DEFAULT_SEMANTIC_TEMPERATURE, MAX_COARSE_HISTORY, MAX_COARSE_INPUT, MAX_SEMANTIC_TOKENS,
-                        SLIDING_WINDOW_LEN)
+                        MAX_TEXT_TOKENS, SLIDING_WINDOW_LEN)
 from .errors import BadInput
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -63,8 +63,15 @@ def check_bool(name: str, value) -> None:
         raise BadInput(f"{name} must be True or False, got {value!r}")
 
 
+MIN_TEMPERATURE = 1e-6  # logits / temperature must stay finite in float32: |logits| < 1e32 then, far above any model's
+MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds
+
+
 def check_sampling(temperature: float | None, top_k: int | None = None, top_p: float | None = None) -> None:
-    check_number("temperature", temperature, low=0, none_ok=True, accepted="a number >= 0 and finite (0 = greedy)")
+    accepted = f"a number >= 0 and finite (0 = greedy; otherwise at least {MIN_TEMPERATURE:g})"
+    check_number("temperature", temperature, low=0, none_ok=True, accepted=accepted)
+    if temperature is not None and 0 < temperature < MIN_TEMPERATURE:
+        raise BadInput(f"temperature must be {accepted}, got {temperature!r}")
     check_number("top_k", top_k, integer=True, low=1, none_ok=True, accepted="an integer >= 1 or None")
     check_number("top_p", top_p, low=0, low_open=True, high=1, none_ok=True, accepted="in (0, 1] or None")
 
@@ -226,6 +233,40 @@ class GenerationOptions:
     @property
     def fine(self) -> FineOptions:
         return FineOptions(self.fine_temperature)
+
+
+SPEAKERS = ("first", "continue")
+BARK_LANGUAGES = ("en", "de", "es", "fr", "hi", "it", "ja", "ko", "pl", "pt", "ru", "tr", "zh")
+
+
+@dataclass(frozen=True)
+class LongFormOptions:
+    """How a text longer than one generation is cut, kept in one voice and joined (see README "Long texts")."""
+
+    max_chunk_seconds: float = field(default=13.0, metadata=_help(
+        "estimated speech per chunk, at most (1..15 s; Bark speaks at most ~14 s per generation)"))
+    max_chunk_tokens: int = field(default=MAX_TEXT_TOKENS, metadata=_help(
+        f"wordpieces per chunk, at most (1..{MAX_TEXT_TOKENS})"))
+    language: str = field(default="en", metadata=_help(
+        "the text's language, for sentence splitting", choices=BARK_LANGUAGES))
+    speaker: str = field(default="first", metadata=_help(
+        "first: with no voice, the first chunk's speech is the voice of the rest; continue: each chunk "
+        "continues from the one before (sequential, Suno's long-form notebook)", choices=SPEAKERS))
+    pause: float = field(default=0.25, metadata=_help("seconds of silence between chunks (0..10)"))
+    trim: bool = field(default=True, metadata=_help("trim each chunk's silent edges (--no-trim: keep them)"))
+    trim_db: float = field(default=-40.0, metadata=_help(
+        "a 10 ms frame quieter than this (dBFS, -120..0) counts as silence"))
+    fade: float = field(default=0.01, metadata=_help("seconds of fade at each chunk's edges (0..1)"))
+
+    def __post_init__(self):
+        check_number("max_chunk_seconds", self.max_chunk_seconds, low=1, high=15)
+        check_number("max_chunk_tokens", self.max_chunk_tokens, integer=True, low=1, high=MAX_TEXT_TOKENS)
+        check_choice("language", self.language, BARK_LANGUAGES)
+        check_choice("speaker", self.speaker, SPEAKERS)
+        check_number("pause", self.pause, low=0, high=10)
+        check_bool("trim", self.trim)
+        check_number("trim_db", self.trim_db, low=-120, high=0)
+        check_number("fade", self.fade, low=0, high=1)
 
 
 def make_options(cls, options, values: dict, what: str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import zipfile
 from dataclasses import dataclass
@@ -44,8 +43,14 @@ class Voice:
 
     @classmethod
     def from_npz(cls, path: str | os.PathLike) -> "Voice":
-        """Read Suno's `.npz` format (pickled content is refused)."""
+        """Read Suno's `.npz` format (pickled content is refused; at most MAX_VOICE_BYTES)."""
         try:
+            if os.path.getsize(path) > MAX_VOICE_BYTES:
+                raise BadInput(f"voice file {str(path)!r} is larger than {MAX_VOICE_BYTES >> 20} MB; "
+                               f"a voice is a few hundred kB at most")
+            if not zipfile.is_zipfile(path):
+                raise BadInput(f"voice file {str(path)!r} is not a readable .npz voice: not a zip of "
+                               f"{', '.join(PROMPT_KEYS)} integer arrays, as `--save-voice` writes")
             with np.load(path, allow_pickle=False) as data:
                 return cls.from_dict({k: data[k] for k in data.files})
         except FileNotFoundError:
@@ -53,12 +58,26 @@ class Voice:
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
             if isinstance(e, BadInput):
                 raise
+            reason = "it holds pickled objects" if "pickle" in str(e) else str(e)
             raise BadInput(f"voice file {str(path)!r} is not a readable .npz of integer arrays "
-                           f"({', '.join(PROMPT_KEYS)}): {e}") from None
+                           f"({', '.join(PROMPT_KEYS)}): {reason}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the voice as an `.npz` that Suno's code and fastbark both read."""
-        np.savez(path, **{k: getattr(self, k) for k in PROMPT_KEYS})
+        """Write the voice as an `.npz` that Suno's code and fastbark both read (all or nothing)."""
+        from .output import write_atomically
+        check_voice_path(path)
+        write_atomically(path, lambda f: np.savez(f, **{k: getattr(self, k) for k in PROMPT_KEYS}))
+
+
+MAX_VOICE_BYTES = 16 << 20  # Suno's presets are ~60 kB; a long clip saved as a voice stays well under this
+
+
+def check_voice_path(path: str | os.PathLike) -> None:
+    """A voice is saved as the exact path given, which must end in .npz (so that `voice=path` reads it back)."""
+    from .output import check_writable
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).endswith(".npz"):
+        raise BadInput(f"a voice file name must end in .npz, got {path!r}")
+    check_writable(path, "voice file")
 
 
 def check_tokens(name: str, value, rows: int | None, high: int, allow_empty: bool = False) -> np.ndarray:
@@ -90,11 +109,6 @@ class VoiceLibrary:
         self.npz_presets = dict(npz_presets or {})  # name -> .npz file (Suno's own layout)
         self._fetch = fetch  # relative path in the checkpoint -> local file path
         self._loaded: dict[str, Voice] = {}
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike, fetch: Callable[[str], str]) -> "VoiceLibrary":
-        with open(path, encoding="utf-8") as f:
-            return cls(json.load(f), fetch)
 
     @classmethod
     def from_npz_folder(cls, folder: str | os.PathLike) -> "VoiceLibrary":
@@ -159,6 +173,9 @@ def resolve_voice(voice: VoiceLike, library: VoiceLibrary | None) -> Voice | Non
             return library.get(name)
         if name.endswith(".npz") or os.path.isfile(name):
             return Voice.from_npz(name)
-        raise BadInput(unknown_voice_message(name, library.names() if library else []))
+        message = unknown_voice_message(name, library.names() if library else [])
+        if os.path.isfile(name + ".npz"):
+            message += f" A voice file {name + '.npz'!r} exists: give its full name."
+        raise BadInput(message)
     raise BadInput(f"voice must be None, a preset name, an .npz path, a dict of arrays or a Voice, "
                    f"got {type(voice).__name__}")

@@ -38,10 +38,10 @@ def test_greedy_is_argmax_and_sampling_follows_the_distribution():
     assert choose(logits, 0)[0].item() == 1
     assert choose(logits, None)[0].item() == 1
     g = torch.Generator().manual_seed(0)
-    draws = torch.stack([choose(logits, 1.0, generator=g)[0] for _ in range(4000)]).flatten()
+    draws = torch.stack([choose(logits, 1.0, generators=[g])[0] for _ in range(4000)]).flatten()
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     torch.testing.assert_close(freq, logits.softmax(-1)[0], atol=0.03, rtol=0)
-    top1 = torch.stack([choose(logits, 1.0, top_k=1, generator=g)[0] for _ in range(50)])
+    top1 = torch.stack([choose(logits, 1.0, top_k=1, generators=[g])[0] for _ in range(50)])
     assert (top1 == 1).all()
 
 

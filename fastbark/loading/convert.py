@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,11 +51,37 @@ def _codec_state(parts: Parts) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_hub_layout(parts: Parts, destination: str | Path, voices: bool = True) -> Path:
-    dst = Path(destination)
+def check_destination(destination: str | os.PathLike) -> Path:
+    """A new (or empty) folder that can be made: checked before anything is loaded."""
+    if not isinstance(destination, (str, os.PathLike)) or not os.fspath(destination):
+        raise BadInput(f"the destination must be a folder path, got {destination!r}")
+    dst = Path(destination).expanduser()
+    if dst.is_file():
+        raise BadInput(f"{dst} is a file; give a new folder")
     if dst.exists() and any(dst.iterdir()):
         raise BadInput(f"{dst} exists and is not empty; give a new folder")
-    dst.mkdir(parents=True, exist_ok=True)
+    existing = next(p for p in (dst, *dst.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot write {dst}: {existing} is not a writable folder")
+    return dst
+
+
+def write_hub_layout(parts: Parts, destination: str | Path, voices: bool = True) -> Path:
+    """Write `parts` as a hub-layout folder: into a temporary folder beside it, renamed when complete."""
+    dst = check_destination(destination)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent))
+    try:
+        _write(parts, tmp, voices)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dst)  # an empty dst folder is replaced too
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def _write(parts: Parts, dst: Path, voices: bool) -> None:
     config = {
         "model_type": "bark", "architectures": ["BarkModel"],
         "semantic_config": _gpt_config_dict(parts.semantic.config, "semantic"),
@@ -82,4 +111,3 @@ def write_hub_layout(parts: Parts, destination: str | Path, voices: bool = True)
                 np.save(dst / rel, getattr(voice, key))
                 table[name][key] = rel
         (dst / "speaker_embeddings_path.json").write_text(json.dumps(table, indent=1), encoding="utf-8")
-    return dst

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..models.encodec import CodecConfig, EncodecDecoder
 from ..models.gpt import CausalGPT, FineGPT, GPTConfig
 from ..text.tokenizer import TextTokenizer
 from ..voices import VoiceLibrary
-from .sources import HubFiles, LocalFiles, first_of, open_source, required
+from .sources import HubFiles, LocalFiles, first_of, open_source, read_json, required
 from .weights import (FoldedWeightNorm, MergedWeights, Renamed, Tensors, build, encodec_name, read_weights,
                       suno_gpt_name, torch_load, with_prefix)
 
@@ -30,7 +29,7 @@ SUBMODELS = {"semantic": "semantic_config", "coarse_acoustics": "coarse_acoustic
 WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"]
 TOKENIZER_FILES = ["tokenizer.json", "vocab.txt"]
 DEFAULT_CODEC = "facebook/encodec_24khz"
-DEFAULT_TOKENIZER = "bert-base-multilingual-cased"  # what Suno's original code tokenizes with
+DEFAULT_TOKENIZER = "google-bert/bert-base-multilingual-cased"  # what Suno's original code tokenizes with
 
 
 @dataclass
@@ -54,6 +53,8 @@ def gpt_config_from_hub(d: Mapping) -> GPTConfig:
                          n_codes_total=d.get("n_codes_total", 8), n_codes_given=d.get("n_codes_given", 1))
     except KeyError as e:
         raise CheckpointError(f"config.json: a sub-model config lacks {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json: a sub-model config is wrong: {e}") from None
 
 
 def gpt_config_from_suno(args: Mapping) -> GPTConfig:
@@ -69,14 +70,21 @@ def gpt_config_from_suno(args: Mapping) -> GPTConfig:
                          n_codes_total=args.get("n_codes_total", 8), n_codes_given=args.get("n_codes_given", 1))
     except KeyError as e:
         raise CheckpointError(f"model_args lacks {e.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"model_args is wrong: {e}") from None
 
 
 def codec_config_from_hub(d: Mapping) -> CodecConfig:
+    if not isinstance(d, Mapping):
+        raise CheckpointError(f"codec config must be a JSON object, not {type(d).__name__}")
     fields = CodecConfig.__dataclass_fields__
     kwargs = {k: (tuple(v) if k == "upsampling_ratios" else v) for k, v in d.items() if k in fields}
     if not d.get("use_causal_conv", True) or d.get("norm_type", "weight_norm") != "weight_norm":
         raise CheckpointError("codec config: only the causal, weight-normed EnCodec 24 kHz decoder is supported")
-    return CodecConfig(**kwargs)
+    try:
+        return CodecConfig(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"codec config is wrong: {e}") from None
 
 
 def codec_config_from_weights(weights: Tensors) -> CodecConfig:
@@ -137,8 +145,10 @@ def read_state(files, what: str) -> Tensors:
             continue
         if not name.endswith(".index.json"):
             return read_weights(path)
-        with open(path, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        weight_map = read_json(path, "shard index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"shard index {path!r} has no 'weight_map' of file names")
+        shards = sorted(set(weight_map.values()))
         return MergedWeights(read_weights(required(files, shard, f"a shard of {name}")) for shard in shards)
     if isinstance(files, HubFiles) and files.unreachable:
         raise CheckpointError(files.offline_message())
@@ -148,9 +158,8 @@ def read_state(files, what: str) -> Tensors:
 # ---------------------------------------------------------------- layouts
 
 def load_hub_layout(files, device, dtype) -> Parts:
-    with open(required(files, "config.json", "the Bark config"), encoding="utf-8") as f:
-        config = json.load(f)
-    if not all(key in config for key in SUBMODELS.values()):
+    config = read_json(required(files, "config.json", "the Bark config"), "Bark config")
+    if not all(isinstance(config.get(key), dict) for key in SUBMODELS.values()):
         raise CheckpointError(f"{files}/config.json is not a Bark config (it needs {', '.join(SUBMODELS.values())})")
     state = read_state(files, "Bark")
     configs = {name: gpt_config_from_hub(config[key]) for name, key in SUBMODELS.items()}
@@ -162,7 +171,8 @@ def load_hub_layout(files, device, dtype) -> Parts:
     if tokenizer is None:
         raise CheckpointError(f"{files} has no tokenizer: expected {' or '.join(TOKENIZER_FILES)}")
     presets = files.get("speaker_embeddings_path.json")
-    voices = VoiceLibrary.from_json(presets, lambda rel: required(files, rel, "a voice preset file")) if presets else None
+    voices = VoiceLibrary(read_json(presets, "voice preset table"),
+                          lambda rel: required(files, rel, "a voice preset file")) if presets else None
     return Parts(semantic, coarse, fine, codec, tokenizer, voices, str(files))
 
 
@@ -222,8 +232,7 @@ def load_codec(source: str | os.PathLike, device, **hub) -> EncodecDecoder:
     config_path = files.get("config.json")
     weights = read_state(files, "EnCodec")
     if config_path:
-        with open(config_path, encoding="utf-8") as f:
-            config = codec_config_from_hub(json.load(f))
+        config = codec_config_from_hub(read_json(config_path, "EnCodec config"))
     else:
         config = codec_config_from_weights(FoldedWeightNorm(Renamed(weights, encodec_name)))
     return build_codec(config, weights, device)

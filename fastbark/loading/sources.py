@@ -6,6 +6,7 @@ repos, and a voice's three `.npy` files only when that voice is first used.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -14,9 +15,27 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
                                     RepositoryNotFoundError, RevisionNotFoundError)
 
-from ..errors import CheckpointError
+from ..errors import BadInput, CheckpointError
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+HUB_ID = re.compile(r"^([A-Za-z0-9][\w.\-]*/)?[A-Za-z0-9][\w.\-]*$")  # owner/name, or a legacy single name
+MAX_JSON_BYTES = 16 << 20  # a config or preset table is a few kB; refuse anything absurd
+
+
+def read_json(path: str | os.PathLike, what: str, kind: type = dict):
+    """A JSON file's content, which must be a `kind`; CheckpointError naming the file otherwise."""
+    try:
+        if os.path.getsize(path) > MAX_JSON_BYTES:
+            raise CheckpointError(f"{what} {str(path)!r} is larger than {MAX_JSON_BYTES >> 20} MB; not a Bark file")
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{what} {str(path)!r} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{what} {str(path)!r} must hold a JSON {'object' if kind is dict else kind.__name__}, "
+                              f"not {type(value).__name__ if value is not None else 'null'}")
+    return value
 
 
 class LocalFiles:
@@ -67,19 +86,31 @@ class HubFiles:
     def offline_message(self, detail: str = "") -> str:
         where = self.cache_dir or "the Hugging Face cache"
         return (f"cannot download {self.repo_id!r} from the hub{detail}, and the files needed are not in "
-                f"{where}. Connect once to cache them, or pass a local folder (see `fastbark convert`).")
+                f"{where}. Connect once to cache them, or pass a local folder (see `fastbark convert`); "
+                f"HF_HUB_OFFLINE=1 makes the hub library use its cache only, without retrying the network.")
+
+
+def looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or os.sep in source and not HUB_ID.match(source) \
+        or source.endswith((".th", ".json", ".txt", ".pt", ".bin", ".safetensors", ".npz"))
 
 
 def open_source(source: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None,
-                local_files_only: bool = False, download=hf_hub_download) -> LocalFiles | HubFiles:
+                local_files_only: bool = False, download=hf_hub_download,
+                what: str = "checkpoint") -> LocalFiles | HubFiles:
     """A local folder, or else a hub id like 'suno/bark-small'."""
+    if not isinstance(source, (str, os.PathLike)) or not os.fspath(source):
+        raise BadInput(f"the {what} must be a hub id like 'suno/bark-small' or a local folder, got {source!r}")
     path = Path(source)
     if path.is_dir():
         return LocalFiles(path)
     if path.exists():
         raise CheckpointError(f"{str(source)!r} is a file; give the folder that holds the checkpoint")
-    if isinstance(source, str) and HUB_ID.match(source) and not source.startswith((".", "/")):
+    if isinstance(source, str) and HUB_ID.match(source) and not looks_like_path(source):
         return HubFiles(source, revision, cache_dir, local_files_only, download)
+    if looks_like_path(os.fspath(source)) or not isinstance(source, str):
+        raise CheckpointError(f"{what} {str(source)!r} not found: neither a local folder nor a hub id like "
+                              f"'suno/bark-small'")
     raise CheckpointError(f"{str(source)!r} is neither a local folder nor a hub id like 'suno/bark-small'")
 
 

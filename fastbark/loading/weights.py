@@ -239,6 +239,10 @@ def build(factory: Callable[[], nn.Module], weights: Tensors, *, device: torch.d
             raise CheckpointError(f"the {what} weight {key} has shape {tuple(tensor.shape)}, "
                                   f"the config gives {tuple(ref.shape)}")
         state[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
+            cast = f" after the cast to {state[key].dtype}" if state[key].dtype != tensor.dtype else ""
+            raise CheckpointError(f"the {what} weight {key} holds NaN or infinite values{cast}: the checkpoint "
+                                  f"is damaged, or its values do not fit this dtype")
     model.load_state_dict(state, strict=False, assign=True)
     return model.eval().requires_grad_(False)
 

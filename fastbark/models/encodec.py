@@ -30,6 +30,13 @@ class CodecConfig:
     codebook_size: int = 1024
     sampling_rate: int = 24_000
 
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            values = value if name == "upsampling_ratios" and isinstance(value, tuple) else (value,)
+            if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+                raise ValueError(f"{name} must be {'positive integers' if len(values) != 1 else 'a positive integer'}"
+                                 f", got {value!r}")
+
 
 class CausalConv1d(nn.Module):
     """Conv1d with EnCodec's causal reflect padding: k_eff - stride on the left, plus what makes the length whole."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -46,7 +48,7 @@ def voice_histories(voice: Voice | None, max_coarse_history: int) -> tuple[np.nd
 
 @torch.inference_mode()
 def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice | None, options: CoarseOptions,
-                    generator: torch.Generator | None = None,
+                    generators: Sequence[torch.Generator | None] | None = None,
                     progress: ProgressCallback | None = None) -> list[np.ndarray]:
     """Coarse codes (2, T_i) int64 in [0, 1024) for each semantic array (n_i,).
 
@@ -54,6 +56,7 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
     length (semantic context padded to 256, infer token, the same number of coarse tokens), so
     no padding is needed. A row leaves the batch once its own number of steps is done.
     """
+    generators = list(generators) if generators is not None else [None] * len(semantic)
     device = model.position_embeds_layer.weight.device
     semantic_history, coarse_history = voice_histories(voice, options.max_coarse_history)
     semantic_in = [np.concatenate([semantic_history, s]) for s in semantic]
@@ -79,14 +82,14 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
                             torch.full((len(rows), 1), COARSE_INFER_TOKEN, device=device),
                             coarse[rows, max(0, end - options.max_coarse_history): end]], dim=1)
         cache = model.new_cache(len(rows))  # a fresh cache per window: positions restart at 0
-        logits = prefill(model, emb(prompt), cache)
+        logits = prefill(model, emb(prompt), cache, "coarse")
         pos = prompt.shape[1]
         n_window = min(options.sliding_window_len, total_steps - done)
         for step in range(n_window):
             # even steps emit codebook 0, odd steps codebook 1
             low = SEMANTIC_VOCAB_SIZE + (step % N_COARSE_CODEBOOKS) * CODEBOOK_SIZE
             token, _ = choose(logits[:, low: low + CODEBOOK_SIZE], options.temperature, options.top_k,
-                              options.top_p, generator)
+                              options.top_p, [generators[i] for i in rows])
             token = token + low
             coarse[rows, end + step] = token  # past a row's own n_steps this is scratch, cut below
             if step + 1 < n_window:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -11,8 +12,9 @@ from ..constants import CODEBOOK_SIZE, FINE_PAD_TOKEN, FINE_STRIDE, FINE_WINDOW,
 from ..models.gpt import FineGPT
 from ..options import FineOptions
 from ..voices import Voice
+from .decoding import check_finite
 from .progress import ProgressCallback, Reporter
-from .sampling import choose
+from .sampling import filter_logits, is_greedy, sample_rows
 
 
 def _fine_input(coarse: np.ndarray, history: np.ndarray) -> np.ndarray:
@@ -27,13 +29,15 @@ def _fine_input(coarse: np.ndarray, history: np.ndarray) -> np.ndarray:
 
 @torch.inference_mode()
 def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None, options: FineOptions,
-                  generator: torch.Generator | None = None,
-                    progress: ProgressCallback | None = None) -> list[np.ndarray]:
-    """Fine codes (8, T_i) int64 for each coarse array (2, T_i).
+                  generators: Sequence[torch.Generator | None] | None = None,
+                  progress: ProgressCallback | None = None) -> list[np.ndarray]:
+    """Fine codes (8, T_i) int64 for each coarse array (2, T_i); text i samples from `generators[i]`.
 
-    Window l of every text that has one runs in one batch: each text keeps its own windows, so
-    its result does not depend on the other texts of the batch.
+    Window l of every text that has one runs in one batch: each text keeps its own windows, and
+    samples only its own positions from its own stream, so its result does not depend on the other
+    texts of the batch.
     """
+    generators = list(generators) if generators is not None else [None] * len(coarse)
     device = model.position_embeds_layer.weight.device
     history = voice.fine_prompt[:, -FINE_STRIDE:] if voice is not None else np.zeros((N_FINE_CODEBOOKS, 0), np.int64)
     n_history = history.shape[1]
@@ -53,10 +57,16 @@ def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None,
         rel = min(rels)  # logits from the earliest position any row still predicts
         for k in range(N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS):
             logits = model(window, k, start=rel)[..., :CODEBOOK_SIZE]  # (B, 1024 - rel, 1024)
-            tokens, _ = choose(logits.reshape(-1, CODEBOOK_SIZE), options.temperature, generator=generator)
-            tokens = tokens.view(len(rows), -1)  # (B * (1024 - rel),) -> (B, 1024 - rel)
-            for b, r in enumerate(rels):  # each row keeps what it has already predicted before its own rel
-                window[b, r:, k] = tokens[b, r - rel:]
+            if k == N_COARSE_CODEBOOKS:  # the window's first pass
+                check_finite(logits, "fine")
+            if is_greedy(options.temperature):
+                tokens = logits.argmax(-1)  # (B, 1024 - rel)
+                for b, r in enumerate(rels):  # each row keeps what it has already predicted before its own rel
+                    window[b, r:, k] = tokens[b, r - rel:]
+            else:
+                probs = filter_logits(logits, options.temperature).softmax(-1)  # (B, 1024 - rel, 1024)
+                for b, (i, r) in enumerate(zip(rows, rels)):  # a row samples its own positions only
+                    window[b, r:, k] = sample_rows(probs[b, r - rel:], generators[i])
         for b, (i, s) in enumerate(zip(rows, starts)):
             inputs[i][s: s + FINE_WINDOW] = window[b]
         bar.advance()

@@ -6,6 +6,8 @@ tempered distribution. Temperature 0 (or None) means greedy.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 
@@ -31,15 +33,23 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = 
 
 
 def choose(logits: torch.Tensor, temperature: float | None, top_k: int | None = None,
-           top_p: float | None = None, generator: torch.Generator | None = None,
+           top_p: float | None = None, generators: Sequence[torch.Generator | None] | None = None,
            with_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pick one token per row of logits (B, V). Returns (tokens (B,), probabilities (B, V) or None).
 
-    The probabilities are those of the distribution the token was drawn from (greedy: the plain
-    softmax of the logits, computed only when `with_probs`); the semantic stage reads the
-    end-of-speech probability from them.
+    Sampling draws row i from `generators[i]` (None: torch's global stream), one row at a time, so a
+    row's draw depends on its own stream only: the same alone as in any batch. The probabilities are
+    those of the distribution the token was drawn from (greedy: the plain softmax of the logits,
+    computed only when `with_probs`); the semantic stage reads the end-of-speech probability from them.
     """
     if is_greedy(temperature):
         return logits.argmax(-1), (logits.float().softmax(-1) if with_probs else None)
     probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1), probs
+    generators = generators if generators is not None else [None] * len(probs)
+    tokens = torch.cat([torch.multinomial(row[None], 1, generator=g)[0] for row, g in zip(probs, generators)])
+    return tokens, probs
+
+
+def sample_rows(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token for each row of probs (N, V), all from one stream (the fine stage: one text's positions)."""
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

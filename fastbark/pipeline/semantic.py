@@ -6,6 +6,8 @@ padding; a row that reaches its end of speech is dropped from the batch (and fro
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -39,9 +41,10 @@ def semantic_prompt(model: CausalGPT, text_ids: list[list[int]], voice: Voice | 
 
 @torch.inference_mode()
 def generate_semantic(model: CausalGPT, text_ids: list[list[int]], voice: Voice | None, options: SemanticOptions,
-                      generator: torch.Generator | None = None,
+                      generators: Sequence[torch.Generator | None] | None = None,
                       progress: ProgressCallback | None = None) -> list[np.ndarray]:
-    """Semantic tokens (n_i,) int64 for each text, EOS excluded."""
+    """Semantic tokens (n_i,) int64 for each text, EOS excluded; text i samples from `generators[i]`."""
+    generators = list(generators) if generators is not None else [None] * len(text_ids)
     embeds = semantic_prompt(model, text_ids, voice)
     batch = len(text_ids)
     cache = model.new_cache(batch)
@@ -56,7 +59,7 @@ def generate_semantic(model: CausalGPT, text_ids: list[list[int]], voice: Voice 
     bar = Reporter(progress, "semantic", options.max_tokens, "token")
     for step in range(options.max_tokens):
         token, probs = choose(logits[:, :n_candidates], options.temperature, options.top_k, options.top_p,
-                              generator, with_probs=want_probs)
+                              [generators[i] for i in rows], with_probs=want_probs)
         tokens[rows, step] = token
         if options.allow_early_stop:
             stop = token == EOS
