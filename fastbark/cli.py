@@ -9,7 +9,7 @@ import typing
 import warnings
 
 from .errors import BadInput
-from .options import EngineOptions, GenerationOptions
+from .options import EngineOptions, GenerationOptions, LongFormOptions
 
 DEFAULT_MODEL = "suno/bark-small"
 
@@ -90,11 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(say)
     say.add_argument("--voice", "-v", help="voice preset name (see `fastbark voices`) or .npz file")
     say.add_argument("--seed", type=_flag_type(int), help="random seed: the same seed gives the same audio")
-    say.add_argument("--save-voice", help="also save the result as a reusable .npz voice")
+    say.add_argument("--save-voice", help="also save the result (a long text: its last chunk) as a reusable .npz voice")
+    say.add_argument("--subtitles", help="also write subtitles of the chunks: a .srt or .vtt file")
+    say.add_argument("--batch-size", type=_flag_type(int), default=16, help="chunks generated together (default 16)")
     say.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     say.add_argument("--show-backend", action="store_true", help="print what the backend chose, and its fallbacks")
     add_option_flags(say, EngineOptions)
     add_option_flags(say, GenerationOptions)
+    add_option_flags(say, LongFormOptions)
 
     voices = sub.add_parser("voices", help="list the voice presets of a model")
     _model_args(voices)
@@ -110,22 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class ProgressBars:
-    """Renders the pipeline's progress callbacks as one tqdm bar per stage, on stderr."""
+    """Renders the pipeline's progress callbacks as tqdm bars on stderr: one over the chunks of a text (with
+    its ETA) when there are several, and one for the stage under way."""
 
     def __init__(self):
-        self._bar, self._stage = None, None
+        self._chunks = self._stage_bar = None
+        self._stage = None
 
     def __call__(self, p) -> None:
         from tqdm.auto import tqdm
+        if p.stage == "chunks":
+            if self._chunks is None and p.total > 1:
+                self._chunks = tqdm(total=p.total, desc="chunks", unit="chunk", position=0)
+            if self._chunks is not None:
+                self._chunks.update(p.done - self._chunks.n)
+            return
         if p.stage != self._stage or p.done == 0:
-            self.close()
-            self._bar, self._stage = tqdm(total=p.total, desc=p.stage, unit=p.unit, leave=False), p.stage
-        self._bar.update(p.done - self._bar.n)
+            if self._stage_bar is not None:
+                self._stage_bar.close()
+            self._stage_bar = tqdm(total=p.total, desc=p.stage, unit=p.unit, leave=False,
+                                   position=1 if self._chunks is not None else 0)
+            self._stage = p.stage
+        self._stage_bar.update(p.done - self._stage_bar.n)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        for bar in (self._stage_bar, self._chunks):
+            if bar is not None:
+                bar.close()
+        self._chunks = self._stage_bar = None
 
 
 MAX_TEXT_BYTES = 64 << 20  # a long book is a few MB of text
@@ -159,28 +174,41 @@ def read_text(args) -> str:
 
 def cmd_say(args) -> None:
     from .engine import Bark
-    from .output import check_output, write_audio
+    from .output import AudioWriter, check_output
+    from .subtitles import subtitle_format, write_subtitles
     from .voices import check_voice_path
     engine = options_from_args(EngineOptions, args)
     options = options_from_args(GenerationOptions, args)
-    fmt = check_output(args.output, args.format)  # every output is checked before anything loads
+    long_form = options_from_args(LongFormOptions, args)
+    check_output(args.output, args.format)  # every output is checked before anything loads
     if args.save_voice:
         check_voice_path(args.save_voice)
+    if args.subtitles:
+        subtitle_format(args.subtitles)
     text = read_text(args)
     tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
     if args.show_backend:
         print(tts.backend, file=sys.stderr)
     bars = None if args.quiet else ProgressBars()
+    chunks = tts.stream(text, voice=args.voice, seed=args.seed, options=options, long_form=long_form,
+                        batch_size=args.batch_size, progress=bars)
+    segments, last = [], None
     try:
-        result = tts.generate(text, voice=args.voice, seed=args.seed, options=options, progress=bars)
+        with AudioWriter(args.output, args.format) as writer:  # each chunk is written as soon as it is ready
+            for chunk in chunks:
+                writer.write(chunk.audio)
+                segments.append(chunk.segment)
+                last = chunk.generation
     finally:
         if bars is not None:
             bars.close()
-    write_audio(args.output, result.audio, fmt, result.sample_rate)
+    if args.subtitles:
+        write_subtitles(args.subtitles, segments)
     if args.save_voice:
-        result.save_voice(args.save_voice)
+        last.save_voice(args.save_voice)
     if not args.quiet and args.output != "-":
-        print(f"wrote {args.output}: {result.duration_s:.2f} s at {result.sample_rate} Hz", file=sys.stderr)
+        print(f"wrote {args.output}: {writer.n_samples / writer.sample_rate:.2f} s at {writer.sample_rate} Hz"
+              f"{f' in {len(segments)} chunks' if len(segments) > 1 else ''}", file=sys.stderr)
 
 
 def cmd_voices(args) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from .constants import SAMPLE_RATE
 from .errors import BadInput
 
+PCM16_FORMATS = ("wav", "flac", "pcm")  # written from pcm16()'s samples, so a file and a stream hold the same ones
 FORMATS = {  # name -> (libsndfile major format, subtype); the file extension is the name
     "wav": ("WAV", "PCM_16"),
     "flac": ("FLAC", "PCM_16"),
@@ -92,8 +93,15 @@ def encode(audio: np.ndarray, format: str, sample_rate: int = SAMPLE_RATE) -> by
     import soundfile as sf
     buffer = io.BytesIO()
     major, subtype = FORMATS[format]
-    sf.write(buffer, audio, sample_rate, format=major, subtype=subtype)
+    sf.write(buffer, as_samples(audio, format), sample_rate, format=major, subtype=subtype)
     return buffer.getvalue()
+
+
+def as_samples(audio: np.ndarray, format: str) -> np.ndarray:
+    """What libsndfile is given: int16 samples for the 16-bit formats (our rounding), else float32."""
+    if format in PCM16_FORMATS:
+        return np.frombuffer(pcm16(audio), "<i2")
+    return np.asarray(audio, dtype=np.float32)
 
 
 class AudioWriter:
@@ -129,7 +137,7 @@ class AudioWriter:
         audio = np.asarray(audio, dtype=np.float32)
         self.n_samples += len(audio)
         if self._file is not None:
-            self._file.write(audio)
+            self._file.write(as_samples(audio, self.format))
         elif self._raw is not None:
             self._raw.write(pcm16(audio))
         elif self.format in STREAMED:

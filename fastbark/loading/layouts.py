@@ -216,7 +216,7 @@ def _local_codec(files: LocalFiles) -> str | None:
 def _tokenizer_from(source: str | os.PathLike, hub: dict) -> TextTokenizer:
     if Path(source).is_file():
         return TextTokenizer.from_file(source)
-    files = open_source(source, **hub)
+    files = open_source(source, **hub, what="tokenizer")
     tokenizer = load_tokenizer(files)
     if tokenizer is None:
         raise CheckpointError(f"{files} has no tokenizer: expected {' or '.join(TOKENIZER_FILES)}")
@@ -228,7 +228,7 @@ def load_codec(source: str | os.PathLike, device, **hub) -> EncodecDecoder:
     if Path(source).is_file():
         weights = Renamed(read_weights(os.fspath(source)), encodec_name)
         return build_codec(codec_config_from_weights(FoldedWeightNorm(weights)), weights, device)
-    files = open_source(source, **hub)
+    files = open_source(source, **hub, what="codec")
     config_path = files.get("config.json")
     weights = read_state(files, "EnCodec")
     if config_path:

@@ -88,8 +88,16 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
         for step in range(n_window):
             # even steps emit codebook 0, odd steps codebook 1
             low = SEMANTIC_VOCAB_SIZE + (step % N_COARSE_CODEBOOKS) * CODEBOOK_SIZE
-            token, _ = choose(logits[:, low: low + CODEBOOK_SIZE], options.temperature, options.top_k,
-                              options.top_p, [generators[i] for i in rows])
+            scores = logits[:, low: low + CODEBOOK_SIZE]
+            live = [b for b, i in enumerate(rows) if n_steps[i] > done + step]  # rows not yet past their end
+            if len(live) == len(rows):
+                token, _ = choose(scores, options.temperature, options.top_k, options.top_p,
+                                  [generators[i] for i in rows])
+            else:  # a row past its own end takes scratch tokens without drawing from its stream
+                token = scores.argmax(-1)
+                if live:
+                    token[live] = choose(scores[live], options.temperature, options.top_k, options.top_p,
+                                         [generators[rows[b]] for b in live])[0]
             token = token + low
             coarse[rows, end + step] = token  # past a row's own n_steps this is scratch, cut below
             if step + 1 < n_window:
