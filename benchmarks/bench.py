@@ -79,12 +79,9 @@ def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str, **
                 audio_s=sum(len(a) for a in audio) / 24_000)
 
 
-@torch.no_grad()
-def run_transformers(folder: Path, texts: list[str], n_semantic: int, dtype: str, int8: bool = False) -> dict:
+def load_transformers(folder: Path, dtype: str, int8: bool = False):
+    """transformers' BarkModel and its BERT tokenizer, set up as the run below uses them."""
     from transformers import BarkModel, BertTokenizer, GenerationConfig
-    from transformers.models.bark.generation_configuration_bark import (BarkCoarseGenerationConfig,
-                                                                         BarkFineGenerationConfig,
-                                                                         BarkSemanticGenerationConfig)
     model = BarkModel.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
     model.codec_model.float()  # as in fastbark: the codec runs in float32
     if int8:  # torch's own int8 dynamic quantisation of the three GPTs' linear layers
@@ -96,8 +93,17 @@ def run_transformers(folder: Path, texts: list[str], n_semantic: int, dtype: str
                 setattr(model, name, quantize_dynamic(getattr(model, name), {torch.nn.Linear}, dtype=torch.qint8))
     model.generation_config = GenerationConfig(semantic_config={}, coarse_acoustics_config={},
                                                fine_acoustics_config={}, codebook_size=1024)
-    ids = BertTokenizer.from_pretrained(folder, do_lower_case=False)(
-        texts, add_special_tokens=False, padding="max_length", max_length=256, return_tensors="pt")
+    return model, BertTokenizer.from_pretrained(folder, do_lower_case=False)
+
+
+@torch.no_grad()
+def run_transformers(folder: Path, texts: list[str], n_semantic: int, dtype: str, int8: bool = False,
+                     loaded=None) -> dict:
+    from transformers.models.bark.generation_configuration_bark import (BarkCoarseGenerationConfig,
+                                                                         BarkFineGenerationConfig,
+                                                                         BarkSemanticGenerationConfig)
+    model, tokenizer = loaded or load_transformers(folder, dtype, int8)
+    ids = tokenizer(texts, add_special_tokens=False, padding="max_length", max_length=256, return_tensors="pt")
     s_cfg, c_cfg = BarkSemanticGenerationConfig(), BarkCoarseGenerationConfig()
     f_cfg = BarkFineGenerationConfig()
     sem, t_sem = timed(lambda: model.semantic.generate(

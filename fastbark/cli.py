@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 import typing
 import warnings
 
@@ -98,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_flags(say, EngineOptions)
     add_option_flags(say, GenerationOptions)
     add_option_flags(say, LongFormOptions)
+
+    batch = sub.add_parser("batch", help="speak many items (JSON Lines or CSV) into a folder, resumably")
+    batch.add_argument("jobs", help="a .jsonl or .csv file: one item per line (id, text, voice, seed, format, options)")
+    batch.add_argument("--out", required=True, help="folder for <id>.<format> files and manifest.jsonl")
+    _model_args(batch)
+    batch.add_argument("--batch-size", type=_flag_type(int), default=8, help="items generated together (default 8)")
+    batch.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="run on a Ray cluster at ADDRESS (absent: a local Ray); needs pip install fastbark[ray]")
+    batch.add_argument("--actors", type=_flag_type(int), default=1, help="Ray actors, each with its own engine")
+    batch.add_argument("--cpus-per-actor", type=_flag_type(float), default=1.0, help="CPUs each actor reserves")
+    batch.add_argument("--gpus-per-actor", type=_flag_type(float), default=0.0, help="GPUs each actor reserves")
+    batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_option_flags(batch, EngineOptions)
 
     voices = sub.add_parser("voices", help="list the voice presets of a model")
     _model_args(voices)
@@ -211,6 +225,38 @@ def cmd_say(args) -> None:
               f"{f' in {len(segments)} chunks' if len(segments) > 1 else ''}", file=sys.stderr)
 
 
+def cmd_batch(args) -> int:
+    """Exit status 0 when every item is done, 1 when some failed (each recorded in the manifest)."""
+    from .batch import append_manifest, batches, plan, run_batch
+    engine = options_from_args(EngineOptions, args)
+    check_positive = {"--batch-size": args.batch_size, "--actors": args.actors}
+    for flag, value in check_positive.items():
+        if value < 1:
+            raise BadInput(f"{flag} must be at least 1, got {value}")
+    out, todo, errors, skipped = plan(args.jobs, args.out)
+    append_manifest(out, errors)
+    print(f"fastbark: {len(todo)} items to speak, {skipped} already done, {len(errors)} refused", file=sys.stderr)
+    start, records = time.perf_counter(), []
+    if args.ray:
+        from .ray_batch import run_on_ray
+        records = run_on_ray(args, engine, out, [item for _, item in todo])
+    elif todo:
+        from tqdm.auto import tqdm
+        from .engine import Bark
+        tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
+        with tqdm(total=len(todo), unit="item", disable=args.quiet) as bar:
+            for batch in batches([item for _, item in todo], args.batch_size):  # Ctrl-C keeps the batches done
+                new = run_batch(tts, batch, out)
+                append_manifest(out, new)
+                records += new
+                bar.update(len(new))
+    failed = len(errors) + sum(r["status"] != "ok" for r in records)
+    ok = sum(r["status"] == "ok" for r in records)
+    print(f"fastbark: {ok} done, {skipped} skipped (done before), {failed} failed, in "
+          f"{time.perf_counter() - start:.1f} s; manifest: {out / 'manifest.jsonl'}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_voices(args) -> None:
     from .engine import Bark
     names = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer).voices()
@@ -237,13 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"fastbark: warning: {msg}\n"
     try:
         args = build_parser().parse_args(argv)
-        {"say": cmd_say, "voices": cmd_voices, "convert": cmd_convert}[args.command](args)
+        status = {"say": cmd_say, "voices": cmd_voices, "convert": cmd_convert, "batch": cmd_batch}[args.command](args)
     except BadInput as e:
         print(f"fastbark: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("fastbark: interrupted; finished items are kept (rerun to resume)", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -158,6 +158,13 @@ class Bark:
         jobs, options, long_form = self._plan(text, voice, seed, batch_size, options, long_form, option_values)
         return (chunk for _, chunk in narrate.run(self.generate_chunks, jobs, options, long_form, batch_size, progress))
 
+    def split(self, text: str, long_form: LongFormOptions | None = None, **long_form_options) -> list[str]:
+        """The chunks `generate` and `stream` would speak `text` in (see LongFormOptions)."""
+        long_form = make_options(LongFormOptions, long_form, long_form_options, "long_form")
+        normalize_text(text)  # a clear error for a non-string or empty text, before it is cut
+        return chunk_text(text, lambda piece: len(self.tokenizer.encode(piece)), max_tokens=long_form.max_chunk_tokens,
+                          max_seconds=long_form.max_chunk_seconds, language=long_form.language)
+
     def _plan(self, text, voice, seed, batch_size, options, long_form, option_values):
         """Check everything (options, texts, voices, seeds) and cut the texts: nothing is generated here."""
         long_form_fields = LongFormOptions.__dataclass_fields__
@@ -189,10 +196,7 @@ class Bark:
             key = os.fspath(v) if isinstance(v, (str, os.PathLike)) else id(v)
             if key not in loaded:
                 loaded[key] = self.load_voice(v)
-            normalize_text(t)  # a clear error for a non-string or empty text, before it is cut
-            chunks = chunk_text(t, lambda piece: len(self.tokenizer.encode(piece)),
-                                max_tokens=long_form.max_chunk_tokens, max_seconds=long_form.max_chunk_seconds,
-                                language=long_form.language)
+            chunks = self.split(t, long_form)
             if not chunks:
                 raise BadInput(f"text {t[:40]!r} has nothing to speak")
             jobs.append(narrate.TextJob(i, chunks, [self.tokenize(c) for c in chunks], loaded[key], key, seeds[i]))

@@ -46,3 +46,14 @@ def test_linear_bandwidth_smoke(tmp_path):
     results = linear_bandwidth.main(["--json", str(tmp_path / "out.json")])
     assert {"F.linear float32", "oneDNN packed float32", "fastbark int8, torch._int_mm"} <= results.keys()
     assert all(ms > 0 for ms in results.values())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_longform_benchmark_smoke(tmp_path):
+    import longform
+    results = longform.main(["--size", "tiny", "--chunk-tokens", "4", "--engines", "fastbark,fastbark-loop",
+                             "--json", str(tmp_path / "out.json")])
+    rows = json.loads((tmp_path / "out.json").read_text())["engines"]
+    assert rows.keys() == {"fastbark", "fastbark-loop"} and rows["fastbark"]["chunks"] > 5
+    assert rows["fastbark"]["audio_s"] == pytest.approx(results["engines"]["fastbark"]["audio_s"])
+    assert all(0 < r["ttfa_s"] <= r["total_s"] for r in rows.values())

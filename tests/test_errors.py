@@ -264,5 +264,7 @@ def test_fuzz_cli(hub_dir, tmp_path_factory, capsys, pairs, output, save_voice):
         assert (tmp / output).is_file() and (not save_voice or (tmp / save_voice).is_file())
     else:
         assert status == 2, err
-        assert err.startswith("fastbark: error: ") and len(err.strip().splitlines()) == 1, err
+        lines = err.strip().splitlines()  # warnings may come first, each one line; then the one error line
+        assert lines[-1].startswith("fastbark: error: ") and all(line.startswith("fastbark: ") for line in lines)
+        assert sum(line.startswith("fastbark: error: ") for line in lines) == 1, err
         assert written == [], (written, err)  # nothing written when the call failed

@@ -14,6 +14,7 @@ What it chooses, per engine options (each choice falls back, and says so in the 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -21,7 +22,7 @@ from ..base import Backend, Models
 from .attention import CpuAttention, bf16_attention
 from .decode_step import fused_decode_step
 from .int8 import Int8Linear, int8_kernels
-from .library import kernels_unavailable, load_kernels
+from .library import has_vnni, kernels_unavailable, load_kernels
 from .linears import GemvLinear, pack_linear, packing_available
 
 
@@ -43,6 +44,11 @@ class CpuBackend(Backend):
                 model.swap_linears(make)
             if kernels and int8_kernels() is None:
                 fallbacks.append("int8 C kernels: failed their check; int8 products in torch")
+            if not has_vnni():
+                note = ("int8 speed: this CPU has no VNNI int8 instructions, so the int8 mode runs slower than "
+                        "float32 here (benchmarks/RESULTS.md section 17); use the default float32")
+                warnings.warn(f"fastbark: {note}", stacklevel=4)
+                fallbacks.append(note)
         for model in (models.semantic, models.coarse):  # the decode-step GPTs; the fine GPT runs big GEMMs
             step = fused_decode_step(model) if fast and kernels else None
             if fast and kernels and step is None:

@@ -32,6 +32,12 @@ def _cache_dir() -> Path:
     return Path(base) / "fastbark" / "native"
 
 
+def has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI), which the int8 mode needs
+    to be fast (RESULTS.md section 17: without them it is slower than float32)."""
+    return "vnni" in _cpu_signature()
+
+
 def _cpu_signature() -> str:
     """-march=native code must not run on another CPU: the cached library is keyed by the CPU's flags."""
     try:
