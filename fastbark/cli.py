@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_option_flags(batch, EngineOptions)
 
+    serve = sub.add_parser("serve", help="serve the OpenAI speech API and a web page (pip install fastbark[server])")
+    _model_args(serve)
+    add_option_flags(serve, EngineOptions)
+    from .server.options import ServerOptions
+    add_option_flags(serve, ServerOptions)
+
     voices = sub.add_parser("voices", help="list the voice presets of a model")
     _model_args(voices)
 
@@ -257,6 +263,33 @@ def cmd_batch(args) -> int:
     return 1 if failed else 0
 
 
+def server_threads(cores: int) -> int:
+    """The engine's default threads in a server: leave one core of a small machine to the HTTP workers and
+    the audio encoding (an engine whose threads wait on a descheduled one slows 3-4x, not 2x)."""
+    return max(1, cores - 1) if cores <= 8 else cores - 2
+
+
+def cmd_serve(args) -> None:
+    import os
+    from .server.options import ServerOptions
+    engine = options_from_args(EngineOptions, args)
+    server = options_from_args(ServerOptions, args)
+    if server.api_key is None and os.environ.get("FASTBARK_API_KEY"):
+        server = dataclasses.replace(server, api_key=os.environ["FASTBARK_API_KEY"])
+    if engine.threads is None and engine.torch_device.type == "cpu":
+        engine = dataclasses.replace(engine, threads=server_threads(os.cpu_count() or 1))
+    try:
+        import uvicorn
+        from .server.app import create_app
+    except ImportError as e:
+        raise BadInput(f"serve needs the server extra: pip install 'fastbark[server]' ({e.name} is missing)") from None
+    from .engine import Bark
+    tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
+    print(f"fastbark: serving on http://{server.host}:{server.port} ({engine.threads} engine threads)",
+          file=sys.stderr)
+    uvicorn.run(create_app(tts, server), host=server.host, port=server.port, log_level="warning")
+
+
 def cmd_voices(args) -> None:
     from .engine import Bark
     names = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer).voices()
@@ -283,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"fastbark: warning: {msg}\n"
     try:
         args = build_parser().parse_args(argv)
-        status = {"say": cmd_say, "voices": cmd_voices, "convert": cmd_convert, "batch": cmd_batch}[args.command](args)
+        status = {"say": cmd_say, "voices": cmd_voices, "convert": cmd_convert, "batch": cmd_batch,
+                  "serve": cmd_serve}[args.command](args)
     except BadInput as e:
         print(f"fastbark: error: {e}", file=sys.stderr)
         return 2

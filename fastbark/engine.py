@@ -140,7 +140,7 @@ class Bark:
         each chunk advances (pipeline/progress.py).
         """
         single = not isinstance(text, (list, tuple))
-        jobs, options, long_form = self._plan(text, voice, seed, batch_size, options, long_form, option_values)
+        jobs, options, long_form = self.plan(text, voice, seed, batch_size, options, long_form, option_values)
         chunks: dict[int, list[AudioChunk]] = {job.index: [] for job in jobs}
         for index, chunk in narrate.run(self.generate_chunks, jobs, options, long_form, batch_size, progress):
             chunks[index].append(chunk)
@@ -155,7 +155,7 @@ class Bark:
         sample. Everything is checked before this returns."""
         if not isinstance(text, str):
             raise BadInput(f"stream speaks one text: give a string, got {type(text).__name__}")
-        jobs, options, long_form = self._plan(text, voice, seed, batch_size, options, long_form, option_values)
+        jobs, options, long_form = self.plan(text, voice, seed, batch_size, options, long_form, option_values)
         return (chunk for _, chunk in narrate.run(self.generate_chunks, jobs, options, long_form, batch_size, progress))
 
     def split(self, text: str, long_form: LongFormOptions | None = None, **long_form_options) -> list[str]:
@@ -165,8 +165,9 @@ class Bark:
         return chunk_text(text, lambda piece: len(self.tokenizer.encode(piece)), max_tokens=long_form.max_chunk_tokens,
                           max_seconds=long_form.max_chunk_seconds, language=long_form.language)
 
-    def _plan(self, text, voice, seed, batch_size, options, long_form, option_values):
-        """Check everything (options, texts, voices, seeds) and cut the texts: nothing is generated here."""
+    def plan(self, text, voice, seed, batch_size, options, long_form, option_values: dict):
+        """Check everything (options, texts, voices, seeds) and cut the texts into narrate.TextJobs; nothing
+        is generated here. `generate`, `stream` and the server's scheduler run these jobs."""
         long_form_fields = LongFormOptions.__dataclass_fields__
         unknown = set(option_values) - set(GenerationOptions.__dataclass_fields__) - set(long_form_fields)
         if unknown:

@@ -1,0 +1,303 @@
+"""`fastbark serve`: the OpenAI speech API (and a web page) over one engine and its batching scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+import re
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..errors import BadInput
+from ..options import GenerationOptions, LongFormOptions
+from ..voices import MAX_VOICE_BYTES, Voice
+from .options import ServerOptions
+from .formats import MEDIA_TYPES, PIECEWISE, encode_whole, stream_piece, stream_start
+from .scheduler import Busy, Scheduler
+
+OPENAI_VOICES = {"alloy": "v2/en_speaker_6", "ash": "v2/en_speaker_1", "ballad": "v2/en_speaker_2",
+                 "coral": "v2/en_speaker_9", "echo": "v2/en_speaker_3", "fable": "v2/en_speaker_4",
+                 "onyx": "v2/en_speaker_0", "nova": "v2/en_speaker_9", "sage": "v2/en_speaker_5",
+                 "shimmer": "v2/en_speaker_7", "verse": "v2/en_speaker_8"}
+VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+EXTRA_FIELDS = {f.name for f in fields(GenerationOptions)} | {f.name for f in fields(LongFormOptions)} | {"seed"}
+PAGE = Path(__file__).with_name("page.html")
+KNOWN_PATHS = {"/v1/audio/speech", "/v1/models", "/v1/audio/voices", "/health", "/metrics", "/"}  # metric labels
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class Metrics:
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        self.registry = CollectorRegistry()
+        self.requests = Counter("fastbark_requests", "HTTP requests by path and status", ["path", "status"],
+                                registry=self.registry)
+        self.queue = Gauge("fastbark_queue_depth", "speech requests queued or under way", registry=self.registry)
+        self.batch = Histogram("fastbark_batch_size", "chunks per generated batch", registry=self.registry,
+                               buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
+        self.audio = Counter("fastbark_audio_seconds", "seconds of audio produced", registry=self.registry)
+        self.generation = Counter("fastbark_generation_seconds", "seconds spent generating", registry=self.registry)
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        self.batch.observe(size)
+        self.generation.inc(seconds)
+
+
+def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
+
+    options = options or ServerOptions()
+    metrics = Metrics()
+    scheduler = Scheduler(tts.generate_chunks, options.max_batch, options.max_wait_ms, options.max_queue,
+                          on_batch=metrics.on_batch)
+    voice_table = dict(OPENAI_VOICES)
+    if options.voice_map:
+        from ..loading.sources import read_json
+        voice_table.update(read_json(options.voice_map, "voice map"))
+    uploads = Path(options.data_dir) / "voices" if options.data_dir else None
+    if uploads is not None:
+        uploads.mkdir(parents=True, exist_ok=True)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        scheduler.close()  # graceful shutdown: uvicorn has finished the requests under way
+
+    app = FastAPI(title="fastbark", version="0.1.0", description="Bark text-to-speech, OpenAI-compatible.",
+                  lifespan=lifespan)
+    app.state.scheduler, app.state.metrics = scheduler, metrics
+    if options.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=options.cors_origins.split(","), allow_methods=["*"],
+                           allow_headers=["*"])
+
+    def reply(status: int, body: dict, headers: dict | None = None):
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
+                429: "rate_limit_error"}.get(e.status, "invalid_request_error" if e.status < 500 else "server_error")
+        return reply(e.status, error_body(e.message, kind, e.param, e.code), e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return reply(400, error_body(f"{where or 'body'}: {first.get('msg', 'invalid request')}",
+                                     "invalid_request_error", where or None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception):  # one failed request, never a dead server
+        return reply(500, error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        path = request.url.path
+        try:
+            size = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            size = 0
+        if size > options.max_body_bytes:
+            response = reply(413, error_body(f"the request body is {size} bytes; at most {options.max_body_bytes}",
+                                             "invalid_request_error"))
+        elif options.api_key and path.startswith("/v1/") and not _authorised(request, options.api_key):
+            response = reply(401, error_body("a valid API key is needed: Authorization: Bearer KEY",
+                                             "authentication_error", code="invalid_api_key"))
+        else:
+            response = await call_next(request)
+        metrics.requests.labels(path if path in KNOWN_PATHS else "other", str(response.status_code)).inc()
+        return response
+
+    def resolve_voice(name) -> str | None:
+        """A preset name or an uploaded file's path (strings: requests with the same voice share batches)."""
+        if name is None:
+            return None
+        if not isinstance(name, str):
+            raise ApiError(400, f"voice must be a string, got {type(name).__name__}", "voice")
+        preset = voice_table.get(name, name)
+        if uploads is not None and VOICE_NAME.match(name) and (uploads / f"{name}.npz").is_file():
+            return str(uploads / f"{name}.npz")
+        if preset in tts.voices():
+            return preset
+        known = sorted(set(tts.voices()) | set(voice_table) | set(_uploaded(uploads)))
+        raise ApiError(400, f"unknown voice {name!r}; accepted: {', '.join(known)}", "voice")
+
+    def plan(body: dict):
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object", None)
+        text = body.get("input")
+        if not isinstance(text, str) or not text.strip():
+            raise ApiError(400, "input must be a non-empty string", "input")
+        if len(text) > options.max_input_chars:
+            raise ApiError(400, f"input is {len(text)} characters; at most {options.max_input_chars}", "input")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(400, "model must be a non-empty string (any name: this server has one model)", "model")
+        fmt = body.get("response_format", "mp3")
+        if fmt not in MEDIA_TYPES:
+            raise ApiError(400, f"unknown response_format {fmt!r}; accepted: {', '.join(MEDIA_TYPES)}",
+                           "response_format")
+        speed = body.get("speed", 1.0)
+        if speed != 1.0:
+            raise ApiError(400, f"speed must be 1.0: Bark sets its own pace, and fastbark does not time-stretch "
+                                f"(got {speed!r})", "speed")
+        stream_format = body.get("stream_format", "audio")
+        if stream_format not in ("audio", "sse"):
+            raise ApiError(400, f"unknown stream_format {stream_format!r}; accepted: audio, sse", "stream_format")
+        unknown = set(body) - {"model", "input", "voice", "response_format", "speed", "stream_format",
+                               "instructions"} - EXTRA_FIELDS
+        if unknown:
+            raise ApiError(400, f"unknown field(s) {', '.join(sorted(unknown))}", sorted(unknown)[0])
+        extras = {k: v for k, v in body.items() if k in EXTRA_FIELDS}
+        seed = extras.pop("seed", None)
+        voice = resolve_voice(body.get("voice"))
+        try:
+            jobs, gen_options, long_form = tts.plan(text, voice, seed, options.max_batch, None, None, extras)
+        except BadInput as e:
+            raise ApiError(400, str(e)) from None
+        return jobs[0], gen_options, long_form, fmt, stream_format
+
+    @app.post("/v1/audio/speech")
+    async def speech(request: Request):
+        try:
+            body = json.loads(await request.body())
+        except ValueError as e:
+            raise ApiError(400, f"the body is not valid JSON: {e}") from None
+        job, gen_options, long_form, fmt, stream_format = plan(body)
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        try:
+            handle = scheduler.submit(job, gen_options, long_form,
+                                      lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
+        except Busy as e:
+            raise ApiError(429, f"{e}; try again shortly", headers={"Retry-After": "2"}) from None
+        metrics.queue.set(scheduler.depth)
+
+        async def chunks():
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    metrics.audio.inc(len(item.audio) / 24_000)
+                    yield item
+            finally:
+                scheduler.cancel(handle)  # the client left, or it is done: nothing more is generated for it
+                metrics.queue.set(scheduler.depth)
+
+        if stream_format == "sse":
+            async def events():
+                pieces = []
+                async for chunk in chunks():
+                    if fmt in PIECEWISE:
+                        data = (stream_start(fmt) if chunk.index == 0 else b"") + stream_piece(chunk.audio, fmt)
+                        yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+                    else:
+                        pieces.append(chunk.audio)
+                if pieces:
+                    yield _sse({"type": "speech.audio.delta",
+                                "audio": base64.b64encode(encode_whole(np.concatenate(pieces), fmt)).decode()})
+                yield _sse({"type": "speech.audio.done", "usage": {"input_tokens": sum(map(len, job.ids)),
+                                                                    "output_tokens": 0, "total_tokens": 0}})
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        stream = chunks()
+        try:
+            first = await stream.__anext__()  # errors before any byte is sent are JSON errors
+        except StopAsyncIteration:
+            first = None
+        except BadInput as e:
+            raise ApiError(400, str(e)) from None
+
+        async def body_bytes():
+            if fmt in PIECEWISE:
+                yield stream_start(fmt)
+                if first is not None:
+                    yield stream_piece(first.audio, fmt)
+                async for chunk in stream:
+                    yield stream_piece(chunk.audio, fmt)
+            else:
+                pieces = [first.audio] if first is not None else []
+                async for chunk in stream:
+                    pieces.append(chunk.audio)
+                yield encode_whole(np.concatenate(pieces) if pieces else np.zeros(0, np.float32), fmt)
+        return StreamingResponse(body_bytes(), media_type=MEDIA_TYPES[fmt])
+
+    @app.get("/v1/models")
+    async def models():
+        now = int(time.time())
+        names = ["fastbark", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": now, "owned_by": "fastbark"}
+                                           for n in names]}
+
+    @app.get("/v1/audio/voices")
+    async def voices():
+        return {"presets": tts.voices(), "openai": voice_table, "uploaded": _uploaded(uploads)}
+
+    @app.put("/v1/audio/voices/{name}")
+    async def upload_voice(name: str, request: Request):
+        if uploads is None:
+            raise ApiError(400, "this server keeps no uploaded voices: start it with --data-dir", "name")
+        if not VOICE_NAME.match(name):
+            raise ApiError(400, "a voice name is 1-64 letters, digits, '_' or '-'", "name")
+        data = await request.body()
+        if len(data) > MAX_VOICE_BYTES:
+            raise ApiError(413, f"a voice file is at most {MAX_VOICE_BYTES} bytes")
+        tmp = uploads / f".{name}.upload"
+        tmp.write_bytes(data)
+        try:
+            Voice.from_npz(tmp)  # checked exactly as any voice file
+        except BadInput as e:
+            tmp.unlink(missing_ok=True)
+            raise ApiError(400, str(e).replace(str(tmp), "the upload"), "file") from None
+        tmp.replace(uploads / f"{name}.npz")
+        return {"name": name, "uploaded": True}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "queue": scheduler.depth, "backend": tts.backend.name}
+
+    @app.get("/metrics")
+    async def prometheus():
+        metrics.queue.set(scheduler.depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return PAGE.read_text(encoding="utf-8")
+
+    return app
+
+
+def _authorised(request, key: str) -> bool:
+    given = request.headers.get("authorization", "")
+    return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode())
+
+
+def _uploaded(folder: Path | None) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.npz")) if folder is not None else []
+
+
+def _sse(event: dict) -> str:
+    return f"data: {json.dumps(event)}\n\n"
+

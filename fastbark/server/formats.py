@@ -1,0 +1,47 @@
+"""The speech API's response formats: whole responses, and the pieces of a streamed one."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from ..constants import SAMPLE_RATE
+from ..output import encode, pcm16, wav_header
+
+MEDIA_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
+               "wav": "audio/wav", "pcm": "audio/pcm"}
+PIECEWISE = ("wav", "pcm", "mp3")  # streamed as each chunk finishes (MP3 frames may be concatenated); others whole
+
+
+def encode_whole(audio: np.ndarray, fmt: str) -> bytes:
+    return encode_aac(audio) if fmt == "aac" else encode(audio, fmt)
+
+
+def stream_start(fmt: str) -> bytes:
+    return wav_header(SAMPLE_RATE) if fmt == "wav" else b""
+
+
+def stream_piece(audio: np.ndarray, fmt: str) -> bytes:
+    """One chunk of a streamed response (PIECEWISE formats)."""
+    if fmt in ("wav", "pcm"):
+        return pcm16(audio)
+    return encode(audio, "mp3") if len(audio) else b""
+
+
+def encode_aac(audio: np.ndarray) -> bytes:
+    """AAC in ADTS frames, through FFmpeg's encoder (PyAV)."""
+    import av
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="adts") as container:
+        stream = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+        size = stream.codec_context.frame_size or 1024
+        samples = np.asarray(audio, dtype=np.float32)
+        for start in range(0, len(samples), size):
+            frame = av.AudioFrame.from_ndarray(samples[None, start: start + size], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = SAMPLE_RATE, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
