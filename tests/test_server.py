@@ -225,3 +225,33 @@ def test_api_key_and_queue_limit(engine, tmp_path):
         assert generated < 1 + n_chunks  # far fewer chunks than the request had were generated
         r = httpx.post(url + "/v1/audio/speech", content=b"x" * (2 << 20), headers=headers)
         assert r.status_code == 413
+
+
+def test_web_page_in_a_real_browser(server, tmp_path):
+    """Debian's chromium, headless: type, generate, the audio plays as it streams in, and downloads."""
+    import shutil
+    sync_api = pytest.importorskip("playwright.sync_api")
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser_path is None:
+        pytest.skip("no chromium on this machine (.ci/run installs it)")
+    url, _ = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path,
+                                    args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('voice').options.length > 1")  # voices listed
+        page.fill("#text", "The dog is cute. Hello world [laughs].")
+        page.fill("#seed", "3")
+        page.select_option("#voice", "announcer")
+        page.click("#go")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=120_000)
+        assert page.evaluate("playAt") > 0  # chunks were scheduled on the Web Audio clock as they came
+        with page.expect_download() as download:
+            page.click("#download")
+        path = tmp_path / "download.wav"
+        download.value.save_as(path)
+        page.screenshot(path=tmp_path / "page.png")
+        browser.close()
+    audio, rate = sf.read(path)
+    assert rate == 24_000 and len(audio) > 0
