@@ -57,3 +57,14 @@ def test_longform_benchmark_smoke(tmp_path):
     assert rows.keys() == {"fastbark", "fastbark-loop"} and rows["fastbark"]["chunks"] > 5
     assert rows["fastbark"]["audio_s"] == pytest.approx(results["engines"]["fastbark"]["audio_s"])
     assert all(0 < r["ttfa_s"] <= r["total_s"] for r in rows.values())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_load_benchmark_smoke(tmp_path):
+    pytest.importorskip("fastapi")
+    import load
+    results = load.main(["--size", "tiny", "--clients", "2", "--requests", "1", "--tokens", "4",
+                         "--json", str(tmp_path / "out.json")])
+    for row in results["runs"].values():
+        assert row["errors"] == 0 and row["identical_to_alone"] == 2  # every response equals its alone generation
+    assert json.loads((tmp_path / "out.json").read_text())["throughput_ratio"] > 0

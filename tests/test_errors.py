@@ -268,3 +268,22 @@ def test_fuzz_cli(hub_dir, tmp_path_factory, capsys, pairs, output, save_voice):
         assert lines[-1].startswith("fastbark: error: ") and all(line.startswith("fastbark: ") for line in lines)
         assert sum(line.startswith("fastbark: error: ") for line in lines) == 1, err
         assert written == [], (written, err)  # nothing written when the call failed
+
+
+def test_offline_first_run_fails_at_once(monkeypatch, tmp_path):
+    import socket
+    import time
+    from fastbark.loading import sources
+
+    def no_network(*args, **kwargs):
+        raise OSError(-2, "Name or service not known")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    sources.hub_unreachable.cache_clear()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(CheckpointError, match="Name or service not known.*HF_HUB_OFFLINE=1"):
+            fastbark.Bark.from_pretrained("suno/bark-small", cache_dir=tmp_path / "hf")
+    finally:
+        sources.hub_unreachable.cache_clear()
+    assert time.perf_counter() - start < 10  # no retries

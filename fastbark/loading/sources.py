@@ -6,9 +6,12 @@ repos, and a voice's three `.npy` files only when that voice is first used.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import socket
+from urllib.parse import urlparse
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download
@@ -53,13 +56,30 @@ class LocalFiles:
         return sorted(p.name for p in self.root.glob(pattern))
 
 
+@functools.cache
+def hub_unreachable() -> str:
+    """Why the hub cannot be reached ('' if it can): one quick look-up and connect, so that an offline
+    first run fails at once instead of after the hub library's retries."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        return f"{url.hostname}: {e.strerror or e}"
+    return ""
+
+
 class HubFiles:
-    """Files of a hub repo, each downloaded (or found in the usual cache) the first time it is asked for."""
+    """Files of a hub repo, each downloaded (or found in the usual cache) the first time it is asked for.
+    When the hub cannot be reached, only the cache is used (and the error says so at once)."""
 
     def __init__(self, repo_id: str, revision: str | None = None, cache_dir: str | None = None,
                  local_files_only: bool = False, download=hf_hub_download):
         self.repo_id, self.revision, self.cache_dir = repo_id, revision, cache_dir
-        self.local_files_only = local_files_only
+        self.offline = "" if local_files_only or download is not hf_hub_download else hub_unreachable()
+        self.local_files_only = local_files_only or bool(self.offline)
         self._download = download
         self.unreachable = False  # set when a file could be neither downloaded nor found in the cache
 
@@ -85,6 +105,7 @@ class HubFiles:
 
     def offline_message(self, detail: str = "") -> str:
         where = self.cache_dir or "the Hugging Face cache"
+        detail = detail or (f" ({self.offline})" if self.offline else "")
         return (f"cannot download {self.repo_id!r} from the hub{detail}, and the files needed are not in "
                 f"{where}. Connect once to cache them, or pass a local folder (see `fastbark convert`); "
                 f"HF_HUB_OFFLINE=1 makes the hub library use its cache only, without retrying the network.")

@@ -32,6 +32,14 @@ OPENAI_VOICES = {"alloy": "v2/en_speaker_6", "ash": "v2/en_speaker_1", "ballad":
 VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXTRA_FIELDS = {f.name for f in fields(GenerationOptions)} | {f.name for f in fields(LongFormOptions)} | {"seed"}
 PAGE = Path(__file__).with_name("page.html")
+SPEECH_SCHEMA = {  # documentation (and schemathesis's guide); the handler checks the body itself
+    "type": "object", "required": ["model", "input"],
+    "properties": {"model": {"type": "string"}, "input": {"type": "string"}, "voice": {"type": "string"},
+                   "response_format": {"type": "string", "enum": ["mp3", "opus", "aac", "flac", "wav", "pcm"]},
+                   "speed": {"type": "number"}, "stream_format": {"type": "string", "enum": ["audio", "sse"]},
+                   "seed": {"type": "integer"}, "max_semantic_tokens": {"type": "integer"},
+                   "semantic_temperature": {"type": "number"}, "coarse_temperature": {"type": "number"},
+                   "fine_temperature": {"type": "number"}, "top_k": {"type": "integer"}, "top_p": {"type": "number"}}}
 KNOWN_PATHS = {"/v1/audio/speech", "/v1/models", "/v1/audio/voices", "/health", "/metrics", "/"}  # metric labels
 
 
@@ -176,7 +184,8 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
             raise ApiError(400, str(e)) from None
         return jobs[0], gen_options, long_form, fmt, stream_format
 
-    @app.post("/v1/audio/speech")
+    @app.post("/v1/audio/speech", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": SPEECH_SCHEMA}}}}, responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}})
     async def speech(request: Request):
         try:
             body = json.loads(await request.body())
