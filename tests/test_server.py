@@ -81,8 +81,7 @@ def test_every_format_with_the_openai_client(server, fmt):
         samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
     else:
         samples, rate = sf.read(io.BytesIO(audio))
-    assert rate == 24_000 and len(samples) > 0.2 * 24_000 * 0.0  # decodable, 24 kHz
-    assert len(samples) >= 320
+    assert rate == 24_000 and len(samples) >= 320  # decodable, 24 kHz, at least one EnCodec frame
 
 
 def test_seeded_responses_equal_their_alone_generation_even_when_batched(server, engine):
