@@ -110,6 +110,8 @@ def main(argv=None) -> dict:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="the server engine's threads (and the local check's)")
     p.add_argument("--timeout", type=float, default=600, help="seconds one request may take")
+    p.add_argument("--only-batched", action="store_true", help="skip the one-at-a-time run")
+    p.add_argument("--busy", action="store_true", help="keep one other process busy on a core during the server runs")
     p.add_argument("--json")
     args = p.parse_args(argv)
     n = args.clients * args.requests
@@ -117,7 +119,7 @@ def main(argv=None) -> dict:
                  "semantic_temperature": 0.7, "max_semantic_tokens": args.tokens, "allow_early_stop": False}
                 for i in range(n)]
     out = {"size": args.size, "clients": args.clients, "requests": n, "tokens": args.tokens,
-           "threads": args.threads, "date": time.strftime("%Y-%m-%d"), "runs": {}}
+           "threads": args.threads, "busy_process": args.busy, "date": time.strftime("%Y-%m-%d"), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_random_checkpoint(args.size, Path(tmp) / "bark")
         import torch
@@ -135,8 +137,10 @@ def main(argv=None) -> dict:
                 distinct[key] = pcm16(tts.generate(r["input"], seed=r["seed"], **extras).audio)
             expected.append(distinct[key])
         del tts
-        for name, batch in (("batched", args.max_batch), ("one at a time", 1)):
+        configs = (("batched", args.max_batch),) + ((("one at a time", 1),) if not args.only_batched else ())
+        for name, batch in configs:
             proc, url = start_server(folder, batch, args.threads, [])
+            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
             try:
                 run = run_load(url, requests, args.clients, args.timeout)
                 row = summarise(run, expected)
@@ -146,14 +150,17 @@ def main(argv=None) -> dict:
                 row["batches"] = next((float(line.split()[-1]) for line in metrics.splitlines()
                                        if line.startswith("fastbark_batch_size_count")), 0)
             finally:
+                if hog is not None:
+                    hog.kill()
                 proc.terminate()
                 proc.wait(timeout=60)
             out["runs"][name] = row
             print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    batched, single = out["runs"]["batched"], out["runs"]["one at a time"]
-    out["throughput_ratio"] = batched["requests_per_s"] / single["requests_per_s"]
-    print(f"\n{args.clients} clients x {args.requests} requests, bark-{args.size}, {args.tokens} semantic tokens each, "
-          f"{args.threads} engine threads: batching gives {out['throughput_ratio']:.2f}x the throughput")
+    if not args.only_batched:
+        batched, single = out["runs"]["batched"], out["runs"]["one at a time"]
+        out["throughput_ratio"] = batched["requests_per_s"] / single["requests_per_s"]
+        print(f"\n{args.clients} clients x {args.requests} requests, bark-{args.size}, {args.tokens} semantic tokens "
+              f"each, {args.threads} engine threads: batching gives {out['throughput_ratio']:.2f}x the throughput")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out

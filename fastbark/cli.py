@@ -263,12 +263,6 @@ def cmd_batch(args) -> int:
     return 1 if failed else 0
 
 
-def server_threads(cores: int) -> int:
-    """The engine's default threads in a server: leave one core of a small machine to the HTTP workers and
-    the audio encoding (an engine whose threads wait on a descheduled one slows 3-4x, not 2x)."""
-    return max(1, cores - 1) if cores <= 8 else cores - 2
-
-
 def cmd_serve(args) -> None:
     import os
     from .server.options import ServerOptions
@@ -276,8 +270,8 @@ def cmd_serve(args) -> None:
     server = options_from_args(ServerOptions, args)
     if server.api_key is None and os.environ.get("FASTBARK_API_KEY"):
         server = dataclasses.replace(server, api_key=os.environ["FASTBARK_API_KEY"])
-    if engine.threads is None and engine.torch_device.type == "cpu":
-        engine = dataclasses.replace(engine, threads=server_threads(os.cpu_count() or 1))
+    # engine threads: torch's default (one per core) unless --threads; measured in RESULTS section 19, leaving a
+    # core to the HTTP side cost 1.86x on an idle 2-core machine and gained nothing beside a busy process
     try:
         import uvicorn
         from .server.app import create_app
@@ -285,7 +279,8 @@ def cmd_serve(args) -> None:
         raise BadInput(f"serve needs the server extra: pip install 'fastbark[server]' ({e.name} is missing)") from None
     from .engine import Bark
     tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
-    print(f"fastbark: serving on http://{server.host}:{server.port} ({engine.threads} engine threads)",
+    import torch
+    print(f"fastbark: serving on http://{server.host}:{server.port} ({torch.get_num_threads()} engine threads)",
           file=sys.stderr)
     uvicorn.run(create_app(tts, server), host=server.host, port=server.port, log_level="warning")
 
