@@ -80,9 +80,7 @@ class Bark:
     # ------------------------------------------------------------ stages
 
     def _generator(self, seed: int | None) -> list[torch.Generator | None]:
-        check_number("seed", seed, integer=True, low=0, high=MAX_SEED, none_ok=True,
-                     accepted="an integer in 0..2**64-1 or None")
-        return narrate.chunk_generators(self.device, [seed])
+        return narrate.chunk_generators(self.device, self._seeds(seed, 1, True))
 
     def tokenize(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text)

@@ -9,7 +9,7 @@ from typing import ClassVar, NamedTuple
 
 from torch import nn
 
-from ..models.gpt import CausalGPT, FineGPT, GPT
+from ..models.gpt import CausalGPT, FineGPT
 from ..options import EngineOptions
 
 
@@ -78,4 +78,4 @@ def describe(name: str, options: EngineOptions, models: Models, fallbacks: tuple
     return BackendReport(name, options, reports, fallbacks)
 
 
-__all__ = ["Backend", "BackendReport", "GPT", "ModelReport", "Models", "describe"]
+__all__ = ["Backend", "BackendReport", "ModelReport", "Models", "describe"]
