@@ -95,7 +95,7 @@ def summarise(run: dict, expected: list[bytes]) -> dict:
     ttfb = np.array([r["ttfb"] for r in ok if r["ttfb"] is not None]) if ok else np.zeros(1)
     return dict(requests=len(results), errors=len(results) - len(ok), wall_s=run["wall_s"],
                 requests_per_s=len(ok) / run["wall_s"],
-                identical_to_alone=sum(r["body"] == e for r, e in zip(results, expected)),
+                identical_to_alone=sum(e is not None and r["body"] == e for r, e in zip(results, expected)),
                 latency_p50=float(np.percentile(latency, 50)), latency_p95=float(np.percentile(latency, 95)),
                 latency_p99=float(np.percentile(latency, 99)), ttfb_p50=float(np.percentile(ttfb, 50)),
                 ttfb_p95=float(np.percentile(ttfb, 95)))
@@ -112,37 +112,48 @@ def main(argv=None) -> dict:
     p.add_argument("--timeout", type=float, default=600, help="seconds one request may take")
     p.add_argument("--only-batched", action="store_true", help="skip the one-at-a-time run")
     p.add_argument("--busy", action="store_true", help="keep one other process busy on a core during the server runs")
+    p.add_argument("--alone", choices=["local", "server"], default="local",
+                   help="the alone reference: a local engine, or the one-at-a-time server run (max batch 1), "
+                        "which then runs first")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    if args.alone == "server" and args.only_batched:
+        p.error("--alone server needs the one-at-a-time run; drop --only-batched")
     n = args.clients * args.requests
     requests = [{"model": "tts-1", "input": TEXTS[i % len(TEXTS)], "response_format": "pcm", "seed": i,
                  "semantic_temperature": 0.7, "max_semantic_tokens": args.tokens, "allow_early_stop": False}
                 for i in range(n)]
     out = {"size": args.size, "clients": args.clients, "requests": n, "tokens": args.tokens,
-           "threads": args.threads, "busy_process": args.busy, "date": time.strftime("%Y-%m-%d"), "runs": {}}
+           "threads": args.threads, "busy_process": args.busy, "alone": args.alone, "date": time.strftime("%Y-%m-%d"), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_random_checkpoint(args.size, Path(tmp) / "bark")
         import torch
         import fastbark
         from fastbark.output import pcm16
-        torch.set_num_threads(args.threads)
-        tts = fastbark.Bark.from_pretrained(folder, threads=args.threads)
-        extras = {k: v for k, v in requests[0].items() if k in ("semantic_temperature", "max_semantic_tokens",
-                                                                 "allow_early_stop")}
-        distinct = {}
-        expected = []
-        for r in requests:  # each request alone, once per distinct (text, seed)
-            key = (r["input"], r["seed"])
-            if key not in distinct:
-                distinct[key] = pcm16(tts.generate(r["input"], seed=r["seed"], **extras).audio)
-            expected.append(distinct[key])
-        del tts
+        expected: list[bytes] | None = None
+        if args.alone == "local":
+            torch.set_num_threads(args.threads)
+            tts = fastbark.Bark.from_pretrained(folder, threads=args.threads)
+            extras = {k: v for k, v in requests[0].items() if k in ("semantic_temperature", "max_semantic_tokens",
+                                                                     "allow_early_stop")}
+            distinct = {}
+            expected = []
+            for r in requests:  # each request alone, once per distinct (text, seed)
+                key = (r["input"], r["seed"])
+                if key not in distinct:
+                    distinct[key] = pcm16(tts.generate(r["input"], seed=r["seed"], **extras).audio)
+                expected.append(distinct[key])
+            del tts
         configs = (("batched", args.max_batch),) + ((("one at a time", 1),) if not args.only_batched else ())
+        if args.alone == "server":  # the max-batch-1 server generates every request alone: it goes first
+            configs = configs[::-1]
         for name, batch in configs:
             proc, url = start_server(folder, batch, args.threads, [])
             hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
             try:
                 run = run_load(url, requests, args.clients, args.timeout)
+                if expected is None:
+                    expected = [r["body"] if r["status"] == 200 else None for r in run["results"]]
                 row = summarise(run, expected)
                 row["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
                 row["max_batch"] = batch

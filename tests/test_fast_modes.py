@@ -95,3 +95,26 @@ def test_int8_c_kernel_is_the_torch_path_bit_for_bit(k, n, dtype):
     assert all(torch.equal(native(x[i: i + 1]), batch[i: i + 1]) for i in range(6))
     several = torch.randn(2, 5, k, dtype=dtype)  # several positions per row: C quantise / rescale around torch._int_mm
     assert torch.equal(native(several), torch_path(several))
+
+
+@pytest.mark.parametrize("m, k, n", [(5, 45, 7), (33, 1024, 64), (17, 3072, 40), (9, 4096, 12)])
+def test_int_products_via_float_are_int_mm_exactly(m, k, n):
+    """The AVX2 path's float32 GEMMs over K slices give torch._int_mm's int32 bits, even for the largest
+    sums (every x 127, every w 126 or 127), where one float32 product over all of K would round."""
+    from fastbark.backends.cpu.int8 import float_products_exact, int_mm_via_float, int_products
+    torch.manual_seed(k)
+    x = torch.full((m, k), 127, dtype=torch.int8)
+    x[1:] = torch.randint(-127, 128, (m - 1, k), dtype=torch.int8)
+    w = torch.randint(126, 128, (n, k), dtype=torch.int8)
+    w[1:] *= torch.where(torch.rand(n - 1, k) < 0.5, -1, 1).to(torch.int8)
+    exact = torch._int_mm(x, w.t())
+    assert torch.equal(int_mm_via_float(x, w), exact)
+    if k > 1040:  # the slices matter: a single float32 product is not exact here
+        assert not torch.equal((x.float() @ w.float().t()).to(torch.int32), exact)
+    previous = torch.get_float32_matmul_precision()
+    try:  # a user who allows reduced-precision float products gets torch._int_mm instead
+        torch.set_float32_matmul_precision("medium")
+        assert not float_products_exact()
+        assert torch.equal(int_products(x, w, via_float=True), exact)
+    finally:
+        torch.set_float32_matmul_precision(previous)

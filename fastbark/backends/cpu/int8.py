@@ -15,6 +15,10 @@ fidelity (max relative logit error, greedy agreement) against float32. Where fas
 are built (library.py), single positions (decode steps) are quantised, multiplied and rescaled in
 one C call, and longer inputs have their rounding and rescaling done in C around torch._int_mm.
 Both give the torch path's bits, which is checked when the kernels are built.
+
+Without VNNI (AVX2-only CPUs) torch._int_mm has no fast path. There the big products run as float32
+matrix products over K in slices short enough that every partial sum is an exact integer
+(`int_mm_via_float`), which gives torch._int_mm's int32 bits at float32 GEMM speed.
 """
 
 from __future__ import annotations
@@ -24,9 +28,37 @@ import functools
 import torch
 from torch import nn
 
-from .library import SHAPES_CHECKED, Int8Kernels, load_kernels, run_quantize, run_rescale, run_s8
+from .library import SHAPES_CHECKED, Int8Kernels, has_vnni, load_kernels, run_quantize, run_rescale, run_s8
 
 INT8_MAX = 127  # symmetric range [-127, 127]; -128 is left out so that negation is exact
+# float32 holds every integer up to 2^24 exactly (24-bit significand). A sum of K products of values
+# in [-127, 127] stays within K * 127^2, so for K <= 2^24 / 127^2 = 1040 every partial sum, in any
+# order and with or without FMA, is exact. 1024 is the largest power of two under that.
+EXACT_FLOAT_K = 1024
+
+
+def int_mm_via_float(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
+    """x_q (M, K) int8 @ w_q (N, K)^T -> (M, N) int32, equal to torch._int_mm(x_q, w_q.t()), on float32 GEMMs."""
+    acc = None
+    for k in range(0, x_q.shape[1], EXACT_FLOAT_K):
+        part = torch.mm(x_q[:, k:k + EXACT_FLOAT_K].float(), w_q[:, k:k + EXACT_FLOAT_K].float().t())  # exact
+        part = part.to(torch.int32)  # (M, N): an exact integer, converted without rounding
+        acc = part if acc is None else acc.add_(part)
+    return acc
+
+
+def float_products_exact() -> bool:
+    """Whether float32 matrix products run in full precision now (a user may allow bfloat16 or TF32)."""
+    mkldnn = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    return torch.get_float32_matmul_precision() == "highest" and \
+        getattr(mkldnn, "fp32_precision", "ieee") in ("ieee", "none")
+
+
+def int_products(x_q: torch.Tensor, w_q: torch.Tensor, via_float: bool) -> torch.Tensor:
+    """x_q (M, K) @ w_q (N, K)^T in exact int32: torch._int_mm, or float32 GEMMs where those are faster."""
+    if via_float and float_products_exact():
+        return int_mm_via_float(x_q, w_q)
+    return torch._int_mm(x_q, w_q.t())  # (M, K) @ (K, N) -> (M, N) int32, exact
 
 
 def int8_available(device: torch.device) -> bool:
@@ -74,6 +106,7 @@ class Int8Linear(nn.Module):
         # the C kernels read a float32 bias (in bfloat16 mode, the torch path also adds it in float32)
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
         self._native = int8_kernels() if native else None
+        self._via_float = not has_vnni()  # torch._int_mm is slow without int8 dot products
 
     @property
     def kind(self) -> str:
@@ -93,11 +126,11 @@ class Int8Linear(nn.Module):
                        threads)
         elif native is not None:  # the same numbers, with the float work in one parallel pass each
             x_q, x_scale = run_quantize(native.quantize, rows, threads)
-            acc = torch._int_mm(x_q, self.weight_q.t())  # (M, K) @ (K, N) -> (M, N) int32, exact
+            acc = int_products(x_q, self.weight_q, self._via_float)  # (M, N) int32, exact
             y = run_rescale(native.rescale, acc, x_scale, self.weight_scale, self._bias_f32, threads)
         else:
             x_q, x_scale = quantize_rows(rows)
-            acc = torch._int_mm(x_q, self.weight_q.t())  # (M, K) @ (K, N) -> (M, N) int32, exact
+            acc = int_products(x_q, self.weight_q, self._via_float)  # (M, N) int32, exact
             y = acc * (x_scale * self.weight_scale)  # (M, N) int32 * (M, N) float32 -> float32
             if self.bias is not None:
                 y += self.bias

@@ -7,7 +7,7 @@
  * Batch invariance: every output is computed by the same sequence of operations, whatever M, the
  * block it falls in or the number of threads: one 16-float accumulator, acc += w[k:k+16] * x[k:k+16]
  * for k = 0, 16, ..., a horizontal sum in a fixed tree order, the scalar tail, then the bias. The
- * blocks (up to 4 rows of w by 4 rows of x) only change how many outputs run side by side. The
+ * blocks (up to BN rows of w by BM rows of x) only change how many outputs run side by side. The
  * loader checks at build time that a row's bits alone equal its bits in a batch, and falls back
  * to oneDNN if this compiler broke that.
  *
@@ -17,6 +17,13 @@
 #include <string.h>
 
 typedef float v16 __attribute__((vector_size(64)));
+
+/* Block sizes (rows of w x rows of x), chosen so that the accumulators stay in registers. */
+#if defined(__AVX512F__)
+enum { BN = 4, BM = 4 };  /* 16 accumulators of one 16-float register each: half of AVX-512's 32 */
+#else
+enum { BN = 2, BM = 2 };  /* AVX2: a v16 is two of its 16 registers, so 4 accumulators take 8 */
+#endif
 
 static inline v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
 
@@ -31,15 +38,15 @@ static inline float finish(v16 acc, const float *w, const float *x, int64_t k, i
     return s + bias;
 }
 
-/* Rows n0..n0+NR-1 of w against rows m0..m0+MR-1 of x (NR, MR <= 4, constants after inlining). */
+/* Rows n0..n0+NR-1 of w against rows m0..m0+MR-1 of x (NR <= BN, MR <= BM, constants after inlining). */
 static inline __attribute__((always_inline)) void block(const float *w, const float *x, const float *bias,
                                                         float *y, int64_t n0, int64_t m0, int64_t N,
                                                         int64_t K, const int NR, const int MR) {
-    v16 acc[4][4];
+    v16 acc[BN][BM];
     memset(acc, 0, sizeof acc);
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
-        v16 xv[4], wv[4];
+        v16 xv[BM], wv[BN];
         for (int c = 0; c < MR; c++) xv[c] = load(x + (m0 + c) * K + k);
         for (int r = 0; r < NR; r++) wv[r] = load(w + (n0 + r) * K + k);
         for (int r = 0; r < NR; r++)
@@ -51,12 +58,12 @@ static inline __attribute__((always_inline)) void block(const float *w, const fl
                                               bias ? bias[n0 + r] : 0.0f);
 }
 
-/* All rows of x against rows n0..n0+NR-1 of w: 4 rows of x at a time, then one at a time. */
+/* All rows of x against rows n0..n0+NR-1 of w: BM rows of x at a time, then one at a time. */
 static inline __attribute__((always_inline)) void rows_of_w(const float *w, const float *x, const float *bias,
                                                             float *y, int64_t n0, int64_t M, int64_t N,
                                                             int64_t K, const int NR) {
     int64_t m0 = 0;
-    for (; m0 + 4 <= M; m0 += 4) block(w, x, bias, y, n0, m0, N, K, NR, 4);
+    for (; m0 + BM <= M; m0 += BM) block(w, x, bias, y, n0, m0, N, K, NR, BM);
     for (; m0 < M; m0++) block(w, x, bias, y, n0, m0, N, K, NR, 1);
 }
 
@@ -68,11 +75,11 @@ void fastbark_gemv_f32(const float *x, const float *w, const float *bias, float 
         for (int64_t n = 0; n < N; n++) block(w, x, bias, y, n, 0, N, K, 1, 1);
         return;
     }
-    const int64_t full = N / 4, units = full + N % 4;  /* 4-row blocks of w, then single rows */
+    const int64_t full = N / BN, units = full + N % BN;  /* BN-row blocks of w, then single rows */
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t u = 0; u < units; u++) {
-        if (u < full) rows_of_w(w, x, bias, y, u * 4, M, N, K, 4);
-        else rows_of_w(w, x, bias, y, full * 4 + (u - full), M, N, K, 1);
+        if (u < full) rows_of_w(w, x, bias, y, u * BN, M, N, K, BN);
+        else rows_of_w(w, x, bias, y, full * BN + (u - full), M, N, K, 1);
     }
 }
 

@@ -5,7 +5,7 @@
 
 #include <math.h>
 #include <stdint.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -19,6 +19,13 @@ static inline void quantize_row(const float *x, int64_t K, int8_t *q, uint8_t *q
     __m512 top = _mm512_setzero_ps();
     for (; k + 16 <= K; k += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
     amax = _mm512_reduce_max_ps(top);
+#elif defined(__AVX2__)
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));  /* clears the sign bit */
+    __m256 top = _mm256_setzero_ps();
+    for (; k + 8 <= K; k += 8) top = _mm256_max_ps(top, _mm256_and_ps(_mm256_loadu_ps(x + k), magnitude));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, top);
+    for (int i = 0; i < 8; i++) amax = fmaxf(amax, lanes[i]);  /* max is exact: any order gives the same */
 #endif
     for (; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
     float s = fmaxf(amax, 1e-12f) / 127.0f;
@@ -31,6 +38,19 @@ static inline void quantize_row(const float *x, int64_t K, int8_t *q, uint8_t *q
                                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
         _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
         if (q_biased) _mm_storeu_si128((__m128i *)(q_biased + k), _mm512_cvtepi32_epi8(_mm512_add_epi32(v, _mm512_set1_epi32(128))));
+    }
+#elif defined(__AVX2__)
+    const __m256 vs = _mm256_set1_ps(s);
+    for (; k + 8 <= K; k += 8) {
+        const __m256i v = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + k), vs),
+                                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        /* 8 int32 in [-127, 127] -> 8 int8: the saturating packs change nothing in that range */
+        const __m128i v16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        _mm_storel_epi64((__m128i *)(q + k), _mm_packs_epi16(v16, v16));
+        if (q_biased) {
+            const __m128i b16 = _mm_add_epi16(v16, _mm_set1_epi16(128));  /* [1, 255]: unsigned packing */
+            _mm_storel_epi64((__m128i *)(q_biased + k), _mm_packus_epi16(b16, b16));
+        }
     }
 #endif
     for (; k < K; k++) {
@@ -50,6 +70,24 @@ static inline int32_t dot_s8(const int8_t *x, const uint8_t *x_biased, const int
     s = _mm512_reduce_add_epi32(acc) - 128 * w_sum;  /* sum (x + 128) w - 128 sum w = sum x w, exactly */
     /* the tail below runs on x itself, so take its share of the correction back */
     for (int64_t j = k; j < K; j++) s += 128 * w[j];
+#elif defined(__AVX2__)
+    /* No byte dot product on AVX2: widen both to int16 and multiply-add pairs into int32 (exact:
+     * 2 * 127 * 127 per pair). Integer sums do not depend on their order, so the bits are VNNI's. */
+    (void)x_biased; (void)w_sum;
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+    for (; k + 32 <= K; k += 32) {
+        const __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + k)));
+        const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + k)));
+        const __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + k + 16)));
+        const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + k + 16)));
+        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(x0, w0));
+        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(x1, w1));
+    }
+    const __m256i acc = _mm256_add_epi32(acc0, acc1);
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));  /* lanes 2,3 onto 0,1 */
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));  /* lane 1 onto 0 */
+    s = _mm_cvtsi128_si32(h);
 #else
     (void)x_biased; (void)w_sum;
 #endif
