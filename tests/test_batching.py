@@ -114,8 +114,9 @@ needs_c = pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode ke
 @needs_c
 @pytest.mark.parametrize("k, n, bias", [(768, 2304, False), (3072, 768, False), (45, 7, True), (32, 10_048, False)])
 def test_c_kernel_rows_do_not_depend_on_batch_or_threads(k, n, bias):
-    """The C decode kernel: a row's bits alone = inside batches of 2, 5 and 16 (its blocks, 2x2 on AVX2 and 4x4 on AVX-512, and its
-    one-row path) = with another thread count; and it matches F.linear to float32 rounding."""
+    """The C decode kernel: a row's bits alone = inside batches of 2, 5 and 16 (its blocks, 2x2 on AVX2
+    and 4x4 on AVX-512, and its one-row path) = with another thread count; and it matches F.linear to
+    float32 rounding."""
     from fastbark.backends.cpu.library import load_kernels
     from fastbark.backends.cpu.linears import GemvLinear
     assert load_kernels() is not None, "a C compiler is present, so the kernel must build"
