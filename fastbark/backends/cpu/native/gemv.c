@@ -16,7 +16,29 @@
 #include <stdint.h>
 #include <string.h>
 
+typedef float v8 __attribute__((vector_size(32)));
+
+/* A 16-float accumulator: one AVX-512 register, or two AVX2 registers (GCC keeps a 64-byte vector
+ * on the stack when the CPU has no 64-byte registers, which made this kernel 3x slower there). Lane
+ * for lane the arithmetic is the same, so both builds give the same bits. */
+#if defined(__AVX512F__)
 typedef float v16 __attribute__((vector_size(64)));
+static inline v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+static inline v16 zero(void) { return (v16){0}; }
+static inline v16 madd(v16 acc, v16 a, v16 b) { return acc + a * b; }
+static inline v8 fold(v16 a) {  /* lanes 0-7 + lanes 8-15 */
+    v8 lo, hi;
+    memcpy(&lo, &a, sizeof lo);
+    memcpy(&hi, (const char *)&a + sizeof lo, sizeof hi);
+    return lo + hi;
+}
+#else
+typedef struct { v8 lo, hi; } v16;
+static inline v16 load(const float *p) { v16 v; memcpy(&v.lo, p, sizeof v.lo); memcpy(&v.hi, p + 8, sizeof v.hi); return v; }
+static inline v16 zero(void) { return (v16){{0}, {0}}; }
+static inline v16 madd(v16 acc, v16 a, v16 b) { return (v16){acc.lo + a.lo * b.lo, acc.hi + a.hi * b.hi}; }
+static inline v8 fold(v16 a) { return a.lo + a.hi; }
+#endif
 
 /* Block sizes (rows of w x rows of x), chosen so that the accumulators stay in registers. */
 #if defined(__AVX512F__)
@@ -25,13 +47,11 @@ enum { BN = 4, BM = 4 };  /* 16 accumulators of one 16-float register each: half
 enum { BN = 2, BM = 2 };  /* AVX2: a v16 is two of its 16 registers, so 4 accumulators take 8 */
 #endif
 
-static inline v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-
 /* The horizontal sum in a fixed tree order, then the scalar tail and the bias. */
 static inline float finish(v16 acc, const float *w, const float *x, int64_t k, int64_t K, float bias) {
-    float t[16];
-    memcpy(t, &acc, sizeof t);
-    for (int i = 0; i < 8; i++) t[i] += t[i + 8];
+    float t[8];
+    const v8 folded = fold(acc);  /* t[i] = lane i + lane i + 8 */
+    memcpy(t, &folded, sizeof t);
     for (int i = 0; i < 4; i++) t[i] += t[i + 4];
     float s = (t[0] + t[2]) + (t[1] + t[3]);
     for (; k < K; k++) s += w[k] * x[k];
@@ -43,14 +63,15 @@ static inline __attribute__((always_inline)) void block(const float *w, const fl
                                                         float *y, int64_t n0, int64_t m0, int64_t N,
                                                         int64_t K, const int NR, const int MR) {
     v16 acc[BN][BM];
-    memset(acc, 0, sizeof acc);
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < MR; c++) acc[r][c] = zero();
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
         v16 xv[BM], wv[BN];
         for (int c = 0; c < MR; c++) xv[c] = load(x + (m0 + c) * K + k);
         for (int r = 0; r < NR; r++) wv[r] = load(w + (n0 + r) * K + k);
         for (int r = 0; r < NR; r++)
-            for (int c = 0; c < MR; c++) acc[r][c] += wv[r] * xv[c];
+            for (int c = 0; c < MR; c++) acc[r][c] = madd(acc[r][c], wv[r], xv[c]);
     }
     for (int r = 0; r < NR; r++)
         for (int c = 0; c < MR; c++)
