@@ -110,6 +110,7 @@ def main(argv=None) -> dict:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="the server engine's threads (and the local check's)")
     p.add_argument("--timeout", type=float, default=600, help="seconds one request may take")
+    p.add_argument("--quantize", choices=["int8"], help="serve (and check against) the int8 mode")
     p.add_argument("--only-batched", action="store_true", help="skip the one-at-a-time run")
     p.add_argument("--busy", action="store_true", help="keep one other process busy on a core during the server runs")
     p.add_argument("--alone", choices=["local", "server"], default="local",
@@ -124,7 +125,8 @@ def main(argv=None) -> dict:
                  "semantic_temperature": 0.7, "max_semantic_tokens": args.tokens, "allow_early_stop": False}
                 for i in range(n)]
     out = {"size": args.size, "clients": args.clients, "requests": n, "tokens": args.tokens,
-           "threads": args.threads, "busy_process": args.busy, "alone": args.alone, "date": time.strftime("%Y-%m-%d"), "runs": {}}
+           "threads": args.threads, "quantize": args.quantize, "busy_process": args.busy, "alone": args.alone,
+           "date": time.strftime("%Y-%m-%d"), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_random_checkpoint(args.size, Path(tmp) / "bark")
         import torch
@@ -133,7 +135,7 @@ def main(argv=None) -> dict:
         expected: list[bytes] | None = None
         if args.alone == "local":
             torch.set_num_threads(args.threads)
-            tts = fastbark.Bark.from_pretrained(folder, threads=args.threads)
+            tts = fastbark.Bark.from_pretrained(folder, threads=args.threads, quantize=args.quantize)
             extras = {k: v for k, v in requests[0].items() if k in ("semantic_temperature", "max_semantic_tokens",
                                                                      "allow_early_stop")}
             distinct = {}
@@ -148,7 +150,7 @@ def main(argv=None) -> dict:
         if args.alone == "server":  # the max-batch-1 server generates every request alone: it goes first
             configs = configs[::-1]
         for name, batch in configs:
-            proc, url = start_server(folder, batch, args.threads, [])
+            proc, url = start_server(folder, batch, args.threads, ["--quantize", args.quantize] if args.quantize else [])
             hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
             try:
                 run = run_load(url, requests, args.clients, args.timeout)
