@@ -51,7 +51,7 @@ def expected_report(dtype: str, quantize, kernel: str) -> dict:
     if fast and c and not fused:
         fallbacks.add("one-call decode step")
     if quantize == "int8" and not has_vnni():
-        fallbacks.add("int8 speed")
+        fallbacks.add("int8 products")
     step = "fused-c" if fused else "blocks"
     return dict(decoder=decoder, fine=fine, step=step, whole=whole, one_query=one_query, fallbacks=fallbacks)
 
@@ -91,7 +91,7 @@ def test_fallback_is_reported_without_a_compiler(monkeypatch, hub_dir):
         with pytest.warns(UserWarning, match="no C compiler"):
             tts = fastbark.Bark.from_pretrained(hub_dir, quantize="int8")
         assert tts.backend.fallbacks[0] == "C kernels: no C compiler (cc) found"
-        assert {f.split(":")[0] for f in tts.backend.fallbacks[1:]} <= {"int8 speed"}
+        assert {f.split(":")[0] for f in tts.backend.fallbacks[1:]} <= {"int8 products"}
         assert tts.backend.models["semantic"].linears == {"int8-torch": N_DECODER_LINEARS}
         assert tts.backend.models["semantic"].decode_step == "blocks"
     finally:

@@ -14,7 +14,6 @@ What it chooses, per engine options (each choice falls back, and says so in the 
 from __future__ import annotations
 
 import functools
-import warnings
 
 import torch
 
@@ -44,11 +43,9 @@ class CpuBackend(Backend):
                 model.swap_linears(make)
             if kernels and int8_kernels() is None:
                 fallbacks.append("int8 C kernels: failed their check; int8 products in torch")
-            if not has_vnni():
-                note = ("int8 speed: this CPU has no VNNI int8 instructions, so the int8 mode runs slower than "
-                        "float32 here (benchmarks/RESULTS.md section 17); use the default float32")
-                warnings.warn(f"fastbark: {note}", stacklevel=4)
-                fallbacks.append(note)
+            if not has_vnni():  # torch._int_mm has no fast path without int8 dot products
+                fallbacks.append("int8 products: no VNNI on this CPU; prefills and fine passes run as float32 "
+                                 "GEMMs whose integer results are exact (the same bits)")
         for model in (models.semantic, models.coarse):  # the decode-step GPTs; the fine GPT runs big GEMMs
             step = fused_decode_step(model) if fast and kernels else None
             if fast and kernels and step is None:
