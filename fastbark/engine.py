@@ -19,7 +19,7 @@ from .options import (MAX_SEED, CoarseOptions, EngineOptions, FineOptions, Gener
 from .pipeline.coarse import generate_coarse
 from .pipeline.fine import generate_fine
 from .pipeline.progress import ProgressCallback
-from .pipeline.semantic import generate_semantic
+from .pipeline.semantic import Voices, generate_semantic, row_voices
 from . import narrate
 from .results import AudioChunk, Generation
 from .text.split import chunk_text
@@ -216,15 +216,28 @@ class Bark:
             return [seed] * n
         return [narrate.derive_seed(seed, i) for i in range(n)]
 
-    def generate_chunks(self, ids: list[list[int]], voice: Voice | None, options: GenerationOptions,
+    def generate_chunks(self, ids: list[list[int]], voice: Voices, options: GenerationOptions,
                         seeds: list[int | None], progress: ProgressCallback | None = None) -> list[Generation]:
         """Wordpiece ids of several texts, each fitting one generation, through every stage as one batch;
-        text i samples from its own stream seeded with `seeds[i]`."""
+        text i samples from its own stream seeded with `seeds[i]`.
+
+        `voice`: one voice for all, or a list with one per text. The semantic stage runs every text in
+        one batch whatever its voice (its prompt has one length for every voice); the coarse and fine
+        stages run one batch per voice, texts sharing a voice object sharing a batch."""
+        voices = row_voices(voice, len(ids))
         generators = narrate.chunk_generators(self.device, seeds)
-        semantic = generate_semantic(self.semantic_model, ids, voice, options.semantic, generators, progress)
+        semantic = generate_semantic(self.semantic_model, ids, voices, options.semantic, generators, progress)
         if any(len(s) == 0 for s in semantic):
             warnings.warn("the semantic model stopped at once (end of speech first): the audio is empty",
                           stacklevel=3)
-        coarse = generate_coarse(self.coarse_model, semantic, voice, options.coarse, generators, progress)
-        fine = generate_fine(self.fine_model, coarse, voice, options.fine, generators, progress)
-        return [Generation(self.decode(f), s, c, f) for s, c, f in zip(semantic, coarse, fine)]
+        groups: dict[int, list[int]] = {}  # a voice object's id -> its rows
+        for row, v in enumerate(voices):
+            groups.setdefault(id(v), []).append(row)
+        results: list[Generation | None] = [None] * len(ids)
+        for rows in groups.values():
+            v, gens = voices[rows[0]], [generators[i] for i in rows]
+            coarse = generate_coarse(self.coarse_model, [semantic[i] for i in rows], v, options.coarse, gens, progress)
+            fine = generate_fine(self.fine_model, coarse, v, options.fine, gens, progress)
+            for i, c, f in zip(rows, coarse, fine):
+                results[i] = Generation(self.decode(f), semantic[i], c, f)
+        return results

@@ -26,8 +26,9 @@ from .pipeline.progress import ProgressCallback, Reporter
 from .results import AudioChunk, Generation, Segment
 from .voices import Voice
 
-# (ids of several chunks, their voice, options, one seed per chunk, progress) -> their generations: Bark's
-GenerateChunks = Callable[[list[list[int]], "Voice | None", GenerationOptions, list["int | None"],
+# (ids of several chunks, one voice per chunk, options, one seed per chunk, progress) -> their generations:
+# Bark's generate_chunks.
+GenerateChunks = Callable[[list[list[int]], "list[Voice | None]", GenerationOptions, list["int | None"],
                            "ProgressCallback | None"], list[Generation]]
 
 
@@ -100,17 +101,18 @@ def run(generate_chunks: GenerateChunks, jobs: list[TextJob], options: Generatio
     outer = Reporter(progress, "chunks", sum(len(j.chunks) for j in jobs), "chunk")
 
     def batches(items: list[tuple[TextJob, int]], voice_of) -> Iterator[tuple[TextJob, int, Generation]]:
+        """Batches of `batch_size` chunks, whatever their voices (generate_chunks runs the semantic stage
+        across voices, the others per voice), with the chunks of one voice side by side."""
         groups: dict[object, list[tuple[TextJob, int]]] = {}
         for job, chunk in items:
             groups.setdefault(voice_of(job)[0], []).append((job, chunk))
-        for members in groups.values():
-            voice = voice_of(members[0][0])[1]
-            for first in range(0, len(members), batch_size):
-                batch = members[first: first + batch_size]
-                gens = generate_chunks([job.ids[c] for job, c in batch], voice, options,
-                                              [job.chunk_seed(c) for job, c in batch], progress)
-                for (job, chunk), generation in zip(batch, gens):
-                    yield job, chunk, generation
+        ordered = [(item, voice_of(members[0][0])[1]) for members in groups.values() for item in members]
+        for first in range(0, len(ordered), batch_size):
+            batch = ordered[first: first + batch_size]
+            gens = generate_chunks([job.ids[c] for (job, c), _ in batch], [voice for _, voice in batch], options,
+                                   [job.chunk_seed(c) for (job, c), _ in batch], progress)
+            for ((job, chunk), _), generation in zip(batch, gens):
+                yield job, chunk, generation
 
     for job, chunk, generation in batches([(j, 0) for j in jobs], lambda j: (j.voice_key, j.voice)):
         job.first = generation

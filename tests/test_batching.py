@@ -37,6 +37,25 @@ def test_batch_size_chunks_and_voice_lists(tts):
         assert_same(in_batch, tts.generate(text, voice=voice, max_semantic_tokens=40, **GREEDY))
 
 
+def test_voices_share_the_semantic_batch(tts, monkeypatch):
+    """Texts with different voices run the semantic stage as one batch (its prompt has one length for every
+    voice) and the other stages one batch per voice; each text still gets what it gets alone, sampled."""
+    import fastbark.engine
+    from fastbark.narrate import derive_seed
+    sizes = {"semantic": [], "coarse": []}
+    for stage in sizes:
+        real = getattr(fastbark.engine, f"generate_{stage}")
+        monkeypatch.setattr(fastbark.engine, f"generate_{stage}",
+                            lambda model, rows, *a, _real=real, _stage=stage, **k:
+                            sizes[_stage].append(len(rows)) or _real(model, rows, *a, **k))
+    voices = ["announcer", None, "announcer", "v2/en_speaker_1"]
+    batch = tts.generate(TEXTS, voice=voices, seed=7, max_semantic_tokens=40)
+    assert sizes["semantic"] == [4] and sorted(sizes["coarse"]) == [1, 1, 2]
+    monkeypatch.undo()
+    for i, (text, voice) in enumerate(zip(TEXTS, voices)):
+        assert_same(batch[i], tts.generate(text, voice=voice, seed=derive_seed(7, i), max_semantic_tokens=40))
+
+
 def test_coarse_batch_of_different_lengths(tts):
     rng = np.random.default_rng(7)
     semantic = [rng.integers(0, 10_000, n) for n in (230, 15, 90, 1)]

@@ -108,6 +108,35 @@ def test_seeded_responses_equal_their_alone_generation_even_when_batched(server,
     assert max(float(b) for b in _histogram(url, "fastbark_batch_size")) > 1  # some requests shared a batch
 
 
+def test_scheduler_batches_requests_with_different_voices(engine):
+    """The scheduler puts chunks of any voice (same options) in one batch; each request gets its alone audio."""
+    from fastbark.server.scheduler import Scheduler
+    sizes = []
+    scheduler = Scheduler(engine.generate_chunks, max_batch=3, max_wait_ms=10_000,
+                          on_batch=lambda n, seconds: sizes.append(n))
+    requests = [("the dog is cute", "announcer", 1), ("Hello world", "v2/en_speaker_1", 2),
+                ("café naïve", "announcer", 3)]
+    audio, finished = [[] for _ in requests], [threading.Event() for _ in requests]
+
+    def deliver(item, i):
+        if item is None or isinstance(item, BaseException):
+            audio[i].append(item)
+            finished[i].set()
+        else:
+            audio[i].append(item.audio)
+    try:
+        for i, (text, voice, seed) in enumerate(requests):
+            jobs, options, long_form = engine.plan(text, voice, seed, 16, None, None, dict(FAST))
+            scheduler.submit(jobs[0], options, long_form, lambda item, i=i: deliver(item, i))
+        assert all(done.wait(120) for done in finished)
+    finally:
+        scheduler.close()
+    assert sizes == [3], "two voices, one batch"
+    for (text, voice, seed), got in zip(requests, audio):
+        assert got[-1] is None, got[-1]
+        np.testing.assert_array_equal(np.concatenate(got[:-1]), engine.generate(text, voice, seed=seed, **FAST).audio)
+
+
 def _histogram(url, name):
     text = httpx.get(url + "/metrics").text
     return [line.split()[-1] for line in text.splitlines() if line.startswith(name + "_bucket")

@@ -1,7 +1,8 @@
 """Stage 1: text ids -> semantic tokens (49.9 Hz), with the causal semantic GPT over a KV cache.
 
-A batch of texts runs together: every prompt is 257 positions long, so the batch needs no
-padding; a row that reaches its end of speech is dropped from the batch (and from the cache).
+A batch of texts runs together: every prompt is 257 positions long, whatever the voice, so the
+batch needs no padding and its rows may have different voices; a row that reaches its end of
+speech is dropped from the batch (and from the cache).
 """
 
 from __future__ import annotations
@@ -23,16 +24,27 @@ from .sampling import choose
 EOS = SEMANTIC_PAD_TOKEN
 
 
-def semantic_prompt(model: CausalGPT, text_ids: list[list[int]], voice: Voice | None) -> torch.Tensor:
+Voices = Voice | None | Sequence[Voice | None]  # one voice for every row, or one per row
+
+
+def row_voices(voice, n: int) -> list[Voice | None]:
+    """`voice` (one for all, or a list with one per row) as a list of n voices."""
+    voices = list(voice) if isinstance(voice, (list, tuple)) else [voice] * n
+    if len(voices) != n:
+        raise ValueError(f"{len(voices)} voices for {n} rows")
+    return voices
+
+
+def semantic_prompt(model: CausalGPT, text_ids: list[list[int]], voice: Voices) -> torch.Tensor:
     """The prompt embeddings (B, 257, C): emb(text) + emb(history) for 256 positions, then emb(infer)."""
     device = model.position_embeds_layer.weight.device
     text = torch.full((len(text_ids), MAX_TEXT_TOKENS), TEXT_PAD_TOKEN, dtype=torch.long)  # (B, 256)
-    for row, ids in enumerate(text_ids):
+    history = torch.full((len(text_ids), MAX_TEXT_TOKENS), SEMANTIC_PAD_TOKEN, dtype=torch.long)  # (B, 256)
+    for row, (ids, v) in enumerate(zip(text_ids, row_voices(voice, len(text_ids)))):
         text[row, : len(ids)] = torch.tensor(ids[:MAX_TEXT_TOKENS], dtype=torch.long) + TEXT_ENCODING_OFFSET
-    history = torch.full((MAX_TEXT_TOKENS,), SEMANTIC_PAD_TOKEN, dtype=torch.long)
-    if voice is not None:
-        tail = torch.from_numpy(voice.semantic_prompt[-MAX_TEXT_TOKENS:])
-        history[: len(tail)] = tail
+        if v is not None:
+            tail = torch.from_numpy(v.semantic_prompt[-MAX_TEXT_TOKENS:])
+            history[row, : len(tail)] = tail
     emb = model.input_embeds_layer
     prompt = emb(text.to(device)) + emb(history.to(device))  # (B, 256, C), summed, not concatenated
     infer = emb(torch.tensor([SEMANTIC_INFER_TOKEN], device=device)).expand(len(text_ids), 1, -1)  # (B, 1, C)
@@ -40,10 +52,11 @@ def semantic_prompt(model: CausalGPT, text_ids: list[list[int]], voice: Voice | 
 
 
 @torch.inference_mode()
-def generate_semantic(model: CausalGPT, text_ids: list[list[int]], voice: Voice | None, options: SemanticOptions,
+def generate_semantic(model: CausalGPT, text_ids: list[list[int]], voice: Voices, options: SemanticOptions,
                       generators: Sequence[torch.Generator | None] | None = None,
                       progress: ProgressCallback | None = None) -> list[np.ndarray]:
-    """Semantic tokens (n_i,) int64 for each text, EOS excluded; text i samples from `generators[i]`."""
+    """Semantic tokens (n_i,) int64 for each text, EOS excluded; text i samples from `generators[i]`.
+    `voice`: one voice for all texts, or a list with one per text."""
     generators = list(generators) if generators is not None else [None] * len(text_ids)
     embeds = semantic_prompt(model, text_ids, voice)
     batch = len(text_ids)

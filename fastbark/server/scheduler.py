@@ -1,11 +1,12 @@
-"""One thread owns the engine; the chunks of concurrent requests that share a voice and options join one
-batch.
+"""One thread owns the engine; the chunks of concurrent requests that share options join one batch.
 
 A request is a narrated text (narrate.TextJob). Its first chunk is queued at once; with no voice, the
 rest are queued when the first is done (its generation is their voice, as in `Bark.generate`). The
 scheduler takes the oldest queued chunk, waits up to `max_wait_ms` for company, and runs every queued
-chunk with the same voice and options (up to `max_batch`) as one batch. Seeds are per chunk, and the
-engine is batch-invariant, so a seeded request gets the same audio batched or alone.
+chunk with the same options (up to `max_batch`) as one batch: the semantic stage as one batch
+whatever the voices, the coarse and fine stages one batch per voice (Bark.generate_chunks). Seeds
+are per chunk, and the engine is batch-invariant, so a seeded request gets the same audio batched
+or alone.
 
 A cancelled request (its client went away) has its queued chunks dropped before the next batch. The
 queue is bounded: `submit` refuses work beyond `max_queue` requests (the server answers 429).
@@ -42,6 +43,7 @@ class Unit:
     request: Request
     chunk: int
     voice: object
+    voice_key: tuple  # units with equal voice keys share a voice: their coarse and fine stages one batch
     key: tuple  # units with equal keys may share a batch
     queued: float
 
@@ -91,8 +93,7 @@ class Scheduler:
         self._thread.join(timeout=30)
 
     def _queue(self, request: Request, chunk: int, voice, voice_key: tuple) -> None:
-        key = voice_key + (request.options, request.long_form.speaker)
-        self._units.append(Unit(request, chunk, voice, key, time.monotonic()))
+        self._units.append(Unit(request, chunk, voice, voice_key, (request.options,), time.monotonic()))
 
     def _take(self) -> list[Unit] | None:
         with self._cv:
@@ -117,8 +118,10 @@ class Scheduler:
             if not batch:
                 continue
             start = time.perf_counter()
+            one_per_key: dict[tuple, object] = {}  # units that share a voice key get one voice object
+            voices = [one_per_key.setdefault(u.voice_key, u.voice) for u in batch]
             try:
-                gens = self._generate_chunks([u.request.job.ids[u.chunk] for u in batch], batch[0].voice,
+                gens = self._generate_chunks([u.request.job.ids[u.chunk] for u in batch], voices,
                                              batch[0].request.options,
                                              [u.request.job.chunk_seed(u.chunk) for u in batch], None)
             except BaseException as e:  # one failed batch fails its requests only
