@@ -27,15 +27,22 @@ def _fine_input(coarse: np.ndarray, history: np.ndarray) -> np.ndarray:
     return codes
 
 
+# Texts per fine forward pass on the CPU. One 1024-frame window is already a compute-bound batch of
+# 1024 positions; stacking texts only makes each elementwise op's working set outgrow the caches
+# (bark-small's MLP: 1024 x 3072 float32 = 12 MB per text, against a 32 MB L3). A text's numbers do
+# not depend on its companions either way. On a GPU the whole batch runs at once.
+FINE_ROWS_PER_PASS_CPU = 1
+
+
 @torch.inference_mode()
 def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None, options: FineOptions,
                   generators: Sequence[torch.Generator | None] | None = None,
                   progress: ProgressCallback | None = None) -> list[np.ndarray]:
     """Fine codes (8, T_i) int64 for each coarse array (2, T_i); text i samples from `generators[i]`.
 
-    Window l of every text that has one runs in one batch: each text keeps its own windows, and
-    samples only its own positions from its own stream, so its result does not depend on the other
-    texts of the batch.
+    Window l of every text that has one runs together (on the CPU `FINE_ROWS_PER_PASS_CPU` texts per
+    forward pass): each text keeps its own windows, and samples only its own positions from its own
+    stream, so its result does not depend on the other texts of the batch.
     """
     generators = list(generators) if generators is not None else [None] * len(coarse)
     device = model.position_embeds_layer.weight.device
@@ -47,28 +54,36 @@ def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None,
     bar = Reporter(progress, "fine", max(n_loops, default=0), "window")
     for loop in range(max(n_loops, default=0)):
         rows = [i for i, n in enumerate(n_loops) if n > loop]
-        starts, rels = [], []
-        for i in rows:
-            total = inputs[i].shape[0]
-            start = min(loop * FINE_STRIDE, total - FINE_WINDOW)
-            starts.append(start)
-            rels.append(min(n_history + loop * FINE_STRIDE, total - FINE_STRIDE) - start)
-        window = torch.stack([inputs[i][s: s + FINE_WINDOW] for i, s in zip(rows, starts)])  # (B, 1024, 8)
-        rel = min(rels)  # logits from the earliest position any row still predicts
-        for k in range(N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS):
-            logits = model(window, k, start=rel)[..., :CODEBOOK_SIZE]  # (B, 1024 - rel, 1024)
-            if k == N_COARSE_CODEBOOKS:  # the window's first pass
-                check_finite(logits, "fine")
-            if is_greedy(options.temperature):
-                tokens = logits.argmax(-1)  # (B, 1024 - rel)
-                for b, r in enumerate(rels):  # each row keeps what it has already predicted before its own rel
-                    window[b, r:, k] = tokens[b, r - rel:]
-            else:
-                probs = filter_logits(logits, options.temperature).softmax(-1)  # (B, 1024 - rel, 1024)
-                for b, (i, r) in enumerate(zip(rows, rels)):  # a row samples its own positions only
-                    window[b, r:, k] = sample_rows(probs[b, r - rel:], generators[i])
-        for b, (i, s) in enumerate(zip(rows, starts)):
-            inputs[i][s: s + FINE_WINDOW] = window[b]
+        per_pass = len(rows) if device.type == "cuda" else FINE_ROWS_PER_PASS_CPU
+        for first in range(0, len(rows), per_pass):
+            _window(model, inputs, rows[first: first + per_pass], loop * FINE_STRIDE, n_history, options, generators)
         bar.advance()
     # (L, 8) -> (8, T): drop the history and the padding
     return [x[n_history: n_history + n].T.cpu().numpy() for x, n in zip(inputs, n_frames)]
+
+
+def _window(model: FineGPT, inputs: list[torch.Tensor], rows: list[int], offset: int, n_history: int,
+            options: FineOptions, generators: Sequence[torch.Generator | None]) -> None:
+    """Predicts codebooks 2-7 of the window at `offset` of each text in `rows`, in place in `inputs`."""
+    starts, rels = [], []
+    for i in rows:
+        total = inputs[i].shape[0]
+        start = min(offset, total - FINE_WINDOW)
+        starts.append(start)
+        rels.append(min(n_history + offset, total - FINE_STRIDE) - start)
+    window = torch.stack([inputs[i][s: s + FINE_WINDOW] for i, s in zip(rows, starts)])  # (B, 1024, 8)
+    rel = min(rels)  # logits from the earliest position any row still predicts
+    for k in range(N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS):
+        logits = model(window, k, start=rel)[..., :CODEBOOK_SIZE]  # (B, 1024 - rel, 1024)
+        if k == N_COARSE_CODEBOOKS:  # the window's first pass
+            check_finite(logits, "fine")
+        if is_greedy(options.temperature):
+            tokens = logits.argmax(-1)  # (B, 1024 - rel)
+            for b, r in enumerate(rels):  # each row keeps what it has already predicted before its own rel
+                window[b, r:, k] = tokens[b, r - rel:]
+        else:
+            probs = filter_logits(logits, options.temperature).softmax(-1)  # (B, 1024 - rel, 1024)
+            for b, (i, r) in enumerate(zip(rows, rels)):  # a row samples its own positions only
+                window[b, r:, k] = sample_rows(probs[b, r - rel:], generators[i])
+    for b, (i, s) in enumerate(zip(rows, starts)):
+        inputs[i][s: s + FINE_WINDOW] = window[b]
