@@ -25,8 +25,7 @@
 #include <string.h>
 #include <omp.h>
 #include "int8.h"
-
-typedef float v16 __attribute__((vector_size(64)));
+#include "vec.h"
 
 typedef struct {  /* one linear layer: an Int8Linear (int8.py) or a bfloat16 nn.Linear */
     const void *weight;  /* (N, K): int8 or bfloat16 */
@@ -127,16 +126,11 @@ static void norm_and_prepare(int format, const float *x, const float *weight, co
 }
 
 static inline float dot_f32(const float *a, const float *b, int64_t n) {
-    v16 acc = {0};
+    v16 acc = zero();
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        v16 va, vb;
-        memcpy(&va, a + i, sizeof va);
-        memcpy(&vb, b + i, sizeof vb);
-        acc += va * vb;
-    }
+    for (; i + 16 <= n; i += 16) acc = madd(acc, load(a + i), load(b + i));
     float t[16], s = 0.0f;
-    memcpy(t, &acc, sizeof t);
+    lanes(acc, t);
     for (int j = 0; j < 16; j++) s += t[j];
     for (; i < n; i++) s += a[i] * b[i];
     return s;

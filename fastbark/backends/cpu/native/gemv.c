@@ -16,29 +16,7 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef float v8 __attribute__((vector_size(32)));
-
-/* A 16-float accumulator: one AVX-512 register, or two AVX2 registers (GCC keeps a 64-byte vector
- * on the stack when the CPU has no 64-byte registers, which made this kernel 3x slower there). Lane
- * for lane the arithmetic is the same, so both builds give the same bits. */
-#if defined(__AVX512F__)
-typedef float v16 __attribute__((vector_size(64)));
-static inline v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-static inline v16 zero(void) { return (v16){0}; }
-static inline v16 madd(v16 acc, v16 a, v16 b) { return acc + a * b; }
-static inline v8 fold(v16 a) {  /* lanes 0-7 + lanes 8-15 */
-    v8 lo, hi;
-    memcpy(&lo, &a, sizeof lo);
-    memcpy(&hi, (const char *)&a + sizeof lo, sizeof hi);
-    return lo + hi;
-}
-#else
-typedef struct { v8 lo, hi; } v16;
-static inline v16 load(const float *p) { v16 v; memcpy(&v.lo, p, sizeof v.lo); memcpy(&v.hi, p + 8, sizeof v.hi); return v; }
-static inline v16 zero(void) { return (v16){{0}, {0}}; }
-static inline v16 madd(v16 acc, v16 a, v16 b) { return (v16){acc.lo + a.lo * b.lo, acc.hi + a.hi * b.hi}; }
-static inline v8 fold(v16 a) { return a.lo + a.hi; }
-#endif
+#include "vec.h"
 
 /* Block sizes (rows of w x rows of x), chosen so that the accumulators stay in registers. */
 #if defined(__AVX512F__)
