@@ -68,3 +68,19 @@ def test_load_benchmark_smoke(tmp_path):
     for row in results["runs"].values():
         assert row["errors"] == 0 and row["identical_to_alone"] == 2  # every response equals its alone generation
     assert json.loads((tmp_path / "out.json").read_text())["throughput_ratio"] > 0
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_fine_rows_benchmark_smoke(tmp_path):
+    import fine_rows
+    results = fine_rows.main(["--size", "tiny", "--texts", "3", "--frames", "20", "--json", str(tmp_path / "out.json")])
+    assert results["equal"] and set(results["runs"]) == {"3 per pass", "1 per pass"}
+    assert json.loads((tmp_path / "out.json").read_text())["equal"]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_load_benchmark_with_the_server_as_reference(tmp_path):
+    pytest.importorskip("fastapi")
+    import load
+    results = load.main(["--size", "tiny", "--clients", "2", "--requests", "1", "--tokens", "4", "--alone", "server"])
+    assert results["runs"]["batched"]["identical_to_alone"] == 2 and results["runs"]["batched"]["errors"] == 0
