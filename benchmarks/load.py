@@ -154,9 +154,12 @@ def main(argv=None) -> dict:
             hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
             try:
                 run = run_load(url, requests, args.clients, args.timeout)
-                if expected is None:
+                reference = expected is None  # --alone server: this run's responses are the alone ones
+                if reference:
                     expected = [r["body"] if r["status"] == 200 else None for r in run["results"]]
                 row = summarise(run, expected)
+                if reference:
+                    row["identical_to_alone"] = "(the reference)"
                 row["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
                 row["max_batch"] = batch
                 metrics = httpx.get(url + "/metrics").text
