@@ -111,12 +111,13 @@ def test_one_voice_throughout(tts, monkeypatch, voice):
     monkeypatch.setattr(tts, "generate_chunks", spy)
     out = tts.generate(STORY, voice=voice, seed=3, **SHORT)
     assert len(out.segments) >= 4 and [n for n, _ in calls] == [1, len(out.segments) - 1]  # first alone, rest batched
-    first, rest = calls[0][1], calls[1][1]
+    (first,), rest = calls[0][1], calls[1][1]  # one voice per chunk
+    assert all(v is rest[0] for v in rest), "every chunk after the first has one voice object"
     if voice is None:  # the first chunk's generation is the voice of the rest
         assert first is None
-        np.testing.assert_array_equal(rest.semantic_prompt, out.segments[0].semantic_tokens)
+        np.testing.assert_array_equal(rest[0].semantic_prompt, out.segments[0].semantic_tokens)
     else:
-        assert first is rest is tts.load_voice("announcer")
+        assert first is rest[0] is tts.load_voice("announcer")
 
 
 def test_continue_speaker_conditions_each_chunk_on_the_one_before(tts, monkeypatch):
