@@ -56,11 +56,12 @@ def test_voices_share_the_semantic_batch(tts, monkeypatch):
         assert_same(batch[i], tts.generate(text, voice=voice, seed=derive_seed(7, i), max_semantic_tokens=40))
 
 
-def test_coarse_batch_of_different_lengths(tts):
+@pytest.mark.parametrize("voice_name", [None, "announcer"])  # without a voice, rows leave a reused cache
+def test_coarse_batch_of_different_lengths(tts, voice_name):
     rng = np.random.default_rng(7)
     semantic = [rng.integers(0, 10_000, n) for n in (230, 15, 90, 1)]
     options = CoarseOptions(temperature=0)
-    voice = tts.load_voice("announcer")
+    voice = tts.load_voice(voice_name)
     batch = generate_coarse(tts.coarse_model, semantic, voice, options)
     for s, b in zip(semantic, batch):
         np.testing.assert_array_equal(b, generate_coarse(tts.coarse_model, [s], voice, options)[0])

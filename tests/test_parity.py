@@ -51,6 +51,18 @@ def test_coarse_tokens_match(tts, reference, voice_arrays, voice):
     np.testing.assert_array_equal(ours, ref.coarse(reference, semantic, voice_arrays.get(voice)))
 
 
+def test_coarse_windows_reuse_the_cache_until_the_context_slides(tts, monkeypatch):
+    # 230 semantic tokens, no voice: windows 0-10 start at semantic 0 and coarse 0, so one prefill
+    # serves them all; window 11 (semantic index 220 > 209) slides and prefills afresh
+    lengths = []
+    forward = type(tts.coarse_model).forward
+    monkeypatch.setattr(type(tts.coarse_model), "forward",
+                        lambda self, embeds, cache, pos: lengths.append(embeds.shape[1]) or forward(self, embeds, cache, pos))
+    tts.semantic_to_coarse(np.random.default_rng(1).integers(0, 10_000, 230), temperature=0)
+    assert [n for n in lengths if n > 1] == [257, 257 + 630]
+    assert len(lengths) == 690  # each window: one start (a prefill or the carried token), then a step per token but its last
+
+
 @pytest.mark.parametrize("voice", [None, "v2/en_speaker_1"])
 def test_fine_tokens_match(tts, reference, voice_arrays, voice):
     coarse = np.random.default_rng(2).integers(0, 1024, (2, 1300))  # three 1024-frame windows

@@ -1,7 +1,15 @@
 """Stage 2: semantic tokens -> EnCodec codebooks 0-1 (75 Hz), in sliding windows of the causal coarse GPT.
 
-Coarse ids are 10 000 + codebook * 1024 + code, interleaved c0, c1, c0, c1, ...; each window
-starts a fresh KV cache over [semantic context (256), infer token, last coarse tokens (<= 630)].
+Coarse ids are 10 000 + codebook * 1024 + code, interleaved c0, c1, c0, c1, ...; each window's
+prompt is [semantic context (256), infer token, last coarse tokens (<= 630)] at positions from 0.
+
+The reference prefills every window's prompt afresh. While neither the semantic context nor the
+start of the coarse history has moved (early windows, before 209 semantic / 630 coarse tokens of
+history), a window's prompt is exactly the previous prompt plus the previous window's tokens, all
+of which but the last are already in the KV cache: then we feed that one token instead of a
+prefill of up to 887 positions. Same tokens in exact arithmetic; in floating point the cached keys
+come from decode steps rather than one prefill (rounding-level differences, as between any two
+kernels); the parity tests against transformers cover both kinds of window.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from ..constants import (CODEBOOK_SIZE, COARSE_INFER_TOKEN, COARSE_SEMANTIC_PAD_
 from ..models.gpt import CausalGPT
 from ..options import CoarseOptions
 from ..voices import Voice
-from .decoding import decode_one_token, prefill
+from .decoding import check_finite, decode_one_token, prefill
 from .progress import ProgressCallback, Reporter
 from .sampling import choose
 
@@ -68,22 +76,32 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
     coarse = torch.empty(len(semantic), n_hist + total_steps, dtype=torch.long, device=device)
     coarse[:, :n_hist] = torch.from_numpy(coarse_history).to(device)
     emb, done = model.input_embeds_layer, 0
+    cache, cache_rows, cache_starts, pos = None, [], None, 0
     bar = Reporter(progress, "coarse", total_steps, "token")
     while done < total_steps:
         rows = [i for i, n in enumerate(n_steps) if n > done]
         semantic_idx = len(semantic_history) + int(round(done / SEMANTIC_TO_COARSE_RATIO))
-        contexts = []
-        for i in rows:
-            context = semantic_in[i][max(0, semantic_idx - max_semantic_history):][:MAX_COARSE_INPUT]
-            contexts.append(np.pad(context, (0, MAX_COARSE_INPUT - len(context)),
-                                   constant_values=COARSE_SEMANTIC_PAD_TOKEN))
         end = n_hist + done
-        prompt = torch.cat([torch.from_numpy(np.stack(contexts)).to(device),  # (B, 256)
-                            torch.full((len(rows), 1), COARSE_INFER_TOKEN, device=device),
-                            coarse[rows, max(0, end - options.max_coarse_history): end]], dim=1)
-        cache = model.new_cache(len(rows))  # a fresh cache per window: positions restart at 0
-        logits = prefill(model, emb(prompt), cache, "coarse")
-        pos = prompt.shape[1]
+        starts = (max(0, semantic_idx - max_semantic_history), max(0, end - options.max_coarse_history))
+        if cache is not None and starts == cache_starts:
+            # the prompt grew by the last window's tokens only: the cache holds all but its last one
+            if rows != cache_rows:  # rows that finished leave (the same bits for those that stay)
+                cache = cache.select(torch.tensor([cache_rows.index(i) for i in rows], device=device))
+            logits = check_finite(decode_one_token(model, coarse[rows, end - 1], cache, pos), "coarse")
+            pos += 1
+        else:
+            contexts = []
+            for i in rows:
+                context = semantic_in[i][starts[0]:][:MAX_COARSE_INPUT]
+                contexts.append(np.pad(context, (0, MAX_COARSE_INPUT - len(context)),
+                                       constant_values=COARSE_SEMANTIC_PAD_TOKEN))
+            prompt = torch.cat([torch.from_numpy(np.stack(contexts)).to(device),  # (B, 256)
+                                torch.full((len(rows), 1), COARSE_INFER_TOKEN, device=device),
+                                coarse[rows, starts[1]: end]], dim=1)
+            cache = model.new_cache(len(rows))  # a fresh cache: positions restart at 0
+            logits = prefill(model, emb(prompt), cache, "coarse")
+            pos = prompt.shape[1]
+        cache_rows, cache_starts = rows, starts
         n_window = min(options.sliding_window_len, total_steps - done)
         for step in range(n_window):
             # even steps emit codebook 0, odd steps codebook 1
