@@ -57,8 +57,10 @@ def voice_histories(voice: Voice | None, max_coarse_history: int) -> tuple[np.nd
 @torch.inference_mode()
 def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice | None, options: CoarseOptions,
                     generators: Sequence[torch.Generator | None] | None = None,
-                    progress: ProgressCallback | None = None) -> list[np.ndarray]:
+                    progress: ProgressCallback | None = None, carry_cache: bool = True) -> list[np.ndarray]:
     """Coarse codes (2, T_i) int64 in [0, 1024) for each semantic array (n_i,).
+
+    carry_cache=False prefills every window as the reference does (the baseline of benchmarks).
 
     The batch moves window by window together: with one voice every row's prompt has the same
     length (semantic context padded to 256, infer token, the same number of coarse tokens), so
@@ -83,7 +85,7 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
         semantic_idx = len(semantic_history) + int(round(done / SEMANTIC_TO_COARSE_RATIO))
         end = n_hist + done
         starts = (max(0, semantic_idx - max_semantic_history), max(0, end - options.max_coarse_history))
-        if cache is not None and starts == cache_starts:
+        if carry_cache and cache is not None and starts == cache_starts:
             # the prompt grew by the last window's tokens only: the cache holds all but its last one
             if rows != cache_rows:  # rows that finished leave (the same bits for those that stay)
                 cache = cache.select(torch.tensor([cache_rows.index(i) for i in rows], device=device))
