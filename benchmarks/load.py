@@ -165,13 +165,20 @@ def main(argv=None) -> dict:
                 metrics = httpx.get(url + "/metrics").text
                 row["batches"] = next((float(line.split()[-1]) for line in metrics.splitlines()
                                        if line.startswith("fastbark_batch_size_count")), 0)
+                out["runs"][name] = row  # kept, and shown, before the server stops
+                print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
             finally:
                 if hog is not None:
                     hog.kill()
+                stop = time.perf_counter()
                 proc.terminate()
-                proc.wait(timeout=60)
-            out["runs"][name] = row
-            print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                if name in out["runs"]:
+                    out["runs"][name]["shutdown_s"] = time.perf_counter() - stop
     if not args.only_batched:
         batched, single = out["runs"]["batched"], out["runs"]["one at a time"]
         out["throughput_ratio"] = batched["requests_per_s"] / single["requests_per_s"]
