@@ -109,7 +109,8 @@ def main(argv=None) -> dict:
     p.add_argument("--tokens", type=int, default=16, help="semantic tokens forced per request")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="the server engine's threads (and the local check's)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds one request may take")
+    p.add_argument("--timeout", type=float, default=3600,
+                   help="seconds one request may take, its wait in the queue included")
     p.add_argument("--quantize", choices=["int8"], help="serve (and check against) the int8 mode")
     p.add_argument("--only-batched", action="store_true", help="skip the one-at-a-time run")
     p.add_argument("--busy", action="store_true", help="keep one other process busy on a core during the server runs")
