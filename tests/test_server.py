@@ -86,31 +86,27 @@ def test_every_format_with_the_openai_client(server, fmt):
 
 def test_seeded_responses_equal_their_alone_generation_even_when_batched(engine, tmp_path):
     # a long wait for company and a batch of exactly four: the four requests share one batch for certain
-    with serving(engine, tmp_path, max_batch=4, max_wait_ms=10_000) as (url, app):
-        _four_concurrent_requests_equal_alone(url, app, engine)
-
-
-def _four_concurrent_requests_equal_alone(url, app, engine):
     requests = [("the dog is cute", 1, "alloy"), ("Hello world", 2, "alloy"), ("café naïve", 3, "alloy"),
                 ("I a the", 4, "nova")]
-    results = [None] * len(requests)
+    with serving(engine, tmp_path, max_batch=4, max_wait_ms=10_000) as (url, _):
+        results = [None] * len(requests)
 
-    def call(i):
-        text, seed, voice = requests[i]
-        results[i] = client(url).audio.speech.create(model="tts-1", voice=voice, input=text, response_format="pcm",
-                                                     extra_body={"seed": seed, **FAST}).content
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    voices = {"alloy": "announcer", "nova": "v2/en_speaker_1"}
-    for (text, seed, voice), got in zip(requests, results):
-        alone = engine.generate(text, voice=voices[voice], seed=seed, **FAST)
-        assert got == pcm16(alone.audio), text
-    metrics = {line.split()[0]: float(line.split()[1]) for line in httpx.get(url + "/metrics").text.splitlines()
-               if line.startswith("fastbark_batch_size_")}
-    assert (metrics["fastbark_batch_size_count"], metrics["fastbark_batch_size_sum"]) == (1, 4)  # one batch of 4
+        def call(i):
+            text, seed, voice = requests[i]
+            results[i] = client(url).audio.speech.create(model="tts-1", voice=voice, input=text, response_format="pcm",
+                                                         extra_body={"seed": seed, **FAST}).content
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        voices = {"alloy": "announcer", "nova": "v2/en_speaker_1"}
+        for (text, seed, voice), got in zip(requests, results):
+            alone = engine.generate(text, voice=voices[voice], seed=seed, **FAST)
+            assert got == pcm16(alone.audio), text
+        metrics = {line.split()[0]: float(line.split()[1]) for line in httpx.get(url + "/metrics").text.splitlines()
+                   if line.startswith("fastbark_batch_size_")}
+        assert (metrics["fastbark_batch_size_count"], metrics["fastbark_batch_size_sum"]) == (1, 4)  # one batch of 4
 
 
 def test_scheduler_batches_requests_with_different_voices(engine):
