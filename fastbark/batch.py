@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import BadInput
-from .options import GenerationOptions, LongFormOptions
-from .output import FORMATS, write_audio
+from .options import GenerationOptions, LongFormOptions, _shown, check_seed
+from .output import FORMATS, check_folder, write_audio
+from .text.tokenizer import normalize_text
 
 MANIFEST = "manifest.jsonl"
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a file name: no separators, no "..", no hidden files
@@ -51,31 +52,36 @@ class Item:
 
 
 def check_item(raw, seen: set[str]) -> Item:
-    """A raw item (a dict from a JSON line or a CSV row) as an Item; BadInput naming what is wrong."""
+    """A raw item (a dict from a JSON line or a CSV row) as an Item; BadInput naming what is wrong. Every
+    field is checked here, item by item, so that a bad item never joins (and sinks) a batch."""
     if not isinstance(raw, dict):
         raise BadInput(f"an item must be a JSON object, not {type(raw).__name__}")
     unknown = set(raw) - ITEM_KEYS - OPTION_KEYS
     if unknown:
-        raise BadInput(f"unknown key(s) {', '.join(sorted(unknown))}; an item takes {', '.join(sorted(ITEM_KEYS))} "
-                       f"and the option fields")
+        raise BadInput(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; an item takes "
+                       f"{', '.join(sorted(ITEM_KEYS))} and the option fields", sorted(map(str, unknown))[0])
     item_id = raw.get("id")
-    if not isinstance(item_id, str) or not SAFE_ID.match(item_id) or ".." in item_id:
-        raise BadInput(f"id {item_id!r} is not a safe file name: 1-128 of A-Z a-z 0-9 . _ -, not starting with "
-                       f"'.' or '-', no '..'")
+    if not isinstance(item_id, str):
+        raise BadInput(f"id must be a string (a file name), got {type(item_id).__name__} {_shown(item_id)}", "id")
+    if not SAFE_ID.match(item_id) or ".." in item_id:
+        raise BadInput(f"id {_shown(item_id)} is not a safe file name: 1-128 of A-Z a-z 0-9 . _ -, not starting "
+                       f"with '.' or '-', no '..'", "id")
     if item_id in seen:
-        raise BadInput(f"id {item_id!r} appears more than once")
-    text, voice, seed = raw.get("text"), raw.get("voice") or None, raw.get("seed")
-    if not isinstance(text, str) or not text.strip():
-        raise BadInput("text must be a non-empty string")
+        raise BadInput(f"id {item_id!r} appears more than once", "id")
+    text, voice = raw.get("text"), raw.get("voice") or None
+    if not isinstance(text, str):
+        raise BadInput(f"text must be a string, got {type(text).__name__}", "text")
+    normalize_text(text)  # empty, whitespace only, not valid Unicode: refused here, not in its batch
     if voice is not None and not isinstance(voice, str):
-        raise BadInput(f"voice must be a preset name or an .npz path, got {voice!r}")
+        raise BadInput(f"voice must be a preset name or an .npz path, got {_shown(voice)}", "voice")
+    seed = check_seed(raw.get("seed"))
     fmt = raw.get("format") or "wav"
-    if fmt not in FORMATS:
-        raise BadInput(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
+    if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
+        raise BadInput(f"format {_shown(fmt)} is unknown; accepted: {', '.join(FORMATS)}", "format")
     options = {k: v for k, v in raw.items() if k in OPTION_KEYS}
     GenerationOptions(**{k: v for k, v in options.items() if k in GenerationOptions.__dataclass_fields__})
     LongFormOptions(**{k: v for k, v in options.items() if k in LongFormOptions.__dataclass_fields__})
-    return Item(item_id, text, voice, seed, fmt, options)
+    return Item(item_id, text, voice, seed, fmt.lower(), options)
 
 
 def read_items(path: str | os.PathLike) -> Iterator[tuple[int, dict | BadInput]]:
@@ -138,38 +144,72 @@ def _typed_csv(raw: dict) -> dict:
     return typed
 
 
-def read_manifest(out: Path) -> dict[str, dict]:
-    """The last record of each id in OUT/manifest.jsonl (a half-written last line from a crash is ignored)."""
-    records = {}
-    try:
-        with open(out / MANIFEST, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and isinstance(record.get("id"), str):
-                    records[record["id"]] = record
-    except FileNotFoundError:
-        pass
-    return records
+class Manifest:
+    """OUT/manifest.jsonl: appended whole lines, synced, one line per outcome. A record equal to the last
+    one of its item (an error met again on a rerun, timings aside) is not appended again."""
 
+    def __init__(self, out: Path):
+        self.out, self.path = out, out / MANIFEST
+        self.last: dict[tuple, str] = {}  # an item's key -> the signature of its last record
+        self.records: dict[str, dict] = {}  # id -> its last record (a half-written last line from a crash is ignored)
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict):
+                        self._remember(record)
+        except FileNotFoundError:
+            pass
 
-def done_ids(out: Path) -> set[str]:
-    return {i for i, r in read_manifest(out).items() if r.get("status") == "ok" and (out / r.get("file", "")).is_file()}
+    @staticmethod
+    def _key(record: dict) -> tuple:
+        if isinstance(record.get("id"), str):
+            return ("id", record["id"])
+        return ("refused", record.get("line"), repr(record.get("given_id")))
 
+    @staticmethod
+    def _signature(record: dict) -> str:
+        return json.dumps({k: v for k, v in record.items() if k != "timings"}, sort_keys=True)
 
-def append_manifest(out: Path, records: Iterable[dict]) -> None:
-    """Append whole lines and sync them: a record is written only after its file is complete."""
-    with open(out / MANIFEST, "a", encoding="utf-8") as f:
+    def _remember(self, record: dict) -> None:
+        self.last[self._key(record)] = self._signature(record)
+        if isinstance(record.get("id"), str):
+            self.records[record["id"]] = record
+
+    def done_ids(self) -> set[str]:
+        return {i for i, r in self.records.items()
+                if r.get("status") == "ok" and isinstance(r.get("file"), str) and (self.out / r["file"]).is_file()}
+
+    def append(self, records: Iterable[dict]) -> None:
+        """Append whole lines and sync them: a record is written only after its file is complete."""
+        lines = []
         for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+            if self.last.get(self._key(record)) == self._signature(record):
+                continue  # the same outcome as last time: the manifest already says so
+            self._remember(record)
+            lines.append(_json_line(record))
+        if lines:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.writelines(lines)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def _json_line(record: dict) -> str:
+    line = json.dumps(record, ensure_ascii=False) + "\n"
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # text that is not valid Unicode (a lone surrogate): escaped
+        line = json.dumps(record) + "\n"
+    return line
 
 
 def error_record(item_id, line: int | None, error: Exception) -> dict:
-    return {"id": item_id, "status": "error", "line": line, "error": str(error)}
+    message = str(error) if isinstance(error, BadInput) else f"internal error: {type(error).__name__}: {error}"
+    return {"id": item_id, "status": "error", "line": line, "error": message}
 
 
 def rejected_record(given_id, line: int, error: Exception) -> dict:
@@ -188,19 +228,26 @@ def batches(items: list[Item], batch_size: int) -> Iterator[list[Item]]:
 
 
 def run_batch(tts, batch: list[Item], out: Path) -> list[dict]:
-    """Generate one batch (items of one group), write each file, and return their manifest records; a
-    batch that fails at run time (an unknown voice, say) gets one error record per item."""
+    """Generate one batch (items of one group), write each file, and return their manifest records. When
+    the batch fails (an unknown voice, a bad option met at run time, an error in the engine), each of its
+    items is run alone, so that every item gets its own outcome and its own error."""
     start = time.perf_counter()
     try:
         outs = tts.generate([i.text for i in batch], voice=batch[0].voice, seed=[i.seed for i in batch],
                             batch_size=len(batch), **batch[0].options)
-    except BadInput as e:
-        return [error_record(i.id, None, e) for i in batch]
+    except Exception as e:  # noqa: BLE001 - recorded in the manifest; Ctrl-C and SIGTERM pass through
+        if len(batch) > 1:
+            return [record for item in batch for record in run_batch(tts, [item], out)]
+        return [error_record(batch[0].id, None, e)]
     seconds = (time.perf_counter() - start) / len(batch)
     records = []
     for item, result in zip(batch, outs):
         name = f"{item.id}.{item.format}"
-        write_audio(str(out / name), result.audio, item.format)
+        try:
+            write_audio(str(out / name), result.audio, item.format)
+        except (OSError, BadInput) as e:  # a full disk, say: this item failed, the others may not
+            records.append(error_record(item.id, None, BadInput(f"cannot write {name}: {e}")))
+            continue
         records.append({"id": item.id, "status": "ok", "file": name, "duration_s": result.duration_s,
                         "seed": item.seed, "voice": item.voice, "options": item.options,
                         "segments": [{"text": s.text, "start": s.start, "end": s.end,
@@ -209,16 +256,27 @@ def run_batch(tts, batch: list[Item], out: Path) -> list[dict]:
     return records
 
 
-def plan(jobs: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, list[tuple[int, Item]], list[dict], int]:
-    """Read and check every item, skipping those already done: (out folder, (line, item) to run, error
-    records, how many were skipped)."""
+def prepare_out(out: str | os.PathLike) -> Manifest:
+    """The output folder, made if needed and proven writable (a file is created and removed there), before
+    any model loads; its manifest."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise BadInput(f"--out {str(out)!r} is a file; give a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise BadInput(f"cannot write into {str(out)!r}: permission denied")
-    done, seen = done_ids(out), set()
+        raise BadInput(f"--out {str(out)!r} is a file; give a folder", "out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot make the output folder {str(out)!r}: {e.strerror}", "out") from None
+    check_folder(out, "output folder")
+    if (out / MANIFEST).exists() and not os.access(out / MANIFEST, os.W_OK):
+        raise BadInput(f"cannot write {str(out / MANIFEST)!r}: permission denied", "out")
+    return Manifest(out)
+
+
+def plan(jobs: str | os.PathLike, out: str | os.PathLike) -> tuple[Manifest, list[tuple[int, Item]], list[dict], int]:
+    """Read and check every item, skipping those already done: (the output's manifest, (line, item) to run,
+    error records, how many were skipped)."""
+    manifest = prepare_out(out)
+    done, seen = manifest.done_ids(), set()
     todo, errors, skipped = [], [], 0
     for line, raw in read_items(jobs):
         raw_id = raw.get("id") if isinstance(raw, dict) else None
@@ -234,27 +292,26 @@ def plan(jobs: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, list[tu
             skipped += 1
         else:
             todo.append((line, item))
-    return out, todo, errors, skipped
+    return manifest, todo, errors, skipped
 
 
 def synthesize(tts, items: Iterable[dict], out: str | os.PathLike, batch_size: int = 8) -> Iterator[dict]:
     """The same job from Python: raw items (dicts) -> manifest records, as each batch finishes. Files and
     the manifest go to `out`, and items already done there are skipped, as with `fastbark batch`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    done, seen, todo = done_ids(out), set(), []
+    manifest = prepare_out(out)
+    done, seen, todo = manifest.done_ids(), set(), []
     for n, raw in enumerate(items, start=1):
         try:
             item = check_item(raw, seen)
         except BadInput as e:
             record = rejected_record(raw.get("id") if isinstance(raw, dict) else None, n, e)
-            append_manifest(out, [record])
+            manifest.append([record])
             yield record
             continue
         seen.add(item.id)
         if item.id not in done:
             todo.append(item)
     for batch in batches(todo, batch_size):
-        records = run_batch(tts, batch, out)
-        append_manifest(out, records)
+        records = run_batch(tts, batch, manifest.out)
+        manifest.append(records)
         yield from records

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import os
+import signal
 import sys
+import threading
 import time
 import typing
 import warnings
 
+from . import __version__
 from .errors import BadInput
 from .options import EngineOptions, GenerationOptions, LongFormOptions
+from .output import FORMATS
 
 DEFAULT_MODEL = "suno/bark-small"
 
@@ -58,36 +64,59 @@ def add_option_flags(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def options_from_args(cls, args: argparse.Namespace):
-    """`cls` from the parsed flags; an error about a field names its flag."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    try:
-        return cls(**{name: getattr(args, name) for name in names})
-    except BadInput as e:
-        message = str(e)
-        for name in sorted(names, key=len, reverse=True):
-            if message.startswith(name + " "):
-                raise BadInput("--" + name.replace("_", "-") + message[len(name):]) from None
-        raise
+    """`cls` from the parsed flags (an error about a field names its flag: see `in_flags`)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def in_flags(error: BadInput, parser: argparse.ArgumentParser | None) -> str:
+    """An error's message as the command line speaks: a message that begins with the name of the option at
+    fault (`seed must be ...`) begins with its flag instead (`--seed must be ...`)."""
+    message, param = str(error), getattr(error, "param", None)
+    if parser is None or not param or not message.startswith(param + " "):
+        return message
+    flags = [a.option_strings for a in parser._actions if a.dest == param and a.option_strings]
+    if not flags:
+        return message
+    return max(flags[0], key=len) + message[len(param):]
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit status 2, like every other bad input."""
+    """argparse, but a usage error is one line and exit status 2, like every other bad input, and it points
+    at the help of the command that was given."""
 
     def error(self, message: str):
         raise BadInput(f"{message} (see {self.prog} --help)")
 
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._subcommands().get(getattr(parsed, "command", None), self)
+            known = [o for a in command._actions for o in a.option_strings]
+            close = [m for x in extras if x.startswith("-") for m in difflib.get_close_matches(x, known, n=1)]
+            hint = f"; did you mean {close[0]}?" if close else ""
+            command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed
+
+    def _subcommands(self) -> dict[str, argparse.ArgumentParser]:
+        actions = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        return dict(actions[0].choices) if actions else {}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fastbark", description="Bark text-to-speech, fast and faithful.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser.add_argument("--version", action="version", version=f"fastbark {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{say,batch,serve,voices,convert}")
+    formats = ", ".join(FORMATS)
 
-    say = sub.add_parser("say", help="speak text into a WAV file")
+    say = sub.add_parser("say", help="speak text into an audio file")
     say.add_argument("text", nargs="?", help="text to speak ('-' or absent: read standard input)")
     say.add_argument("--file", "-f", help="read the text from this file")
     say.add_argument("-o", "--output", default="out.wav",
-                     help="audio file to write (.wav, .flac, .ogg, .opus, .mp3, .pcm), '-' for standard output")
-    say.add_argument("--format", help="audio format, overriding the extension: wav, flac, ogg, opus, mp3, pcm "
-                                      "(raw 16-bit little-endian mono); '-o -' defaults to wav")
+                     help=f"audio file to write ({', '.join('.' + f for f in FORMATS)}), '-' for standard output "
+                          f"(default out.wav)")
+    say.add_argument("--format", help=f"audio format, any case: {formats} (pcm: raw 16-bit little-endian mono); "
+                                      f"default: from the extension, '-o -' wav. It must agree with a known "
+                                      f"extension")
     _model_args(say)
     say.add_argument("--voice", "-v", help="voice preset name (see `fastbark voices`) or .npz file")
     say.add_argument("--seed", type=_flag_type(int), help="random seed: the same seed gives the same audio")
@@ -233,33 +262,34 @@ def cmd_say(args) -> None:
 
 def cmd_batch(args) -> int:
     """Exit status 0 when every item is done, 1 when some failed (each recorded in the manifest)."""
-    from .batch import append_manifest, batches, plan, run_batch
+    from .batch import batches, plan, run_batch
     engine = options_from_args(EngineOptions, args)
     check_positive = {"--batch-size": args.batch_size, "--actors": args.actors}
     for flag, value in check_positive.items():
         if value < 1:
             raise BadInput(f"{flag} must be at least 1, got {value}")
-    out, todo, errors, skipped = plan(args.jobs, args.out)
-    append_manifest(out, errors)
-    print(f"fastbark: {len(todo)} items to speak, {skipped} already done, {len(errors)} refused", file=sys.stderr)
+    manifest, todo, errors, skipped = plan(args.jobs, args.out)
+    manifest.append(errors)
+    if not args.quiet:
+        print(f"fastbark: {len(todo)} items to speak, {skipped} already done, {len(errors)} refused", file=sys.stderr)
     start, records = time.perf_counter(), []
     if args.ray:
         from .ray_batch import run_on_ray
-        records = run_on_ray(args, engine, out, [item for _, item in todo])
+        records = run_on_ray(args, engine, manifest, [item for _, item in todo])
     elif todo:
         from tqdm.auto import tqdm
         from .engine import Bark
         tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
         with tqdm(total=len(todo), unit="item", disable=args.quiet) as bar:
             for batch in batches([item for _, item in todo], args.batch_size):  # Ctrl-C keeps the batches done
-                new = run_batch(tts, batch, out)
-                append_manifest(out, new)
+                new = run_batch(tts, batch, manifest.out)
+                manifest.append(new)
                 records += new
                 bar.update(len(new))
     failed = len(errors) + sum(r["status"] != "ok" for r in records)
     ok = sum(r["status"] == "ok" for r in records)
     print(f"fastbark: {ok} done, {skipped} skipped (done before), {failed} failed, in "
-          f"{time.perf_counter() - start:.1f} s; manifest: {out / 'manifest.jsonl'}", file=sys.stderr)
+          f"{time.perf_counter() - start:.1f} s; manifest: {manifest.path}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -306,19 +336,48 @@ def cmd_convert(args) -> None:
     print(f"wrote {dst}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, systemd, docker stop), handled as Ctrl-C is: unfinished files are removed."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"fastbark: warning: {msg}\n"
+    parser = build_parser()
+    command, previous = None, None
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
+        command = args.command
+        if command is None:  # bare `fastbark`
+            parser.print_help()
+            return 0
+        if command != "serve" and threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)  # uvicorn handles its own
         status = {"say": cmd_say, "voices": cmd_voices, "convert": cmd_convert, "batch": cmd_batch,
-                  "serve": cmd_serve}[args.command](args)
+                  "serve": cmd_serve}[command](args)
     except BadInput as e:
-        print(f"fastbark: error: {e}", file=sys.stderr)
+        print(f"fastbark: error: {in_flags(e, parser._subcommands().get(command))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fastbark: interrupted; finished items are kept (rerun to resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        kept = "; finished items are kept (rerun to resume)" if command == "batch" else ""
+        print(f"fastbark: {what}{kept}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    except BrokenPipeError:
+        # the reader of standard output went away (`| head`, a player that quit): stop quietly, as Unix
+        # tools do, and keep Python's exit from failing again on the closed pipe
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 128 + signal.SIGPIPE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return status or 0
 
 

@@ -14,8 +14,8 @@ from .backends.base import Models
 from .constants import CODEBOOK_SIZE, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS, SEMANTIC_VOCAB_SIZE
 from .errors import BadInput
 from .loading.layouts import Parts, load_parts
-from .options import (MAX_SEED, CoarseOptions, EngineOptions, FineOptions, GenerationOptions, LongFormOptions,
-                      SemanticOptions, check_number, make_options)
+from .options import (CoarseOptions, EngineOptions, FineOptions, GenerationOptions, LongFormOptions,
+                      SemanticOptions, check_number, check_seed, make_options)
 from .pipeline.coarse import generate_coarse
 from .pipeline.fine import generate_fine
 from .pipeline.progress import ProgressCallback
@@ -75,7 +75,11 @@ class Bark:
         return self.voice_library.names() if self.voice_library else []
 
     def load_voice(self, voice: VoiceLike) -> Voice | None:
-        return resolve_voice(voice, self.voice_library)
+        try:
+            return resolve_voice(voice, self.voice_library)
+        except BadInput as e:
+            e.param = e.param or "voice"
+            raise
 
     # ------------------------------------------------------------ stages
 
@@ -86,7 +90,7 @@ class Bark:
         ids = self.tokenizer.encode(text)
         if not ids:
             raise BadInput(f"text {text[:40]!r} has nothing to speak: after removing control and zero-width "
-                           f"characters no words are left")
+                           f"characters no words are left", "text")
         return fit_text_window(ids)
 
     def text_to_semantic(self, text: str, voice: VoiceLike = None, *, seed: int | None = None,
@@ -197,7 +201,7 @@ class Bark:
                 loaded[key] = self.load_voice(v)
             chunks = self.split(t, long_form)
             if not chunks:
-                raise BadInput(f"text {t[:40]!r} has nothing to speak")
+                raise BadInput(f"text {t[:40]!r} has nothing to speak", "text")
             jobs.append(narrate.TextJob(i, chunks, [self.tokenize(c) for c in chunks], loaded[key], key, seeds[i]))
         return jobs, options, long_form
 
@@ -205,13 +209,9 @@ class Bark:
     def _seeds(seed, n: int, single: bool) -> list[int | None]:
         if isinstance(seed, (list, tuple)):
             if single or len(seed) != n:
-                raise BadInput(f"a list of seeds needs one seed per text: {len(seed)} seeds for {n} texts")
-            for s in seed:
-                check_number("seed", s, integer=True, low=0, high=MAX_SEED, none_ok=True,
-                             accepted="an integer in 0..2**64-1 or None")
-            return list(seed)
-        check_number("seed", seed, integer=True, low=0, high=MAX_SEED, none_ok=True,
-                     accepted="an integer in 0..2**64-1, a list of them, or None")
+                raise BadInput(f"a list of seeds needs one seed per text: {len(seed)} seeds for {n} texts", "seed")
+            return [check_seed(s) for s in seed]
+        seed = check_seed(seed)
         if seed is None or single:
             return [seed] * n
         return [narrate.derive_seed(seed, i) for i in range(n)]

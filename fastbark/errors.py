@@ -2,7 +2,17 @@
 
 
 class BadInput(ValueError):
-    """The caller gave something fastbark cannot use: the message says what, and what is accepted."""
+    """The caller gave something fastbark cannot use: the message says what, and what is accepted.
+
+    `param` names the option or field at fault when there is one (an option's field name, `text`,
+    `voice`, `seed`...): the CLI turns it into its flag, the server into the error's `param`."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self):  # keeps `param` across processes (Ray actors)
+        return type(self), (str(self), self.param)
 
 
 class CheckpointError(BadInput):

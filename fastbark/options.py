@@ -10,8 +10,10 @@ everywhere. The checks here are the ones every entry point shares.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
 
 from .constants import (CONTEXT_LEN, DEFAULT_COARSE_TEMPERATURE, DEFAULT_FINE_TEMPERATURE, DEFAULT_MIN_EOS_P,
@@ -35,11 +37,15 @@ def _help(text: str, **more) -> dict:
 def check_number(name: str, value, *, integer: bool = False, low: float | None = None, high: float | None = None,
                  low_open: bool = False, none_ok: bool = False, accepted: str = ""):
     """`value` as a finite int (or float), within [low, high] (low excluded if `low_open`); BadInput
-    naming `name` and what is accepted otherwise. Booleans are not numbers here."""
+    naming `name` and what is accepted otherwise. Booleans are not numbers here; numpy's integers and
+    floats are (returned as Python's)."""
     if value is None and none_ok:
         return None
-    kinds = (int,) if integer else (int, float)
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+    kinds = (numbers.Integral,) if integer else (numbers.Integral, numbers.Real)
+    ok = isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)
+        ok = math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -48,32 +54,45 @@ def check_number(name: str, value, *, integer: bool = False, low: float | None =
         if not accepted:
             bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
                      f"{high if high is not None else 'inf'}]"
-            accepted = f"{'an integer' if integer else 'a number'} in {bounds}" + (" or None" if none_ok else "")
-        raise BadInput(f"{name} must be {accepted}, got {value!r}")
+            accepted = f"{'an integer' if integer else 'a number'} in {bounds}" + (" or none" if none_ok else "")
+        raise BadInput(f"{name} must be {accepted}, got {_shown(value)}", param=name)
     return value
 
 
+def _shown(value) -> str:
+    """A value as an error message shows it: short, and printable (a lone surrogate is escaped)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+
+
 def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise BadInput(f"unknown {name} {value!r}; accepted: {', '.join(map(str, choices))}")
+    if not isinstance(value, str) or value not in choices:
+        raise BadInput(f"{name} {_shown(value)} is unknown; accepted: {', '.join(map(str, choices))}", param=name)
 
 
 def check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
-        raise BadInput(f"{name} must be True or False, got {value!r}")
+        raise BadInput(f"{name} must be true or false, got {_shown(value)}", param=name)
 
 
-MIN_TEMPERATURE = 1e-6  # logits / temperature must stay finite in float32: |logits| < 1e32 then, far above any model's
+def check_seed(seed, name: str = "seed") -> int | None:
+    """A seed as a Python int in 0..2**64-1 (numpy integers too), or None."""
+    return check_number(name, seed, integer=True, low=0, high=MAX_SEED, none_ok=True,
+                        accepted="an integer in 0..2**64-1 or none")
+
+
 MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds
+MIN_TEMPERATURE = 1e-6  # logits / temperature must stay finite in float32: |logits| < 1e32 then, far above any model's
 
 
-def check_sampling(temperature: float | None, top_k: int | None = None, top_p: float | None = None) -> None:
-    accepted = f"a number >= 0 and finite (0 = greedy; otherwise at least {MIN_TEMPERATURE:g})"
-    check_number("temperature", temperature, low=0, none_ok=True, accepted=accepted)
+def check_sampling(temperature: float | None, top_k: int | None = None, top_p: float | None = None,
+                   temperature_name: str = "temperature") -> None:
+    accepted = f"a number >= 0 and finite (0 = greedy; otherwise at least {MIN_TEMPERATURE:g}) or none"
+    temperature = check_number(temperature_name, temperature, low=0, none_ok=True, accepted=accepted)
     if temperature is not None and 0 < temperature < MIN_TEMPERATURE:
-        raise BadInput(f"temperature must be {accepted}, got {temperature!r}")
-    check_number("top_k", top_k, integer=True, low=1, none_ok=True, accepted="an integer >= 1 or None")
-    check_number("top_p", top_p, low=0, low_open=True, high=1, none_ok=True, accepted="in (0, 1] or None")
+        raise BadInput(f"{temperature_name} must be {accepted}, got {temperature!r}", param=temperature_name)
+    check_number("top_k", top_k, integer=True, low=1, none_ok=True, accepted="an integer >= 1 or none")
+    check_number("top_p", top_p, low=0, low_open=True, high=1, none_ok=True, accepted="in (0, 1] or none")
 
 
 def parse_dtype(dtype) -> torch.dtype:
@@ -81,20 +100,22 @@ def parse_dtype(dtype) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.removeprefix("torch.")]
-    raise BadInput(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
+    raise BadInput(f"dtype {_shown(dtype)} is unknown; accepted: {', '.join(DTYPES)}", param="dtype")
 
 
 def parse_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise BadInput(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N, mps") from None
+        raise BadInput(f"device {_shown(device)} is unknown; accepted: cpu, cuda, cuda:N, mps", param="device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(f"device {device!r} asked for, but CUDA is not available on this machine; use device='cpu'")
+        raise BadInput(f"device {_shown(device)} asked for, but CUDA is not available on this machine; "
+                       f"the cpu device is", param="device")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise BadInput(f"device {device!r} asked for, but MPS is not available on this machine; use device='cpu'")
+        raise BadInput(f"device {_shown(device)} asked for, but MPS is not available on this machine; "
+                       f"the cpu device is", param="device")
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise BadInput(f"unsupported device {device!r}; accepted: cpu, cuda, cuda:N, mps")
+        raise BadInput(f"device {_shown(device)} is not supported; accepted: cpu, cuda, cuda:N, mps", param="device")
     return dev
 
 
@@ -124,20 +145,22 @@ class EngineOptions:
         object.__setattr__(self, "dtype", str(dtype).removeprefix("torch."))
         object.__setattr__(self, "device", str(device))
         if self.quantize is not None and self.quantize not in QUANTIZE:
-            raise BadInput(f"unknown quantize {self.quantize!r}; accepted: None (no quantisation) or 'int8'")
+            raise BadInput(f"quantize {_shown(self.quantize)} is unknown; accepted: int8, or none (no quantisation)",
+                           param="quantize")
         check_choice("cpu_kernel", self.cpu_kernel, CPU_KERNELS)
         check_choice("backend", self.backend, BACKENDS)
-        check_number("threads", self.threads, integer=True, low=1, none_ok=True, accepted="at least 1 (an integer) or None")
+        check_number("threads", self.threads, integer=True, low=1, none_ok=True, accepted="at least 1 (an integer) or none")
         if self.quantize == "int8":
             if device.type != "cpu" or not hasattr(torch, "_int_mm"):
-                raise BadInput(f"quantize='int8' runs on the CPU only (with a torch that has torch._int_mm); "
-                               f"got device {self.device!r}: use device='cpu' or no quantisation")
+                raise BadInput(f"quantize int8 runs on the CPU only (with a torch that has torch._int_mm), not on "
+                               f"device {self.device!r}: use the cpu device or no quantisation", param="quantize")
             if dtype == torch.float16:
-                raise BadInput("quantize='int8' works with dtype float32 or bfloat16, not float16")
+                raise BadInput("quantize int8 works with dtype float32 or bfloat16, not float16", param="quantize")
             if self.backend == "torch":
-                raise BadInput("quantize='int8' needs the cpu backend (backend='auto' or 'cpu'), not 'torch'")
+                raise BadInput("quantize int8 needs the cpu backend (backend auto or cpu), not torch", param="quantize")
         if self.backend == "cpu" and device.type != "cpu":
-            raise BadInput(f"backend='cpu' runs on the CPU, not on {self.device!r}; use backend='auto' or 'torch'")
+            raise BadInput(f"backend cpu runs on the CPU, not on device {self.device!r}; use backend auto or torch",
+                           param="backend")
 
     @property
     def torch_device(self) -> torch.device:
@@ -163,7 +186,7 @@ class SemanticOptions:
     def __post_init__(self):
         check_sampling(self.temperature, self.top_k, self.top_p)
         check_number("min_eos_p", self.min_eos_p, low=0, low_open=True, high=1, none_ok=True,
-                     accepted="in (0, 1] or None")
+                     accepted="in (0, 1] or none")
         check_number("max semantic tokens", self.max_tokens, integer=True, low=1, high=MAX_SEMANTIC_TOKENS,
                      accepted=f"an integer in 1..{MAX_SEMANTIC_TOKENS}")
         check_bool("allow_early_stop", self.allow_early_stop)
@@ -218,6 +241,11 @@ class GenerationOptions:
         "coarse tokens generated per window"))
 
     def __post_init__(self):
+        # errors name these fields (not the stage options' own names); then the stage options validate the rest
+        for stage in ("semantic", "coarse", "fine"):
+            check_sampling(getattr(self, f"{stage}_temperature"), temperature_name=f"{stage}_temperature")
+        check_number("max_semantic_tokens", self.max_semantic_tokens, integer=True, low=1, high=MAX_SEMANTIC_TOKENS,
+                     accepted=f"an integer in 1..{MAX_SEMANTIC_TOKENS}")
         self.semantic, self.coarse, self.fine  # validate now, not halfway through a generation
 
     @property

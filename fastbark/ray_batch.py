@@ -10,13 +10,14 @@ fastbark[ray]`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from .batch import Item, append_manifest, batches, run_batch
+from .batch import Item, Manifest, batches, run_batch
 from .errors import BadInput
 from .options import EngineOptions
 
@@ -59,34 +60,43 @@ def synthesize(dataset, *, model: str, out: str, engine: dict | None = None, act
                gpus_per_actor: float = 0, batch_size: int = 8, codec: str | None = None,
                tokenizer: str | None = None):
     """`dataset` (a Ray Dataset of item rows) -> a Dataset of manifest records (`{"record": json}`), lazily."""
-    return dataset.map_batches(FastbarkActor, batch_size=batch_size, concurrency=actors, num_cpus=cpus_per_actor,
-                               num_gpus=gpus_per_actor or None,
+    from ray.data import ActorPoolStrategy
+    return dataset.map_batches(FastbarkActor, batch_size=batch_size, compute=ActorPoolStrategy(size=actors),
+                               num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None,
                                fn_constructor_kwargs=dict(model=model, out=out, engine=engine, codec=codec,
                                                           tokenizer=tokenizer, cpus=cpus_per_actor))
 
 
-def run_on_ray(args, engine: EngineOptions, out: Path, items: list[Item]) -> list[dict]:
-    """The CLI's --ray run: records are appended to the manifest as they stream back."""
+def run_on_ray(args, engine: EngineOptions, manifest: Manifest, items: list[Item]) -> list[dict]:
+    """The CLI's --ray run: records are appended to the manifest as they stream back. `-q` silences Ray's
+    own progress bars and start-up notices too."""
+    records = []
+    if not items:
+        return records
     ray = _ray()
     warnings.filterwarnings("ignore", message=".*deprecated.*", module=r"ray\..*")  # Ray's own config notices
     started = not ray.is_initialized()
     if started:
         ray.init(address=None if args.ray == "local" else args.ray, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+                 log_to_driver=False, configure_logging=False, logging_level=logging.ERROR if args.quiet else logging.INFO)
+    context = ray.data.DataContext.get_current()
+    bars = context.enable_progress_bars
+    if args.quiet:
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+    out = manifest.out
     try:
-        records = []
-        if not items:
-            return records
         engine_fields = {k: v for k, v in asdict(engine).items() if k != "threads" or v is not None}
         records_ds = synthesize(ray.data.from_items(item_rows(items)), model=str(args.model), out=str(out.resolve()),
                                 engine=engine_fields, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                                 gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size,
                                 codec=args.codec, tokenizer=args.tokenizer)
         for record in _records(records_ds):
-            append_manifest(out, [record])
+            manifest.append([record])
             records.append(record)
         return records
     finally:
+        context.enable_progress_bars = bars
         if started:
             ray.shutdown()
 

@@ -48,11 +48,15 @@ def bark_config(gpt: dict = GPT, codec: dict = CODEC):
 
 
 def write_random_checkpoint(size: str, folder: Path, seed: int = 0) -> Path:
-    """A hub-layout folder with transformers' own random initialisation at `size` (SIZES), plus vocab.txt."""
+    """A hub-layout folder with transformers' own random initialisation at `size` (SIZES), plus vocab.txt.
+    EnCodec's codebooks are random too: transformers initialises them to zeros, and then every code
+    decodes to the same audio, so audio could not tell two token sequences apart."""
     from transformers import BarkModel
     torch.manual_seed(seed)
     config = bark_config(dict(SIZES[size], block_size=1024), CODEC if size == "tiny" else REAL_CODEC)
-    BarkModel(config).save_pretrained(folder)
+    model = BarkModel(config)
+    randomise_codebooks(model)
+    model.save_pretrained(folder)
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
     return folder
 
@@ -63,14 +67,23 @@ def reference_model(seed: int = 0):
     torch.manual_seed(seed)
     model = BarkModel(bark_config()).eval()
     with torch.no_grad():
-        for p in model.parameters():  # larger random weights than the init: peakier logits, fewer near-ties
-            if p.dim() >= 2:
-                p.normal_(0, 0.2)
-        for q in model.codec_model.quantizer.layers:
-            q.codebook.embed.normal_(0, 1)
+        for gpt in (model.semantic, model.coarse_acoustics, model.fine_acoustics):
+            for p in gpt.parameters():  # larger random weights than the init: peakier logits, fewer near-ties
+                if p.dim() >= 2:
+                    p.normal_(0, 0.2)
+    # EnCodec keeps transformers' init (re-drawn like the GPTs, its decoder's signal died away: every code
+    # decoded to the same audio), with random codebooks
+    randomise_codebooks(model)
     model.generation_config = GenerationConfig(
         semantic_config={}, coarse_acoustics_config={}, fine_acoustics_config={}, codebook_size=1024)
     return model
+
+
+def randomise_codebooks(model) -> None:
+    """EnCodec's codebook vectors drawn from N(0, 1), so that different codes decode to different audio."""
+    with torch.no_grad():
+        for q in model.codec_model.quantizer.layers:
+            q.codebook.embed.normal_(0, 1)
 
 
 def random_voice(rng: np.random.Generator, n_semantic: int = 300, n_frames: int = 450) -> dict[str, np.ndarray]:

@@ -102,18 +102,24 @@ def test_bad_jobs_files(hub_dir, tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_ray_run_gives_the_local_files(hub_dir, tmp_path):
+def test_ray_run_gives_the_local_files(hub_dir, tmp_path, capfd):
     pytest.importorskip("ray")
-    jobs = write_jobs(tmp_path / "jobs.jsonl", GOOD)
-    assert run(hub_dir, jobs, tmp_path / "local", "--threads", "1") == 0
+    # a bad seed is refused before Ray; a text with nothing to speak fails on its actor, alone
+    jobs = write_jobs(tmp_path / "jobs.jsonl", GOOD + [{**GOOD[0], "id": "bad", "seed": -3},
+                                                       {**GOOD[0], "id": "zw", "text": "\u200b"}])
+    assert run(hub_dir, jobs, tmp_path / "local", "--threads", "1") == 1
+    capfd.readouterr()
     assert run(hub_dir, jobs, tmp_path / "ray", "--ray", "--actors", "2", "--cpus-per-actor", "1",
-               "--batch-size", "2") == 0
+               "--batch-size", "2") == 1
+    captured = capfd.readouterr()
+    assert "Running" not in captured.err + captured.out and "Started" not in captured.err  # -q: Ray quiet too
     for name in ("a1.wav", "a2.wav", "a3.flac", "a4.wav"):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
-    records = {r["id"]: r for r in manifest(tmp_path / "ray")}
-    assert all(r["status"] == "ok" for r in records.values()) and len(records) == 4
-    assert run(hub_dir, jobs, tmp_path / "ray", "--ray") == 0  # resumed on Ray: nothing to do
-    assert len(manifest(tmp_path / "ray")) == 4
+    records = by_name(manifest(tmp_path / "ray"))
+    assert {i for i, r in records.items() if r["status"] == "ok"} == {"a1", "a2", "a3", "a4"} and len(records) == 6
+    assert "got -3" in records["bad"]["error"] and "nothing to speak" in records["zw"]["error"]
+    assert run(hub_dir, jobs, tmp_path / "ray", "--ray") == 1  # resumed on Ray: only the failed one is retried
+    assert len(manifest(tmp_path / "ray")) == 6  # and it failed the same way: nothing new to record
 
 
 def test_python_api(tts, tmp_path):
@@ -121,3 +127,72 @@ def test_python_api(tts, tmp_path):
     assert [r["status"] for r in records] == ["error", "ok", "ok"]  # refused at once, then the batch
     assert (tmp_path / "out" / "a1.wav").is_file()
     assert list(batch_module.synthesize(tts, GOOD[:2], tmp_path / "out")) == []  # done already
+
+
+# ------------------------------------------------------------------ one bad item never sinks another (issue 23)
+# These tests fail on the code before issue 23: a bad seed failed its whole batch with another item's value.
+
+
+def by_name(records):
+    return {r.get("id") or r.get("given_id"): r for r in records}
+
+
+def test_a_bad_seed_fails_its_own_item_only_with_its_own_value(hub_dir, tmp_path):
+    seeds = {"s1": 1, "s2": -3, "s3": 2, "s4": 3, "s5": 1e30, "s6": True}
+    items = [{"id": i, "text": "the dog is cute", "seed": seed, **FAST} for i, seed in seeds.items()]
+    out = tmp_path / "out"
+    assert run(hub_dir, write_jobs(tmp_path / "jobs.jsonl", items), out, "--batch-size", "8") == 1
+    records = by_name(manifest(out))
+    assert {i for i, r in records.items() if r["status"] == "ok"} == {"s1", "s3", "s4"}
+    for name, shown in (("s2", "-3"), ("s5", "1e+30"), ("s6", "True")):
+        assert records[name]["status"] == "error" and records[name]["error"].endswith(f"got {shown}"), records[name]
+    alone = tmp_path / "alone"
+    assert run(hub_dir, write_jobs(tmp_path / "one.jsonl", items[3:4]), alone) == 0
+    assert (out / "s4.wav").read_bytes() == (alone / "s4.wav").read_bytes()  # its neighbours changed nothing
+
+
+def test_csv_seeds_are_checked_item_by_item(hub_dir, tmp_path):
+    (tmp_path / "jobs.csv").write_text("id,text,seed,max_semantic_tokens\nc1,the dog,1,6\nc2,the dog,-3,6\n"
+                                       "c3,the dog,1e30,6\nc4,the dog,true,6\nc5,the dog,4,6\n", encoding="utf-8")
+    assert run(hub_dir, tmp_path / "jobs.csv", tmp_path / "out") == 1
+    records = by_name(manifest(tmp_path / "out"))
+    assert {i for i, r in records.items() if r["status"] == "ok"} == {"c1", "c5"}
+    assert "got -3" in records["c2"]["error"] and "got 1e+30" in records["c3"]["error"]
+    assert "got True" in records["c4"]["error"]
+
+
+def test_an_item_that_fails_at_run_time_fails_alone(hub_dir, tmp_path):
+    # zero-width text passes the item check but has nothing to speak: its batch companions still succeed
+    items = [GOOD[0], {"id": "zw", "text": "\u200b\u200b", "seed": 9, **FAST}, {**GOOD[0], "id": "a5", "seed": 5}]
+    out = tmp_path / "out"
+    assert run(hub_dir, write_jobs(tmp_path / "jobs.jsonl", items), out, "--batch-size", "3") == 1
+    records = by_name(manifest(out))
+    assert records["a1"]["status"] == records["a5"]["status"] == "ok"
+    assert records["zw"]["status"] == "error" and "nothing to speak" in records["zw"]["error"]
+
+
+def test_ids_must_be_strings_and_reruns_do_not_repeat_refusals(hub_dir, tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", GOOD[:1], ['{"id": 5, "text": "hi"}', '{"id": "b", "text": "hi", '
+                                                          '"seed": -1}', "not json"])
+    out = tmp_path / "out"
+    assert run(hub_dir, jobs, out) == 1
+    first = manifest(out)
+    refused = [r for r in first if r["status"] == "error"]
+    assert len(refused) == 3 and "id must be a string (a file name), got int 5" in refused[0]["error"]
+    assert run(hub_dir, jobs, out) == 1  # the same refusals again: the manifest already holds them
+    assert manifest(out) == first
+    jobs.write_text(jobs.read_text().replace('"seed": -1', '"seed": 1'))
+    assert run(hub_dir, jobs, out) == 1  # fixed: b runs, the other two are still refused, once
+    assert len(manifest(out)) == len(first) + 1 and by_name(manifest(out))["b"]["status"] == "ok"
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_loading(hub_dir, tmp_path, capsys, monkeypatch):
+    import fastbark.engine
+    monkeypatch.setattr(fastbark.engine.Bark, "from_pretrained", lambda *a, **k: pytest.fail("loaded a model"))
+    jobs = write_jobs(tmp_path / "jobs.jsonl", GOOD[:1])
+    if not os.access("/proc", os.W_OK):
+        pytest.skip("needs /proc where access() allows root to write but where no file can be made")
+    for out in ("/proc/fastbark-out", "/proc"):  # cannot be made / no file can be made in it
+        assert run(hub_dir, jobs, out) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastbark: error: cannot") and "Traceback" not in err and len(err.splitlines()) == 1

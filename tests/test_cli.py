@@ -79,11 +79,11 @@ def bad_files(tmp_path):
     (["hi", "--voice", "{tmp}/pickled.npz"], "not a readable .npz"),
     (["hi", "--voice", "{tmp}/shape.npz"], r"coarse_prompt must have shape (2, n)"),
     (["hi", "--voice", "{tmp}/range.npz"], "outside [0, 10000)"),
-    (["hi", "--dtype", "half8"], "unknown dtype 'half8'"),
-    (["hi", "--device", "tpu"], "unknown device 'tpu'"),
+    (["hi", "--dtype", "half8"], "--dtype 'half8' is unknown; accepted: float32"),
+    (["hi", "--device", "tpu"], "--device 'tpu' is unknown"),
     (["hi", "--model", "{tmp}"], "holds no Bark checkpoint"),
-    (["hi", "--temperature-typo"], "unrecognized arguments: --temperature-typo"),  # argparse's, one line too
-    (["hi", "--semantic-temperature", "-1"], "temperature must be a number >= 0"),
+    (["hi", "--temperature-typo"], "unrecognized arguments: --temperature-typo"), # argparse's, one line too
+    (["hi", "--semantic-temperature", "-1"], "--semantic-temperature must be a number >= 0"),
     (["hi", "--threads", "0"], "--threads must be at least 1"),
     (["hi", "--quantize", "int8", "--dtype", "float16"], "not float16"),
 ])
@@ -114,3 +114,44 @@ def test_partial_checkpoint_exit_2(hub_dir, tmp_path):
 def test_no_text_at_all(hub_dir, tmp_path):
     proc = run("say", "--model", str(hub_dir), "-o", str(tmp_path / "x.wav"), stdin=b"")
     assert proc.returncode == 2 and b"text is empty" in proc.stderr
+
+
+# ------------------------------------------------------------------ polish a demanding user notices (issue 23)
+
+
+def test_format_any_case_aac_and_formats_that_contradict_the_name(hub_dir, tmp_path, capsys):
+    assert main(["say", "the dog", "--model", str(hub_dir), "-o", str(tmp_path / "a.mp3"), "--format", "MP3",
+                 *FAST]) == 0
+    assert sf.info(tmp_path / "a.mp3").format == "MP3"
+    assert main(["say", "the dog", "--model", str(hub_dir), "-o", str(tmp_path / "a.aac"), *FAST]) == 0
+    import av
+    with av.open(str(tmp_path / "a.aac")) as container:
+        assert container.streams.audio[0].codec_context.name == "aac" and container.streams.audio[0].rate == 24_000
+    assert main(["say", "the dog", "--model", str(hub_dir), "-o", str(tmp_path / "x.wav"), "--format", "mp3",
+                 *FAST]) == 2
+    assert "named .wav but the format is mp3" in capsys.readouterr().err and not (tmp_path / "x.wav").exists()
+    assert main(["say", "the dog", "--model", str(hub_dir), "-o", str(tmp_path / "o.ogg"), "--format", "opus",
+                 *FAST]) == 0  # Opus in an Ogg file is what .ogg means too
+
+
+def test_help_version_and_mistyped_flags(capsys):
+    assert main([]) == 0 and "say" in capsys.readouterr().out  # bare `fastbark`: the help
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("fastbark ")
+    with pytest.raises(SystemExit):
+        main(["say", "--help"])
+    assert "(default out.wav)" in capsys.readouterr().out
+    assert main(["say", "hi", "--hlep"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --hlep; did you mean --help? (see fastbark say --help)" in err
+
+
+def test_ctrl_c_in_say_does_not_talk_about_resuming(hub_dir, tmp_path, capsys, monkeypatch):
+    import fastbark.engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fastbark.engine.Bark, "from_pretrained", interrupted)
+    assert main(["say", "hi", "-o", str(tmp_path / "x.wav")]) == 130
+    assert capsys.readouterr().err.strip() == "fastbark: interrupted"

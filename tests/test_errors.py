@@ -1,6 +1,7 @@
 """Every bad input a clean error, before any work is wasted, and nothing wrong written."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def test_invalid_utf8(hub_dir, tmp_path, capsys):
     (dict(coarse_temperature=float("inf")), "finite"), (dict(semantic_temperature=float("nan")), "finite"),
     (dict(seed=2**64), "seed"), (dict(seed=-1), "seed"), (dict(seed=True), "seed"),
     (dict(options="fast"), "GenerationOptions"), (dict(top_k=True), "top_k"), (dict(batch_size=True), "batch_size"),
-    (dict(max_semantic_tokens=True), "max semantic tokens"), (dict(allow_early_stop="no"), "allow_early_stop"),
+    (dict(max_semantic_tokens=True), "max_semantic_tokens"), (dict(allow_early_stop="no"), "allow_early_stop"),
 ])
 def test_bad_api_values(tts, kwargs, message):
     with pytest.raises(BadInput, match=message):
@@ -219,8 +220,9 @@ ANY = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_na
 OPTIONS = {"semantic_temperature": ANY, "coarse_temperature": ANY, "fine_temperature": ANY, "top_k": ANY,
            "top_p": ANY, "min_eos_p": ANY, "max_semantic_tokens": st.one_of(st.integers(-2, 6), ANY),
            "allow_early_stop": ANY, "sliding_window_len": st.one_of(st.integers(0, 400), ANY)}
-TEXTS = st.one_of(st.text(max_size=30), st.sampled_from(["the dog", "\u200b", "", "   ", "café ♪ [laughs]"]),
-                  st.integers(), st.none())
+TEXTS = st.one_of(st.text(max_size=30), st.text(alphabet=st.characters(exclude_categories=()), max_size=12),
+                  st.sampled_from(["the dog", "\u200b", "", "   ", "café ♪ [laughs]", "a\ud800b"]),
+                  st.integers(), st.none())  # any Unicode, lone surrogates included
 VOICES = st.sampled_from([None, "announcer", "nobody", "{tmp}/bad.npz", "{tmp}/missing.npz", 3])
 
 
@@ -287,3 +289,89 @@ def test_offline_first_run_fails_at_once(monkeypatch, tmp_path):
     finally:
         sources.hub_unreachable.cache_clear()
     assert time.perf_counter() - start < 10  # no retries
+
+
+# ------------------------------------------------------------------ what a careless user broke (issue 23)
+# Each of these fails on the code before issue 23.
+
+LONG = "The dog is cute. Hello world [laughs]. I a the dog. Café naïve, über señor. The world is cute. " * 3
+
+
+def fastbark_cmd(*args):
+    return [sys.executable, "-m", "fastbark", *args]
+
+
+def test_text_that_is_not_valid_unicode_is_refused(tts, hub_dir, tmp_path, capsys):
+    for text in ("a\ud800b", "\udcff", "fine, then \udfff"):
+        with pytest.raises(BadInput, match="not valid Unicode: a lone surrogate U\\+D"):
+            tts.generate(text, max_semantic_tokens=4)
+        with pytest.raises(BadInput, match="lone surrogate"):
+            tts.split(text)
+    # a command-line argument that is not UTF-8 (Python reads its bytes as lone surrogates)
+    proc = subprocess.run([sys.executable.encode(), b"-m", b"fastbark", b"say", b"caf\xe9 au lait", b"--model",
+                           str(hub_dir).encode(), b"-o", str(tmp_path / "x.wav").encode(), b"-q"],
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(b"fastbark: error: text is not valid Unicode") and not (tmp_path / "x.wav").exists()
+
+
+def test_numpy_integer_seeds_are_seeds(tts):
+    want = tts.generate("the dog", seed=3, max_semantic_tokens=5).audio
+    np.testing.assert_array_equal(tts.generate("the dog", seed=np.int64(3), max_semantic_tokens=5).audio, want)
+    np.testing.assert_array_equal(tts.generate(["the dog"], seed=[np.uint32(3)], max_semantic_tokens=5)[0].audio, want)
+    with pytest.raises(BadInput, match="seed must be an integer"):
+        tts.generate("the dog", seed=np.float64(3))
+
+
+def test_a_reader_that_leaves_early_ends_the_run_quietly(hub_dir):
+    proc = subprocess.Popen(fastbark_cmd("say", LONG, "--model", str(hub_dir), "-o", "-", "-q", "--max-chunk-tokens",
+                                         "6", "--max-semantic-tokens", "6"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(100)) == 100  # `| head -c 100`: the reader takes 100 bytes and leaves
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err  # 128 + SIGPIPE, as a Unix tool ends
+    assert "Traceback" not in err and "Error" not in err, err
+
+
+def test_a_closed_or_terminal_standard_output_is_refused_before_loading(hub_dir):
+    proc = subprocess.run(["bash", "-c", " ".join(fastbark_cmd("say", "hi", "--model", str(hub_dir), "-o", "-"))
+                           + " >&-"], capture_output=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.decode().startswith("fastbark: error: standard output is closed")
+    import pty
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(fastbark_cmd("say", "hi", "--model", str(hub_dir), "-o", "-"), stdout=follower,
+                              stderr=subprocess.PIPE, timeout=300)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 2 and b"will not write binary audio to a terminal" in proc.stderr
+
+
+def test_outputs_that_pass_a_permission_check_but_cannot_be_written(hub_dir, capsys, monkeypatch):
+    if not os.access("/proc", os.W_OK):
+        pytest.skip("needs /proc where access() allows root to write but where no file can be made")
+    import fastbark.engine
+    monkeypatch.setattr(fastbark.engine.Bark, "from_pretrained", lambda *a, **k: pytest.fail("loaded a model"))
+    for args in (["-o", "/proc/x.wav"], ["--subtitles", "/proc/x.srt"], ["--save-voice", "/proc/v.npz"]):
+        assert say(hub_dir, "hi", *args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastbark: error: cannot write") and len(err.splitlines()) == 1, err
+
+
+def test_sigterm_leaves_no_partial_file(hub_dir, tmp_path):
+    import signal
+    import time
+    proc = subprocess.Popen(fastbark_cmd("say", LONG * 3, "--model", str(hub_dir), "-o", str(tmp_path / "x.wav"), "-q",
+                                         "--max-chunk-tokens", "6", "--max-semantic-tokens", "30", "--batch-size", "1"),
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".part") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)  # what timeout, systemd and docker stop send
+    assert proc.wait(timeout=60) == 143
+    err = proc.stderr.read().decode()
+    assert err.strip() == "fastbark: terminated", err  # and no talk of resuming: say has nothing to resume
+    assert list(tmp_path.iterdir()) == []

@@ -1,5 +1,6 @@
 """Whole texts: splitting, one voice, batching that changes nothing, joins, segments, streaming, seeds."""
 
+import base64
 import io
 import time
 
@@ -206,7 +207,7 @@ def test_one_seed_for_a_list_derives_one_per_text(tts):
 def test_bad_long_form_input(tts):
     with pytest.raises(BadInput, match="one seed per text"):
         tts.generate(TEXTS, seed=[1, 2])
-    with pytest.raises(BadInput, match="unknown language"):
+    with pytest.raises(BadInput, match="language .* is unknown"):
         tts.generate("hi", language="xx")
     with pytest.raises(BadInput, match="pause"):
         tts.generate("hi", pause=-1)
@@ -244,3 +245,45 @@ def test_cli_raw_pcm_to_stdout(hub_dir, capsysbinary):
     raw = capsysbinary.readouterr().out
     assert len(raw) > 0 and len(raw) % 640 == 0 and raw[:4] != b"RIFF"
     assert sf.read(io.BytesIO(raw), format="RAW", samplerate=24_000, channels=1, subtype="PCM_16")[0].size > 0
+
+
+# ------------------------------------------------------------------ linear splitting on hostile text (issue 23)
+
+HOSTILE = {  # one long token, many separators, deep brackets, and their relatives
+    "base64": lambda n: (base64.b64encode(bytes(range(256)) * (n // 192 + 1)).decode())[:n],
+    "one letter": lambda n: "a" * n, "commas": lambda n: "," * n, "brackets": lambda n: "[" * n,
+    "closed brackets": lambda n: "[a]" * (n // 3), "music": lambda n: "♪" * n, "dots": lambda n: ". " * (n // 2),
+    "cjk": lambda n: "你" * n, "open cue": lambda n: "[" + "ab " * (n // 3),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_splitting_measures_each_character_a_bounded_number_of_times(tts, kind):
+    """Counting the characters handed to the tokenizer makes the bound exact: quadratic splitting measures
+    a text of n characters about n^2 / 2 times; ours at most ~ 2 log2(chunk) times each. Fails before
+    issue 23 (base64: 700x, commas: 300x the length)."""
+    measured = []
+
+    def count(piece: str) -> int:
+        measured.append(len(piece))
+        return len(tts.tokenizer.encode(piece))
+    for n in (4000, 16_000):
+        measured.clear()
+        text = HOSTILE[kind](n)
+        chunks = chunk_text(text, count)
+        assert sum(measured) <= 40 * len(text), (kind, n, sum(measured) / len(text))
+        assert "".join(chunks).replace(" ", "") == text.replace(" ", "")  # nothing lost, nothing added
+
+
+def test_hostile_text_splits_in_linear_time(tts):
+    start = time.perf_counter()
+    for make in HOSTILE.values():  # 100,000 characters each: quadratic regexes or measuring would take minutes
+        chunk_text(make(100_000), lambda s: len(tts.tokenizer.encode(s)))
+    assert time.perf_counter() - start < 60
+
+
+def test_every_chunk_of_hostile_text_fits(tts):
+    count = lambda s: len(tts.tokenizer.encode(s))  # noqa: E731
+    for make in HOSTILE.values():
+        for chunk in chunk_text(make(5000), count, max_tokens=64, max_seconds=5):
+            assert count(chunk) <= 64 and chunk.strip()

@@ -2,6 +2,7 @@
 
 import base64
 import contextlib
+import dataclasses
 import io
 import json
 import socket
@@ -11,6 +12,8 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastbark
 
@@ -173,9 +176,11 @@ def test_sse(server):
     ({"model": "tts-1", "input": "hi", "response_format": "ogg"}, 400, "response_format"),
     ({"model": "tts-1", "input": "hi", "speed": 2}, 400, "speed"), ({"input": "hi"}, 400, "model"),
     ({"model": "tts-1", "input": "hi", "colour": 1}, 400, "colour"),
-    ({"model": "tts-1", "input": "hi", "semantic_temperature": -1}, 400, None),
-    ({"model": "tts-1", "input": "hi", "seed": "x"}, 400, None),
-    ({"model": "tts-1", "input": "\u200b\u200b"}, 400, None),
+    ({"model": "tts-1", "input": "hi", "semantic_temperature": -1}, 400, "semantic_temperature"),
+    ({"model": "tts-1", "input": "hi", "seed": "x"}, 400, "seed"),
+    ({"model": "tts-1", "input": "\u200b\u200b"}, 400, "input"),
+    ({"model": "tts-1", "input": "hi", "pause": 99}, 400, "pause"),
+    ({"model": "tts-1", "input": "hi", "language": "xx"}, 400, "language"),
 ])
 def test_errors_have_openai_shape(server, body, status, param):
     url, _ = server
@@ -278,3 +283,194 @@ def test_web_page_in_a_real_browser(server, tmp_path):
         browser.close()
     audio, rate = sf.read(path)
     assert rate == 24_000 and len(audio) > 0
+
+
+# ------------------------------------------------------------------ what a hostile client tried (issue 23)
+# Each of these fails on the code before issue 23.
+
+
+def raw_request(url, head: bytes, body_parts=(), read_timeout=20) -> bytes:
+    """Send a hand-framed request, part by part, and read what the server answers (maybe before the end)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=read_timeout) as s:
+        s.sendall(head)
+        try:
+            for part in body_parts:
+                s.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server refused and closed: what it said is still there to read
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer or not answer.split(b"\r\n\r\n", 1)[1]:
+                data = s.recv(65536)
+                if not data:
+                    break
+                answer += data
+        except (ConnectionResetError, socket.timeout):
+            pass
+        return answer
+
+
+def chunked(data: bytes, size: int = 64 << 10):
+    for start in range(0, len(data), size):
+        piece = data[start: start + size]
+        yield f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/v1/audio/speech"), ("PUT", "/v1/audio/voices/big")])
+def test_body_limits_hold_for_chunked_bodies_before_they_are_buffered(server, method, path):
+    url, _ = server
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+           f"Transfer-Encoding: chunked\r\n\r\n".encode()
+    # 1.5 MB in chunks, and never the closing chunk: a server that buffers the whole body never answers
+    answer = raw_request(url, head, chunked(b" " * (3 << 19)))
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"invalid_request_error"' in answer
+    assert httpx.get(url + "/health").json()["status"] == "ok"
+
+
+def test_lying_and_unreadable_content_lengths(server):
+    url, _ = server
+    big = raw_request(url, b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
+    assert big.startswith(b"HTTP/1.1 413")  # refused on the header, without waiting for the body
+    # a Content-Length smaller than the body: the body is what it declares (cut JSON), the rest is not read as one
+    short = raw_request(url, b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+                        [b'{"model": "tts-1", "input": "hi"}' + b" " * 100_000])
+    assert short.startswith(b"HTTP/1.1 400")
+    # longer than the body: the server waits for the rest, and the client's leaving ends it
+    raw_request(url, b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n", [b"{}"],
+                read_timeout=1)
+    assert httpx.get(url + "/health").json()["status"] == "ok"
+
+
+def test_uploads_cannot_take_over_presets_or_openai_names_and_can_be_deleted(server, engine, tmp_path):
+    url, _ = server
+    engine.generate("hello", seed=3, **FAST).save_voice(tmp_path / "me.npz")
+    upload = (tmp_path / "me.npz").read_bytes()
+    for name in ("alloy", "announcer", "coral"):  # the voice map, a preset, the built-in OpenAI table
+        r = httpx.put(url + f"/v1/audio/voices/{name}", content=upload)
+        assert r.status_code == 409 and r.json()["error"]["param"] == "name", r.text
+        assert "cannot take it over" in r.json()["error"]["message"]
+    got = client(url).audio.speech.create(model="tts-1", voice="alloy", input="the dog", response_format="pcm",
+                                          extra_body={"seed": 4, **FAST}).content
+    assert got == pcm16(engine.generate("the dog", voice="announcer", seed=4, **FAST).audio)  # still the preset
+    assert httpx.put(url + "/v1/audio/voices/mine", content=upload).status_code == 200
+    assert "mine" in httpx.get(url + "/v1/audio/voices").json()["uploaded"]
+    r = httpx.delete(url + "/v1/audio/voices/mine")
+    assert r.status_code == 200 and r.json() == {"name": "mine", "deleted": True}
+    assert "mine" not in httpx.get(url + "/v1/audio/voices").json()["uploaded"]
+    assert httpx.delete(url + "/v1/audio/voices/mine").status_code == 404
+    assert httpx.delete(url + "/v1/audio/voices/alloy").status_code == 409
+    r = httpx.post(url + "/v1/audio/speech", json={"model": "tts-1", "input": "hi", "voice": "mine"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "voice"
+
+
+def test_a_table_voice_whose_preset_is_missing_says_which(server):
+    url, _ = server  # the built-in table maps coral to v2/en_speaker_9, which the test checkpoint lacks
+    r = httpx.post(url + "/v1/audio/speech", json={"model": "tts-1", "input": "hi", "voice": "coral"})
+    assert r.status_code == 400 and "'v2/en_speaker_9'" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("content", [
+    '{"model": "tts-1", "input": "a\\ud800b"}', '{"model": "tts-1", "input": "hi", "voice": "\\udfff"}',
+    '{"model": "tts-1", "input": "hi", "\\ud800": 1}', '{"model": "tts-1", "input": "hi", "seed": "\\ud800"}',
+    "[" * 100_000, '{"a":' * 50_000, '{"model": "tts-1", "input": ' + "[" * 50_000 + "]" * 50_000 + "}",
+])
+def test_broken_unicode_and_deep_nesting_get_a_400_not_a_500(server, content):
+    url, _ = server
+    r = httpx.post(url + "/v1/audio/speech", content=content.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert httpx.get(url + "/health").json()["status"] == "ok"
+
+
+def test_unknown_paths_and_methods_answer_in_openai_shape(server):
+    url, _ = server
+    r = httpx.get(url + "/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    r = httpx.get(url + "/v1/audio/speech")
+    assert r.status_code == 405 and "GET is not allowed" in r.json()["error"]["message"]
+
+
+def test_sse_usage_adds_up(server):
+    url, _ = server
+    with httpx.stream("POST", url + "/v1/audio/speech", timeout=120,
+                      json={"model": "tts-1", "input": "the dog is cute", "voice": "alloy", "response_format": "pcm",
+                            "stream_format": "sse", "seed": 2, **FAST}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    usage = events[-1]["usage"]
+    assert usage["input_tokens"] > 0 and 0 < usage["output_tokens"] <= FAST["max_semantic_tokens"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
+def test_long_input_is_planned_off_the_event_loop(engine, tmp_path, monkeypatch):
+    real = engine.plan
+
+    def slow_plan(*args, **kwargs):  # as splitting a long, hostile input would be
+        time.sleep(3)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(engine, "plan", slow_plan)
+    with serving(engine, tmp_path) as (url, _):
+        thread = threading.Thread(target=lambda: httpx.post(url + "/v1/audio/speech", timeout=60, json={
+            "model": "tts-1", "input": "the dog", "response_format": "pcm", **FAST}))
+        thread.start()
+        time.sleep(0.5)
+        start = time.monotonic()
+        assert httpx.get(url + "/health", timeout=10).status_code == 200
+        assert time.monotonic() - start < 1.5  # not behind the planning request
+        thread.join()
+
+
+def test_health_counts_the_engine_busy_on_an_abandoned_batch(engine):
+    from fastbark.server.scheduler import Scheduler
+    started, release = threading.Event(), threading.Event()
+
+    def generate_chunks(ids, voices, options, seeds, progress):
+        started.set()
+        release.wait(30)
+        return engine.generate_chunks(ids, voices, options, seeds, progress)
+    scheduler = Scheduler(generate_chunks, max_wait_ms=0)
+    try:
+        jobs, options, long_form = engine.plan("the dog", None, 1, 16, None, None, dict(FAST))
+        request = scheduler.submit(jobs[0], options, long_form, lambda item: None)
+        assert started.wait(30)
+        scheduler.cancel(request)  # the client left while its batch runs
+        assert scheduler.depth == 0 and scheduler.busy
+        release.set()
+        deadline = time.monotonic() + 30
+        while scheduler.busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not scheduler.busy
+    finally:
+        release.set()
+        scheduler.close()
+
+
+SPEECH_FIELDS = {"model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "seed",
+                 *(f.name for f in dataclasses.fields(fastbark.GenerationOptions)),
+                 *(f.name for f in dataclasses.fields(fastbark.LongFormOptions))}
+UNICODE = st.one_of(st.characters(exclude_categories=()), st.characters(categories=["Cs"]))  # surrogates, often
+
+
+@pytest.mark.filterwarnings("ignore")
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(
+    alphabet=UNICODE, max_size=8)), lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(alphabet=UNICODE, max_size=5), inner, max_size=3)),
+    max_leaves=12), text=st.text(alphabet=UNICODE, max_size=12), depth=st.integers(1, 100_000),
+    opener=st.sampled_from(["[", '{"a":', '{"input":[']), field=st.sampled_from(sorted(SPEECH_FIELDS)))
+def test_fuzz_arbitrary_unicode_and_json_never_gives_a_500(server, body, text, depth, opener, field):
+    """Any JSON value, any Unicode (lone surrogates included) in every field, and any nesting depth: a
+    result or a 4xx in OpenAI's shape, never a 500. Fails before issue 23."""
+    url, _ = server
+    payloads = [json.dumps(p) for p in (body, {"model": "tts-1", "input": text, **FAST},
+                                         {"model": "tts-1", "input": "hi", "voice": text},
+                                         {"model": "tts-1", "input": "hi", text: body},
+                                         {"model": "tts-1", "input": "hi", **FAST, field: body})]  # ASCII: \udXXX
+    payloads.append(opener * depth)
+    for content in payloads:
+        r = httpx.post(url + "/v1/audio/speech", content=content.encode(), timeout=120,
+                       headers={"content-type": "application/json"})
+        assert r.status_code in (200, 400), (content[:200], r.status_code, r.text[:200])
+        if r.status_code == 400:
+            assert r.json()["error"]["message"]

@@ -18,7 +18,7 @@ def is_greedy(temperature: float | None) -> bool:
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None,
                   top_p: float | None = None) -> torch.Tensor:
     """Scale by 1/temperature and set every token outside top-k / top-p to -inf. logits (..., V)."""
-    logits = logits.float() / temperature
+    logits = logits.float() / float(temperature)  # a Python int of any size, a numpy float: one float
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -7,7 +7,9 @@ import base64
 import contextlib
 import hmac
 import json
+import os
 import re
+import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -17,12 +19,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from ..errors import BadInput
 from ..options import GenerationOptions, LongFormOptions
 from ..voices import MAX_VOICE_BYTES, Voice
 from .options import ServerOptions
-from .formats import MEDIA_TYPES, PIECEWISE, encode_whole, stream_piece, stream_start
+from .formats import MEDIA_TYPES, PIECEWISE, encode, stream_piece, stream_start
 from .scheduler import Busy, Scheduler
 
 OPENAI_VOICES = {"alloy": "v2/en_speaker_6", "ash": "v2/en_speaker_1", "ballad": "v2/en_speaker_2",
@@ -41,6 +45,45 @@ SPEECH_SCHEMA = {  # documentation (and schemathesis's guide); the handler check
                    "semantic_temperature": {"type": "number"}, "coarse_temperature": {"type": "number"},
                    "fine_temperature": {"type": "number"}, "top_k": {"type": "integer"}, "top_p": {"type": "number"}}}
 KNOWN_PATHS = {"/v1/audio/speech", "/v1/models", "/v1/audio/voices", "/health", "/metrics", "/"}  # metric labels
+
+
+class BodyLimit:
+    """ASGI middleware: a request body larger than `limit` bytes is refused with 413 however it is framed
+    (a Content-Length, chunked, or a Content-Length that lies), as soon as the limit is passed: nothing
+    larger is ever buffered. `limits` may set a path's own (smaller) limit."""
+
+    def __init__(self, app, limit: int, limits: dict[str, int] | None = None):
+        self.app, self.limit, self.limits = app, limit, limits or {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        limit = min([self.limit] + [n for prefix, n in self.limits.items() if path.startswith(prefix)])
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            what = f"{int(declared)} bytes" if declared.isdigit() else f"of unreadable length {declared[:20]!r}"
+            return await _refuse(send, 413 if declared.isdigit() else 400,
+                                 f"the request body is {what}; at most {limit} bytes")
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise ApiError(413, f"the request body is larger than {limit} bytes, the most accepted")
+            return message
+        return await self.app(scope, counted, send)
+
+
+async def _refuse(send, status: int, message: str) -> None:
+    body = json.dumps(error_body(message, "invalid_request_error")).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class ApiError(Exception):
@@ -92,13 +135,14 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
     app = FastAPI(title="fastbark", version="0.1.0", description="Bark text-to-speech, OpenAI-compatible.",
                   lifespan=lifespan)
     app.state.scheduler, app.state.metrics = scheduler, metrics
+    app.add_middleware(BodyLimit, limit=options.max_body_bytes)  # inside `guard`, so its 413s are counted
     if options.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=options.cors_origins.split(","), allow_methods=["*"],
                            allow_headers=["*"])
 
     def reply(status: int, body: dict, headers: dict | None = None):
-        return JSONResponse(body, status_code=status, headers=headers)
+        return AsciiJSON(body, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):
@@ -113,21 +157,21 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         return reply(400, error_body(f"{where or 'body'}: {first.get('msg', 'invalid request')}",
                                      "invalid_request_error", where or None))
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):  # 404, 405: OpenAI's shape too
+        kind = {401: "authentication_error", 404: "not_found_error"}.get(e.status_code, "invalid_request_error")
+        message = {404: f"no such path: {request.method} {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        return reply(e.status_code, error_body(message, kind), getattr(e, "headers", None))
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):  # one failed request, never a dead server
-        return reply(500, error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
+        return reply(500, error_body(f"internal error: {type(e).__name__}", "server_error"))
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         path = request.url.path
-        try:
-            size = int(request.headers.get("content-length") or 0)
-        except ValueError:
-            size = 0
-        if size > options.max_body_bytes:
-            response = reply(413, error_body(f"the request body is {size} bytes; at most {options.max_body_bytes}",
-                                             "invalid_request_error"))
-        elif options.api_key and path.startswith("/v1/") and not _authorised(request, options.api_key):
+        if options.api_key and path.startswith("/v1/") and not _authorised(request, options.api_key):
             response = reply(401, error_body("a valid API key is needed: Authorization: Bearer KEY",
                                              "authentication_error", code="invalid_api_key"))
         else:
@@ -136,18 +180,37 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         return response
 
     def resolve_voice(name) -> str | None:
-        """A preset name or an uploaded file's path (strings: requests with the same voice share batches)."""
+        """A preset name or an uploaded file's path (strings: requests with the same voice share batches).
+        The voice table and the checkpoint's presets come first: an upload never takes over their names."""
         if name is None:
             return None
         if not isinstance(name, str):
             raise ApiError(400, f"voice must be a string, got {type(name).__name__}", "voice")
-        preset = voice_table.get(name, name)
+        presets = tts.voices()
+        if name in voice_table:
+            if voice_table[name] in presets:
+                return voice_table[name]
+            raise ApiError(400, f"voice {name!r} stands for the preset {voice_table[name]!r}, which this checkpoint "
+                                f"does not have; give one of its presets, or map {name!r} to one with --voice-map "
+                                f"(presets: {', '.join(presets) or 'none'})", "voice")
+        if name in presets:
+            return name
         if uploads is not None and VOICE_NAME.match(name) and (uploads / f"{name}.npz").is_file():
             return str(uploads / f"{name}.npz")
-        if preset in tts.voices():
-            return preset
-        known = sorted(set(tts.voices()) | set(voice_table) | set(_uploaded(uploads)))
+        known = sorted(set(presets) | set(voice_table) | set(_uploaded(uploads)))
         raise ApiError(400, f"unknown voice {name!r}; accepted: {', '.join(known)}", "voice")
+
+    def check_upload_name(name: str) -> Path:
+        if uploads is None:
+            raise ApiError(400, "this server keeps no uploaded voices: start it with --data-dir", "name")
+        if not VOICE_NAME.match(name):
+            raise ApiError(400, "a voice name is 1-64 letters, digits, '_' or '-', starting with a letter or digit",
+                           "name")
+        if name in voice_table or name in tts.voices():
+            owner = "the voice table (OpenAI's names)" if name in voice_table else "a preset of this checkpoint"
+            raise ApiError(409, f"the voice name {name!r} belongs to {owner}; an upload cannot take it over: "
+                                f"choose another name", "name", code="voice_name_taken")
+        return uploads / f"{name}.npz"
 
     def plan(body: dict):
         if not isinstance(body, dict):
@@ -161,7 +224,7 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         if not isinstance(model, str) or not model:
             raise ApiError(400, "model must be a non-empty string (any name: this server has one model)", "model")
         fmt = body.get("response_format", "mp3")
-        if fmt not in MEDIA_TYPES:
+        if not isinstance(fmt, str) or fmt not in MEDIA_TYPES:
             raise ApiError(400, f"unknown response_format {fmt!r}; accepted: {', '.join(MEDIA_TYPES)}",
                            "response_format")
         speed = body.get("speed", 1.0)
@@ -169,7 +232,7 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
             raise ApiError(400, f"speed must be 1.0: Bark sets its own pace, and fastbark does not time-stretch "
                                 f"(got {speed!r})", "speed")
         stream_format = body.get("stream_format", "audio")
-        if stream_format not in ("audio", "sse"):
+        if not isinstance(stream_format, str) or stream_format not in ("audio", "sse"):
             raise ApiError(400, f"unknown stream_format {stream_format!r}; accepted: audio, sse", "stream_format")
         unknown = set(body) - {"model", "input", "voice", "response_format", "speed", "stream_format",
                                "instructions"} - EXTRA_FIELDS
@@ -181,7 +244,8 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         try:
             jobs, gen_options, long_form = tts.plan(text, voice, seed, options.max_batch, None, None, extras)
         except BadInput as e:
-            raise ApiError(400, str(e)) from None
+            param = "input" if e.param == "text" else e.param
+            raise ApiError(400, str(e), param if param in body or param == "input" else None) from None
         return jobs[0], gen_options, long_form, fmt, stream_format
 
     @app.post("/v1/audio/speech", openapi_extra={"requestBody": {"required": True, "content": {
@@ -191,7 +255,10 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
             body = json.loads(await request.body())
         except ValueError as e:
             raise ApiError(400, f"the body is not valid JSON: {e}") from None
-        job, gen_options, long_form, fmt, stream_format = plan(body)
+        except RecursionError:
+            raise ApiError(400, "the body is not valid JSON here: it is nested too deeply") from None
+        # checking, splitting and tokenizing take time on long input: off the event loop
+        job, gen_options, long_form, fmt, stream_format = await run_in_threadpool(plan, body)
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         try:
             handle = scheduler.submit(job, gen_options, long_form,
@@ -216,18 +283,23 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
 
         if stream_format == "sse":
             async def events():
-                pieces = []
+                pieces, output_tokens = [], 0
                 async for chunk in chunks():
+                    output_tokens += len(chunk.generation.semantic_tokens)
                     if fmt in PIECEWISE:
-                        data = (stream_start(fmt) if chunk.index == 0 else b"") + stream_piece(chunk.audio, fmt)
+                        data = (stream_start(fmt) if chunk.index == 0 else b"") + \
+                            await run_in_threadpool(stream_piece, chunk.audio, fmt)
                         yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
                     else:
                         pieces.append(chunk.audio)
                 if pieces:
-                    yield _sse({"type": "speech.audio.delta",
-                                "audio": base64.b64encode(encode_whole(np.concatenate(pieces), fmt)).decode()})
-                yield _sse({"type": "speech.audio.done", "usage": {"input_tokens": sum(map(len, job.ids)),
-                                                                    "output_tokens": 0, "total_tokens": 0}})
+                    data = await run_in_threadpool(encode, np.concatenate(pieces), fmt)
+                    yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+                # usage: the text's wordpieces in, the semantic tokens generated out
+                input_tokens = sum(map(len, job.ids))
+                yield _sse({"type": "speech.audio.done", "usage": {
+                    "input_tokens": input_tokens, "output_tokens": output_tokens,
+                    "total_tokens": input_tokens + output_tokens}})
             return StreamingResponse(events(), media_type="text/event-stream")
 
         stream = chunks()
@@ -236,20 +308,21 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         except StopAsyncIteration:
             first = None
         except BadInput as e:
-            raise ApiError(400, str(e)) from None
+            raise ApiError(400, str(e), e.param if e.param in body else None) from None
 
-        async def body_bytes():
+        async def body_bytes():  # encoding (MP3, AAC...) runs off the event loop
             if fmt in PIECEWISE:
                 yield stream_start(fmt)
                 if first is not None:
-                    yield stream_piece(first.audio, fmt)
+                    yield await run_in_threadpool(stream_piece, first.audio, fmt)
                 async for chunk in stream:
-                    yield stream_piece(chunk.audio, fmt)
+                    yield await run_in_threadpool(stream_piece, chunk.audio, fmt)
             else:
                 pieces = [first.audio] if first is not None else []
                 async for chunk in stream:
                     pieces.append(chunk.audio)
-                yield encode_whole(np.concatenate(pieces) if pieces else np.zeros(0, np.float32), fmt)
+                yield await run_in_threadpool(encode, np.concatenate(pieces) if pieces else np.zeros(0, np.float32),
+                                              fmt)
         return StreamingResponse(body_bytes(), media_type=MEDIA_TYPES[fmt])
 
     @app.get("/v1/models")
@@ -265,26 +338,37 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
 
     @app.put("/v1/audio/voices/{name}")
     async def upload_voice(name: str, request: Request):
-        if uploads is None:
-            raise ApiError(400, "this server keeps no uploaded voices: start it with --data-dir", "name")
-        if not VOICE_NAME.match(name):
-            raise ApiError(400, "a voice name is 1-64 letters, digits, '_' or '-'", "name")
-        data = await request.body()
+        target = check_upload_name(name)
+        data = await request.body()  # at most --max-body-bytes: BodyLimit refuses larger ones as they come
         if len(data) > MAX_VOICE_BYTES:
             raise ApiError(413, f"a voice file is at most {MAX_VOICE_BYTES} bytes")
-        tmp = uploads / f".{name}.upload"
-        tmp.write_bytes(data)
-        try:
-            Voice.from_npz(tmp)  # checked exactly as any voice file
-        except BadInput as e:
-            tmp.unlink(missing_ok=True)
-            raise ApiError(400, str(e).replace(str(tmp), "the upload"), "file") from None
-        tmp.replace(uploads / f"{name}.npz")
+
+        def store() -> None:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".upload", dir=uploads)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            try:
+                Voice.from_npz(tmp)  # checked exactly as any voice file
+            except BadInput as e:
+                os.unlink(tmp)
+                raise ApiError(400, str(e).replace(str(tmp), "the upload"), "file") from None
+            os.replace(tmp, target)  # an upload of the same name is replaced
+        await run_in_threadpool(store)
         return {"name": name, "uploaded": True}
+
+    @app.delete("/v1/audio/voices/{name}")
+    async def delete_voice(name: str):
+        target = check_upload_name(name)
+        if not target.is_file():
+            raise ApiError(404, f"no uploaded voice {name!r}; uploaded: {', '.join(_uploaded(uploads)) or 'none'}",
+                           "name")
+        target.unlink(missing_ok=True)
+        return {"name": name, "deleted": True}
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "queue": scheduler.depth, "backend": tts.backend.name}
+        # busy: a batch is running, even one whose requests have all gone (it finishes before the next)
+        return {"status": "ok", "queue": scheduler.depth, "busy": scheduler.busy, "backend": tts.backend.name}
 
     @app.get("/metrics")
     async def prometheus():
@@ -296,6 +380,14 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         return PAGE.read_text(encoding="utf-8")
 
     return app
+
+
+class AsciiJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error that quotes a client's broken text (a lone
+    surrogate) still encodes."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def _authorised(request, key: str) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from ..constants import SAMPLE_RATE
@@ -15,7 +13,7 @@ PIECEWISE = ("wav", "pcm", "mp3")  # streamed as each chunk finishes (MP3 frames
 
 
 def encode_whole(audio: np.ndarray, fmt: str) -> bytes:
-    return encode_aac(audio) if fmt == "aac" else encode(audio, fmt)
+    return encode(audio, fmt)
 
 
 def stream_start(fmt: str) -> bytes:
@@ -27,21 +25,3 @@ def stream_piece(audio: np.ndarray, fmt: str) -> bytes:
     if fmt in ("wav", "pcm"):
         return pcm16(audio)
     return encode(audio, "mp3") if len(audio) else b""
-
-
-def encode_aac(audio: np.ndarray) -> bytes:
-    """AAC in ADTS frames, through FFmpeg's encoder (PyAV)."""
-    import av
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="adts") as container:
-        stream = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
-        size = stream.codec_context.frame_size or 1024
-        samples = np.asarray(audio, dtype=np.float32)
-        for start in range(0, len(samples), size):
-            frame = av.AudioFrame.from_ndarray(samples[None, start: start + size], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = SAMPLE_RATE, start
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()

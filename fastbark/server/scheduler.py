@@ -61,6 +61,7 @@ class Scheduler:
         self._requests: set[Request] = set()
         self._cv = threading.Condition()
         self._stop = False
+        self._running = False  # a batch is under way (even one whose requests have all been cancelled)
         self._thread = threading.Thread(target=self._run, name="fastbark-scheduler", daemon=True)
         self._thread.start()
 
@@ -68,6 +69,11 @@ class Scheduler:
     def depth(self) -> int:
         """Requests queued or under way."""
         return len(self._requests)
+
+    @property
+    def busy(self) -> bool:
+        """The engine is generating a batch (whether or not anyone still waits for it)."""
+        return self._running
 
     def submit(self, job: narrate.TextJob, options: GenerationOptions, long_form: LongFormOptions,
                deliver: Deliver) -> Request:
@@ -120,6 +126,7 @@ class Scheduler:
             start = time.perf_counter()
             one_per_key: dict[tuple, object] = {}  # units that share a voice key get one voice object
             voices = [one_per_key.setdefault(u.voice_key, u.voice) for u in batch]
+            self._running = True
             try:
                 gens = self._generate_chunks([u.request.job.ids[u.chunk] for u in batch], voices,
                                              batch[0].request.options,
@@ -128,6 +135,8 @@ class Scheduler:
                 for u in batch:
                     self._finish(u.request, e)
                 continue
+            finally:
+                self._running = False
             if self._on_batch is not None:
                 self._on_batch(len(batch), time.perf_counter() - start)
             for unit, generation in zip(batch, gens):

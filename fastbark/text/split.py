@@ -27,9 +27,9 @@ LINE_LIMIT = 5_000  # characters handed to the segmenter at once (its rules are 
 WORDS_PER_SECOND = 2.7
 CJK_CHARS_PER_SECOND = 6.0
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-WORD = re.compile(r"\[[^\]\n]*\]|♪[^♪\n]*♪|\S+")  # a cue and a lyric span count (and stay) as one word
+# a cue and a lyric span count (and stay) as one word; a cue holds no '[' (so "[[[[..." is matched in linear time)
+WORD = re.compile(r"\[[^\[\]\n]*\]|♪[^♪\n]*♪|\S+")
 CLAUSE_END = re.compile(r"(?<=[,;—–、，；])\s*|(?<=[,;])(?=\S)")  # after clause punctuation (not ':': speaker tags)
-PUNCTUATION_ONLY = re.compile(r"[\W_]", re.UNICODE)  # what is left of a piece with no letters or digits: ""
 SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
 
 
@@ -61,68 +61,87 @@ def estimate_seconds(text: str) -> float:
     return n_words / WORDS_PER_SECOND + n_cjk / CJK_CHARS_PER_SECOND
 
 
+Size = tuple[int, float]  # (wordpieces, estimated seconds)
+Piece = tuple[str, Size, str]  # (text, its size, the separator that joins it to the piece before)
+
+
 def chunk_text(text: str, count_tokens: Callable[[str], int], *, max_tokens: int = 256, max_seconds: float = 13.0,
                language: str = "en") -> list[str]:
     """`text` as chunks that each fit one generation (see the module docstring)."""
     joiner = "" if language in NO_SPACE_LANGUAGES else " "
 
-    def fits(piece: str) -> bool:
-        return count_tokens(piece) <= max_tokens and estimate_seconds(piece) <= max_seconds
+    def measure(piece: str) -> Size:
+        return count_tokens(piece), estimate_seconds(piece)
 
-    chunks, current, current_tokens, current_seconds = [], "", 0, 0.0
+    def fits(size: Size) -> bool:
+        return size[0] <= max_tokens and size[1] <= max_seconds
+
+    pieces: list[Piece] = []
     for sentence in split_sentences(text, language):
-        for piece in ([sentence] if fits(sentence) else _split_long(sentence, fits, joiner)):
-            tokens, seconds = count_tokens(piece), estimate_seconds(piece)
-            if current and (current_tokens + tokens > max_tokens or current_seconds + seconds > max_seconds):
-                chunks.append(current)
-                current, current_tokens, current_seconds = "", 0, 0.0
-            current = current + joiner + piece if current else piece
-            current_tokens, current_seconds = current_tokens + tokens, current_seconds + seconds
-    if current:
-        chunks.append(current)
-    return chunks
+        size = measure(sentence)
+        pieces += [(sentence, size, joiner)] if fits(size) else _split_long(sentence, measure, fits, joiner)
+    return [piece for piece, _, _ in _pack(pieces, fits)]
 
 
-def _split_long(sentence: str, fits: Callable[[str], bool], joiner: str) -> list[str]:
+def _pack(pieces: list[Piece], fits: Callable[[Size], bool]) -> list[Piece]:
+    """Neighbouring pieces joined, in order, while the sum of their sizes fits. Sizes add up (a join at a
+    space, between CJK characters or inside a cut word adds no wordpiece worth counting), so each piece
+    is measured once and packing is linear."""
+    packed: list[Piece] = []
+    for piece, size, sep in pieces:
+        if packed:
+            last, last_size, last_sep = packed[-1]
+            joined = (last_size[0] + size[0], last_size[1] + size[1])
+            if fits(joined):
+                packed[-1] = (last + sep + piece, joined, last_sep)
+                continue
+        packed.append((piece, size, sep))
+    return packed
+
+
+def _split_long(sentence: str, measure: Callable[[str], Size], fits: Callable[[Size], bool],
+                joiner: str) -> list[Piece]:
     """An overlong sentence in pieces that fit: at clause punctuation, else between words, else (one word
-    longer than a chunk, or a CJK run without spaces) between characters."""
-    pieces = []
+    longer than a chunk, or a CJK run without spaces) between characters. The pieces are then joined back
+    while they fit, so that clauses are not spoken one by one."""
+    pieces: list[Piece] = []
     for clause in (c.strip() for c in CLAUSE_END.split(sentence) if c.strip()):
-        if fits(clause):
-            pieces.append(clause)
+        size = measure(clause)
+        if fits(size):
+            pieces.append((clause, size, joiner))
             continue
-        current = ""
+        words: list[Piece] = []
         for word in WORD.findall(clause):
-            for k, part in enumerate([word] if fits(word) else _cut(word, fits)):
-                sep = "" if k else " "  # the parts of one word are joined back without a space
-                candidate = current + sep + part if current else part
-                if current and not fits(candidate):
-                    pieces.append(current)
-                    candidate = part
-                current = candidate
-        if current:
-            pieces.append(current)
-    return _merge(pieces, fits, joiner)
+            size = measure(word)
+            if fits(size):
+                words.append((word, size, " "))
+            else:  # its parts join each other without a space
+                words += [(part, part_size, " " if k == 0 else "") for k, (part, part_size) in
+                          enumerate(_cut(word, measure, fits))]
+        pieces += [(text, size, joiner) for text, size, _ in _pack(words, fits)]
+    return _pack(pieces, fits)
 
 
-def _cut(word: str, fits: Callable[[str], bool]) -> list[str]:
-    """A word that fits no chunk, in the longest runs of characters that do."""
-    parts, current = [], ""
-    for char in word:
-        if current and not fits(current + char):
-            parts.append(current)
-            current = ""
-        current += char
-    return parts + [current] if current else parts
-
-
-def _merge(pieces: list[str], fits: Callable[[str], bool], joiner: str) -> list[str]:
-    """Join neighbouring pieces back while they fit, so that clauses are not spoken one by one; a piece of
-    punctuation alone always joins the one before it."""
-    merged: list[str] = []
-    for piece in pieces:
-        if merged and (fits(merged[-1] + joiner + piece) or not PUNCTUATION_ONLY.sub("", piece)):
-            merged[-1] = merged[-1] + joiner + piece
-        else:
-            merged.append(piece)
-    return merged
+def _cut(word: str, measure: Callable[[str], Size], fits: Callable[[Size], bool]) -> list[tuple[str, Size]]:
+    """A word that fits no chunk, in the longest runs of characters that do. Each run's length is found
+    by doubling, then bisecting, so that a word of n characters costs O(n log n) characters measured,
+    not O(n^2)."""
+    parts, start = [], 0
+    while start < len(word):
+        good, bad = 1, None  # a run of one character is taken even if it does not fit
+        while bad is None and start + good < len(word):
+            step = min(2 * good, len(word) - start)
+            if fits(measure(word[start: start + step])):
+                good = step
+            else:
+                bad = step
+        while bad is not None and bad - good > 1:
+            middle = (good + bad) // 2
+            if fits(measure(word[start: start + middle])):
+                good = middle
+            else:
+                bad = middle
+        part = word[start: start + good]
+        parts.append((part, measure(part)))
+        start += good
+    return parts

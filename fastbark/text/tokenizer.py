@@ -41,12 +41,20 @@ class TextTokenizer:
         return self._tokenizer.encode(normalize_text(text), add_special_tokens=False).ids
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no character, and no UTF-8 encoding
+
+
 def normalize_text(text: str) -> str:
     if not isinstance(text, str):
-        raise BadInput(f"text must be a string, got {type(text).__name__}")
+        raise BadInput(f"text must be a string, got {type(text).__name__}", "text")
+    bad = SURROGATE.search(text)
+    if bad:
+        raise BadInput(f"text is not valid Unicode: a lone surrogate U+{ord(bad.group()):04X} at character "
+                       f"{bad.start()} (a command-line argument that is not UTF-8 reads as one); give UTF-8 text",
+                       "text")
     text = re.sub(r"\s+", " ", text).strip()
     if not text:
-        raise BadInput("text is empty (or only whitespace); give some words to speak")
+        raise BadInput("text is empty (or only whitespace); give some words to speak", "text")
     return text
 
 
