@@ -329,18 +329,20 @@ def test_body_limits_hold_for_chunked_bodies_before_they_are_buffered(server, me
     assert httpx.get(url + "/health").json()["status"] == "ok"
 
 
-def test_lying_and_unreadable_content_lengths(server):
+@pytest.mark.parametrize("method, path", [("POST", "/v1/audio/speech"), ("PUT", "/v1/audio/voices/liar")])
+def test_lying_and_unreadable_content_lengths(server, method, path):
     url, _ = server
-    big = raw_request(url, b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
+    start = f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode()
+    big = raw_request(url, start + b"Content-Length: 99999999\r\n\r\n")
     assert big.startswith(b"HTTP/1.1 413")  # refused on the header, without waiting for the body
-    # a Content-Length smaller than the body: the body is what it declares (cut JSON), the rest is not read as one
-    short = raw_request(url, b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+    # a Content-Length smaller than the body: the body is what it declares (cut short), the rest is not read as one
+    short = raw_request(url, start + b"Content-Length: 10\r\n\r\n",
                         [b'{"model": "tts-1", "input": "hi"}' + b" " * 100_000])
     assert short.startswith(b"HTTP/1.1 400")
     # longer than the body: the server waits for the rest, and the client's leaving ends it
-    raw_request(url, b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n", [b"{}"],
-                read_timeout=1)
+    raw_request(url, start + b"Content-Length: 500\r\n\r\n", [b"{}"], read_timeout=1)
     assert httpx.get(url + "/health").json()["status"] == "ok"
+    assert "liar" not in httpx.get(url + "/v1/audio/voices").json()["uploaded"]
 
 
 def test_uploads_cannot_take_over_presets_or_openai_names_and_can_be_deleted(server, engine, tmp_path):

@@ -135,7 +135,8 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
     app = FastAPI(title="fastbark", version="0.1.0", description="Bark text-to-speech, OpenAI-compatible.",
                   lifespan=lifespan)
     app.state.scheduler, app.state.metrics = scheduler, metrics
-    app.add_middleware(BodyLimit, limit=options.max_body_bytes)  # inside `guard`, so its 413s are counted
+    # inside `guard`, so that its 413s are counted; a voice upload is at most MAX_VOICE_BYTES as well
+    app.add_middleware(BodyLimit, limit=options.max_body_bytes, limits={"/v1/audio/voices/": MAX_VOICE_BYTES})
     if options.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=options.cors_origins.split(","), allow_methods=["*"],
@@ -339,9 +340,7 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
     @app.put("/v1/audio/voices/{name}")
     async def upload_voice(name: str, request: Request):
         target = check_upload_name(name)
-        data = await request.body()  # at most --max-body-bytes: BodyLimit refuses larger ones as they come
-        if len(data) > MAX_VOICE_BYTES:
-            raise ApiError(413, f"a voice file is at most {MAX_VOICE_BYTES} bytes")
+        data = await request.body()  # BodyLimit refused it as it came if it was too large
 
         def store() -> None:
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".upload", dir=uploads)
