@@ -105,7 +105,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fastbark", description="Bark text-to-speech, fast and faithful.")
     parser.add_argument("--version", action="version", version=f"fastbark {__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{say,batch,serve,voices,convert}")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{say,batch,serve,voices,convert,doctor}")
     formats = ", ".join(FORMATS)
 
     say = sub.add_parser("say", help="speak text into an audio file")
@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_flags(serve, EngineOptions)
     from .server.options import ServerOptions
     add_option_flags(serve, ServerOptions)
+
+    doctor = sub.add_parser("doctor", help="what this machine offers (torch build, GPUs, CPU features, compiler) "
+                                           "and the backend and kernels an engine would choose on each device")
+    doctor.add_argument("--json", help="also write the diagnosis to this JSON file")
 
     voices = sub.add_parser("voices", help="list the voice presets of a model")
     _model_args(voices)
@@ -315,6 +319,19 @@ def cmd_serve(args) -> None:
     uvicorn.run(create_app(tts, server), host=server.host, port=server.port, log_level="warning")
 
 
+def cmd_doctor(args) -> None:
+    import json
+    from .doctor import diagnose
+    from .output import write_atomically
+    if args.json:
+        from .output import check_writable
+        check_writable(args.json, "--json file")
+    diagnosis = diagnose()
+    print(diagnosis)
+    if args.json:
+        write_atomically(args.json, lambda f: f.write(json.dumps(diagnosis.as_dict(), indent=2).encode()))
+
+
 def cmd_voices(args) -> None:
     from .engine import Bark
     names = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer).voices()
@@ -358,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         if command != "serve" and threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)  # uvicorn handles its own
         status = {"say": cmd_say, "voices": cmd_voices, "convert": cmd_convert, "batch": cmd_batch,
-                  "serve": cmd_serve}[command](args)
+                  "serve": cmd_serve, "doctor": cmd_doctor}[command](args)
     except BadInput as e:
         print(f"fastbark: error: {in_flags(e, parser._subcommands().get(command))}", file=sys.stderr)
         return 2

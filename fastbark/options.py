@@ -103,14 +103,23 @@ def parse_dtype(dtype) -> torch.dtype:
     raise BadInput(f"dtype {_shown(dtype)} is unknown; accepted: {', '.join(DTYPES)}", param="dtype")
 
 
+def cuda_hint() -> str:
+    """Why `device="cuda"` cannot work here, in one sentence (`fastbark doctor` tells more)."""
+    if not torch.version.cuda:
+        return ("this torch is a CPU-only build: install a CUDA wheel of torch (see pytorch.org), then check with "
+                "`fastbark doctor`")
+    return (f"this torch is built for CUDA {torch.version.cuda} but sees no GPU (the driver? CUDA_VISIBLE_DEVICES?); "
+            f"`fastbark doctor` shows what it sees")
+
+
 def parse_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise BadInput(f"device {_shown(device)} is unknown; accepted: cpu, cuda, cuda:N, mps", param="device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(f"device {_shown(device)} asked for, but CUDA is not available on this machine; "
-                       f"the cpu device is", param="device")
+        raise BadInput(f"device {_shown(device)} asked for, but CUDA is not available on this machine: "
+                       f"{cuda_hint()}; or use the cpu device", param="device")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise BadInput(f"device {_shown(device)} asked for, but MPS is not available on this machine; "
                        f"the cpu device is", param="device")

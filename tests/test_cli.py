@@ -155,3 +155,39 @@ def test_ctrl_c_in_say_does_not_talk_about_resuming(hub_dir, tmp_path, capsys, m
     monkeypatch.setattr(fastbark.engine.Bark, "from_pretrained", interrupted)
     assert main(["say", "hi", "-o", str(tmp_path / "x.wav")]) == 130
     assert capsys.readouterr().err.strip() == "fastbark: interrupted"
+
+
+# ------------------------------------------------------------------ fastbark doctor (issue 18, item 6)
+
+
+def test_doctor_reports_the_machine_and_each_choice(tmp_path, capsys):
+    import json
+    import torch
+    assert main(["doctor", "--json", str(tmp_path / "d.json")]) == 0
+    out = capsys.readouterr().out
+    for expected in ("torch build:", "GPUs torch sees:", "CPU features: AVX2", "C compiler:", "[cpu, float32]",
+                     "backend cpu on cpu, float32", "[cpu, float32, int8]"):
+        assert expected in out, expected
+    report = json.loads((tmp_path / "d.json").read_text())
+    chosen = {(c["device"], c["dtype"], c["quantize"]): c for c in report["choices"]}
+    assert chosen[("cpu", "float32", None)]["backend"] == "cpu" and set(report["cpu_features"]) >= {"AVX2", "AMX"}
+    assert ("cuda" in report["versions"]["torch build"]) == (torch.version.cuda is not None) or \
+        report["versions"]["torch build"].startswith(("CUDA", "CPU only", "ROCm"))
+
+
+def test_doctor_reads_cpu_features_and_refusals():
+    from fastbark.doctor import choose, cpu_info
+    model, features = cpu_info("model name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_tile\n")
+    assert model == "Some CPU"
+    assert features == {"AVX2": True, "AVX-512": True, "VNNI": True, "AVX-512 BF16": False, "AMX": True}
+    assert "not float16" in choose("cpu", "float16", "int8").refused
+
+
+def test_cuda_without_cuda_fails_at_once_with_a_hint(capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["say", "hi", "--device", "cuda", "-o", "x.wav"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastbark: error: --device 'cuda' asked for, but CUDA is not available") and \
+        "fastbark doctor" in err and len(err.splitlines()) == 1
