@@ -19,6 +19,7 @@ from .options import (CoarseOptions, EngineOptions, FineOptions, GenerationOptio
 from .pipeline.coarse import generate_coarse
 from .pipeline.fine import generate_fine
 from .pipeline.progress import ProgressCallback
+from .pipeline.sampling import Stream
 from .pipeline.semantic import Voices, generate_semantic, row_voices
 from . import narrate
 from .results import AudioChunk, Generation
@@ -83,8 +84,8 @@ class Bark:
 
     # ------------------------------------------------------------ stages
 
-    def _generator(self, seed: int | None) -> list[torch.Generator | None]:
-        return narrate.chunk_generators(self.device, self._seeds(seed, 1, True))
+    def _streams(self, seed: int | None) -> list[Stream]:
+        return narrate.chunk_streams(self._seeds(seed, 1, True))
 
     def tokenize(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text)
@@ -99,7 +100,7 @@ class Bark:
         options = make_options(SemanticOptions, None, options, "options")
         ids = self.tokenize(text)
         return generate_semantic(self.semantic_model, [ids], self.load_voice(voice), options,
-                                 self._generator(seed), progress)[0]
+                                 self._streams(seed), progress)[0]
 
     def semantic_to_coarse(self, semantic, voice: VoiceLike = None, *, seed: int | None = None,
                            progress: ProgressCallback | None = None, **options) -> np.ndarray:
@@ -107,7 +108,7 @@ class Bark:
         options = make_options(CoarseOptions, None, options, "options")
         semantic = check_tokens("semantic tokens", semantic, None, SEMANTIC_VOCAB_SIZE, allow_empty=True)
         return generate_coarse(self.coarse_model, [semantic], self.load_voice(voice), options,
-                               self._generator(seed), progress)[0]
+                               self._streams(seed), progress)[0]
 
     def coarse_to_fine(self, coarse, voice: VoiceLike = None, *, seed: int | None = None,
                        progress: ProgressCallback | None = None, **options) -> np.ndarray:
@@ -115,7 +116,7 @@ class Bark:
         options = make_options(FineOptions, None, options, "options")
         coarse = check_tokens("coarse tokens", coarse, N_COARSE_CODEBOOKS, CODEBOOK_SIZE, allow_empty=True)
         return generate_fine(self.fine_model, [coarse], self.load_voice(voice), options,
-                             self._generator(seed), progress)[0]
+                             self._streams(seed), progress)[0]
 
     @torch.inference_mode()
     def decode(self, fine) -> np.ndarray:
@@ -225,8 +226,8 @@ class Bark:
         one batch whatever its voice (its prompt has one length for every voice); the coarse and fine
         stages run one batch per voice, texts sharing a voice object sharing a batch."""
         voices = row_voices(voice, len(ids))
-        generators = narrate.chunk_generators(self.device, seeds)
-        semantic = generate_semantic(self.semantic_model, ids, voices, options.semantic, generators, progress)
+        streams = narrate.chunk_streams(seeds)
+        semantic = generate_semantic(self.semantic_model, ids, voices, options.semantic, streams, progress)
         if any(len(s) == 0 for s in semantic):
             warnings.warn("the semantic model stopped at once (end of speech first): the audio is empty",
                           stacklevel=3)
@@ -235,7 +236,7 @@ class Bark:
             groups.setdefault(id(v), []).append(row)
         results: list[Generation | None] = [None] * len(ids)
         for rows in groups.values():
-            v, gens = voices[rows[0]], [generators[i] for i in rows]
+            v, gens = voices[rows[0]], [streams[i] for i in rows]
             coarse = generate_coarse(self.coarse_model, [semantic[i] for i in rows], v, options.coarse, gens, progress)
             fine = generate_fine(self.fine_model, coarse, v, options.fine, gens, progress)
             for i, c, f in zip(rows, coarse, fine):

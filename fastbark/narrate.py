@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 
 from .audio import join_piece
 from .constants import SAMPLE_RATE
 from .options import GenerationOptions, LongFormOptions
 from .pipeline.progress import ProgressCallback, Reporter
+from .pipeline.sampling import Stream
 from .results import AudioChunk, Generation, Segment
 from .voices import Voice
 
@@ -135,5 +135,6 @@ def run(generate_chunks: GenerateChunks, jobs: list[TextJob], options: Generatio
         yield job.index, join(job, chunk, generation, long_form)
 
 
-def chunk_generators(device: torch.device, seeds: list[int | None]) -> list[torch.Generator | None]:
-    return [None if s is None else torch.Generator(device).manual_seed(s) for s in seeds]
+def chunk_streams(seeds: list[int | None]) -> list[Stream]:
+    """One random stream per chunk (pipeline/sampling.py): its seed, or one drawn from torch's generator."""
+    return [Stream(s) for s in seeds]

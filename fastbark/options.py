@@ -24,6 +24,7 @@ from .errors import BadInput
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZE = ("int8",)  # int8: the three GPTs' linear layers (backends/cpu/int8.py); CPU only
 CPU_KERNELS = ("auto", "c", "onednn", "plain")  # the CPU backend's decode-step linear layers
+MAX_THREADS = 1024  # more CPU threads than any machine fastbark runs on has cores (torch overflows far beyond)
 BACKENDS = ("auto", "cpu", "torch")  # auto: cpu on the CPU, torch elsewhere (backends/__init__.py)
 
 
@@ -81,7 +82,7 @@ def check_seed(seed, name: str = "seed") -> int | None:
                         accepted="an integer in 0..2**64-1 or none")
 
 
-MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds
+MAX_SEED = 2**64 - 1  # a seed is a 64-bit word (pipeline/sampling.py hashes it)
 MIN_TEMPERATURE = 1e-6  # logits / temperature must stay finite in float32: |logits| < 1e32 then, far above any model's
 
 
@@ -158,7 +159,8 @@ class EngineOptions:
                            param="quantize")
         check_choice("cpu_kernel", self.cpu_kernel, CPU_KERNELS)
         check_choice("backend", self.backend, BACKENDS)
-        check_number("threads", self.threads, integer=True, low=1, none_ok=True, accepted="at least 1 (an integer) or none")
+        check_number("threads", self.threads, integer=True, low=1, high=MAX_THREADS, none_ok=True,
+                     accepted=f"an integer in 1..{MAX_THREADS} or none")
         if self.quantize == "int8":
             if device.type != "cpu" or not hasattr(torch, "_int_mm"):
                 raise BadInput(f"quantize int8 runs on the CPU only (with a torch that has torch._int_mm), not on "

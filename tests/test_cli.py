@@ -84,7 +84,8 @@ def bad_files(tmp_path):
     (["hi", "--model", "{tmp}"], "holds no Bark checkpoint"),
     (["hi", "--temperature-typo"], "unrecognized arguments: --temperature-typo"), # argparse's, one line too
     (["hi", "--semantic-temperature", "-1"], "--semantic-temperature must be a number >= 0"),
-    (["hi", "--threads", "0"], "--threads must be at least 1"),
+    (["hi", "--threads", "0"], "--threads must be an integer in 1..1024"),
+    (["hi", "--threads", "99999999999999999999999"], "--threads must be an integer in 1..1024"),
     (["hi", "--quantize", "int8", "--dtype", "float16"], "not float16"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(hub_dir, tmp_path, capsys, extra, message):

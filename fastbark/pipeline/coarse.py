@@ -28,7 +28,7 @@ from ..options import CoarseOptions
 from ..voices import Voice
 from .decoding import check_finite, decode_one_token, prefill
 from .progress import ProgressCallback, Reporter
-from .sampling import choose
+from .sampling import Stream, choose
 
 # codebook k of a coarse frame is stored as id SEMANTIC_VOCAB_SIZE + k * CODEBOOK_SIZE + code
 CODEBOOK_OFFSETS = SEMANTIC_VOCAB_SIZE + CODEBOOK_SIZE * np.arange(N_COARSE_CODEBOOKS)[:, None]  # (2, 1)
@@ -56,7 +56,7 @@ def voice_histories(voice: Voice | None, max_coarse_history: int) -> tuple[np.nd
 
 @torch.inference_mode()
 def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice | None, options: CoarseOptions,
-                    generators: Sequence[torch.Generator | None] | None = None,
+                    streams: Sequence[Stream] | None = None,
                     progress: ProgressCallback | None = None, carry_cache: bool = True) -> list[np.ndarray]:
     """Coarse codes (2, T_i) int64 in [0, 1024) for each semantic array (n_i,).
 
@@ -66,7 +66,7 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
     length (semantic context padded to 256, infer token, the same number of coarse tokens), so
     no padding is needed. A row leaves the batch once its own number of steps is done.
     """
-    generators = list(generators) if generators is not None else [None] * len(semantic)
+    streams = list(streams) if streams is not None else [Stream() for _ in semantic]
     device = model.position_embeds_layer.weight.device
     semantic_history, coarse_history = voice_histories(voice, options.max_coarse_history)
     semantic_in = [np.concatenate([semantic_history, s]) for s in semantic]
@@ -112,12 +112,12 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
             live = [b for b, i in enumerate(rows) if n_steps[i] > done + step]  # rows not yet past their end
             if len(live) == len(rows):
                 token, _ = choose(scores, options.temperature, options.top_k, options.top_p,
-                                  [generators[i] for i in rows])
+                                  [streams[i] for i in rows])
             else:  # a row past its own end takes scratch tokens without drawing from its stream
                 token = scores.argmax(-1)
                 if live:
                     token[live] = choose(scores[live], options.temperature, options.top_k, options.top_p,
-                                         [generators[rows[b]] for b in live])[0]
+                                         [streams[rows[b]] for b in live])[0]
             token = token + low
             coarse[rows, end + step] = token  # past a row's own n_steps this is scratch, cut below
             if step + 1 < n_window:

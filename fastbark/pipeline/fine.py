@@ -14,7 +14,7 @@ from ..options import FineOptions
 from ..voices import Voice
 from .decoding import check_finite
 from .progress import ProgressCallback, Reporter
-from .sampling import filter_logits, is_greedy, sample_rows
+from .sampling import Stream, filter_logits, is_greedy, sample_rows
 
 
 def _fine_input(coarse: np.ndarray, history: np.ndarray) -> np.ndarray:
@@ -36,15 +36,15 @@ FINE_ROWS_PER_PASS_CPU = 1
 
 @torch.inference_mode()
 def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None, options: FineOptions,
-                  generators: Sequence[torch.Generator | None] | None = None,
+                  streams: Sequence[Stream] | None = None,
                   progress: ProgressCallback | None = None) -> list[np.ndarray]:
-    """Fine codes (8, T_i) int64 for each coarse array (2, T_i); text i samples from `generators[i]`.
+    """Fine codes (8, T_i) int64 for each coarse array (2, T_i); text i samples from `streams[i]`.
 
     Window l of every text that has one runs together (on the CPU `FINE_ROWS_PER_PASS_CPU` texts per
     forward pass): each text keeps its own windows, and samples only its own positions from its own
     stream, so its result does not depend on the other texts of the batch.
     """
-    generators = list(generators) if generators is not None else [None] * len(coarse)
+    streams = list(streams) if streams is not None else [Stream() for _ in coarse]
     device = model.position_embeds_layer.weight.device
     history = voice.fine_prompt[:, -FINE_STRIDE:] if voice is not None else np.zeros((N_FINE_CODEBOOKS, 0), np.int64)
     n_history = history.shape[1]
@@ -56,14 +56,14 @@ def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None,
         rows = [i for i, n in enumerate(n_loops) if n > loop]
         per_pass = len(rows) if device.type == "cuda" else FINE_ROWS_PER_PASS_CPU
         for first in range(0, len(rows), per_pass):
-            _window(model, inputs, rows[first: first + per_pass], loop * FINE_STRIDE, n_history, options, generators)
+            _window(model, inputs, rows[first: first + per_pass], loop * FINE_STRIDE, n_history, options, streams)
         bar.advance()
     # (L, 8) -> (8, T): drop the history and the padding
     return [x[n_history: n_history + n].T.cpu().numpy() for x, n in zip(inputs, n_frames)]
 
 
 def _window(model: FineGPT, inputs: list[torch.Tensor], rows: list[int], offset: int, n_history: int,
-            options: FineOptions, generators: Sequence[torch.Generator | None]) -> None:
+            options: FineOptions, streams: Sequence[Stream]) -> None:
     """Predicts codebooks 2-7 of the window at `offset` of each text in `rows`, in place in `inputs`."""
     starts, rels = [], []
     for i in rows:
@@ -82,8 +82,8 @@ def _window(model: FineGPT, inputs: list[torch.Tensor], rows: list[int], offset:
             for b, r in enumerate(rels):  # each row keeps what it has already predicted before its own rel
                 window[b, r:, k] = tokens[b, r - rel:]
         else:
-            probs = filter_logits(logits, options.temperature).softmax(-1)  # (B, 1024 - rel, 1024)
+            scores = filter_logits(logits, options.temperature)  # (B, 1024 - rel, 1024)
             for b, (i, r) in enumerate(zip(rows, rels)):  # a row samples its own positions only
-                window[b, r:, k] = sample_rows(probs[b, r - rel:], generators[i])
+                window[b, r:, k] = sample_rows(scores[b, r - rel:], streams[i])
     for b, (i, s) in enumerate(zip(rows, starts)):
         inputs[i][s: s + FINE_WINDOW] = window[b]

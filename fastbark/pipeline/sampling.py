@@ -2,6 +2,12 @@
 
 The order is the reference's (transformers' warpers): temperature, then top-k, then top-p on the
 tempered distribution. Temperature 0 (or None) means greedy.
+
+Sampling is counter-based: every row has a `Stream` (its seed and a count of its draws), and draw k
+of a stream is the Gumbel-max race `argmax(scores + G)`, where the noise G of token t is a hash of
+(seed, k, t). A row's draw is then a pure function of its logits, its seed and its draw count:
+the same alone or in any batch, on any device, with no generator object and nothing that needs
+the host (the hash is integer arithmetic on tensors, so a CUDA graph can capture it).
 """
 
 from __future__ import annotations
@@ -9,6 +15,64 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+# SplitMix64's constants (Steele, Lea and Flood 2014), as signed int64: torch has no uint64 arithmetic,
+# and int64 products wrap modulo 2**64 like unsigned ones.
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+UNIFORM_BITS = 24  # a float32 holds 24-bit integers exactly: u = (h's top 24 bits + 0.5) / 2**24 in (0, 1)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic on negative numbers)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors: a bijection of 64-bit words that scatters every input bit."""
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def draw_keys(seeds: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """The key of draw `draws[i]` of the stream seeded `seeds[i]` (int64 tensors of one shape)."""
+    return mix64(mix64(seeds) + draws * _GOLDEN)
+
+
+def gumbel_noise(keys: torch.Tensor, n: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise (len(keys), n) float32: entry (i, t) is a function of keys[i] and t only."""
+    index = torch.arange(n, dtype=torch.int64, device=keys.device)
+    bits = _shift_right(mix64(keys[:, None] + index[None, :] * _GOLDEN), 64 - UNIFORM_BITS)  # (B, n)
+    u = (bits.float() + 0.5) * 2.0 ** -UNIFORM_BITS
+    return -torch.log(-torch.log(u))
+
+
+def _as_int64(seed: int) -> int:
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
+
+
+class Stream:
+    """One row's random stream: a seed (0..2**64-1) and how many draws it has made. Without a seed, one
+    is drawn from torch's global generator, so `torch.manual_seed` still makes unseeded runs repeat."""
+
+    def __init__(self, seed: int | None = None):
+        if seed is None:
+            seed = int(torch.randint(0, 1 << 62, (), dtype=torch.int64))
+        self.seed, self.draws = int(seed), 0
+
+    def take(self) -> tuple[int, int]:
+        """(seed as int64, draw index) for the next draw, which is counted."""
+        self.draws += 1
+        return _as_int64(self.seed), self.draws - 1
+
+
+def next_keys(streams: Sequence[Stream], device) -> torch.Tensor:
+    """The keys (B,) of each stream's next draw; each stream counts one draw."""
+    seeds, draws = zip(*(s.take() for s in streams))
+    return draw_keys(torch.tensor(seeds, dtype=torch.int64, device=device),
+                     torch.tensor(draws, dtype=torch.int64, device=device))
 
 
 def is_greedy(temperature: float | None) -> bool:
@@ -33,23 +97,26 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = 
 
 
 def choose(logits: torch.Tensor, temperature: float | None, top_k: int | None = None,
-           top_p: float | None = None, generators: Sequence[torch.Generator | None] | None = None,
+           top_p: float | None = None, streams: Sequence[Stream] | None = None,
            with_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pick one token per row of logits (B, V). Returns (tokens (B,), probabilities (B, V) or None).
 
-    Sampling draws row i from `generators[i]` (None: torch's global stream), one row at a time, so a
-    row's draw depends on its own stream only: the same alone as in any batch. The probabilities are
+    Sampling draws row i from `streams[i]` (None: a fresh unseeded stream per row): its noise depends
+    on its own stream only, so a row draws the same alone as in any batch. The probabilities are
     those of the distribution the token was drawn from (greedy: the plain softmax of the logits,
     computed only when `with_probs`); the semantic stage reads the end-of-speech probability from them.
     """
     if is_greedy(temperature):
         return logits.argmax(-1), (logits.float().softmax(-1) if with_probs else None)
-    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-    generators = generators if generators is not None else [None] * len(probs)
-    tokens = torch.cat([torch.multinomial(row[None], 1, generator=g)[0] for row, g in zip(probs, generators)])
-    return tokens, probs
+    scores = filter_logits(logits, temperature, top_k, top_p)  # (B, V), -inf where filtered out
+    streams = streams if streams is not None else [Stream() for _ in range(len(scores))]
+    tokens = (scores + gumbel_noise(next_keys(streams, scores.device), scores.shape[-1])).argmax(-1)
+    return tokens, (scores.softmax(-1) if with_probs else None)
 
 
-def sample_rows(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token for each row of probs (N, V), all from one stream (the fine stage: one text's positions)."""
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def sample_rows(scores: torch.Tensor, stream: Stream) -> torch.Tensor:
+    """One token for each row of tempered scores (N, V), all from one draw of one stream (the fine stage:
+    one text's positions)."""
+    n, vocab = scores.shape
+    noise = gumbel_noise(next_keys([stream], scores.device), n * vocab).view(n, vocab)  # (1, N*V) -> (N, V)
+    return (scores + noise).argmax(-1)

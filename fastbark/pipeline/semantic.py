@@ -19,7 +19,7 @@ from ..options import SemanticOptions
 from ..voices import Voice
 from .decoding import decode_one_token, prefill
 from .progress import ProgressCallback, Reporter
-from .sampling import choose
+from .sampling import Stream, choose
 
 EOS = SEMANTIC_PAD_TOKEN
 
@@ -53,11 +53,11 @@ def semantic_prompt(model: CausalGPT, text_ids: list[list[int]], voice: Voices) 
 
 @torch.inference_mode()
 def generate_semantic(model: CausalGPT, text_ids: list[list[int]], voice: Voices, options: SemanticOptions,
-                      generators: Sequence[torch.Generator | None] | None = None,
+                      streams: Sequence[Stream] | None = None,
                       progress: ProgressCallback | None = None) -> list[np.ndarray]:
-    """Semantic tokens (n_i,) int64 for each text, EOS excluded; text i samples from `generators[i]`.
+    """Semantic tokens (n_i,) int64 for each text, EOS excluded; text i samples from `streams[i]`.
     `voice`: one voice for all texts, or a list with one per text."""
-    generators = list(generators) if generators is not None else [None] * len(text_ids)
+    streams = list(streams) if streams is not None else [Stream() for _ in text_ids]
     embeds = semantic_prompt(model, text_ids, voice)
     batch = len(text_ids)
     cache = model.new_cache(batch)
@@ -72,7 +72,7 @@ def generate_semantic(model: CausalGPT, text_ids: list[list[int]], voice: Voices
     bar = Reporter(progress, "semantic", options.max_tokens, "token")
     for step in range(options.max_tokens):
         token, probs = choose(logits[:, :n_candidates], options.temperature, options.top_k, options.top_p,
-                              [generators[i] for i in rows], with_probs=want_probs)
+                              [streams[i] for i in rows], with_probs=want_probs)
         tokens[rows, step] = token
         if options.allow_early_stop:
             stop = token == EOS
