@@ -84,3 +84,19 @@ def test_load_benchmark_with_the_server_as_reference(tmp_path):
     import load
     results = load.main(["--size", "tiny", "--clients", "2", "--requests", "1", "--tokens", "4", "--alone", "server"])
     assert results["runs"]["batched"]["identical_to_alone"] == 2 and results["runs"]["batched"]["errors"] == 0
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_gpu_device_script_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu.py is the one command a lent GPU runs; its CPU run proves it works before that."""
+    import gpu
+    results = gpu.main(["--device", "cpu", "--sizes", "tiny", "--tokens", "8", "--batches", "1,2",
+                        "--out", str(tmp_path)])
+    assert results["parity_fp32_device_vs_cpu"] == {"semantic": True, "coarse": True, "fine": True}
+    rows = results["speed"]["tiny"]
+    assert {(r["engine"], r["batch"]) for r in rows} == {(e, b) for e in ("fastbark", "transformers") for b in (1, 2)}
+    assert all(r["total_s"] > 0 and r["audio_s"] > 0 for r in rows)
+    by = {(r["engine"], r["batch"]): r for r in rows}
+    assert by[("fastbark", 2)]["coarse_tokens"] == by[("transformers", 2)]["coarse_tokens"]  # the same forced work
+    saved = json.loads((tmp_path / "gpu.json").read_text())
+    assert saved["floor"]["tiny"]["weight_mb"] > 0 and "| tiny | fastbark |" in (tmp_path / "gpu.md").read_text()

@@ -1,0 +1,259 @@
+"""The device script: parity and speed of fastbark on a GPU, against transformers' Bark, in one command.
+
+It needs nothing but what a lent GPU machine has (its own torch and transformers; fastbark from the
+working tree by PYTHONPATH; no downloads): random weights at the real sizes, fixed token counts, greedy.
+It writes `gpu.json` and `gpu.md` (a table) into `--out`.
+
+    PYTHONPATH=. python benchmarks/gpu.py --device cuda --out "$OUT"                  # ~5 min on an H200
+    python benchmarks/gpu.py --device cpu --sizes tiny --tokens 8 --batches 1,2 --out /tmp/g   # the smoke run
+
+What it measures:
+- parity: fastbark's float32 greedy tokens on the device equal the CPU's (tiny model, batch 2, all three
+  stages); float16 and bfloat16 greedy semantic tokens against float32 at each size (agreement: the
+  share of positions before the first difference, and of equal positions);
+- speed per size and batch: per stage seconds, semantic tokens/s, real-time factor and peak device
+  memory, for fastbark (`backend="auto"`: today the plain torch backend on CUDA) and transformers'
+  `BarkModel`, both in half precision on a GPU (float32 on the CPU);
+- the bandwidth floor of one semantic decode step (its weight bytes over the copy bandwidth measured
+  now) beside the measured step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import load_transformers, batch_texts  # noqa: E402
+
+from fastbark.testing import write_random_checkpoint  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def environment(device: torch.device) -> dict:
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+           "date": time.strftime("%Y-%m-%d"), "device": str(device)}
+    try:
+        import transformers
+        env["transformers"] = transformers.__version__
+    except ImportError:
+        env["transformers"] = None
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        env.update(gpu=p.name, gpu_memory_gb=p.total_memory / 2**30, compute=f"{p.major}.{p.minor}",
+                   flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
+                   mem_efficient_sdp=torch.backends.cuda.mem_efficient_sdp_enabled(),
+                   cudnn_sdp=getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: None)())
+    else:
+        env["cpu"] = platform.processor() or platform.machine()
+    return env
+
+
+def copy_bandwidth_gbs(device: torch.device) -> float:
+    """The device's copy bandwidth now: bytes read plus written per second, best of 5."""
+    x = torch.empty(256 << 20 if device.type == "cuda" else 32 << 20, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(5):
+        _, seconds = timed(lambda: y.copy_(x), device)
+        best = min(best, seconds)
+    return 2 * x.numel() / best / 1e9
+
+
+def fastbark_tokens(tts, texts: list[str], n_semantic: int) -> dict:
+    """Greedy semantic, coarse and fine tokens of `texts` (a batch), with per-stage times."""
+    from fastbark.options import CoarseOptions, FineOptions, SemanticOptions
+    from fastbark.pipeline.coarse import generate_coarse
+    from fastbark.pipeline.fine import generate_fine
+    from fastbark.pipeline.semantic import generate_semantic
+    device = tts.device
+    ids = [tts.tokenize(t) for t in texts]
+    sem, t_sem = timed(lambda: generate_semantic(tts.semantic_model, ids, None, SemanticOptions(
+        temperature=0, max_tokens=n_semantic, allow_early_stop=False)), device)
+    coarse, t_coarse = timed(lambda: generate_coarse(tts.coarse_model, sem, None, CoarseOptions(temperature=0)),
+                             device)
+    fine, t_fine = timed(lambda: generate_fine(tts.fine_model, coarse, None, FineOptions(temperature=0)), device)
+    audio, t_codec = timed(lambda: [tts.decode(f) for f in fine], device)
+    return dict(semantic=sem, coarse=coarse, fine=fine, semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine,
+                codec_s=t_codec, audio_s=sum(len(a) for a in audio) / 24_000)
+
+
+def parity(device: torch.device, folder: Path) -> dict:
+    """float32 greedy tokens on `device` against the CPU's, tiny model, a batch of 2."""
+    import fastbark
+    texts = batch_texts(2)
+    cpu = fastbark_tokens(fastbark.Bark.from_pretrained(folder, backend="torch"), texts, 24)
+    dev = fastbark_tokens(fastbark.Bark.from_pretrained(folder, device=str(device), backend="torch"), texts, 24)
+    return {stage: all(np.array_equal(a, b) for a, b in zip(cpu[stage], dev[stage]))
+            for stage in ("semantic", "coarse", "fine")}
+
+
+def agreement(folder: Path, device: torch.device, dtype: str, n_semantic: int) -> dict:
+    """Greedy semantic tokens in `dtype` against float32 on the same device, batch 1."""
+    import fastbark
+    from fastbark.options import SemanticOptions
+    from fastbark.pipeline.semantic import generate_semantic
+    options = SemanticOptions(temperature=0, max_tokens=n_semantic, allow_early_stop=False)
+    tokens = {}
+    for d in ("float32", dtype):
+        tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=d)
+        tokens[d] = generate_semantic(tts.semantic_model, [tts.tokenize(batch_texts(1)[0])], None, options)[0]
+        del tts
+    a, b = tokens["float32"], tokens[dtype]
+    differ = np.flatnonzero(a != b)
+    return {"dtype": dtype, "equal_share": float((a == b).mean()),
+            "prefix_share": float((differ[0] if len(differ) else len(a)) / len(a))}
+
+
+def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic: int, engine: str) -> dict:
+    texts = batch_texts(batch)
+    reset_peak(device)
+    if engine == "fastbark":
+        import fastbark
+        tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype)
+        fastbark_tokens(tts, texts[:1], 4)  # warm-up: kernels chosen, caches allocated
+        out = fastbark_tokens(tts, texts, n_semantic)
+        out["backend"] = tts.backend.name
+        n_coarse = sum(c.size for c in out["coarse"])
+    else:
+        out = run_transformers_on(folder, device, dtype, texts, n_semantic)
+        n_coarse = out.pop("n_coarse")
+    total = out["semantic_s"] + out["coarse_s"] + out["fine_s"] + out["codec_s"]
+    return dict(engine=engine, backend=out.get("backend", "transformers"), dtype=dtype, batch=batch,
+                semantic_s=out["semantic_s"], coarse_s=out["coarse_s"], fine_s=out["fine_s"], codec_s=out["codec_s"],
+                total_s=total, semantic_tokens_per_s=batch * n_semantic / out["semantic_s"],
+                semantic_ms_per_step=out["semantic_s"] / n_semantic * 1000, coarse_tokens=n_coarse,
+                audio_s=out["audio_s"], rtf=out["audio_s"] / total, peak_gb=peak_gb(device))
+
+
+@torch.no_grad()
+def run_transformers_on(folder: Path, device: torch.device, dtype: str, texts: list[str], n_semantic: int) -> dict:
+    from transformers.models.bark.generation_configuration_bark import (BarkCoarseGenerationConfig,
+                                                                         BarkFineGenerationConfig,
+                                                                         BarkSemanticGenerationConfig)
+    model, tokenizer = load_transformers(folder, dtype)
+    model = model.to(device)
+    ids = tokenizer(texts, add_special_tokens=False, padding="max_length", max_length=256, return_tensors="pt").to(device)
+    s_cfg, c_cfg, f_cfg = BarkSemanticGenerationConfig(), BarkCoarseGenerationConfig(), BarkFineGenerationConfig()
+
+    def run(n: int):
+        sem, t_sem = timed(lambda: model.semantic.generate(
+            ids["input_ids"], attention_mask=ids["attention_mask"], semantic_generation_config=s_cfg,
+            max_new_tokens=n, min_new_tokens=n, do_sample=False), device)
+        (coarse, lengths), t_coarse = timed(lambda: model.coarse_acoustics.generate(
+            sem, semantic_generation_config=s_cfg, coarse_generation_config=c_cfg, codebook_size=1024,
+            return_output_lengths=True, do_sample=False), device)
+        fine, t_fine = timed(lambda: model.fine_acoustics.generate(
+            coarse, semantic_generation_config=s_cfg, coarse_generation_config=c_cfg, fine_generation_config=f_cfg,
+            codebook_size=1024, temperature=1.0), device)
+        audio, t_codec = timed(lambda: model.codec_decode(fine, lengths // 2), device)
+        return dict(semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine, codec_s=t_codec,
+                    n_coarse=int(lengths.sum()), audio_s=sum(a.shape[-1] for a in audio) / 24_000)
+    run(4)  # warm-up
+    return run(n_semantic)
+
+
+def decode_floor(folder: Path, device: torch.device, dtype: str, bandwidth_gbs: float) -> dict:
+    """One semantic decode step's weight bytes, and the time reading them takes at the measured bandwidth."""
+    import fastbark
+    tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype)
+    c = tts.semantic_model.config  # per layer: attention in (3 d^2) and out (d^2), MLP in and out (4 d^2 each)
+    weights = (c.n_layer * 12 * c.n_embd ** 2 + c.n_embd * c.output_vocab_size) * tts.dtype.itemsize
+    return {"weight_mb": weights / 1e6, "floor_ms": weights / (bandwidth_gbs * 1e9) * 1000}
+
+
+def table(results: dict) -> str:
+    lines = ["| size | engine | backend | dtype | batch | semantic s | coarse s | fine s | codec s | total s | "
+             "semantic tok/s | RTF | peak GB |", "| --- " * 13 + "|"]
+    for size, rows in results["speed"].items():
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {size} | {r['engine']} | | {r['dtype']} | {r['batch']} | error: {r['error'][:80]} |"
+                             + " |" * 8)
+                continue
+            peak = f"{r['peak_gb']:.2f}" if r["peak_gb"] is not None else ""
+            lines.append(f"| {size} | {r['engine']} | {r['backend']} | {r['dtype']} | {r['batch']} | {r['semantic_s']:.2f} "
+                         f"| {r['coarse_s']:.2f} | {r['fine_s']:.2f} | {r['codec_s']:.2f} | {r['total_s']:.2f} | "
+                         f"{r['semantic_tokens_per_s']:.0f} | {r['rtf']:.2f} | {peak} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--sizes", default="small,large")
+    p.add_argument("--tokens", type=int, default=256, help="semantic tokens forced per text")
+    p.add_argument("--batches", default="1,16")
+    p.add_argument("--engines", default="fastbark,transformers")
+    p.add_argument("--out", required=True, help="folder for gpu.json and gpu.md")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda, but torch sees no GPU here")
+    half = "float32" if device.type == "cpu" else "float16"
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {"environment": environment(device), "args": vars(args), "speed": {}, "agreement": {}, "floor": {}}
+    results["environment"]["copy_bandwidth_gbs"] = bandwidth = copy_bandwidth_gbs(device)
+
+    def save() -> None:  # after every step: a run cut short by its time limit keeps what it measured
+        (out_dir / "gpu.json").write_text(json.dumps(results, indent=2, default=str))
+        (out_dir / "gpu.md").write_text(table(results) + "\n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = write_random_checkpoint("tiny", Path(tmp) / "tiny")
+        results["parity_fp32_device_vs_cpu"] = parity(device, tiny)
+        print("parity", results["parity_fp32_device_vs_cpu"], flush=True)
+        save()
+        for size in args.sizes.split(","):
+            folder = tiny if size == "tiny" else write_random_checkpoint(size, Path(tmp) / size)
+            if device.type == "cuda":
+                results["agreement"][size] = [agreement(folder, device, d, args.tokens) for d in ("float16", "bfloat16")]
+                print(size, "agreement", results["agreement"][size], flush=True)
+            results["floor"][size] = decode_floor(folder, device, half, bandwidth)
+            rows = results["speed"].setdefault(size, [])
+            for batch in map(int, args.batches.split(",")):
+                for engine in args.engines.split(","):
+                    try:
+                        rows.append(speed(folder, device, half, batch, args.tokens, engine))
+                    except Exception as e:  # noqa: BLE001 - another torch or transformers: keep the other rows
+                        rows.append(dict(engine=engine, dtype=half, batch=batch, error=f"{type(e).__name__}: {e}"))
+                    print(size, {k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+                    save()
+    save()
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
