@@ -12,8 +12,9 @@ What it measures:
   stages); float16 and bfloat16 greedy semantic tokens against float32 at each size (agreement: the
   share of positions before the first difference, and of equal positions);
 - speed per size and batch: per stage seconds, semantic tokens/s, real-time factor and peak device
-  memory, for fastbark (`backend="auto"`: today the plain torch backend on CUDA) and transformers'
-  `BarkModel`, both in half precision on a GPU (float32 on the CPU);
+  memory, for fastbark (`backend="auto"`: today the plain torch backend on CUDA), fastbark with
+  `offload=True` (peak memory with and without it) and transformers' `BarkModel`, in half precision
+  on a GPU (float32 on the CPU);
 - the bandwidth floor of one semantic decode step (its weight bytes over the copy bandwidth measured
   now) beside the measured step.
 """
@@ -138,9 +139,10 @@ def agreement(folder: Path, device: torch.device, dtype: str, n_semantic: int) -
 def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic: int, engine: str) -> dict:
     texts = batch_texts(batch)
     reset_peak(device)
-    if engine == "fastbark":
+    if engine.startswith("fastbark"):
         import fastbark
-        tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype)
+        tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype,
+                                            offload=engine == "fastbark-offload")
         fastbark_tokens(tts, texts[:1], 4)  # warm-up: kernels chosen, caches allocated
         out = fastbark_tokens(tts, texts, n_semantic)
         out["backend"] = tts.backend.name
@@ -214,13 +216,15 @@ def main(argv=None) -> dict:
     p.add_argument("--sizes", default="small,large")
     p.add_argument("--tokens", type=int, default=256, help="semantic tokens forced per text")
     p.add_argument("--batches", default="1,16")
-    p.add_argument("--engines", default="fastbark,transformers")
+    p.add_argument("--engines", help="default: fastbark,fastbark-offload,transformers (no offload on the CPU)")
     p.add_argument("--out", required=True, help="folder for gpu.json and gpu.md")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch sees no GPU here")
     half = "float32" if device.type == "cpu" else "float16"
+    args.engines = args.engines or ("fastbark,transformers" if device.type == "cpu" else
+                                    "fastbark,fastbark-offload,transformers")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"environment": environment(device), "args": vars(args), "speed": {}, "agreement": {}, "floor": {}}

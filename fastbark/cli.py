@@ -77,7 +77,8 @@ def in_flags(error: BadInput, parser: argparse.ArgumentParser | None) -> str:
     flags = [a.option_strings for a in parser._actions if a.dest == param and a.option_strings]
     if not flags:
         return message
-    return max(flags[0], key=len) + message[len(param):]
+    names = [f for f in flags[0] if not f.startswith("--no-")]  # --offload, not --no-offload
+    return max(names, key=len) + message[len(param):]
 
 
 class Parser(argparse.ArgumentParser):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import Iterator
@@ -11,6 +12,7 @@ import torch
 
 from .backends import BackendReport, select
 from .backends.base import Models
+from .backends.cuda.offload import Offload
 from .constants import CODEBOOK_SIZE, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS, SEMANTIC_VOCAB_SIZE
 from .errors import BadInput
 from .loading.layouts import Parts, load_parts
@@ -31,13 +33,20 @@ from .voices import Voice, VoiceLike, check_tokens, resolve_voice
 class Bark:
     """Bark text-to-speech. Make one with `Bark.from_pretrained(...)`; it holds no global state."""
 
-    def __init__(self, parts: Parts, options: EngineOptions | None = None):
+    def __init__(self, parts: Parts, options: EngineOptions | None = None, *, offload: Offload | None = None):
         self.options = options or EngineOptions()  # the parts must have been loaded for its device and dtype
         self.semantic_model, self.coarse_model, self.fine_model = parts.semantic, parts.coarse, parts.fine
         self.codec, self.tokenizer, self.voice_library = parts.codec, parts.tokenizer, parts.voices
         self.source = parts.source
         # the backend prepares the models in place, through their seams; its report says what it chose
         self.backend: BackendReport = select(self.options, Models(parts.semantic, parts.coarse, parts.fine))
+        if offload is None and self.options.offload:  # the GPTs were loaded on the CPU, the codec on the device
+            offload = Offload({"semantic": parts.semantic, "coarse": parts.coarse, "fine": parts.fine}, self.device)
+        self._offload = offload  # moves each GPT to the device for its stage only (backends/cuda/offload.py)
+
+    def _stage(self, name: str):
+        """The context a stage runs in: with offload, its model is on the device for that time."""
+        return self._offload.stage(name) if self._offload is not None else contextlib.nullcontext()
 
     @property
     def device(self) -> torch.device:
@@ -64,9 +73,11 @@ class Bark:
         options = make_options(EngineOptions, options, engine_options, "options")
         if options.threads is not None:
             torch.set_num_threads(options.threads)
-        parts = load_parts(source, options.torch_device, options.torch_dtype, tokenizer=tokenizer, codec=codec,
+        load_on = torch.device("cpu") if options.offload else options.torch_device  # offload: GPTs stay in CPU memory
+        parts = load_parts(source, load_on, options.torch_dtype, tokenizer=tokenizer, codec=codec,
                            revision=revision, cache_dir=os.fspath(cache_dir) if cache_dir else None,
                            local_files_only=local_files_only)
+        parts.codec.to(options.torch_device)  # the EnCodec decoder (7.4M parameters) always runs on the device
         return cls(parts, options)
 
     # ------------------------------------------------------------ voices
@@ -99,24 +110,27 @@ class Bark:
         """Semantic tokens (n,) for `text`. Options: the fields of `SemanticOptions`."""
         options = make_options(SemanticOptions, None, options, "options")
         ids = self.tokenize(text)
-        return generate_semantic(self.semantic_model, [ids], self.load_voice(voice), options,
-                                 self._streams(seed), progress)[0]
+        with self._stage("semantic"):
+            return generate_semantic(self.semantic_model, [ids], self.load_voice(voice), options,
+                                     self._streams(seed), progress)[0]
 
     def semantic_to_coarse(self, semantic, voice: VoiceLike = None, *, seed: int | None = None,
                            progress: ProgressCallback | None = None, **options) -> np.ndarray:
         """Coarse codes (2, T) for semantic tokens (n,). Options: the fields of `CoarseOptions`."""
         options = make_options(CoarseOptions, None, options, "options")
         semantic = check_tokens("semantic tokens", semantic, None, SEMANTIC_VOCAB_SIZE, allow_empty=True)
-        return generate_coarse(self.coarse_model, [semantic], self.load_voice(voice), options,
-                               self._streams(seed), progress)[0]
+        with self._stage("coarse"):
+            return generate_coarse(self.coarse_model, [semantic], self.load_voice(voice), options,
+                                   self._streams(seed), progress)[0]
 
     def coarse_to_fine(self, coarse, voice: VoiceLike = None, *, seed: int | None = None,
                        progress: ProgressCallback | None = None, **options) -> np.ndarray:
         """Fine codes (8, T) for coarse codes (2, T). Options: the fields of `FineOptions`."""
         options = make_options(FineOptions, None, options, "options")
         coarse = check_tokens("coarse tokens", coarse, N_COARSE_CODEBOOKS, CODEBOOK_SIZE, allow_empty=True)
-        return generate_fine(self.fine_model, [coarse], self.load_voice(voice), options,
-                             self._streams(seed), progress)[0]
+        with self._stage("fine"):
+            return generate_fine(self.fine_model, [coarse], self.load_voice(voice), options,
+                                 self._streams(seed), progress)[0]
 
     @torch.inference_mode()
     def decode(self, fine) -> np.ndarray:
@@ -227,7 +241,8 @@ class Bark:
         stages run one batch per voice, texts sharing a voice object sharing a batch."""
         voices = row_voices(voice, len(ids))
         streams = narrate.chunk_streams(seeds)
-        semantic = generate_semantic(self.semantic_model, ids, voices, options.semantic, streams, progress)
+        with self._stage("semantic"):
+            semantic = generate_semantic(self.semantic_model, ids, voices, options.semantic, streams, progress)
         if any(len(s) == 0 for s in semantic):
             warnings.warn("the semantic model stopped at once (end of speech first): the audio is empty",
                           stacklevel=3)
@@ -237,8 +252,11 @@ class Bark:
         results: list[Generation | None] = [None] * len(ids)
         for rows in groups.values():
             v, gens = voices[rows[0]], [streams[i] for i in rows]
-            coarse = generate_coarse(self.coarse_model, [semantic[i] for i in rows], v, options.coarse, gens, progress)
-            fine = generate_fine(self.fine_model, coarse, v, options.fine, gens, progress)
+            with self._stage("coarse"):
+                coarse = generate_coarse(self.coarse_model, [semantic[i] for i in rows], v, options.coarse, gens,
+                                         progress)
+            with self._stage("fine"):
+                fine = generate_fine(self.fine_model, coarse, v, options.fine, gens, progress)
             for i, c, f in zip(rows, coarse, fine):
                 results[i] = Generation(self.decode(f), semantic[i], c, f)
         return results

@@ -149,6 +149,9 @@ class EngineOptions:
         choices=BACKENDS))
     threads: int | None = field(default=None, metadata=_help(
         "CPU threads for torch (default: torch's choice, one per core); set for the whole process"))
+    offload: bool = field(default=False, metadata=_help(
+        "keep the three GPTs in pinned CPU memory and move each to the GPU only for its stage, the next one "
+        "prefetched (CUDA only; less GPU memory)"))
 
     def __post_init__(self):
         dtype, device = parse_dtype(self.dtype), parse_device(self.device)
@@ -169,6 +172,10 @@ class EngineOptions:
                 raise BadInput("quantize int8 works with dtype float32 or bfloat16, not float16", param="quantize")
             if self.backend == "torch":
                 raise BadInput("quantize int8 needs the cpu backend (backend auto or cpu), not torch", param="quantize")
+        check_bool("offload", self.offload)
+        if self.offload and device.type != "cuda":
+            raise BadInput(f"offload keeps the models in CPU memory for a GPU: it needs device cuda, not "
+                           f"{self.device!r} (on the CPU the models are in CPU memory already)", param="offload")
         if self.backend == "cpu" and device.type != "cpu":
             raise BadInput(f"backend cpu runs on the CPU, not on device {self.device!r}; use backend auto or torch",
                            param="backend")
