@@ -100,3 +100,9 @@ def test_gpu_device_script_runs_on_the_cpu(tmp_path):
     assert by[("fastbark", 2)]["coarse_tokens"] == by[("transformers", 2)]["coarse_tokens"]  # the same forced work
     saved = json.loads((tmp_path / "gpu.json").read_text())
     assert saved["floor"]["tiny"]["weight_mb"] > 0 and "| tiny | fastbark |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_split_hostile_smoke():
+    import split_hostile
+    rows = split_hostile.main(["--bytes", "20000"])["rows"]
+    assert all(r["chunks"] > 0 for r in rows.values())
