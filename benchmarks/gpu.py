@@ -13,8 +13,8 @@ What it measures:
   share of positions before the first difference, and of equal positions);
 - speed per size and batch: per stage seconds, semantic tokens/s, real-time factor and peak device
   memory, for fastbark (`backend="auto"`: today the plain torch backend on CUDA), fastbark with
-  `offload=True` (peak memory with and without it) and transformers' `BarkModel`, in half precision
-  on a GPU (float32 on the CPU);
+  `offload=True` (peak memory with and without it), fastbark with `attention="flash"`, and
+  transformers' `BarkModel`, in half precision on a GPU (float32 on the CPU);
 - the bandwidth floor of one semantic decode step (its weight bytes over the copy bandwidth measured
   now) beside the measured step.
 """
@@ -142,7 +142,8 @@ def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic
     if engine.startswith("fastbark"):
         import fastbark
         tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype,
-                                            offload=engine == "fastbark-offload")
+                                            offload=engine == "fastbark-offload",
+                                            attention="flash" if engine == "fastbark-flash" else "auto")
         fastbark_tokens(tts, texts[:1], 4)  # warm-up: kernels chosen, caches allocated
         out = fastbark_tokens(tts, texts, n_semantic)
         out["backend"] = tts.backend.name
@@ -216,7 +217,8 @@ def main(argv=None) -> dict:
     p.add_argument("--sizes", default="small,large")
     p.add_argument("--tokens", type=int, default=256, help="semantic tokens forced per text")
     p.add_argument("--batches", default="1,16")
-    p.add_argument("--engines", help="default: fastbark,fastbark-offload,transformers (no offload on the CPU)")
+    p.add_argument("--engines", help="default: fastbark,fastbark-offload,transformers,fastbark-flash "
+                                     "(on the CPU: fastbark,transformers)")
     p.add_argument("--out", required=True, help="folder for gpu.json and gpu.md")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -224,7 +226,7 @@ def main(argv=None) -> dict:
         raise SystemExit("--device cuda, but torch sees no GPU here")
     half = "float32" if device.type == "cpu" else "float16"
     args.engines = args.engines or ("fastbark,transformers" if device.type == "cpu" else
-                                    "fastbark,fastbark-offload,transformers")
+                                    "fastbark,fastbark-offload,transformers,fastbark-flash")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"environment": environment(device), "args": vars(args), "speed": {}, "agreement": {}, "floor": {}}

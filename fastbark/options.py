@@ -24,6 +24,7 @@ from .errors import BadInput
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZE = ("int8",)  # int8: the three GPTs' linear layers (backends/cpu/int8.py); CPU only
 CPU_KERNELS = ("auto", "c", "onednn", "plain")  # the CPU backend's decode-step linear layers
+ATTENTION = ("auto", "flash", "math")  # whole-sequence attention: the backend's choice, or one SDPA kernel
 MAX_THREADS = 1024  # more CPU threads than any machine fastbark runs on has cores (torch overflows far beyond)
 BACKENDS = ("auto", "cpu", "torch")  # auto: cpu on the CPU, torch elsewhere (backends/__init__.py)
 
@@ -149,6 +150,10 @@ class EngineOptions:
         choices=BACKENDS))
     threads: int | None = field(default=None, metadata=_help(
         "CPU threads for torch (default: torch's choice, one per core); set for the whole process"))
+    attention: str = field(default="auto", metadata=_help(
+        "whole-sequence attention (prefills, fine passes): auto (the backend's choice; on CUDA, SDPA picks "
+        "flash, cuDNN or memory-efficient), flash (FlashAttention-2; CUDA, float16 or bfloat16), or math "
+        "(SDPA's reference kernel, any device)", choices=ATTENTION))
     offload: bool = field(default=False, metadata=_help(
         "keep the three GPTs in pinned CPU memory and move each to the GPU only for its stage, the next one "
         "prefetched (CUDA only; less GPU memory)"))
@@ -172,6 +177,11 @@ class EngineOptions:
                 raise BadInput("quantize int8 works with dtype float32 or bfloat16, not float16", param="quantize")
             if self.backend == "torch":
                 raise BadInput("quantize int8 needs the cpu backend (backend auto or cpu), not torch", param="quantize")
+        check_choice("attention", self.attention, ATTENTION)
+        if self.attention == "flash" and (device.type != "cuda" or dtype == torch.float32):
+            raise BadInput(f"attention flash (PyTorch's FlashAttention-2 kernels) runs on a CUDA GPU in float16 or "
+                           f"bfloat16, not on device {self.device!r} in {self.dtype}: use attention auto or math",
+                           param="attention")
         check_bool("offload", self.offload)
         if self.offload and device.type != "cuda":
             raise BadInput(f"offload keeps the models in CPU memory for a GPU: it needs device cuda, not "

@@ -166,3 +166,32 @@ def test_torch_backend_half_precision_stays_close(hub_dir, tts, dtype):
     for stage, r in results.items():
         assert 0 < r["max_rel_logit_error"] < 0.05, stage
         assert r["greedy_agreement"] >= 0.9, stage
+
+
+# ------------------------------------------------------------------ attention= (issue 18, item 4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_math_attention_runs_every_line_of_the_named_kernel_and_changes_no_token(hub_dir, tts, backend):
+    """`attention="math"` goes through the same code as "flash" (SdpaKernel, one SDPA kernel, nothing else);
+    on the CPU its greedy tokens equal the default engine's."""
+    named = fastbark.Bark.from_pretrained(hub_dir, backend=backend, attention="math")
+    for report in named.backend.models.values():
+        assert report.whole_attention == "math"
+    assert named.backend.models["semantic"].one_query_attention == tts.backend.models["semantic"].one_query_attention
+    greedy = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, max_semantic_tokens=20)
+    for voice in (None, "announcer"):
+        got, want = named.generate("the dog is cute", voice=voice, **greedy), tts.generate("the dog is cute",
+                                                                                          voice=voice, **greedy)
+        np.testing.assert_array_equal(got.semantic_tokens, want.semantic_tokens)
+        np.testing.assert_array_equal(got.fine_tokens, want.fine_tokens)
+
+
+def test_flash_attention_is_refused_where_it_cannot_run(capsys):
+    with pytest.raises(fastbark.BadInput, match="attention flash .* runs on a CUDA GPU in float16 or bfloat16"):
+        fastbark.EngineOptions(attention="flash")
+    with pytest.raises(fastbark.BadInput, match="attention 'turbo' is unknown; accepted: auto, flash, math"):
+        fastbark.EngineOptions(attention="turbo")
+    from fastbark.cli import main
+    assert main(["say", "hi", "--attention", "flash", "-o", "x.wav"]) == 2
+    assert capsys.readouterr().err.startswith("fastbark: error: --attention flash")

@@ -10,7 +10,9 @@ their typed seams (models/gpt.py: `AttentionKernel`, `DecodeStep`, `swap_linears
 
 from __future__ import annotations
 
+from ..models.gpt import CausalGPT
 from ..options import EngineOptions
+from .attention import SdpaKernel
 from .base import Backend, BackendReport, ModelReport, Models, describe
 from .cpu import CpuBackend
 from .plain import TorchBackend
@@ -28,4 +30,11 @@ def select(options: EngineOptions, models: Models) -> BackendReport:
             notes.append("no CUDA backend yet (backends/cuda): plain torch on CUDA")
     backend: Backend = {"cpu": CpuBackend, "torch": TorchBackend}[name](options)
     fallbacks = backend.prepare(models)
+    if options.attention != "auto":  # one named SDPA kernel for the whole-sequence passes, over the backend's
+        for model in models:
+            kernel = SdpaKernel(options.attention, base=model.layers[0].attn.kernel)
+            if isinstance(model, CausalGPT):
+                model.use_kernels(kernel, model.decode_step)
+            else:
+                model.use_kernels(kernel)
     return describe(backend.name, options, models, tuple(notes + fallbacks))
