@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import BadInput
-from .options import GenerationOptions, LongFormOptions, _shown, check_seed
+from .options import GenerationOptions, LongFormOptions, shown, check_seed
 from .output import FORMATS, check_folder, write_audio
 from .text.tokenizer import normalize_text
 
@@ -62,9 +62,9 @@ def check_item(raw, seen: set[str]) -> Item:
                        f"{', '.join(sorted(ITEM_KEYS))} and the option fields", sorted(map(str, unknown))[0])
     item_id = raw.get("id")
     if not isinstance(item_id, str):
-        raise BadInput(f"id must be a string (a file name), got {type(item_id).__name__} {_shown(item_id)}", "id")
+        raise BadInput(f"id must be a string (a file name), got {type(item_id).__name__} {shown(item_id)}", "id")
     if not SAFE_ID.match(item_id) or ".." in item_id:
-        raise BadInput(f"id {_shown(item_id)} is not a safe file name: 1-128 of A-Z a-z 0-9 . _ -, not starting "
+        raise BadInput(f"id {shown(item_id)} is not a safe file name: 1-128 of A-Z a-z 0-9 . _ -, not starting "
                        f"with '.' or '-', no '..'", "id")
     if item_id in seen:
         raise BadInput(f"id {item_id!r} appears more than once", "id")
@@ -73,11 +73,11 @@ def check_item(raw, seen: set[str]) -> Item:
         raise BadInput(f"text must be a string, got {type(text).__name__}", "text")
     normalize_text(text)  # empty, whitespace only, not valid Unicode: refused here, not in its batch
     if voice is not None and not isinstance(voice, str):
-        raise BadInput(f"voice must be a preset name or an .npz path, got {_shown(voice)}", "voice")
+        raise BadInput(f"voice must be a preset name or an .npz path, got {shown(voice)}", "voice")
     seed = check_seed(raw.get("seed"))
     fmt = raw.get("format") or "wav"
     if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
-        raise BadInput(f"format {_shown(fmt)} is unknown; accepted: {', '.join(FORMATS)}", "format")
+        raise BadInput(f"format {shown(fmt)} is unknown; accepted: {', '.join(FORMATS)}", "format")
     options = {k: v for k, v in raw.items() if k in OPTION_KEYS}
     GenerationOptions(**{k: v for k, v in options.items() if k in GenerationOptions.__dataclass_fields__})
     LongFormOptions(**{k: v for k, v in options.items() if k in LongFormOptions.__dataclass_fields__})

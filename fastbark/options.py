@@ -43,7 +43,7 @@ def check_number(name: str, value, *, integer: bool = False, low: float | None =
     floats are (returned as Python's)."""
     if value is None and none_ok:
         return None
-    kinds = (numbers.Integral,) if integer else (numbers.Integral, numbers.Real)
+    kinds = numbers.Integral if integer else numbers.Real  # numbers.Real includes the integers
     ok = isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
     if ok:
         value = int(value) if isinstance(value, numbers.Integral) else float(value)
@@ -57,11 +57,11 @@ def check_number(name: str, value, *, integer: bool = False, low: float | None =
             bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
                      f"{high if high is not None else 'inf'}]"
             accepted = f"{'an integer' if integer else 'a number'} in {bounds}" + (" or none" if none_ok else "")
-        raise BadInput(f"{name} must be {accepted}, got {_shown(value)}", param=name)
+        raise BadInput(f"{name} must be {accepted}, got {shown(value)}", param=name)
     return value
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
     """A value as an error message shows it: short, and printable (a lone surrogate is escaped)."""
     text = repr(value)
     return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
@@ -69,12 +69,12 @@ def _shown(value) -> str:
 
 def check_choice(name: str, value, choices) -> None:
     if not isinstance(value, str) or value not in choices:
-        raise BadInput(f"{name} {_shown(value)} is unknown; accepted: {', '.join(map(str, choices))}", param=name)
+        raise BadInput(f"{name} {shown(value)} is unknown; accepted: {', '.join(map(str, choices))}", param=name)
 
 
 def check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
-        raise BadInput(f"{name} must be true or false, got {_shown(value)}", param=name)
+        raise BadInput(f"{name} must be true or false, got {shown(value)}", param=name)
 
 
 def check_seed(seed, name: str = "seed") -> int | None:
@@ -102,7 +102,7 @@ def parse_dtype(dtype) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.removeprefix("torch.")]
-    raise BadInput(f"dtype {_shown(dtype)} is unknown; accepted: {', '.join(DTYPES)}", param="dtype")
+    raise BadInput(f"dtype {shown(dtype)} is unknown; accepted: {', '.join(DTYPES)}", param="dtype")
 
 
 def cuda_hint() -> str:
@@ -118,15 +118,15 @@ def parse_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise BadInput(f"device {_shown(device)} is unknown; accepted: cpu, cuda, cuda:N, mps", param="device") from None
+        raise BadInput(f"device {shown(device)} is unknown; accepted: cpu, cuda, cuda:N, mps", param="device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(f"device {_shown(device)} asked for, but CUDA is not available on this machine: "
+        raise BadInput(f"device {shown(device)} asked for, but CUDA is not available on this machine: "
                        f"{cuda_hint()}; or use the cpu device", param="device")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise BadInput(f"device {_shown(device)} asked for, but MPS is not available on this machine; "
+        raise BadInput(f"device {shown(device)} asked for, but MPS is not available on this machine; "
                        f"the cpu device is", param="device")
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise BadInput(f"device {_shown(device)} is not supported; accepted: cpu, cuda, cuda:N, mps", param="device")
+        raise BadInput(f"device {shown(device)} is not supported; accepted: cpu, cuda, cuda:N, mps", param="device")
     return dev
 
 
@@ -163,7 +163,7 @@ class EngineOptions:
         object.__setattr__(self, "dtype", str(dtype).removeprefix("torch."))
         object.__setattr__(self, "device", str(device))
         if self.quantize is not None and self.quantize not in QUANTIZE:
-            raise BadInput(f"quantize {_shown(self.quantize)} is unknown; accepted: int8, or none (no quantisation)",
+            raise BadInput(f"quantize {shown(self.quantize)} is unknown; accepted: int8, or none (no quantisation)",
                            param="quantize")
         check_choice("cpu_kernel", self.cpu_kernel, CPU_KERNELS)
         check_choice("backend", self.backend, BACKENDS)

@@ -1,9 +1,9 @@
 """Writing audio: formats, checks made before any generation, and incremental, all-or-nothing files.
 
 Encoding is libsndfile's (through `soundfile`): WAV, FLAC, Ogg Vorbis, Ogg Opus and MP3; AAC (in ADTS
-frames) is FFmpeg's encoder through PyAV. `pcm` is raw 16-bit little-endian mono at 24 kHz, no header. A file is written under a temporary name beside
-its target and renamed only when complete, so a failure never leaves a half-written file under the
-user's name. Standard output (`-`) streams WAV (with a header that declares an open length) and
+frames) is FFmpeg's encoder through PyAV. `pcm` is raw 16-bit little-endian mono at 24 kHz, no header.
+A file is written under a temporary name beside its target and renamed only when complete, so a
+failure never leaves a half-written file under the user's name. Standard output (`-`) streams WAV (with a header that declares an open length) and
 PCM chunk by chunk; other formats are encoded whole, then written.
 """
 
@@ -87,9 +87,9 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     return target
 
 
-def check_stdout(stream=None) -> None:
+def check_stdout() -> None:
     """Standard output can take audio: it is open, and not a terminal (binary noise there helps no one)."""
-    stream = stream if stream is not None else sys.stdout
+    stream = sys.stdout
     if stream is None or getattr(stream, "closed", False):
         raise BadInput("standard output is closed; give a file with -o FILE", "output")
     if stream.isatty():

@@ -63,8 +63,10 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             what = f"{int(declared)} bytes" if declared.isdigit() else f"of unreadable length {declared[:20]!r}"
-            return await _refuse(send, 413 if declared.isdigit() else 400,
-                                 f"the request body is {what}; at most {limit} bytes")
+            refusal = AsciiJSON(error_body(f"the request body is {what}; at most {limit} bytes",
+                                           "invalid_request_error"),
+                                status_code=413 if declared.isdigit() else 400, headers={"connection": "close"})
+            return await refusal(scope, receive, send)
         seen = 0
 
         async def counted():
@@ -76,14 +78,6 @@ class BodyLimit:
                     raise ApiError(413, f"the request body is larger than {limit} bytes, the most accepted")
             return message
         return await self.app(scope, counted, send)
-
-
-async def _refuse(send, status: int, message: str) -> None:
-    body = json.dumps(error_body(message, "invalid_request_error")).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
 
 
 class ApiError(Exception):

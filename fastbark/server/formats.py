@@ -12,10 +12,6 @@ MEDIA_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "fl
 PIECEWISE = ("wav", "pcm", "mp3")  # streamed as each chunk finishes (MP3 frames may be concatenated); others whole
 
 
-def encode_whole(audio: np.ndarray, fmt: str) -> bytes:
-    return encode(audio, fmt)
-
-
 def stream_start(fmt: str) -> bytes:
     return wav_header(SAMPLE_RATE) if fmt == "wav" else b""
 

@@ -7,8 +7,9 @@ speech. A sentence too long for one chunk is split at clause punctuation, then b
 only a single word longer than a whole chunk is cut inside. Bracketed cues (`[laughs]`), `♪ ... ♪`
 lyrics and speaker tags are never cut.
 
-Linear in the text: lines are segmented one at a time, and a line longer than LINE_LIMIT
-characters is first cut at sentence-final punctuation.
+Linear in the text, whatever it holds: lines are segmented one at a time (a line longer than
+LINE_LIMIT characters is first cut at sentence-final punctuation); every piece is measured once and
+pieces are packed by adding their sizes; a word longer than a chunk is cut by doubling and bisecting.
 """
 
 from __future__ import annotations
