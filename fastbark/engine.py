@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .backends import BackendReport, select
-from .backends.base import Models
+from .backends.base import Backend, Models
 from .backends.cuda.offload import Offload
 from .constants import CODEBOOK_SIZE, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS, SEMANTIC_VOCAB_SIZE
 from .errors import BadInput
@@ -33,13 +33,17 @@ from .voices import Voice, VoiceLike, check_tokens, resolve_voice
 class Bark:
     """Bark text-to-speech. Make one with `Bark.from_pretrained(...)`; it holds no global state."""
 
-    def __init__(self, parts: Parts, options: EngineOptions | None = None, *, offload: Offload | None = None):
+    def __init__(self, parts: Parts, options: EngineOptions | None = None, *, offload: Offload | None = None,
+                 backend: Backend | None = None):
+        """`offload` and `backend` replace what `options` would make (the tests run a CUDA backend's code on
+        the CPU this way)."""
         self.options = options or EngineOptions()  # the parts must have been loaded for its device and dtype
         self.semantic_model, self.coarse_model, self.fine_model = parts.semantic, parts.coarse, parts.fine
         self.codec, self.tokenizer, self.voice_library = parts.codec, parts.tokenizer, parts.voices
         self.source = parts.source
         # the backend prepares the models in place, through their seams; its report says what it chose
-        self.backend: BackendReport = select(self.options, Models(parts.semantic, parts.coarse, parts.fine))
+        self.backend: BackendReport = select(self.options, Models(parts.semantic, parts.coarse, parts.fine),
+                                             backend)
         if offload is None and self.options.offload:  # the GPTs were loaded on the CPU, the codec on the device
             offload = Offload({"semantic": parts.semantic, "coarse": parts.coarse, "fine": parts.fine}, self.device)
         self._offload = offload  # moves each GPT to the device for its stage only (backends/cuda/offload.py)
@@ -68,7 +72,8 @@ class Bark:
 
         Engine options: `options=EngineOptions(...)`, or its fields as keywords: `device`, `dtype`
         (float32 is the exact mode), `quantize` ("int8": the int8 fast mode, CPU), `cpu_kernel`
-        ("auto", "c", "onednn", "plain"), `backend` ("auto", "cpu", "torch") and `threads`.
+        ("auto", "c", "onednn", "plain"), `backend` ("auto", "cpu", "cuda", "torch"), `threads`, `attention`,
+        `offload` and `compile`.
         `tts.backend` reports what was chosen."""
         options = make_options(EngineOptions, options, engine_options, "options")
         if options.threads is not None:

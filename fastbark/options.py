@@ -26,7 +26,7 @@ QUANTIZE = ("int8",)  # int8: the three GPTs' linear layers (backends/cpu/int8.p
 CPU_KERNELS = ("auto", "c", "onednn", "plain")  # the CPU backend's decode-step linear layers
 ATTENTION = ("auto", "flash", "math")  # whole-sequence attention: the backend's choice, or one SDPA kernel
 MAX_THREADS = 1024  # more CPU threads than any machine fastbark runs on has cores (torch overflows far beyond)
-BACKENDS = ("auto", "cpu", "torch")  # auto: cpu on the CPU, torch elsewhere (backends/__init__.py)
+BACKENDS = ("auto", "cpu", "cuda", "torch")  # auto: cpu on the CPU, cuda on CUDA, torch elsewhere (backends/__init__.py)
 
 
 def _help(text: str, **more) -> dict:
@@ -146,7 +146,8 @@ class EngineOptions:
         "the CPU decode step's linear layers: auto (C kernel, else oneDNN), c, onednn, or plain (F.linear)",
         choices=CPU_KERNELS))
     backend: str = field(default="auto", metadata=_help(
-        "auto (cpu on the CPU, torch elsewhere), cpu (fastbark's CPU kernels), or torch (plain torch, any device)",
+        "auto (cpu on the CPU, cuda on a CUDA GPU, torch elsewhere), cpu (fastbark's CPU kernels), cuda (static "
+        "caches and CUDA-graph decode steps), or torch (plain torch, any device)",
         choices=BACKENDS))
     threads: int | None = field(default=None, metadata=_help(
         "CPU threads for torch (default: torch's choice, one per core); set for the whole process"))
@@ -157,6 +158,9 @@ class EngineOptions:
     offload: bool = field(default=False, metadata=_help(
         "keep the three GPTs in pinned CPU memory and move each to the GPU only for its stage, the next one "
         "prefetched (CUDA only; less GPU memory)"))
+    compile: bool = field(default=False, metadata=_help(
+        "compile the CUDA backend's decode step with torch.compile (fused kernels inside its CUDA graphs; "
+        "the first generation takes longer while it compiles)"))
 
     def __post_init__(self):
         dtype, device = parse_dtype(self.dtype), parse_device(self.device)
@@ -186,6 +190,13 @@ class EngineOptions:
         if self.offload and device.type != "cuda":
             raise BadInput(f"offload keeps the models in CPU memory for a GPU: it needs device cuda, not "
                            f"{self.device!r} (on the CPU the models are in CPU memory already)", param="offload")
+        check_bool("compile", self.compile)
+        if self.backend == "cuda" and device.type != "cuda":
+            raise BadInput(f"backend cuda runs on a CUDA GPU, not on device {self.device!r}; use backend auto, "
+                           f"or device cuda", param="backend")
+        if self.compile and (device.type != "cuda" or self.backend not in ("auto", "cuda")):
+            raise BadInput(f"compile fuses the CUDA backend's decode step: it needs device cuda with backend auto or "
+                           f"cuda, not device {self.device!r} with backend {self.backend}", param="compile")
         if self.backend == "cpu" and device.type != "cpu":
             raise BadInput(f"backend cpu runs on the CPU, not on device {self.device!r}; use backend auto or torch",
                            param="backend")

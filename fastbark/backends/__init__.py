@@ -5,7 +5,7 @@ their typed seams (models/gpt.py: `AttentionKernel`, `DecodeStep`, `swap_linears
 `BackendReport` of what it chose and what it fell back from, and why. One folder or file each:
 - `plain.py`: plain torch, any device (what a CUDA or MPS user runs today);
 - `cpu/`: fastbark's C kernels (built at first use), oneDNN-packed and int8 linear layers;
-- `cuda/`: the empty place for a CUDA backend (see its docstring).
+- `cuda/`: static KV caches and decode steps captured as CUDA graphs, SDPA's fused kernels, offload.
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ from ..options import EngineOptions
 from .attention import SdpaKernel
 from .base import Backend, BackendReport, ModelReport, Models, describe
 from .cpu import CpuBackend
+from .cuda import CudaBackend
 from .plain import TorchBackend
 
 __all__ = ["Backend", "BackendReport", "ModelReport", "select"]
 
 
-def select(options: EngineOptions, models: Models) -> BackendReport:
-    """Prepare `models` (semantic, coarse, fine) in place for `options`; report what was chosen."""
-    name = options.backend
-    notes = []
-    if name == "auto":
-        name = "cpu" if options.torch_device.type == "cpu" else "torch"
-        if options.torch_device.type == "cuda":
-            notes.append("no CUDA backend yet (backends/cuda): plain torch on CUDA")
-    backend: Backend = {"cpu": CpuBackend, "torch": TorchBackend}[name](options)
+def select(options: EngineOptions, models: Models, backend: Backend | None = None) -> BackendReport:
+    """Prepare `models` (semantic, coarse, fine) in place for `options` (with `backend` if one is given);
+    report what was chosen."""
+    if backend is None:
+        name = options.backend
+        if name == "auto":
+            name = {"cpu": "cpu", "cuda": "cuda"}.get(options.torch_device.type, "torch")
+        backend = {"cpu": CpuBackend, "cuda": CudaBackend, "torch": TorchBackend}[name](options)
     fallbacks = backend.prepare(models)
     if options.attention != "auto":  # one named SDPA kernel for the whole-sequence passes, over the backend's
         for model in models:
@@ -37,4 +37,4 @@ def select(options: EngineOptions, models: Models) -> BackendReport:
                 model.use_kernels(kernel, model.decode_step)
             else:
                 model.use_kernels(kernel)
-    return describe(backend.name, options, models, tuple(notes + fallbacks))
+    return describe(backend.name, options, models, tuple(fallbacks))

@@ -35,9 +35,9 @@ class Backend(ABC):
 @dataclass(frozen=True)
 class ModelReport:
     linears: dict[str, int]  # kind -> how many: torch, c, onednn, int8-c, int8-torch
-    decode_step: str  # blocks (block by block in torch) or fused-c; "" for the fine model
-    whole_attention: str  # sdpa or bf16-c: prefills and fine passes
-    one_query_attention: str  # sdpa or matmul: a decode step's attention over the cache; "" for the fine model
+    decode_step: str  # blocks (block by block in torch), fused-c, cuda-graph (+compiled), static; "" for the fine model
+    whole_attention: str  # sdpa, sdpa-<kernel SDPA picks> or bf16-c: prefills and fine passes
+    one_query_attention: str  # sdpa, masked sdpa-<kernel> or matmul: a decode step's attention over the cache; "" for the fine model
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,9 @@ def describe(name: str, options: EngineOptions, models: Models, fallbacks: tuple
         kinds = Counter(k for k in map(linear_kind, model.modules()) if k is not None)
         kernel = model.layers[0].attn.kernel
         causal = isinstance(model, CausalGPT)
-        step = getattr(model.decode_step, "kind", "custom") if causal and model.decode_step else "blocks"
+        step = "blocks"
+        if causal and (model.decoder or model.decode_step):
+            step = getattr(model.decoder or model.decode_step, "kind", "custom")
         reports[key] = ModelReport(dict(kinds), step if causal else "", kernel.whole_kind,
                                    kernel.one_query_kind if causal else "")
     return BackendReport(name, options, reports, fallbacks)

@@ -3,10 +3,11 @@
 Module and parameter names follow the Hugging Face checkpoints (`input_embeds_layer`,
 `layers.N.attn.att_proj`, ...), so a hub state dict loads without renaming.
 
-Pure torch, no device branches. A backend (fastbark/backends/) may swap in its own code at three
+Pure torch, no device branches. A backend (fastbark/backends/) may swap in its own code at four
 typed seams, and only there:
 - `AttentionKernel`: attention over a whole sequence, and one query over the KV cache;
 - `DecodeStep`: every block of a causal GPT for one position per row;
+- `Decoder`: the whole of a causal GPT's cache work (its caches, prefills and token steps from ids);
 - `GPT.swap_linears`: the linear layers (any module with nn.Linear's forward).
 """
 
@@ -80,6 +81,22 @@ class DecodeStep(Protocol):
     the new keys and values into `cache` at `pos`."""
 
     def __call__(self, x: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor: ...
+
+
+class Decoder(Protocol):
+    """Seam: how a causal GPT runs over its KV cache, from the cache's making to the logits, in place of the
+    model's own code (backends/cuda: static caches and a step captured as a CUDA graph). `kind` names it
+    in the backend's report."""
+
+    kind: str
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache: ...
+
+    def prefill(self, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """embeds (B, T, C) at positions 0..T-1 -> logits of the last position (B, V)."""
+
+    def step(self, token: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+        """token ids (B,) at position `pos` -> next logits (B, V)."""
 
 
 LinearFactory = Callable[[nn.Linear], "nn.Module | None"]  # seam: a replacement for a linear layer, or None
@@ -187,15 +204,30 @@ class CausalGPT(GPT):
         self.layernorm_final = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.output_vocab_size, bias=False)
         self.decode_step: DecodeStep | None = None  # None: the blocks themselves; set through use_kernels
+        self.decoder: Decoder | None = None  # None: the model's own caches, prefill and step; set through use_kernels
 
-    def use_kernels(self, attention: AttentionKernel | None = None, decode_step: DecodeStep | None = None) -> None:
-        """Also run one-position steps with `decode_step` (None: block by block)."""
+    def use_kernels(self, attention: AttentionKernel | None = None, decode_step: DecodeStep | None = None,
+                    decoder: Decoder | None = None) -> None:
+        """Also run one-position steps with `decode_step` (None: block by block), and the cache work with
+        `decoder` (None: the model's own)."""
         super().use_kernels(attention)
-        self.decode_step = decode_step
+        self.decode_step, self.decoder = decode_step, decoder
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        if self.decoder is not None:
+            return self.decoder.new_cache(batch, max_len or self.config.block_size)
         w = self.position_embeds_layer.weight  # (lm_head's weight may be swapped away by a backend)
         return KVCache.empty(self.config, batch, max_len or self.config.block_size, w.device, w.dtype)
+
+    def prefill(self, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """embeds (B, T, C) at positions 0..T-1, into a fresh cache -> logits of the last position (B, V)."""
+        return self.decoder.prefill(embeds, cache) if self.decoder is not None else self(embeds, cache, 0)
+
+    def decode(self, token: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+        """token ids (B,) at position `pos` -> next logits (B, V)."""
+        if self.decoder is not None:
+            return self.decoder.step(token, cache, pos)
+        return self(self.input_embeds_layer(token)[:, None], cache, pos)  # (B, C) -> (B, 1, C)
 
     def forward(self, embeds: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
         """Run `embeds` (B, T, C) at positions pos..pos+T-1; return the logits of the last position (B, V)."""

@@ -100,6 +100,7 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
             prompt = torch.cat([torch.from_numpy(np.stack(contexts)).to(device),  # (B, 256)
                                 torch.full((len(rows), 1), COARSE_INFER_TOKEN, device=device),
                                 coarse[rows, starts[1]: end]], dim=1)
+            cache = None  # the old cache goes first: a backend may reuse its memory for the new one
             cache = model.new_cache(len(rows))  # a fresh cache: positions restart at 0
             logits = prefill(model, emb(prompt), cache, "coarse")
             pos = prompt.shape[1]

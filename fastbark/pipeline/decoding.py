@@ -11,7 +11,7 @@ from ..models.gpt import CausalGPT, KVCache
 
 def prefill(model: CausalGPT, embeds: torch.Tensor, cache: KVCache, stage: str = "semantic") -> torch.Tensor:
     """embeds (B, T, C) at positions 0..T-1 -> logits of the last position (B, V), checked finite."""
-    return check_finite(model(embeds, cache, 0), stage)
+    return check_finite(model.prefill(embeds, cache), stage)
 
 
 def check_finite(logits: torch.Tensor, stage: str) -> torch.Tensor:
@@ -26,4 +26,4 @@ def check_finite(logits: torch.Tensor, stage: str) -> torch.Tensor:
 
 def decode_one_token(model: CausalGPT, token: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
     """token (B,) at position pos -> next logits (B, V)."""
-    return model(model.input_embeds_layer(token)[:, None], cache, pos)  # (B, C) -> (B, 1, C)
+    return model.decode(token, cache, pos)

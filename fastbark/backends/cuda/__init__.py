@@ -1,11 +1,73 @@
-"""The place for a CUDA backend: `select` still gives CUDA the plain torch backend.
+"""The CUDA backend (`backend="auto"` on a CUDA device, or `backend="cuda"`).
 
-Here now: `offload.py`, CPU offload (`offload=True`): each GPT on the GPU for its stage only.
-(`attention="flash"` is `backends/attention.py`: the same SDPA seam serves every device.)
-
-What belongs here, as a `backends.base.Backend` subclass that `select` picks for `device="cuda"`:
-- half precision (float16 / bfloat16) with float32 softmax and LayerNorm where fidelity needs it;
-- a static KV cache and a `DecodeStep` captured as a CUDA graph (one launch per token);
-- fused attention for the whole-sequence passes (`AttentionKernel.whole`).
-It must keep the pipeline's contract: batch-invariant rows, no host syncs in the decode loop.
+- `decoder.py`: the semantic and coarse GPTs' cache work through the `Decoder` seam: static KV caches
+  padded to 16 rows, prefills one row at a time, and a decode step from token ids to logits with the
+  position as a device tensor, captured as one CUDA graph per (cache, attended length) and replayed;
+  with `compile=True` the step is `torch.compile(fullgraph=True)`'d first (fused elementwise kernels).
+- whole-sequence attention (prefills, fine passes): SDPA, which picks FlashAttention-2, cuDNN or the
+  memory-efficient kernel for the dtype and shapes; the report names its choice (`sdpa_choice`).
+- half precision: float16 and bfloat16 weights and caches; LayerNorm statistics and the softmax of
+  attention are float32 inside torch's CUDA kernels, and sampling tempers and filters the logits in float32.
+- `offload.py`: CPU offload (`offload=True`): each GPT on the GPU for its stage only.
 """
+
+from __future__ import annotations
+
+import torch
+from torch.nn.attention import SDPBackend
+
+from ...models.gpt import AttentionKernel
+from ..base import Backend, Models
+from ...constants import FINE_WINDOW, MAX_TEXT_TOKENS
+from .decoder import KEY_BUCKET, StaticDecoder
+
+PROMPT = MAX_TEXT_TOKENS + 1  # the semantic prompt: 256 text positions and the infer token
+
+SDPA_NAMES = {SDPBackend.MATH: "math", SDPBackend.FLASH_ATTENTION: "flash",
+              SDPBackend.EFFICIENT_ATTENTION: "efficient", SDPBackend.CUDNN_ATTENTION: "cudnn"}
+
+
+def sdpa_choice(device: torch.device, dtype: torch.dtype, n_head: int, head_dim: int, queries: int, keys: int,
+                causal: bool = False, masked: bool = False) -> str:
+    """Which kernel SDPA runs for `queries` queries of (1, n_head, ., head_dim) against `keys` keys of this
+    dtype on this device (causal, or with a boolean mask over the keys), as torch's own dispatcher chooses
+    it (`torch._fused_sdp_choice`); "sdpa" where this torch cannot say."""
+    q = torch.zeros(1, n_head, queries, head_dim, device=device, dtype=dtype)
+    k = torch.zeros(1, n_head, keys, head_dim, device=device, dtype=dtype)
+    mask = torch.ones(1, 1, 1, keys, dtype=torch.bool, device=device) if masked else None
+    try:
+        choice = SDPBackend(torch._fused_sdp_choice(q, k, k, mask, 0.0, causal))
+    except (AttributeError, IndexError, RuntimeError, TypeError, ValueError):
+        return "sdpa"
+    return f"sdpa-{SDPA_NAMES.get(choice, choice.name.lower())}"
+
+
+class ReportedSdpa(AttentionKernel):
+    """The models' own SDPA, with the kernel torch's dispatcher picks for them named in the report."""
+
+    def __init__(self, whole_kind: str, one_query_kind: str):
+        self.whole_kind, self.one_query_kind = whole_kind, one_query_kind
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+
+    def __init__(self, options, graphs: bool | None = None):
+        """`graphs`: capture the decode steps as CUDA graphs (default: on a CUDA device). The tests run the
+        backend on the CPU with `graphs=False`: the same step, uncaptured."""
+        super().__init__(options)
+        self.graphs = options.torch_device.type == "cuda" if graphs is None else graphs
+
+    def prepare(self, models: Models) -> list[str]:
+        o = self.options
+        for model in models:
+            c = model.config
+            shape = (o.torch_device, o.torch_dtype, c.n_head, c.n_embd // c.n_head)
+            if model is models.fine:  # 1024-frame non-causal passes
+                model.use_kernels(ReportedSdpa(sdpa_choice(*shape, FINE_WINDOW, FINE_WINDOW), ""))
+                continue
+            # prefills: causal over a prompt (257 positions for the semantic stage); steps: one query, masked keys
+            attention = ReportedSdpa(sdpa_choice(*shape, PROMPT, PROMPT, causal=True),
+                                     "masked " + sdpa_choice(*shape, 1, KEY_BUCKET, masked=True))
+            model.use_kernels(attention, None, StaticDecoder(model, graphs=self.graphs, compile=o.compile))
+        return []

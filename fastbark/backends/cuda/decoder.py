@@ -1,0 +1,158 @@
+"""The CUDA backend's decoder: static KV caches, and a decode step from token ids to logits that reads its
+position from a device tensor, so that one CUDA graph replays it at every position.
+
+`token_step` is the whole step as one pure function of tensors (gpt-fast's `decode_one_token`): the token
+and position embeddings, every block (the new keys and values written into the cache at `pos` with
+`index_copy_`), and the head. Nothing in it depends on a host value but the cache length it attends to,
+`n_keys` (the position rounded up to `KEY_BUCKET`; later keys are masked), so one graph serves
+`KEY_BUCKET` positions and a stage needs at most 1024 / 128 = 8 graphs per cache.
+
+`StaticDecoder` (a `models.gpt.Decoder`) owns the caches ("slabs"): each is allocated once for a number of
+rows rounded up to a multiple of `rows` and reused by later generations, so a graph captured over it stays
+valid. The pipeline sees a view of its first B rows; the padding rows run too (garbage in, garbage out,
+never read), which is what makes a row's numbers independent of its companions: every decode step of a
+batch of up to `rows` texts is the same GEMM shape. Prefills run one row at a time for the same reason
+(cuBLAS may pick another kernel for another number of rows).
+
+On the CPU (`graphs=False`) the same function runs eagerly: the tests prove every line of it there, and
+`torch.compile(token_step, fullgraph=True)` proves it has no graph break (so no host sync).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ...models.gpt import CausalGPT, KVCache
+
+KEY_BUCKET = 128  # a step attends to the cache's first n_keys positions, n_keys = position + 1 rounded up to this
+DECODE_ROWS = 16  # decode steps run on a multiple of this many rows: batches up to 16 are one GEMM shape
+
+
+def token_step(model: CausalGPT, token: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               n_keys: int) -> torch.Tensor:
+    """token (R,) int64 at position pos ((1,) int64, on the device) -> next logits (R, V). Writes the new keys
+    and values at pos into k and v (n_layer, R, H, max_len, hd); attends to the first n_keys positions,
+    those after pos masked out."""
+    config = model.config
+    R, C, H = token.shape[0], config.n_embd, config.n_head
+    x = (model.input_embeds_layer(token) + model.position_embeds_layer(pos))[:, None]  # (R, C) -> (R, 1, C)
+    visible = (torch.arange(n_keys, device=token.device) <= pos).view(1, 1, 1, n_keys)  # the keys written so far
+    for i, block in enumerate(model.layers):
+        qkv = block.attn.att_proj(block.layernorm_1(x))  # (R, 1, 3C)
+        q, k_new, v_new = qkv.view(R, 1, 3, H, C // H).permute(2, 0, 3, 1, 4)  # (R, 1, 3C) -> 3 x (R, H, 1, hd)
+        k[i].index_copy_(2, pos, k_new)  # k[i]: (R, H, max_len, hd), position pos
+        v[i].index_copy_(2, pos, v_new)
+        y = F.scaled_dot_product_attention(q, k[i, :, :, :n_keys], v[i, :, :, :n_keys], attn_mask=visible)
+        x = x + block.attn.out_proj(y.transpose(1, 2).reshape(R, 1, C))  # (R, H, 1, hd) -> (R, 1, C)
+        x = x + block.mlp(block.layernorm_2(x))
+    return model.lm_head(model.layernorm_final(x[:, 0]))  # (R, V)
+
+
+class Slab:
+    """One static cache and the step's static inputs: keys and values (n_layer, rows, H, max_len, hd), the
+    tokens (rows,) and the position (1,); and the graphs captured over them, by n_keys."""
+
+    def __init__(self, model: CausalGPT, rows: int, max_len: int):
+        c, w = model.config, model.position_embeds_layer.weight
+        shape = (c.n_layer, rows, c.n_head, max_len, c.n_embd // c.n_head)
+        self.rows, self.max_len = rows, max_len
+        self.k = torch.zeros(shape, device=w.device, dtype=w.dtype)
+        self.v = torch.zeros(shape, device=w.device, dtype=w.dtype)
+        self.token = torch.zeros(rows, dtype=torch.long, device=w.device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=w.device)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.users: weakref.WeakSet[StaticCache] = weakref.WeakSet()  # the caches viewing it; free when none
+
+    def view(self, batch: int) -> "StaticCache":
+        cache = StaticCache(self.k[:, :batch], self.v[:, :batch], self)  # (n_layer, batch, H, max_len, hd)
+        self.users.add(cache)
+        return cache
+
+
+@dataclass(eq=False)
+class StaticCache(KVCache):
+    """A KVCache that is the first rows of a slab: rows leave by moving the others up, in place."""
+
+    slab: Slab | None = None
+    __hash__ = object.__hash__  # by identity: a slab keeps a weak set of its views
+
+    def select(self, rows: torch.Tensor) -> "StaticCache":
+        n = len(rows)
+        self.slab.k[:, :n] = self.slab.k[:, rows]  # the gather copies first: safe where source and target overlap
+        self.slab.v[:, :n] = self.slab.v[:, rows]
+        return self.slab.view(n)
+
+
+def capture(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """A CUDA graph of `fn` (which reads and writes only static tensors) and its static output. `fn` runs
+    twice first on a side stream (cuBLAS handles, workspaces, a compiled step's tuning), which is harmless:
+    a step writes the same keys at the same position each time it runs."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+class StaticDecoder:
+    """A `models.gpt.Decoder` for one causal GPT: static caches, prefills one row at a time, and the decode
+    step as `token_step`, replayed from a CUDA graph per (cache, n_keys) where `graphs`, compiled with
+    `torch.compile(fullgraph=True)` where `compile`."""
+
+    def __init__(self, model: CausalGPT, *, graphs: bool, compile: bool = False, rows: int = DECODE_ROWS):
+        self.model, self.graphs, self.rows = model, graphs, rows
+        self.kind = ("cuda-graph" if graphs else "static") + ("+compiled" if compile else "")
+        self._step = torch.compile(token_step, fullgraph=True, dynamic=True) if compile else token_step
+        self._slabs: list[Slab] = []
+        self._weights: tuple[int, ...] = ()  # the parameters' addresses when the graphs were captured
+
+    def new_cache(self, batch: int, max_len: int) -> StaticCache:
+        self._check_weights()
+        rows = math.ceil(batch / self.rows) * self.rows
+        slab = next((s for s in self._slabs if s.rows == rows and s.max_len == max_len and not s.users), None)
+        if slab is None:
+            slab = Slab(self.model, rows, max_len)
+            self._slabs.append(slab)
+        return slab.view(batch)
+
+    def _check_weights(self) -> None:
+        """A graph reads the parameters at their addresses when it was captured: if they have moved (offload
+        brings a model back to new memory for each stage), the graphs are captured again."""
+        weights = tuple(p.data_ptr() for p in self.model.parameters())
+        if weights != self._weights:
+            for slab in self._slabs:
+                slab.graphs.clear()
+            self._weights = weights
+
+    def prefill(self, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One row at a time: a row's prefill is then the same computation whatever its batch."""
+        rows = [self.model(embeds[b: b + 1], KVCache(cache.k[:, b: b + 1], cache.v[:, b: b + 1]), 0)
+                for b in range(embeds.shape[0])]  # each (1, V)
+        return torch.cat(rows)  # (B, V)
+
+    def step(self, token: torch.Tensor, cache: StaticCache, pos: int) -> torch.Tensor:
+        slab, batch = cache.slab, token.shape[0]
+        slab.token[:batch].copy_(token)  # device to device, no host sync
+        slab.pos.fill_(pos)  # a kernel with the value as its argument, no copy from the host
+        n_keys = min(slab.max_len, math.ceil((pos + 1) / KEY_BUCKET) * KEY_BUCKET)
+
+        def run() -> torch.Tensor:
+            return self._step(self.model, slab.token, slab.pos, slab.k, slab.v, n_keys)
+        if not self.graphs:
+            return run()[:batch]
+        if n_keys not in slab.graphs:
+            slab.graphs[n_keys] = capture(run, slab.k.device)
+        graph, out = slab.graphs[n_keys]
+        graph.replay()
+        return out[:batch].clone()  # the graph's output is overwritten by its next replay
