@@ -38,15 +38,15 @@ def main(argv=None) -> dict:
         rng = np.random.default_rng(0)
         coarse = [rng.integers(0, 1024, (2, args.frames)) for _ in range(args.texts)]
         results = {}
-        default = fine.FINE_ROWS_PER_PASS_CPU
+        default = fine.FINE_ROWS_PER_PASS
         try:
             for per_pass in (args.texts, 1):
-                fine.FINE_ROWS_PER_PASS_CPU = per_pass
+                fine.FINE_ROWS_PER_PASS = per_pass
                 start = time.perf_counter()
                 results[per_pass] = fine.generate_fine(tts.fine_model, coarse, None, FineOptions(temperature=0))
                 out["runs"][f"{per_pass} per pass"] = time.perf_counter() - start
         finally:
-            fine.FINE_ROWS_PER_PASS_CPU = default
+            fine.FINE_ROWS_PER_PASS = default
         out["equal"] = all(np.array_equal(a, b) for a, b in zip(results[args.texts], results[1]))
     print(f"bark-{args.size}, fine stage of {args.texts} texts of {args.frames} frames, {args.threads} threads")
     for name, seconds in out["runs"].items():

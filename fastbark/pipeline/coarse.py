@@ -28,7 +28,7 @@ from ..options import CoarseOptions
 from ..voices import Voice
 from .decoding import check_finite, decode_one_token, prefill
 from .progress import ProgressCallback, Reporter
-from .sampling import Stream, choose
+from .sampling import RowStreams, Stream, choose, is_greedy
 
 # codebook k of a coarse frame is stored as id SEMANTIC_VOCAB_SIZE + k * CODEBOOK_SIZE + code
 CODEBOOK_OFFSETS = SEMANTIC_VOCAB_SIZE + CODEBOOK_SIZE * np.arange(N_COARSE_CODEBOOKS)[:, None]  # (2, 1)
@@ -77,7 +77,7 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
     # (B, history + new tokens): every row's coarse ids; rows write only their own n_steps
     coarse = torch.empty(len(semantic), n_hist + total_steps, dtype=torch.long, device=device)
     coarse[:, :n_hist] = torch.from_numpy(coarse_history).to(device)
-    emb, done = model.input_embeds_layer, 0
+    emb, done, sampled = model.input_embeds_layer, 0, not is_greedy(options.temperature)
     cache, cache_rows, cache_starts, pos = None, [], None, 0
     bar = Reporter(progress, "coarse", total_steps, "token")
     while done < total_steps:
@@ -106,24 +106,29 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
             pos = prompt.shape[1]
         cache_rows, cache_starts = rows, starts
         n_window = min(options.sliding_window_len, total_steps - done)
+        row_index = torch.tensor(rows, device=device)  # once per window: the steps send nothing from the host
+        draws = RowStreams([streams[i] for i in rows], device)
         for step in range(n_window):
             # even steps emit codebook 0, odd steps codebook 1
             low = SEMANTIC_VOCAB_SIZE + (step % N_COARSE_CODEBOOKS) * CODEBOOK_SIZE
             scores = logits[:, low: low + CODEBOOK_SIZE]
             live = [b for b, i in enumerate(rows) if n_steps[i] > done + step]  # rows not yet past their end
+            keys = draws.keys(step) if sampled else None
             if len(live) == len(rows):
-                token, _ = choose(scores, options.temperature, options.top_k, options.top_p,
-                                  [streams[i] for i in rows])
+                token, _ = choose(scores, options.temperature, options.top_k, options.top_p, keys=keys)
             else:  # a row past its own end takes scratch tokens without drawing from its stream
                 token = scores.argmax(-1)
                 if live:
                     token[live] = choose(scores[live], options.temperature, options.top_k, options.top_p,
-                                         [streams[rows[b]] for b in live])[0]
+                                         keys=keys[live] if sampled else None)[0]
             token = token + low
-            coarse[rows, end + step] = token  # past a row's own n_steps this is scratch, cut below
+            coarse[row_index, end + step] = token  # past a row's own n_steps this is scratch, cut below
             if step + 1 < n_window:
                 logits = decode_one_token(model, token, cache, pos)
                 pos += 1
+        if sampled:  # a row drew once per step before its own end
+            for i in rows:
+                streams[i].draws += min(n_window, n_steps[i] - done)
         done += n_window
         bar.advance(n_window)
     flat = coarse[:, n_hist:].cpu().numpy()

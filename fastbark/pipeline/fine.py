@@ -27,11 +27,12 @@ def _fine_input(coarse: np.ndarray, history: np.ndarray) -> np.ndarray:
     return codes
 
 
-# Texts per fine forward pass on the CPU. One 1024-frame window is already a compute-bound batch of
-# 1024 positions; stacking texts only makes each elementwise op's working set outgrow the caches
-# (bark-small's MLP: 1024 x 3072 float32 = 12 MB per text, against a 32 MB L3). A text's numbers do
-# not depend on its companions either way. On a GPU the whole batch runs at once.
-FINE_ROWS_PER_PASS_CPU = 1
+# Texts per fine forward pass: one, on every device. On the CPU one 1024-frame window is already a
+# compute-bound batch of 1024 positions, and stacking texts only makes each elementwise op's working set
+# outgrow the caches (bark-small's MLP: 1024 x 3072 float32 = 12 MB per text, against a 32 MB L3). On a GPU
+# a GEMM of another number of rows may run another cuBLAS kernel, with other rounding: one text per pass
+# keeps a text's numbers independent of its companions (the batch invariance the server promises).
+FINE_ROWS_PER_PASS = 1
 
 
 @torch.inference_mode()
@@ -40,9 +41,8 @@ def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None,
                   progress: ProgressCallback | None = None) -> list[np.ndarray]:
     """Fine codes (8, T_i) int64 for each coarse array (2, T_i); text i samples from `streams[i]`.
 
-    Window l of every text that has one runs together (on the CPU `FINE_ROWS_PER_PASS_CPU` texts per
-    forward pass): each text keeps its own windows, and samples only its own positions from its own
-    stream, so its result does not depend on the other texts of the batch.
+    Window l of every text that has one runs together (`FINE_ROWS_PER_PASS` texts per forward pass): each
+    text keeps its own windows, and samples only its own positions from its own stream, so its result does not depend on the other texts of the batch.
     """
     streams = list(streams) if streams is not None else [Stream() for _ in coarse]
     device = model.position_embeds_layer.weight.device
@@ -54,9 +54,9 @@ def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None,
     bar = Reporter(progress, "fine", max(n_loops, default=0), "window")
     for loop in range(max(n_loops, default=0)):
         rows = [i for i, n in enumerate(n_loops) if n > loop]
-        per_pass = len(rows) if device.type == "cuda" else FINE_ROWS_PER_PASS_CPU
-        for first in range(0, len(rows), per_pass):
-            _window(model, inputs, rows[first: first + per_pass], loop * FINE_STRIDE, n_history, options, streams)
+        for first in range(0, len(rows), FINE_ROWS_PER_PASS):
+            _window(model, inputs, rows[first: first + FINE_ROWS_PER_PASS], loop * FINE_STRIDE, n_history, options,
+                    streams)
         bar.advance()
     # (L, 8) -> (8, T): drop the history and the padding
     return [x[n_history: n_history + n].T.cpu().numpy() for x, n in zip(inputs, n_frames)]

@@ -75,6 +75,29 @@ def next_keys(streams: Sequence[Stream], device) -> torch.Tensor:
                      torch.tensor(draws, dtype=torch.int64, device=device))
 
 
+class RowStreams:
+    """The streams of a batch's rows, their seeds and draw counts held on the device: the keys of every row's
+    draw at step s of a stage are then one small kernel, with nothing sent from the host each step (a CUDA
+    step never waits for the host). Row i's draw at step s is its stream's draw `draws + s`, as if drawn
+    one by one; `finish` counts the draws each stream made."""
+
+    def __init__(self, streams: Sequence[Stream], device, seeds: torch.Tensor | None = None,
+                 base: torch.Tensor | None = None):
+        self.streams = list(streams)
+        if seeds is None:
+            seeds = torch.tensor([_as_int64(s.seed) for s in self.streams], dtype=torch.int64, device=device)
+            base = torch.tensor([s.draws for s in self.streams], dtype=torch.int64, device=device)
+        self.seeds, self.base = seeds, base  # (B,) each
+
+    def keys(self, step: int) -> torch.Tensor:
+        """The keys (B,) of every row's draw at `step` (a kernel argument: no copy from the host)."""
+        return draw_keys(self.seeds, self.base + step)
+
+    def select(self, rows: torch.Tensor, kept: list[int]) -> "RowStreams":
+        """The rows `rows` (a device index), whose positions in this batch are `kept`."""
+        return RowStreams([self.streams[i] for i in kept], None, self.seeds[rows], self.base[rows])
+
+
 def is_greedy(temperature: float | None) -> bool:
     return temperature is None or temperature == 0
 
@@ -98,19 +121,21 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = 
 
 def choose(logits: torch.Tensor, temperature: float | None, top_k: int | None = None,
            top_p: float | None = None, streams: Sequence[Stream] | None = None,
-           with_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+           with_probs: bool = False, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pick one token per row of logits (B, V). Returns (tokens (B,), probabilities (B, V) or None).
 
-    Sampling draws row i from `streams[i]` (None: a fresh unseeded stream per row): its noise depends
-    on its own stream only, so a row draws the same alone as in any batch. The probabilities are
+    Sampling draws row i from `streams[i]` (None: a fresh unseeded stream per row), or with the draw key
+    `keys[i]` (`RowStreams.keys`): its noise depends on its own stream only, so a row draws the same alone
+    as in any batch. The probabilities are
     those of the distribution the token was drawn from (greedy: the plain softmax of the logits,
     computed only when `with_probs`); the semantic stage reads the end-of-speech probability from them.
     """
     if is_greedy(temperature):
         return logits.argmax(-1), (logits.float().softmax(-1) if with_probs else None)
     scores = filter_logits(logits, temperature, top_k, top_p)  # (B, V), -inf where filtered out
-    streams = streams if streams is not None else [Stream() for _ in range(len(scores))]
-    tokens = (scores + gumbel_noise(next_keys(streams, scores.device), scores.shape[-1])).argmax(-1)
+    if keys is None:
+        keys = next_keys(streams if streams is not None else [Stream() for _ in range(len(scores))], scores.device)
+    tokens = (scores + gumbel_noise(keys, scores.shape[-1])).argmax(-1)
     return tokens, (scores.softmax(-1) if with_probs else None)
 
 

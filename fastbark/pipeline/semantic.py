@@ -19,7 +19,7 @@ from ..options import SemanticOptions
 from ..voices import Voice
 from .decoding import decode_one_token, prefill
 from .progress import ProgressCallback, Reporter
-from .sampling import Stream, choose
+from .sampling import RowStreams, Stream, choose, is_greedy
 
 EOS = SEMANTIC_PAD_TOKEN
 
@@ -51,44 +51,62 @@ def semantic_prompt(model: CausalGPT, text_ids: list[list[int]], voice: Voices) 
     return torch.cat([prompt, infer], dim=1)  # (B, 257, C)
 
 
+# How often the host reads the end-of-speech flags: every step on the CPU (a row that ended leaves at once);
+# on a GPU every 8 steps, so that the steps between run without waiting for the host. A row that ended in
+# between runs on, its tokens past the end discarded: its tokens and its stream's draws are the same.
+CHECK_EVERY_CPU, CHECK_EVERY_GPU = 1, 8
+
+
 @torch.inference_mode()
 def generate_semantic(model: CausalGPT, text_ids: list[list[int]], voice: Voices, options: SemanticOptions,
                       streams: Sequence[Stream] | None = None,
-                      progress: ProgressCallback | None = None) -> list[np.ndarray]:
+                      progress: ProgressCallback | None = None, check_every: int | None = None) -> list[np.ndarray]:
     """Semantic tokens (n_i,) int64 for each text, EOS excluded; text i samples from `streams[i]`.
-    `voice`: one voice for all texts, or a list with one per text."""
+    `voice`: one voice for all texts, or a list with one per text. `check_every`: steps between two reads
+    of the end-of-speech flags on the host (default: `CHECK_EVERY_CPU` or `CHECK_EVERY_GPU`)."""
     streams = list(streams) if streams is not None else [Stream() for _ in text_ids]
     embeds = semantic_prompt(model, text_ids, voice)
-    batch = len(text_ids)
+    device, batch, n_max = embeds.device, len(text_ids), options.max_tokens
+    check_every = check_every or (CHECK_EVERY_CPU if device.type == "cpu" else CHECK_EVERY_GPU)
     cache = model.new_cache(batch)
     logits = prefill(model, embeds, cache)
     pos = embeds.shape[1]
     # candidates: the semantic vocabulary, plus EOS when early stop is allowed
     n_candidates = SEMANTIC_VOCAB_SIZE + 1 if options.allow_early_stop else SEMANTIC_VOCAB_SIZE
     want_probs = options.allow_early_stop and options.min_eos_p is not None
-    tokens = torch.zeros(batch, options.max_tokens, dtype=torch.long, device=embeds.device)
-    lengths = [options.max_tokens] * batch
-    rows = list(range(batch))  # the texts still generating, in cache order
-    bar = Reporter(progress, "semantic", options.max_tokens, "token")
-    for step in range(options.max_tokens):
+    sampled = not is_greedy(options.temperature)
+    tokens = torch.zeros(batch, n_max, dtype=torch.long, device=device)
+    lengths = torch.full((batch,), n_max, dtype=torch.long, device=device)  # a row's length: the step of its end
+    rows = torch.arange(batch, device=device)  # the texts still in the batch, in cache order
+    ended = torch.zeros(batch, dtype=torch.bool, device=device)  # rows (in cache order) past their end
+    draws = RowStreams(streams, device)
+    bar = Reporter(progress, "semantic", n_max, "token")
+    for step in range(n_max):
         token, probs = choose(logits[:, :n_candidates], options.temperature, options.top_k, options.top_p,
-                              [streams[i] for i in rows], with_probs=want_probs)
+                              with_probs=want_probs, keys=draws.keys(step) if sampled else None)
         tokens[rows, step] = token
         if options.allow_early_stop:
             stop = token == EOS
             if want_probs:
                 stop |= probs[:, EOS] >= options.min_eos_p
-            if stop.any():
-                keep = (~stop).nonzero().flatten()
-                for i in stop.nonzero().flatten().tolist():
-                    lengths[rows[i]] = step
-                rows = [rows[i] for i in keep.tolist()]
-                if not rows:
+            lengths[rows] = torch.where(stop & ~ended, step, lengths[rows])  # the first end counts
+            ended |= stop
+            if (step + 1) % check_every == 0 or step + 1 == n_max:
+                done = ended.cpu()  # the host reads the flags
+                if bool(done.all()):
                     break
-                token, cache = token[keep], cache.select(keep)
+                if bool(done.any()):  # rows that ended leave the batch (the same bits for those that stay)
+                    kept = (~done).nonzero().flatten().tolist()
+                    keep = torch.tensor(kept, device=device)
+                    rows, ended, token, draws = rows[keep], ended[keep], token[keep], draws.select(keep, kept)
+                    cache = cache.select(keep)
         bar.advance()
-        if step + 1 < options.max_tokens:
+        if step + 1 < n_max:
             logits = decode_one_token(model, token, cache, pos)
             pos += 1
+    lengths = lengths.cpu()
+    if sampled:  # a row drew once per step up to and including its end
+        for stream, n in zip(streams, lengths.tolist()):
+            stream.draws += min(n + 1, n_max)
     out = tokens.cpu().numpy()
     return [out[i, : lengths[i]] for i in range(batch)]

@@ -1,0 +1,182 @@
+"""The CUDA backend (backends/cuda/), every line that is not CUDA-specific, on the CPU: its decoder (static
+caches padded to a multiple of rows, per-row prefills, the decode step from token ids with the position as
+a tensor) gives the plain backend's greedy tokens in all three stages; `torch.compile(fullgraph=True)` of
+its step has no graph break; the semantic stage's deferred end-of-speech reads change nothing. The CUDA
+graphs themselves run in benchmarks/gpu.py, on a GPU."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastbark
+from fastbark import BadInput, EngineOptions
+from fastbark.backends.cuda import CudaBackend, sdpa_choice
+from fastbark.backends.cuda.decoder import KEY_BUCKET, StaticCache, StaticDecoder
+from fastbark.loading.layouts import load_parts
+from fastbark.options import CoarseOptions, SemanticOptions
+from fastbark.pipeline.coarse import generate_coarse
+from fastbark.pipeline.sampling import Stream
+from fastbark.pipeline.semantic import generate_semantic
+
+GREEDY = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, min_eos_p=None)
+TEXTS = ["the dog is cute", "Hello world [laughs] ♪", "café naïve"]
+
+
+def cuda_on_cpu(hub_dir, rows: int = 16) -> fastbark.Bark:
+    """An engine whose models run the CUDA backend's code on the CPU, uncaptured."""
+    parts = load_parts(hub_dir, torch.device("cpu"), torch.float32)
+    options = EngineOptions()
+
+    class Backend(CudaBackend):  # `rows`: a batch of 3 pads to 4 with rows=4
+        def prepare(self, models):
+            fallbacks = super().prepare(models)
+            for model in (models.semantic, models.coarse):
+                model.use_kernels(model.layers[0].attn.kernel, None, StaticDecoder(model, graphs=False, rows=rows))
+            return fallbacks
+    return fastbark.Bark(parts, options, backend=Backend(options, graphs=False))
+
+
+@pytest.fixture(scope="module")
+def static_tts(hub_dir):
+    return cuda_on_cpu(hub_dir)
+
+
+@pytest.fixture(scope="module")
+def torch_tts(hub_dir):
+    return fastbark.Bark.from_pretrained(hub_dir, backend="torch")
+
+
+def test_report_names_the_decoder_and_sdpas_kernels(static_tts):
+    report = static_tts.backend
+    assert report.name == "cuda" and report.fallbacks == ()
+    for name in ("semantic", "coarse"):
+        m = report.models[name]
+        assert m.decode_step == "static" and m.whole_attention.startswith("sdpa")
+        assert m.one_query_attention.startswith("masked sdpa")
+    assert report.models["fine"].decode_step == ""
+    # the kernel torch's own dispatcher picks, by name (on this CPU: its flash kernel or math)
+    assert sdpa_choice(torch.device("cpu"), torch.float32, 2, 16, 257, 257, causal=True) in \
+        ("sdpa-flash", "sdpa-math", "sdpa")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("voice", [None, "announcer"])
+def test_greedy_tokens_equal_the_plain_backends_in_every_stage(static_tts, torch_tts, batch, voice):
+    texts = TEXTS[:batch]
+    got = static_tts.generate(texts, voice=voice, max_semantic_tokens=48, **GREEDY)
+    want = torch_tts.generate(texts, voice=voice, max_semantic_tokens=48, **GREEDY)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.semantic_tokens, w.semantic_tokens)
+        np.testing.assert_array_equal(g.coarse_tokens, w.coarse_tokens)
+        np.testing.assert_array_equal(g.fine_tokens, w.fine_tokens)
+
+
+@pytest.mark.parametrize("voice", [None, "announcer"])
+def test_carried_and_fresh_coarse_windows_over_padded_rows(hub_dir, torch_tts, voice):
+    """Long enough for windows whose prompt is carried in the cache and windows prefilled afresh; three
+    rows of different lengths in slabs of 4 rows (one padding row; rows leave as they finish)."""
+    static = cuda_on_cpu(hub_dir, rows=4)
+    rng = np.random.default_rng(5)
+    semantic = [rng.integers(0, 10_000, n) for n in (500, 380, 90)]
+    options = CoarseOptions(temperature=0)
+    got = generate_coarse(static.coarse_model, semantic, static.load_voice(voice), options)
+    want = generate_coarse(torch_tts.coarse_model, semantic, torch_tts.load_voice(voice), options)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert [s.rows for s in static.coarse_model.decoder._slabs] == [4]  # one slab, reused by every window
+
+
+def test_sampled_seeded_rows_and_their_streams_match(static_tts, torch_tts):
+    """Sampled with seeds, rows ending at different steps (they leave the padded slab): the same tokens, and
+    every stream made the same number of draws."""
+    options = SemanticOptions(temperature=0.9, min_eos_p=0.002, max_tokens=120)
+    results = []
+    for tts in (static_tts, torch_tts):
+        streams = [Stream(s) for s in (11, 12, 13)]
+        ids = [tts.tokenize(t) for t in TEXTS]
+        results.append((generate_semantic(tts.semantic_model, ids, None, options, streams), [s.draws for s in streams]))
+    (got, got_draws), (want, want_draws) = results
+    assert len({len(t) for t in want}) > 1  # the rows really end at different steps
+    assert got_draws == want_draws
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("check_every", [3, 8])
+def test_reading_the_end_flags_every_few_steps_changes_nothing(torch_tts, check_every):
+    """The GPU reads its end-of-speech flags every 8 steps: rows that ended run on between reads, and their
+    extra tokens and draws are discarded."""
+    ids = [torch_tts.tokenize(t) for t in TEXTS + ["a b c d e f"]]
+    for options in (SemanticOptions(temperature=0.9, min_eos_p=0.002, max_tokens=100),
+                    SemanticOptions(temperature=0, min_eos_p=0.002, max_tokens=100)):
+        runs = []
+        for every in (1, check_every):
+            streams = [Stream(7 + i) for i in range(len(ids))]
+            out = generate_semantic(torch_tts.semantic_model, ids, None, options, streams, check_every=every)
+            runs.append(([o.tolist() for o in out], [s.draws for s in streams]))
+        assert runs[0] == runs[1]
+        assert len({len(t) for t in runs[0][0]}) > 1
+
+
+def test_static_cache_rows_leave_in_place():
+    from fastbark.models.gpt import CausalGPT, GPTConfig
+    model = CausalGPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, input_vocab_size=8, output_vocab_size=8,
+                                block_size=16)).eval()
+    decoder = StaticDecoder(model, graphs=False, rows=4)
+    cache = decoder.new_cache(3, 16)
+    assert isinstance(cache, StaticCache) and cache.k.shape[1] == 3 and cache.slab.k.shape[1] == 4
+    for row in range(3):
+        cache.k[:, row] = row
+    kept = cache.select(torch.tensor([0, 2]))
+    assert kept.slab is cache.slab and kept.k.shape[1] == 2
+    assert kept.k[:, 0].eq(0).all() and kept.k[:, 1].eq(2).all()
+    del cache
+    assert decoder.new_cache(1, 16).slab is not kept.slab  # in use: another slab
+    del kept
+    assert len(decoder._slabs) == 2 and decoder.new_cache(4, 16).slab in decoder._slabs  # free again: reused
+
+
+def test_graphs_are_dropped_when_the_weights_move():
+    """Offload gives a model new memory for each stage: graphs captured over the old addresses must go."""
+    from fastbark.models.gpt import CausalGPT, GPTConfig
+    model = CausalGPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, input_vocab_size=8, output_vocab_size=8,
+                                block_size=16)).eval()
+    decoder = StaticDecoder(model, graphs=False)
+    slab = decoder.new_cache(1, 16).slab
+    slab.graphs[KEY_BUCKET] = "a graph"
+    decoder.new_cache(1, 16)
+    assert slab.graphs  # the same weights: kept
+    model.lm_head.weight.data = model.lm_head.weight.data.clone()
+    decoder.new_cache(1, 16)
+    assert not slab.graphs
+
+
+def test_the_step_compiles_as_one_graph_and_gives_the_same_tokens(torch_tts):
+    """torch.compile(token_step, fullgraph=True): no graph break, hence no host sync inside the step; the
+    same greedy tokens as the plain step."""
+    torch._dynamo.reset()
+    model = torch_tts.semantic_model
+    ids = [torch_tts.tokenize(t) for t in TEXTS[:2]]
+    options = SemanticOptions(temperature=0, min_eos_p=None, max_tokens=12)
+    want = generate_semantic(model, ids, None, options)
+    decoder = StaticDecoder(model, graphs=False, compile=True, rows=2)  # torch.compile(token_step, fullgraph=True)
+    model.use_kernels(model.layers[0].attn.kernel, model.decode_step, decoder)
+    try:
+        got = generate_semantic(model, ids, None, options)
+    finally:
+        model.use_kernels(model.layers[0].attn.kernel, model.decode_step)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert decoder.kind == "static+compiled"
+
+
+def test_cuda_backend_and_compile_options_are_checked(capsys):
+    with pytest.raises(BadInput, match="backend cuda runs on a CUDA GPU, not on device 'cpu'"):
+        EngineOptions(backend="cuda")
+    with pytest.raises(BadInput, match="compile fuses the CUDA backend's decode step: it needs device cuda"):
+        EngineOptions(compile=True)
+    with pytest.raises(BadInput, match="compile must be true or false"):
+        EngineOptions(compile="yes")
+    from fastbark.cli import main
+    assert main(["say", "hi", "--compile", "-o", "x.wav"]) == 2
+    assert capsys.readouterr().err.startswith("fastbark: error: --compile fuses")
