@@ -42,7 +42,8 @@ def generate_fine(model: FineGPT, coarse: list[np.ndarray], voice: Voice | None,
     """Fine codes (8, T_i) int64 for each coarse array (2, T_i); text i samples from `streams[i]`.
 
     Window l of every text that has one runs together (`FINE_ROWS_PER_PASS` texts per forward pass): each
-    text keeps its own windows, and samples only its own positions from its own stream, so its result does not depend on the other texts of the batch.
+    text keeps its own windows, and samples only its own positions from its own stream, so its result does
+    not depend on the other texts of the batch.
     """
     streams = list(streams) if streams is not None else [Stream() for _ in coarse]
     device = model.position_embeds_layer.weight.device
