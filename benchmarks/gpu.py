@@ -8,15 +8,18 @@ It writes `gpu.json` and `gpu.md` (a table) into `--out`.
     python benchmarks/gpu.py --device cpu --sizes tiny --tokens 8 --batches 1,2 --out /tmp/g   # the smoke run
 
 What it measures:
-- parity: fastbark's float32 greedy tokens on the device equal the CPU's (tiny model, batch 2, all three
-  stages); float16 and bfloat16 greedy semantic tokens against float32 at each size (agreement: the
-  share of positions before the first difference, and of equal positions);
+- parity: float32 greedy tokens on the device, with the default backend (on CUDA: the CUDA backend, its
+  steps replayed from CUDA graphs) and with plain torch, equal the CPU's (tiny model, batch 2, 300 semantic
+  tokens, all three stages); float16 and bfloat16 greedy semantic tokens against float32 at each size
+  (agreement: the share of positions before the first difference, and of equal positions);
+- batch invariance on the device: 5 sampled, seeded texts alone and in one batch (tokens and audio);
+- the decode step: milliseconds per semantic step at batch 1 and 16 for the CUDA backend, plain torch and
+  the CUDA backend with `compile=True`, beside its bandwidth floor (weight bytes over the copy bandwidth
+  measured now);
 - speed per size and batch: per stage seconds, semantic tokens/s, real-time factor and peak device
-  memory, for fastbark (`backend="auto"`: today the plain torch backend on CUDA), fastbark with
-  `offload=True` (peak memory with and without it), fastbark with `attention="flash"`, and
-  transformers' `BarkModel`, in half precision on a GPU (float32 on the CPU);
-- the bandwidth floor of one semantic decode step (its weight bytes over the copy bandwidth measured
-  now) beside the measured step.
+  memory, for fastbark (`backend="auto"`: the CUDA backend on CUDA), fastbark on plain torch
+  (`fastbark-torch`), with `offload=True` (peak memory with and without it), with `attention="flash"`,
+  with `compile=True`, and transformers' `BarkModel`, in half precision on a GPU (float32 on the CPU).
 """
 
 from __future__ import annotations
@@ -110,13 +113,54 @@ def fastbark_tokens(tts, texts: list[str], n_semantic: int) -> dict:
 
 
 def parity(device: torch.device, folder: Path) -> dict:
-    """float32 greedy tokens on `device` against the CPU's, tiny model, a batch of 2."""
+    """float32 greedy tokens on `device` (the default backend, and plain torch) against the CPU's plain
+    backend, tiny model, a batch of 2, 300 semantic tokens (coarse windows carried and prefilled afresh)."""
     import fastbark
     texts = batch_texts(2)
-    cpu = fastbark_tokens(fastbark.Bark.from_pretrained(folder, backend="torch"), texts, 24)
-    dev = fastbark_tokens(fastbark.Bark.from_pretrained(folder, device=str(device), backend="torch"), texts, 24)
-    return {stage: all(np.array_equal(a, b) for a, b in zip(cpu[stage], dev[stage]))
-            for stage in ("semantic", "coarse", "fine")}
+    cpu = fastbark_tokens(fastbark.Bark.from_pretrained(folder, backend="torch"), texts, 300)
+    out = {}
+    for backend in ("auto", "torch"):
+        tts = fastbark.Bark.from_pretrained(folder, device=str(device), backend=backend)
+        dev = fastbark_tokens(tts, texts, 300)
+        out[tts.backend.name] = {stage: all(np.array_equal(a, b) for a, b in zip(cpu[stage], dev[stage]))
+                                 for stage in ("semantic", "coarse", "fine")}
+    return out
+
+
+def invariance(device: torch.device, folder: Path, dtype: str) -> dict:
+    """Sampled and seeded, the default backend in `dtype`: each of 5 texts alone and in one batch, every
+    stage's tokens and the audio compared (the server's promise)."""
+    import fastbark
+    tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype)
+    texts = batch_texts(5)
+    kwargs = dict(seed=[101 + i for i in range(5)], max_semantic_tokens=96)
+    together = tts.generate(texts, **kwargs)
+    alone = [tts.generate(t, seed=s, max_semantic_tokens=96) for t, s in zip(texts, kwargs["seed"])]
+    return {"backend": tts.backend.name, "dtype": dtype, "texts": len(texts),
+            "equal_texts": sum(np.array_equal(a.fine_tokens, b.fine_tokens) and np.array_equal(a.audio, b.audio)
+                               for a, b in zip(together, alone))}
+
+
+def decode_step_ms(folder: Path, device: torch.device, dtype: str, batch: int, backend: str,
+                   compile: bool = False) -> float:
+    """Milliseconds per semantic decode step at positions 300..427 (attending to 384 keys), best of 3 runs
+    of 128 steps, the prefill excluded."""
+    import fastbark
+    from fastbark.pipeline.decoding import decode_one_token, prefill
+    from fastbark.pipeline.semantic import semantic_prompt
+    tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype, backend=backend, compile=compile)
+    model = tts.semantic_model
+    ids = [tts.tokenize(t) for t in batch_texts(batch)]
+    token = torch.zeros(batch, dtype=torch.long, device=device)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(3):
+            cache = model.new_cache(batch)
+            prefill(model, semantic_prompt(model, ids, None), cache)
+            decode_one_token(model, token, cache, 257)  # first use: graphs captured, kernels chosen
+            _, seconds = timed(lambda: [decode_one_token(model, token, cache, pos) for pos in range(300, 428)], device)
+            best = min(best, seconds / 128 * 1000)
+    return best
 
 
 def agreement(folder: Path, device: torch.device, dtype: str, n_semantic: int) -> dict:
@@ -143,7 +187,9 @@ def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic
         import fastbark
         tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype,
                                             offload=engine == "fastbark-offload",
-                                            attention="flash" if engine == "fastbark-flash" else "auto")
+                                            attention="flash" if engine == "fastbark-flash" else "auto",
+                                            backend="torch" if engine == "fastbark-torch" else "auto",
+                                            compile=engine == "fastbark-compile")
         fastbark_tokens(tts, texts[:1], 4)  # warm-up: kernels chosen, caches allocated
         out = fastbark_tokens(tts, texts, n_semantic)
         out["backend"] = tts.backend.name
@@ -217,8 +263,8 @@ def main(argv=None) -> dict:
     p.add_argument("--sizes", default="small,large")
     p.add_argument("--tokens", type=int, default=256, help="semantic tokens forced per text")
     p.add_argument("--batches", default="1,16")
-    p.add_argument("--engines", help="default: fastbark,fastbark-offload,transformers,fastbark-flash "
-                                     "(on the CPU: fastbark,transformers)")
+    p.add_argument("--engines", help="default: fastbark,fastbark-torch,transformers,fastbark-offload,"
+                                     "fastbark-flash,fastbark-compile (on the CPU: fastbark,transformers)")
     p.add_argument("--out", required=True, help="folder for gpu.json and gpu.md")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -226,10 +272,12 @@ def main(argv=None) -> dict:
         raise SystemExit("--device cuda, but torch sees no GPU here")
     half = "float32" if device.type == "cpu" else "float16"
     args.engines = args.engines or ("fastbark,transformers" if device.type == "cpu" else
-                                    "fastbark,fastbark-offload,transformers,fastbark-flash")
+                                    "fastbark,fastbark-torch,transformers,fastbark-offload,fastbark-flash,"
+                                    "fastbark-compile")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = {"environment": environment(device), "args": vars(args), "speed": {}, "agreement": {}, "floor": {}}
+    results = {"environment": environment(device), "args": vars(args), "speed": {}, "agreement": {}, "floor": {},
+               "invariance": {}}
     results["environment"]["copy_bandwidth_gbs"] = bandwidth = copy_bandwidth_gbs(device)
 
     def save() -> None:  # after every step: a run cut short by its time limit keeps what it measured
@@ -246,7 +294,19 @@ def main(argv=None) -> dict:
             if device.type == "cuda":
                 results["agreement"][size] = [agreement(folder, device, d, args.tokens) for d in ("float16", "bfloat16")]
                 print(size, "agreement", results["agreement"][size], flush=True)
-            results["floor"][size] = decode_floor(folder, device, half, bandwidth)
+            results["floor"][size] = floor = decode_floor(folder, device, half, bandwidth)
+            results["invariance"][size] = invariance(device, folder, half)
+            print(size, "invariance", results["invariance"][size], flush=True)
+            variants = [("auto", False), ("torch", False)] + ([("auto", True)] if device.type == "cuda" else [])
+            for batch in map(int, args.batches.split(",")):
+                for backend, compile in variants:
+                    key = f"{backend}{'-compile' if compile else ''} batch {batch}"
+                    try:
+                        floor[key + " step ms"] = decode_step_ms(folder, device, half, batch, backend, compile)
+                    except Exception as e:  # noqa: BLE001 - keep the other measurements
+                        floor[key + " error"] = f"{type(e).__name__}: {e}"[:300]
+            print(size, "decode steps", floor, flush=True)
+            save()
             rows = results["speed"].setdefault(size, [])
             for batch in map(int, args.batches.split(",")):
                 for engine in args.engines.split(","):

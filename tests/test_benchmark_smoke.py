@@ -92,7 +92,11 @@ def test_gpu_device_script_runs_on_the_cpu(tmp_path):
     import gpu
     results = gpu.main(["--device", "cpu", "--sizes", "tiny", "--tokens", "8", "--batches", "1,2",
                         "--out", str(tmp_path)])
-    assert results["parity_fp32_device_vs_cpu"] == {"semantic": True, "coarse": True, "fine": True}
+    every_stage = {"semantic": True, "coarse": True, "fine": True}
+    assert results["parity_fp32_device_vs_cpu"] == {"cpu": every_stage, "torch": every_stage}
+    assert results["invariance"]["tiny"]["equal_texts"] == 5
+    floor = results["floor"]["tiny"]
+    assert all(floor[f"{b} batch {n} step ms"] > 0 for b in ("auto", "torch") for n in (1, 2))
     rows = results["speed"]["tiny"]
     assert {(r["engine"], r["batch"]) for r in rows} == {(e, b) for e in ("fastbark", "transformers") for b in (1, 2)}
     assert all(r["total_s"] > 0 and r["audio_s"] > 0 for r in rows)
