@@ -180,3 +180,16 @@ def test_cuda_backend_and_compile_options_are_checked(capsys):
     from fastbark.cli import main
     assert main(["say", "hi", "--compile", "-o", "x.wav"]) == 2
     assert capsys.readouterr().err.startswith("fastbark: error: --compile fuses")
+
+
+def test_a_step_that_cannot_be_captured_runs_uncaptured_and_says_why(hub_dir):
+    """CUDA graphs are checked once on a tiny model; where capture fails (here: no CUDA at all) the steps run
+    uncaptured, with the reason in the report, never a crash in the middle of a generation."""
+    parts = load_parts(hub_dir, torch.device("cpu"), torch.float32)
+    options = EngineOptions()
+    tts = fastbark.Bark(parts, options, backend=CudaBackend(options, graphs=True))
+    (fallback,) = tts.backend.fallbacks
+    assert fallback.startswith("CUDA graphs: RuntimeError") and "launched kernel by kernel" in fallback
+    assert tts.backend.models["semantic"].decode_step == "static"
+    out = tts.generate("the dog is cute", max_semantic_tokens=8, **GREEDY)
+    assert len(out.semantic_tokens) == 8

@@ -4,6 +4,8 @@
   padded to 16 rows, prefills one row at a time, and a decode step from token ids to logits with the
   position as a device tensor, captured as one CUDA graph per (cache, attended length) and replayed;
   with `compile=True` the step is `torch.compile(fullgraph=True)`'d first (fused elementwise kernels).
+  Capture (and compilation) is checked once per device and dtype on a tiny model (`capture_fails`):
+  where it fails, the steps run uncaptured (or uncompiled) and the report says why.
 - whole-sequence attention (prefills, fine passes): SDPA, which picks FlashAttention-2, cuDNN or the
   memory-efficient kernel for the dtype and shapes; the report names its choice (`sdpa_choice`).
 - half precision: float16 and bfloat16 weights and caches; LayerNorm statistics and the softmax of
@@ -19,7 +21,7 @@ from torch.nn.attention import SDPBackend
 from ...models.gpt import AttentionKernel
 from ..base import Backend, Models
 from ...constants import FINE_WINDOW, MAX_TEXT_TOKENS
-from .decoder import KEY_BUCKET, StaticDecoder
+from .decoder import KEY_BUCKET, StaticDecoder, capture_fails
 
 PROMPT = MAX_TEXT_TOKENS + 1  # the semantic prompt: 256 text positions and the infer token
 
@@ -59,7 +61,16 @@ class CudaBackend(Backend):
         self.graphs = options.torch_device.type == "cuda" if graphs is None else graphs
 
     def prepare(self, models: Models) -> list[str]:
-        o = self.options
+        o, fallbacks = self.options, []
+        graphs, compile = self.graphs, o.compile
+        if graphs:  # checked once on a tiny model: a step that cannot be captured runs uncaptured, and says why
+            failure = capture_fails(o.torch_device, o.torch_dtype, compile)
+            if failure and compile:
+                fallbacks.append(f"compiled decode step: {failure}; the step uncompiled")
+                compile, failure = False, capture_fails(o.torch_device, o.torch_dtype, False)
+            if failure:
+                fallbacks.append(f"CUDA graphs: {failure}; decode steps launched kernel by kernel")
+                graphs = False
         for model in models:
             c = model.config
             shape = (o.torch_device, o.torch_dtype, c.n_head, c.n_embd // c.n_head)
@@ -69,5 +80,5 @@ class CudaBackend(Backend):
             # prefills: causal over a prompt (257 positions for the semantic stage); steps: one query, masked keys
             attention = ReportedSdpa(sdpa_choice(*shape, PROMPT, PROMPT, causal=True),
                                      "masked " + sdpa_choice(*shape, 1, KEY_BUCKET, masked=True))
-            model.use_kernels(attention, None, StaticDecoder(model, graphs=self.graphs, compile=o.compile))
-        return []
+            model.use_kernels(attention, None, StaticDecoder(model, graphs=graphs, compile=compile))
+        return fallbacks

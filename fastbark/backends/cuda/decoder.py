@@ -20,6 +20,7 @@ On the CPU (`graphs=False`) the same function runs eagerly: the tests prove ever
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ...models.gpt import CausalGPT, KVCache
+from ...models.gpt import CausalGPT, GPTConfig, KVCache
 
 KEY_BUCKET = 128  # a step attends to the cache's first n_keys positions, n_keys = position + 1 rounded up to this
 DECODE_ROWS = 16  # decode steps run on a multiple of this many rows: batches up to 16 are one GEMM shape
@@ -156,3 +157,28 @@ class StaticDecoder:
         graph, out = slab.graphs[n_keys]
         graph.replay()
         return out[:batch].clone()  # the graph's output is overwritten by its next replay
+
+
+@functools.cache
+def capture_fails(device: torch.device, dtype: torch.dtype, compile: bool) -> str | None:
+    """Why the decode step cannot be captured (and compiled, if `compile`) on this device in this dtype, or
+    None where it can: a tiny random model's captured steps must give the uncaptured steps' logits. Checked
+    once per (device, dtype, compile), as the CPU backend checks its C kernels."""
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=64, input_vocab_size=32, output_vocab_size=32, block_size=256,
+                       bias=True)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():  # the user's RNG must not move
+            torch.manual_seed(0)
+            model = CausalGPT(config).eval().to(device, dtype)
+            logits = []
+            for graphs in (False, True):
+                decoder = StaticDecoder(model, graphs=graphs, compile=compile and graphs, rows=2)
+                cache = decoder.new_cache(2, config.block_size)
+                decoder.prefill(model.input_embeds_layer(torch.arange(10, device=device).view(2, 5)), cache)
+                token = torch.tensor([3, 4], device=device)
+                logits.append(torch.stack([decoder.step(token, cache, pos) for pos in (5, 6, 130)]).float())
+            if not torch.allclose(logits[0], logits[1], rtol=0.02, atol=0.02):
+                return "its logits differ from the uncaptured step's"
+    except Exception as e:  # noqa: BLE001 - any failure means: run the steps uncaptured, and say why
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    return None
