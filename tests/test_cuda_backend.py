@@ -193,3 +193,47 @@ def test_a_step_that_cannot_be_captured_runs_uncaptured_and_says_why(hub_dir):
     assert tts.backend.models["semantic"].decode_step == "static"
     out = tts.generate("the dog is cute", max_semantic_tokens=8, **GREEDY)
     assert len(out.semantic_tokens) == 8
+
+
+class HostReads:
+    """Counts the ops that make the host wait for the device on a GPU: reading a value (`.item()`, `bool()`,
+    `int()`), `nonzero` (its size is data) and copies to the CPU (`.cpu()`)."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                reads = (torch.ops.aten._local_scalar_dense, torch.ops.aten.item, torch.ops.aten.is_nonzero,
+                         torch.ops.aten.nonzero)
+                to_cpu = func.overloadpacket in (torch.ops.aten.to, torch.ops.aten._to_copy) and \
+                    str((kwargs or {}).get("device")) == "cpu"
+                counter.reads += func.overloadpacket in reads or to_cpu
+                return func(*args, **(kwargs or {}))
+        self.reads, self._mode = 0, Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+
+
+def test_no_host_reads_inside_the_decode_loop(static_tts):
+    """The steps between two reads of the end flags make the host wait for nothing: 64 sampled steps read
+    values at the 8 checks only (three reads each: the flags copied, all, any)."""
+    ids = [static_tts.tokenize(t) for t in TEXTS]
+    options = SemanticOptions(temperature=0.7, max_tokens=64, min_eos_p=0.2)
+    model = static_tts.semantic_model
+    with HostReads() as every_step:
+        generate_semantic(model, ids, None, options, [Stream(i) for i in range(3)], check_every=1)
+    with HostReads() as every_8:
+        generate_semantic(model, ids, None, options, [Stream(i) for i in range(3)], check_every=8)
+    # outside the loop: the prompt's two copies in, the prefill's check, the results' copies out; a row leaving
+    assert every_step.reads >= 3 * 64 and every_8.reads <= 3 * 64 // 8 + 6
+    token = torch.tensor([1, 2, 3])
+    with torch.inference_mode(), HostReads() as steps:
+        cache = model.new_cache(3)
+        for pos in range(100, 140):  # across a KEY_BUCKET boundary: another attended length, still no read
+            model.decode(token, cache, pos)
+    assert steps.reads == 0

@@ -113,14 +113,14 @@ def generate_coarse(model: CausalGPT, semantic: list[np.ndarray], voice: Voice |
             low = SEMANTIC_VOCAB_SIZE + (step % N_COARSE_CODEBOOKS) * CODEBOOK_SIZE
             scores = logits[:, low: low + CODEBOOK_SIZE]
             live = [b for b, i in enumerate(rows) if n_steps[i] > done + step]  # rows not yet past their end
-            keys = draws.keys(step) if sampled else None
+            noise = draws.noise(step, CODEBOOK_SIZE) if sampled else None
             if len(live) == len(rows):
-                token, _ = choose(scores, options.temperature, options.top_k, options.top_p, keys=keys)
+                token, _ = choose(scores, options.temperature, options.top_k, options.top_p, noise=noise)
             else:  # a row past its own end takes scratch tokens without drawing from its stream
                 token = scores.argmax(-1)
                 if live:
                     token[live] = choose(scores[live], options.temperature, options.top_k, options.top_p,
-                                         keys=keys[live] if sampled else None)[0]
+                                         noise=noise[live] if sampled else None)[0]
             token = token + low
             coarse[row_index, end + step] = token  # past a row's own n_steps this is scratch, cut below
             if step + 1 < n_window:

@@ -76,26 +76,36 @@ def next_keys(streams: Sequence[Stream], device) -> torch.Tensor:
 
 
 class RowStreams:
-    """The streams of a batch's rows, their seeds and draw counts held on the device: the keys of every row's
-    draw at step s of a stage are then one small kernel, with nothing sent from the host each step (a CUDA
-    step never waits for the host). Row i's draw at step s is its stream's draw `draws + s`, as if drawn
-    one by one; `finish` counts the draws each stream made."""
+    """The streams of a batch's rows, their seeds and draw counts held on the device: the noise of every
+    row's draw at step s of a stage is made on the device, with nothing sent from the host each step (a
+    CUDA step never waits for the host), `AHEAD` steps at a time (one set of hashing kernels per 8 steps,
+    not per step). Row i's draw at step s is its stream's draw `draws + s`, as if drawn one by one; the
+    stage counts the draws each stream made."""
+
+    AHEAD = 8
 
     def __init__(self, streams: Sequence[Stream], device, seeds: torch.Tensor | None = None,
-                 base: torch.Tensor | None = None):
+                 base: torch.Tensor | None = None, ahead: tuple[int, torch.Tensor] | None = None):
         self.streams = list(streams)
         if seeds is None:
             seeds = torch.tensor([_as_int64(s.seed) for s in self.streams], dtype=torch.int64, device=device)
             base = torch.tensor([s.draws for s in self.streams], dtype=torch.int64, device=device)
         self.seeds, self.base = seeds, base  # (B,) each
+        self._ahead = ahead  # (first step, noise (B, AHEAD, n)) of the draws made ahead
 
-    def keys(self, step: int) -> torch.Tensor:
-        """The keys (B,) of every row's draw at `step` (a kernel argument: no copy from the host)."""
-        return draw_keys(self.seeds, self.base + step)
+    def noise(self, step: int, n: int) -> torch.Tensor:
+        """The Gumbel noise (B, n) of every row's draw at `step` over n tokens."""
+        if self._ahead is None or not 0 <= step - self._ahead[0] < self.AHEAD or self._ahead[1].shape[-1] != n:
+            steps = torch.arange(step, step + self.AHEAD, dtype=torch.int64, device=self.seeds.device)
+            keys = draw_keys(self.seeds[:, None], self.base[:, None] + steps)  # (B, AHEAD)
+            self._ahead = step, gumbel_noise(keys.flatten(), n).view(len(keys), self.AHEAD, n)  # (B * AHEAD, n) -> (B, AHEAD, n)
+        first, noise = self._ahead
+        return noise[:, step - first]
 
     def select(self, rows: torch.Tensor, kept: list[int]) -> "RowStreams":
         """The rows `rows` (a device index), whose positions in this batch are `kept`."""
-        return RowStreams([self.streams[i] for i in kept], None, self.seeds[rows], self.base[rows])
+        ahead = (self._ahead[0], self._ahead[1][rows]) if self._ahead is not None else None
+        return RowStreams([self.streams[i] for i in kept], None, self.seeds[rows], self.base[rows], ahead)
 
 
 def is_greedy(temperature: float | None) -> bool:
@@ -121,21 +131,22 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = 
 
 def choose(logits: torch.Tensor, temperature: float | None, top_k: int | None = None,
            top_p: float | None = None, streams: Sequence[Stream] | None = None,
-           with_probs: bool = False, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+           with_probs: bool = False, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pick one token per row of logits (B, V). Returns (tokens (B,), probabilities (B, V) or None).
 
-    Sampling draws row i from `streams[i]` (None: a fresh unseeded stream per row), or with the draw key
-    `keys[i]` (`RowStreams.keys`): its noise depends on its own stream only, so a row draws the same alone
-    as in any batch. The probabilities are
+    Sampling draws row i from `streams[i]` (None: a fresh unseeded stream per row), or with the Gumbel
+    noise `noise[i]` of its draw (`RowStreams.noise`): its noise depends on its own stream only, so a row
+    draws the same alone as in any batch. The probabilities are
     those of the distribution the token was drawn from (greedy: the plain softmax of the logits,
     computed only when `with_probs`); the semantic stage reads the end-of-speech probability from them.
     """
     if is_greedy(temperature):
         return logits.argmax(-1), (logits.float().softmax(-1) if with_probs else None)
     scores = filter_logits(logits, temperature, top_k, top_p)  # (B, V), -inf where filtered out
-    if keys is None:
+    if noise is None:
         keys = next_keys(streams if streams is not None else [Stream() for _ in range(len(scores))], scores.device)
-    tokens = (scores + gumbel_noise(keys, scores.shape[-1])).argmax(-1)
+        noise = gumbel_noise(keys, scores.shape[-1])
+    tokens = (scores + noise).argmax(-1)
     return tokens, (scores.softmax(-1) if with_probs else None)
 
 

@@ -76,37 +76,34 @@ def generate_semantic(model: CausalGPT, text_ids: list[list[int]], voice: Voices
     want_probs = options.allow_early_stop and options.min_eos_p is not None
     sampled = not is_greedy(options.temperature)
     tokens = torch.zeros(batch, n_max, dtype=torch.long, device=device)
-    lengths = torch.full((batch,), n_max, dtype=torch.long, device=device)  # a row's length: the step of its end
+    ends = torch.zeros(batch, n_max, dtype=torch.bool, device=device)  # text i's end of speech came at step s
     rows = torch.arange(batch, device=device)  # the texts still in the batch, in cache order
-    ended = torch.zeros(batch, dtype=torch.bool, device=device)  # rows (in cache order) past their end
     draws = RowStreams(streams, device)
     bar = Reporter(progress, "semantic", n_max, "token")
     for step in range(n_max):
         token, probs = choose(logits[:, :n_candidates], options.temperature, options.top_k, options.top_p,
-                              with_probs=want_probs, keys=draws.keys(step) if sampled else None)
+                              with_probs=want_probs, noise=draws.noise(step, n_candidates) if sampled else None)
         tokens[rows, step] = token
         if options.allow_early_stop:
             stop = token == EOS
             if want_probs:
                 stop |= probs[:, EOS] >= options.min_eos_p
-            lengths[rows] = torch.where(stop & ~ended, step, lengths[rows])  # the first end counts
-            ended |= stop
+            ends[rows, step] = stop
             if (step + 1) % check_every == 0 or step + 1 == n_max:
-                done = ended.cpu()  # the host reads the flags
+                done = ends[rows].any(-1).cpu()  # the host reads the flags
                 if bool(done.all()):
                     break
                 if bool(done.any()):  # rows that ended leave the batch (the same bits for those that stay)
                     kept = (~done).nonzero().flatten().tolist()
                     keep = torch.tensor(kept, device=device)
-                    rows, ended, token, draws = rows[keep], ended[keep], token[keep], draws.select(keep, kept)
-                    cache = cache.select(keep)
+                    rows, token, draws, cache = rows[keep], token[keep], draws.select(keep, kept), cache.select(keep)
         bar.advance()
         if step + 1 < n_max:
             logits = decode_one_token(model, token, cache, pos)
             pos += 1
-    lengths = lengths.cpu()
+    lengths = (~ends).long().cumprod(-1).sum(-1).tolist()  # the steps before each text's first end
     if sampled:  # a row drew once per step up to and including its end
-        for stream, n in zip(streams, lengths.tolist()):
+        for stream, n in zip(streams, lengths):
             stream.draws += min(n + 1, n_max)
     out = tokens.cpu().numpy()
     return [out[i, : lengths[i]] for i in range(batch)]
