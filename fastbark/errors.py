@@ -5,14 +5,15 @@ class BadInput(ValueError):
     """The caller gave something fastbark cannot use: the message says what, and what is accepted.
 
     `param` names the option or field at fault when there is one (an option's field name, `text`,
-    `voice`, `seed`...): the CLI turns it into its flag, the server into the error's `param`."""
+    `voice`, `seed`...): the CLI turns it into its flag, the server into the error's `param`. `code`
+    is a machine-readable kind where clients need one (`voice_name_taken`)."""
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
-        self.param = param
+        self.param, self.code = param, code
 
-    def __reduce__(self):  # keeps `param` across processes (Ray actors)
-        return type(self), (str(self), self.param)
+    def __reduce__(self):  # keeps `param` and `code` across processes (Ray actors)
+        return type(self), (str(self), self.param, self.code)
 
 
 class CheckpointError(BadInput):

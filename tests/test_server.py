@@ -476,3 +476,34 @@ def test_fuzz_arbitrary_unicode_and_json_never_gives_a_500(server, body, text, d
         assert r.status_code in (200, 400), (content[:200], r.status_code, r.text[:200])
         if r.status_code == 400:
             assert r.json()["error"]["message"]
+
+
+def test_voices_in_the_shape_open_webui_reads(server, engine, tmp_path):
+    """Open WebUI reads `voices: [{id, name}]` (and falls back to OpenAI's six names silently when the shape
+    differs): every voice a request may name is there, with its kind and language beside."""
+    url, _ = server
+    engine.generate("hello", seed=3, **FAST).save_voice(tmp_path / "mine.npz")
+    assert httpx.put(url + "/v1/audio/voices/webui", content=(tmp_path / "mine.npz").read_bytes()).status_code == 200
+    listing = httpx.get(url + "/v1/audio/voices").json()
+    voices = {v["id"]: v for v in listing["voices"]}
+    assert all(v["name"] == v["id"] and isinstance(v["id"], str) for v in listing["voices"])
+    assert voices["alloy"]["kind"] == "openai" and voices["alloy"]["preset"] == listing["openai"]["alloy"]
+    assert voices["v2/en_speaker_1"] == {"id": "v2/en_speaker_1", "name": "v2/en_speaker_1", "kind": "preset",
+                                         "preset": None, "language": "en"}
+    assert voices["webui"]["kind"] == "uploaded"
+    assert set(listing["presets"]) == set(engine.voices()) and "webui" in listing["uploaded"]
+    for name in voices:  # every listed voice is accepted by the speech endpoint
+        assert client(url).audio.speech.create(model="tts-1", voice=name, input="hi", response_format="pcm",
+                                               extra_body={"seed": 1, **FAST}).content
+    httpx.delete(url + "/v1/audio/voices/webui")
+
+
+@pytest.mark.parametrize("model", ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"])
+def test_openai_model_names_and_instructions_as_clients_send_them(server, engine, model):
+    """`instructions` (gpt-4o-mini-tts's steering text) is accepted and ignored: the audio is the same."""
+    url, _ = server
+    preset = httpx.get(url + "/v1/audio/voices").json()["openai"]["alloy"]
+    got = client(url).audio.speech.create(model=model, voice="alloy", input="the dog", response_format="pcm",
+                                          instructions="Speak in a cheerful and positive tone.",
+                                          extra_body={"seed": 5, **FAST}).content
+    assert got == pcm16(engine.generate("the dog", voice=preset, seed=5, **FAST).audio)

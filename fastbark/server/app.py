@@ -25,15 +25,11 @@ from starlette.exceptions import HTTPException
 from ..errors import BadInput
 from ..options import GenerationOptions, LongFormOptions
 from ..voices import MAX_VOICE_BYTES, Voice
+from .catalog import OPENAI_VOICES, VoiceCatalog
 from .options import ServerOptions
 from .formats import MEDIA_TYPES, PIECEWISE, encode, stream_piece, stream_start
 from .scheduler import Busy, Scheduler
 
-OPENAI_VOICES = {"alloy": "v2/en_speaker_6", "ash": "v2/en_speaker_1", "ballad": "v2/en_speaker_2",
-                 "coral": "v2/en_speaker_9", "echo": "v2/en_speaker_3", "fable": "v2/en_speaker_4",
-                 "onyx": "v2/en_speaker_0", "nova": "v2/en_speaker_9", "sage": "v2/en_speaker_5",
-                 "shimmer": "v2/en_speaker_7", "verse": "v2/en_speaker_8"}
-VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXTRA_FIELDS = {f.name for f in fields(GenerationOptions)} | {f.name for f in fields(LongFormOptions)} | {"seed"}
 PAGE = Path(__file__).with_name("page.html")
 SPEECH_SCHEMA = {  # documentation (and schemathesis's guide); the handler checks the body itself
@@ -121,6 +117,7 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
     uploads = Path(options.data_dir) / "voices" if options.data_dir else None
     if uploads is not None:
         uploads.mkdir(parents=True, exist_ok=True)
+    catalog = VoiceCatalog(tts.voices(), voice_table, uploads)
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
@@ -175,37 +172,16 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         return response
 
     def resolve_voice(name) -> str | None:
-        """A preset name or an uploaded file's path (strings: requests with the same voice share batches).
-        The voice table and the checkpoint's presets come first: an upload never takes over their names."""
-        if name is None:
-            return None
-        if not isinstance(name, str):
-            raise ApiError(400, f"voice must be a string, got {type(name).__name__}", "voice")
-        presets = tts.voices()
-        if name in voice_table:
-            if voice_table[name] in presets:
-                return voice_table[name]
-            raise ApiError(400, f"voice {name!r} stands for the preset {voice_table[name]!r}, which this checkpoint "
-                                f"does not have; give one of its presets, or map {name!r} to one with --voice-map "
-                                f"(presets: {', '.join(presets) or 'none'})", "voice")
-        if name in presets:
-            return name
-        if uploads is not None and VOICE_NAME.match(name) and (uploads / f"{name}.npz").is_file():
-            return str(uploads / f"{name}.npz")
-        known = sorted(set(presets) | set(voice_table) | set(_uploaded(uploads)))
-        raise ApiError(400, f"unknown voice {name!r}; accepted: {', '.join(known)}", "voice")
+        try:
+            return catalog.resolve(name)
+        except BadInput as e:
+            raise ApiError(400, str(e), e.param) from None
 
     def check_upload_name(name: str) -> Path:
-        if uploads is None:
-            raise ApiError(400, "this server keeps no uploaded voices: start it with --data-dir", "name")
-        if not VOICE_NAME.match(name):
-            raise ApiError(400, "a voice name is 1-64 letters, digits, '_' or '-', starting with a letter or digit",
-                           "name")
-        if name in voice_table or name in tts.voices():
-            owner = "the voice table (OpenAI's names)" if name in voice_table else "a preset of this checkpoint"
-            raise ApiError(409, f"the voice name {name!r} belongs to {owner}; an upload cannot take it over: "
-                                f"choose another name", "name", code="voice_name_taken")
-        return uploads / f"{name}.npz"
+        try:
+            return catalog.upload_path(name)
+        except BadInput as e:
+            raise ApiError(409 if e.code else 400, str(e), e.param, code=e.code) from None
 
     def plan(body: dict):
         if not isinstance(body, dict):
@@ -329,7 +305,10 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
 
     @app.get("/v1/audio/voices")
     async def voices():
-        return {"presets": tts.voices(), "openai": voice_table, "uploaded": _uploaded(uploads)}
+        # `voices`: the shape Open WebUI and SillyTavern read ({"id", "name"} each; fastbark's fields beside);
+        # the lists by kind stay for earlier clients
+        return {"voices": [e.as_dict() for e in catalog.entries()], "presets": catalog.presets,
+                "openai": voice_table, "uploaded": catalog.uploaded()}
 
     @app.put("/v1/audio/voices/{name}")
     async def upload_voice(name: str, request: Request):
@@ -353,7 +332,7 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
     async def delete_voice(name: str):
         target = check_upload_name(name)
         if not target.is_file():
-            raise ApiError(404, f"no uploaded voice {name!r}; uploaded: {', '.join(_uploaded(uploads)) or 'none'}",
+            raise ApiError(404, f"no uploaded voice {name!r}; uploaded: {', '.join(catalog.uploaded()) or 'none'}",
                            "name")
         target.unlink(missing_ok=True)
         return {"name": name, "deleted": True}
@@ -386,10 +365,6 @@ class AsciiJSON(JSONResponse):
 def _authorised(request, key: str) -> bool:
     given = request.headers.get("authorization", "")
     return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode())
-
-
-def _uploaded(folder: Path | None) -> list[str]:
-    return sorted(p.stem for p in folder.glob("*.npz")) if folder is not None else []
 
 
 def _sse(event: dict) -> str:
