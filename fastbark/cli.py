@@ -106,7 +106,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fastbark", description="Bark text-to-speech, fast and faithful.")
     parser.add_argument("--version", action="version", version=f"fastbark {__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{say,batch,serve,voices,convert,doctor}")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{say,batch,serve,wyoming,voices,convert,doctor}")
     formats = ", ".join(FORMATS)
 
     say = sub.add_parser("say", help="speak text into an audio file")
@@ -148,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_flags(serve, EngineOptions)
     from .server.options import ServerOptions
     add_option_flags(serve, ServerOptions)
+
+    wyoming = sub.add_parser("wyoming", help="serve the Wyoming protocol, for Home Assistant "
+                                             "(pip install fastbark[wyoming])")
+    _model_args(wyoming)
+    add_option_flags(wyoming, EngineOptions)
+    from .server.options import WyomingOptions
+    add_option_flags(wyoming, WyomingOptions)
+    add_option_flags(wyoming, GenerationOptions)
+    add_option_flags(wyoming, LongFormOptions)
 
     doctor = sub.add_parser("doctor", help="what this machine offers (torch build, GPUs, CPU features, compiler) "
                                            "and the backend and kernels an engine would choose on each device")
@@ -320,6 +329,25 @@ def cmd_serve(args) -> None:
     uvicorn.run(create_app(tts, server), host=server.host, port=server.port, log_level="warning")
 
 
+def cmd_wyoming(args) -> None:
+    import asyncio
+    from .server.options import WyomingOptions
+    engine = options_from_args(EngineOptions, args)
+    options = options_from_args(WyomingOptions, args)
+    try:
+        from .server.wyoming import serve
+    except ImportError as e:
+        raise BadInput(f"wyoming needs the wyoming extra: pip install 'fastbark[wyoming]' ({e.name} is missing)") \
+            from None
+    from .engine import Bark
+    tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
+    if options.voice:
+        tts.load_voice(options.voice)  # a bad --voice fails now, not at the first request
+    generation, long_form = options_from_args(GenerationOptions, args), options_from_args(LongFormOptions, args)
+    print(f"fastbark: Wyoming on {options.uri}", file=sys.stderr)
+    asyncio.run(serve(tts, options, generation, long_form))
+
+
 def cmd_doctor(args) -> None:
     import json
     from .doctor import diagnose
@@ -376,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         if command != "serve" and threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)  # uvicorn handles its own
         status = {"say": cmd_say, "voices": cmd_voices, "convert": cmd_convert, "batch": cmd_batch,
-                  "serve": cmd_serve, "doctor": cmd_doctor}[command](args)
+                  "serve": cmd_serve, "wyoming": cmd_wyoming, "doctor": cmd_doctor}[command](args)
     except BadInput as e:
         print(f"fastbark: error: {in_flags(e, parser._subcommands().get(command))}", file=sys.stderr)
         return 2

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
 from ..errors import BadInput
+from ..options import check_number, check_seed
 
 
 def _help(text: str) -> dict:
@@ -36,3 +38,40 @@ class ServerOptions:
                 raise BadInput(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.max_wait_ms, (int, float)) or not 0 <= self.max_wait_ms <= 10_000:
             raise BadInput(f"max_wait_ms must be in 0..10000, got {self.max_wait_ms!r}")
+
+
+@dataclass(frozen=True)
+class WyomingOptions:
+    """How `fastbark wyoming` serves (its flags come from these fields)."""
+
+    uri: str = field(default="tcp://127.0.0.1:10200", metadata=_help(
+        "where to listen: tcp://HOST:PORT (default: this machine only) or unix://PATH"))
+    voice: str | None = field(default=None, metadata=_help(
+        "the voice when a request names none (default: the checkpoint's first preset, so every sentence of a "
+        "stream has one voice)"))
+    seed: int | None = field(default=None, metadata=_help(
+        "seed every synthesis with this (the same text then gives the same audio); default: random"))
+    max_input_chars: int = field(default=4096, metadata=_help("longest synthesize text, in characters"))
+    max_batch: int = field(default=8, metadata=_help("most chunks generated together"))
+    max_wait_ms: float = field(default=20.0, metadata=_help("how long a chunk waits for company in its batch"))
+    max_queue: int = field(default=64, metadata=_help("most syntheses queued or under way; beyond: an error event"))
+    data_dir: str | None = field(default=None, metadata=_help(
+        "the HTTP server's --data-dir: its uploaded voices are offered here too"))
+
+    def __post_init__(self):
+        uri = urlparse(self.uri) if isinstance(self.uri, str) else None
+        if uri is None or uri.scheme not in ("tcp", "unix") or (uri.scheme == "tcp" and not (uri.hostname and
+                                                                                              _port(uri))):
+            raise BadInput(f"uri {self.uri!r} is not one fastbark listens on; accepted: tcp://HOST:PORT or "
+                           f"unix://PATH", "uri")
+        check_seed(self.seed)
+        for name in ("max_input_chars", "max_batch", "max_queue"):
+            check_number(name, getattr(self, name), integer=True, low=1)
+        check_number("max_wait_ms", self.max_wait_ms, low=0, high=10_000)
+
+
+def _port(uri) -> int | None:
+    try:
+        return uri.port
+    except ValueError:
+        return None
