@@ -185,7 +185,8 @@ class Bark:
         long_form = make_options(LongFormOptions, long_form, long_form_options, "long_form")
         normalize_text(text)  # a clear error for a non-string or empty text, before it is cut
         return chunk_text(text, lambda piece: len(self.tokenizer.encode(piece)), max_tokens=long_form.max_chunk_tokens,
-                          max_seconds=long_form.max_chunk_seconds, language=long_form.language)
+                          max_seconds=long_form.max_chunk_seconds, language=long_form.language,
+                          first_seconds=long_form.first_chunk_seconds)
 
     def plan(self, text, voice, seed, batch_size, options, long_form, option_values: dict):
         """Check everything (options, texts, voices, seeds) and cut the texts into narrate.TextJobs; nothing

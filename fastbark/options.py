@@ -303,6 +303,9 @@ class GenerationOptions:
 
 
 SPEAKERS = ("first", "continue")
+# the server's and Wyoming's short first chunk: about a third of a full 13 s chunk, so the first audio of a long
+# text comes after a third of the compute (LongFormOptions.first_chunk_seconds)
+SERVED_FIRST_CHUNK_SECONDS = 4.0
 BARK_LANGUAGES = ("en", "de", "es", "fr", "hi", "it", "ja", "ko", "pl", "pt", "ru", "tr", "zh")
 
 
@@ -312,6 +315,10 @@ class LongFormOptions:
 
     max_chunk_seconds: float = field(default=13.0, metadata=_help(
         "estimated speech per chunk, at most (1..15 s; Bark speaks at most ~14 s per generation)"))
+    first_chunk_seconds: float | None = field(default=None, metadata=_help(
+        "a short first chunk of about this many seconds (1..15), cut at a clause or sentence boundary, so the "
+        f"first audio comes sooner; none: the entry point's default (off here; {SERVED_FIRST_CHUNK_SECONDS:g} s "
+        "in the server and Wyoming); 0: off"))
     max_chunk_tokens: int = field(default=MAX_TEXT_TOKENS, metadata=_help(
         f"wordpieces per chunk, at most (1..{MAX_TEXT_TOKENS})"))
     language: str = field(default="en", metadata=_help(
@@ -327,6 +334,11 @@ class LongFormOptions:
 
     def __post_init__(self):
         check_number("max_chunk_seconds", self.max_chunk_seconds, low=1, high=15)
+        first = check_number("first_chunk_seconds", self.first_chunk_seconds, low=0, high=15, none_ok=True,
+                             accepted="a number of seconds in 1..15, 0 (off) or none")
+        if first is not None and 0 < first < 1:
+            raise BadInput(f"first_chunk_seconds must be a number of seconds in 1..15, 0 (off) or none, got {first!r}",
+                           param="first_chunk_seconds")
         check_number("max_chunk_tokens", self.max_chunk_tokens, integer=True, low=1, high=MAX_TEXT_TOKENS)
         check_choice("language", self.language, BARK_LANGUAGES)
         check_choice("speaker", self.speaker, SPEAKERS)

@@ -287,3 +287,52 @@ def test_every_chunk_of_hostile_text_fits(tts):
     for make in HOSTILE.values():
         for chunk in chunk_text(make(5000), count, max_tokens=64, max_seconds=5):
             assert count(chunk) <= 64 and chunk.strip()
+
+
+# ------------------------------------------------------------------ a short first chunk (first_chunk_seconds)
+
+OPENING = ("Hello there, my old friend, how are you doing on this fine and sunny morning in the middle of the "
+           "month? I am fine. The weather is lovely today and the birds are singing in the trees all around us.")
+
+
+def words(piece: str) -> int:
+    return len(piece.split())
+
+
+def test_the_first_chunk_is_short_and_cut_at_a_clause_or_sentence_never_a_word():
+    from fastbark.text.split import estimate_seconds
+    plain = chunk_text(OPENING, words)
+    for seconds in (2, 4, 6):
+        chunks = chunk_text(OPENING, words, first_seconds=seconds)
+        assert " ".join(chunks) == " ".join(OPENING.split())  # nothing lost, no word cut
+        assert estimate_seconds(chunks[0]) <= seconds < estimate_seconds(plain[0])
+        assert chunks[0].endswith(",") or chunks[0].endswith(".")  # at a clause or sentence boundary
+    # whole sentences when they fit
+    assert chunk_text("Short. Also short. And a third one, rather longer than the others by far.", words,
+                      first_seconds=2) == ["Short. Also short.", "And a third one, rather longer than the others by far."]
+    # a first clause longer than the limit is taken whole (never cut inside)
+    long_clause = "This opening clause runs on for many words without any punctuation at all, then stops."
+    assert chunk_text(long_clause, words, first_seconds=1)[0] == \
+        "This opening clause runs on for many words without any punctuation at all,"
+    assert chunk_text("今日は良い天気です、散歩に行きましょう。", len, first_seconds=1, language="ja")[0] == "今日は良い天気です、"
+
+
+def test_first_chunk_seconds_in_generate_and_stream(tts):
+    """The short first chunk is chunk 0 with the text's seed; the others follow the usual seed and voice rules;
+    stream == generate."""
+    options = dict(first_chunk_seconds=2, max_semantic_tokens=8, seed=4)
+    whole = tts.generate(OPENING, **options)
+    chunks = tts.split(OPENING, first_chunk_seconds=2)
+    assert [s.text for s in whole.segments] == chunks and len(chunks) >= 2
+    assert chunks[0] == "Hello there, my old friend,"
+    first = tts.generate(chunks[0], seed=4, max_semantic_tokens=8)
+    np.testing.assert_array_equal(whole.segments[0].semantic_tokens, first.semantic_tokens)
+    streamed = np.concatenate([c.audio for c in tts.stream(OPENING, **options)])
+    np.testing.assert_array_equal(streamed, whole.audio)
+    assert tts.split(OPENING, first_chunk_seconds=0) == tts.split(OPENING)  # 0: off
+
+
+@pytest.mark.parametrize("value", [0.5, 16, -1, "4"])
+def test_bad_first_chunk_seconds(tts, value):
+    with pytest.raises(BadInput, match="first_chunk_seconds must be a number of seconds in 1..15, 0"):
+        tts.split(OPENING, first_chunk_seconds=value)

@@ -247,3 +247,21 @@ def test_wyoming_options_are_checked(capsys):
     assert capsys.readouterr().err.startswith("fastbark: error: --uri 'tcp://127.0.0.1' is not one")
     assert main(["wyoming", "--max-batch", "0"]) == 2
     assert "--max-batch must be" in capsys.readouterr().err
+
+
+def test_a_long_text_starts_with_a_short_first_chunk_by_default(server, engine):
+    """Wyoming (like the HTTP server) speaks a long text's first ~4 s on their own, so the first audio
+    comes after a third of a full chunk's compute."""
+    from fastbark.options import SERVED_FIRST_CHUNK_SECONDS
+    port, _ = server
+    text = ("Hello there, my old friend, how are you doing on this fine and sunny morning in the middle of the "
+            "month? I am fine, thank you.")
+    assert len(engine.split(text, first_chunk_seconds=SERVED_FIRST_CHUNK_SECONDS)) > len(engine.split(text))
+
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            await client.write_event(Synthesize(text=text).event())
+            return audio_of(await events_until(client, "audio-stop"))
+    want = engine.generate(text, voice=engine.voices()[0], seed=SEED, first_chunk_seconds=SERVED_FIRST_CHUNK_SECONDS,
+                           **FAST)
+    assert run(go()) == pcm16(want.audio)

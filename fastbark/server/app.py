@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..errors import BadInput
-from ..options import GenerationOptions, LongFormOptions
+from ..options import SERVED_FIRST_CHUNK_SECONDS, GenerationOptions, LongFormOptions
 from ..voices import MAX_VOICE_BYTES, Voice
 from .catalog import OPENAI_VOICES, VoiceCatalog
 from .options import ServerOptions
@@ -211,6 +211,8 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
             raise ApiError(400, f"unknown field(s) {', '.join(sorted(unknown))}", sorted(unknown)[0])
         extras = {k: v for k, v in body.items() if k in EXTRA_FIELDS}
         seed = extras.pop("seed", None)
+        if extras.get("first_chunk_seconds") is None:  # the first audio comes sooner unless the request says 0
+            extras["first_chunk_seconds"] = SERVED_FIRST_CHUNK_SECONDS
         voice = resolve_voice(body.get("voice"))
         try:
             jobs, gen_options, long_form = tts.plan(text, voice, seed, options.max_batch, None, None, extras)

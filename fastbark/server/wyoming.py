@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -36,7 +36,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from .. import __version__
 from ..constants import SAMPLE_RATE
 from ..errors import BadInput
-from ..options import GenerationOptions, LongFormOptions
+from ..options import SERVED_FIRST_CHUNK_SECONDS, GenerationOptions, LongFormOptions
 from ..output import pcm16
 from .catalog import OPENAI_VOICES, VoiceCatalog
 from .options import WyomingOptions
@@ -68,6 +68,8 @@ class Service:
                  long_form: LongFormOptions | None = None):
         self.tts, self.options = tts, options
         self.generation, self.long_form = generation or GenerationOptions(), long_form or LongFormOptions()
+        if self.long_form.first_chunk_seconds is None:  # the first audio comes sooner unless told 0
+            self.long_form = replace(self.long_form, first_chunk_seconds=SERVED_FIRST_CHUNK_SECONDS)
         uploads = Path(options.data_dir) / "voices" if options.data_dir else None
         self.catalog = VoiceCatalog(tts.voices(), OPENAI_VOICES, uploads)
         self.default_voice = self.catalog.resolve(options.voice) if options.voice else \

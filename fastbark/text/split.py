@@ -67,8 +67,10 @@ Piece = tuple[str, Size, str]  # (text, its size, the separator that joins it to
 
 
 def chunk_text(text: str, count_tokens: Callable[[str], int], *, max_tokens: int = 256, max_seconds: float = 13.0,
-               language: str = "en") -> list[str]:
-    """`text` as chunks that each fit one generation (see the module docstring)."""
+               language: str = "en", first_seconds: float | None = None) -> list[str]:
+    """`text` as chunks that each fit one generation (see the module docstring). With `first_seconds`, the
+    first chunk is only as long as that (estimated): whole sentences, else the first sentence's leading
+    clauses, and at least one clause; it is cut at a clause or sentence boundary, never inside a word."""
     joiner = "" if language in NO_SPACE_LANGUAGES else " "
 
     def measure(piece: str) -> Size:
@@ -81,7 +83,34 @@ def chunk_text(text: str, count_tokens: Callable[[str], int], *, max_tokens: int
     for sentence in split_sentences(text, language):
         size = measure(sentence)
         pieces += [(sentence, size, joiner)] if fits(size) else _split_long(sentence, measure, fits, joiner)
+    if first_seconds and pieces:
+        head, pieces = _first_chunk(pieces, first_seconds, measure, joiner)
+        return [head] + [piece for piece, _, _ in _pack(pieces, fits)]
     return [piece for piece, _, _ in _pack(pieces, fits)]
+
+
+def _first_chunk(pieces: list[Piece], seconds: float, measure: Callable[[str], Size],
+                 joiner: str) -> tuple[str, list[Piece]]:
+    """A short first chunk taken from the front of `pieces` (each a sentence, or part of an overlong one),
+    and the pieces left. Whole pieces while they fit in `seconds`; if not even the first does, its leading
+    clauses (at least one), the rest of it staying a piece of its own."""
+    taken, total = [], 0.0
+    while pieces and total + pieces[0][1][1] <= seconds:
+        taken.append(pieces[0])
+        total += pieces[0][1][1]
+        pieces = pieces[1:]
+    if not taken:
+        first, _, sep = pieces[0]
+        clauses = [c.strip() for c in CLAUSE_END.split(first) if c.strip()]
+        n, total = 1, estimate_seconds(clauses[0])
+        while n < len(clauses) and total + estimate_seconds(clauses[n]) <= seconds:
+            total += estimate_seconds(clauses[n])
+            n += 1
+        taken = [(joiner.join(clauses[:n]), measure(joiner.join(clauses[:n])), sep)]
+        rest = joiner.join(clauses[n:])
+        pieces = ([(rest, measure(rest), sep)] if rest else []) + pieces[1:]
+    head = taken[0][0] + "".join(sep + piece for piece, _, sep in taken[1:])
+    return head, pieces
 
 
 def _pack(pieces: list[Piece], fits: Callable[[Size], bool]) -> list[Piece]:
