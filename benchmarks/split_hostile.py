@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from fastbark.testing import VOCAB
-from fastbark.text.split import chunk_text
+from fastbark.longform.split import chunk_text
 from fastbark.text.tokenizer import TextTokenizer
 
 PROSE = "Dr. Smith paid $3.50 for it. \"Really?\" she asked... Yes! The dog [laughs] agreed, and then said no. "

@@ -238,7 +238,7 @@ def read_text(args) -> str:
 def cmd_say(args) -> None:
     from .engine import Bark
     from .output import AudioWriter, check_output
-    from .subtitles import subtitle_format, write_subtitles
+    from .longform.subtitles import subtitle_format, write_subtitles
     from .voices import check_voice_path
     engine = options_from_args(EngineOptions, args)
     options = options_from_args(GenerationOptions, args)

@@ -23,9 +23,9 @@ from .pipeline.fine import generate_fine
 from .pipeline.progress import ProgressCallback
 from .pipeline.sampling import Stream
 from .pipeline.semantic import Voices, generate_semantic, row_voices
-from . import narrate
+from .longform import narrate
 from .results import AudioChunk, Generation
-from .text.split import chunk_text
+from .longform.split import chunk_text
 from .text.tokenizer import fit_text_window, normalize_text
 from .voices import Voice, VoiceLike, check_tokens, resolve_voice
 

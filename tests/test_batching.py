@@ -41,7 +41,7 @@ def test_voices_share_the_semantic_batch(tts, monkeypatch):
     """Texts with different voices run the semantic stage as one batch (its prompt has one length for every
     voice) and the other stages one batch per voice; each text still gets what it gets alone, sampled."""
     import fastbark.engine
-    from fastbark.narrate import derive_seed
+    from fastbark.longform.narrate import derive_seed
     sizes = {"semantic": [], "coarse": []}
     for stage in sizes:
         real = getattr(fastbark.engine, f"generate_{stage}")

@@ -10,10 +10,10 @@ import soundfile as sf
 
 import fastbark
 from fastbark import BadInput
-from fastbark.audio import FRAME, fade_edges, join_piece, speech_bounds
+from fastbark.longform.joins import FRAME, fade_edges, join_piece, speech_bounds
 from fastbark.cli import main
-from fastbark.narrate import derive_seed
-from fastbark.text.split import chunk_text, split_sentences
+from fastbark.longform.narrate import derive_seed
+from fastbark.longform.split import chunk_text, split_sentences
 
 GREEDY = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, min_eos_p=None)
 SHORT = dict(max_semantic_tokens=8, max_chunk_tokens=6)  # tiny chunks: a few words each
@@ -300,7 +300,7 @@ def words(piece: str) -> int:
 
 
 def test_the_first_chunk_is_short_and_cut_at_a_clause_or_sentence_never_a_word():
-    from fastbark.text.split import estimate_seconds
+    from fastbark.longform.split import estimate_seconds
     plain = chunk_text(OPENING, words)
     for seconds in (2, 4, 6):
         chunks = chunk_text(OPENING, words, first_seconds=seconds)

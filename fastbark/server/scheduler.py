@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import narrate
+from ..longform import narrate
 from ..options import GenerationOptions, LongFormOptions
 from ..results import AudioChunk
 

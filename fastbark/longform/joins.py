@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .constants import SAMPLE_RATE
+from ..constants import SAMPLE_RATE
 
 FRAME = SAMPLE_RATE // 100  # 10 ms frames for the silence measure
 

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from .errors import BadInput
-from .output import check_writable, write_atomically
-from .results import Segment
+from ..errors import BadInput
+from ..output import check_writable, write_atomically
+from ..results import Segment
 
 FORMATS = ("srt", "vtt")
 

@@ -18,13 +18,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .audio import join_piece
-from .constants import SAMPLE_RATE
-from .options import GenerationOptions, LongFormOptions
-from .pipeline.progress import ProgressCallback, Reporter
-from .pipeline.sampling import Stream
-from .results import AudioChunk, Generation, Segment
-from .voices import Voice
+from ..constants import SAMPLE_RATE
+from ..options import GenerationOptions, LongFormOptions
+from ..pipeline.progress import ProgressCallback, Reporter
+from ..pipeline.sampling import Stream
+from ..results import AudioChunk, Generation, Segment
+from ..voices import Voice
+from .joins import join_piece
 
 # (ids of several chunks, one voice per chunk, options, one seed per chunk, progress) -> their generations:
 # Bark's generate_chunks.
@@ -59,7 +59,7 @@ class TextJob:
 
 def join(job: TextJob, chunk: int, generation: Generation, long_form: LongFormOptions) -> AudioChunk:
     """A chunk's generation as the next piece of its text's audio. A text of one chunk is left as
-    generated; a longer one is trimmed, faded and paused (audio.py)."""
+    generated; a longer one is trimmed, faded and paused (joins.py)."""
     total = len(job.chunks)
     if total == 1:
         piece, start, end = generation.audio, 0, len(generation.audio)
