@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(say)
     say.add_argument("--voice", "-v", help="voice preset name (see `fastbark voices`) or .npz file")
     say.add_argument("--seed", type=_flag_type(int), help="random seed: the same seed gives the same audio")
+    say.add_argument("--dialogue", action="store_true",
+                     help="the text is a script: one NAME: line per turn (or, from a .json file, a list of "
+                          "{speaker, text}), each turn in its speaker's voice")
+    say.add_argument("--voice-for", action="append", metavar="NAME=VOICE", default=[],
+                     help="a dialogue speaker's voice (repeat per speaker; implies --dialogue); a speaker given "
+                          "none gets a preset of its own")
+    say.add_argument("--turn-pause", type=_flag_type(float), default=0.5,
+                     help="seconds of silence between a dialogue's turns (default 0.5)")
     say.add_argument("--save-voice", help="also save the result (a long text: its last chunk) as a reusable .npz voice")
     say.add_argument("--subtitles", help="also write subtitles of the chunks: a .srt or .vtt file")
     say.add_argument("--batch-size", type=_flag_type(int), default=16, help="chunks generated together (default 16)")
@@ -249,12 +257,17 @@ def cmd_say(args) -> None:
     if args.subtitles:
         subtitle_format(args.subtitles)
     text = read_text(args)
+    script, speakers = _dialogue(args, text) if args.dialogue or args.voice_for else (None, None)
     tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
     if args.show_backend:
         print(tts.backend, file=sys.stderr)
     bars = None if args.quiet else ProgressBars()
-    chunks = tts.stream(text, voice=args.voice, seed=args.seed, options=options, long_form=long_form,
-                        batch_size=args.batch_size, progress=bars)
+    if script is not None:
+        chunks = tts.stream_dialogue(script, speakers, seed=args.seed, turn_pause=args.turn_pause, options=options,
+                                     long_form=long_form, batch_size=args.batch_size, progress=bars)
+    else:
+        chunks = tts.stream(text, voice=args.voice, seed=args.seed, options=options, long_form=long_form,
+                            batch_size=args.batch_size, progress=bars)
     segments, last = [], None
     try:
         with AudioWriter(args.output, args.format) as writer:  # each chunk is written as soon as it is ready
@@ -272,6 +285,31 @@ def cmd_say(args) -> None:
     if not args.quiet and args.output != "-":
         print(f"wrote {args.output}: {writer.n_samples / writer.sample_rate:.2f} s at {writer.sample_rate} Hz"
               f"{f' in {len(segments)} chunks' if len(segments) > 1 else ''}", file=sys.stderr)
+
+
+def _dialogue(args, text: str):
+    """The script (checked now, before the model loads) and the speakers' voices from --voice-for."""
+    import json
+    from .longform.dialogue import parse_script
+    if args.voice:
+        raise BadInput("--voice gives one voice to a whole text; a dialogue's speakers take --voice-for NAME=VOICE")
+    script = text
+    if args.file and args.file.lower().endswith(".json"):
+        try:
+            script = json.loads(text)
+        except ValueError as e:
+            raise BadInput(f"the dialogue file {args.file!r} is not valid JSON: {e}") from None
+    parse_script(script)
+    speakers = {}
+    for entry in args.voice_for:
+        name, sep, voice = entry.partition("=")
+        if not sep or not name.strip() or not voice.strip():
+            raise BadInput(f"--voice-for takes NAME=VOICE (a preset or an .npz file), got {entry!r}")
+        speakers[name.strip()] = voice.strip()
+    if speakers:  # the script's other speakers get voices of their own
+        for turn in parse_script(script):
+            speakers.setdefault(turn.speaker, None)
+    return script, speakers or None
 
 
 def cmd_batch(args) -> int:

@@ -23,7 +23,7 @@ from .pipeline.fine import generate_fine
 from .pipeline.progress import ProgressCallback
 from .pipeline.sampling import Stream
 from .pipeline.semantic import Voices, generate_semantic, row_voices
-from .longform import narrate
+from .longform import dialogue, narrate
 from .results import AudioChunk, Generation
 from .longform.split import chunk_text
 from .text.tokenizer import fit_text_window, normalize_text
@@ -179,6 +179,32 @@ class Bark:
             raise BadInput(f"stream speaks one text: give a string, got {type(text).__name__}")
         jobs, options, long_form = self.plan(text, voice, seed, batch_size, options, long_form, option_values)
         return (chunk for _, chunk in narrate.run(self.generate_chunks, jobs, options, long_form, batch_size, progress))
+
+    def dialogue(self, script, speakers: dict | None = None, *, seed: int | None = None, turn_pause: float = 0.5,
+                 options: GenerationOptions | None = None, long_form: LongFormOptions | None = None,
+                 batch_size: int = 16, progress: ProgressCallback | None = None, **option_values) -> Generation:
+        """A script of several speakers as one Generation (see `stream_dialogue`)."""
+        return narrate.assemble(list(self.stream_dialogue(
+            script, speakers, seed=seed, turn_pause=turn_pause, options=options, long_form=long_form,
+            batch_size=batch_size, progress=progress, **option_values)))
+
+    def stream_dialogue(self, script, speakers: dict | None = None, *, seed: int | None = None,
+                        turn_pause: float = 0.5, options: GenerationOptions | None = None,
+                        long_form: LongFormOptions | None = None, batch_size: int = 16,
+                        progress: ProgressCallback | None = None, **option_values) -> Iterator[AudioChunk]:
+        """A script (text with `NAME: line` per turn, or a list of {"speaker", "text"}) spoken turn by turn,
+        each in its speaker's voice: `speakers` maps a name to a voice (None: one of its own; without
+        `speakers`, every speaker gets one of its own). `turn_pause` seconds of silence between turns. Yields
+        AudioChunks in order, their segments naming the speaker; turn k is seeded `derive_seed(seed, k)`.
+        Everything is checked before this returns (longform/dialogue.py)."""
+        turns = dialogue.parse_script(script)
+        check_number("turn_pause", turn_pause, low=0, high=10)
+        language = option_values.get("language", long_form.language if long_form is not None else "en")
+        voices = dialogue.cast(turns, speakers, self.voices(), language if isinstance(language, str) else "en")
+        jobs, options, long_form = self.plan([t.text for t in turns], [voices[t.speaker] for t in turns], seed,
+                                             batch_size, options, long_form, option_values)
+        items = narrate.run(self.generate_chunks, jobs, options, long_form, batch_size, progress)
+        return dialogue.in_order(items, jobs, turns, turn_pause)
 
     def split(self, text: str, long_form: LongFormOptions | None = None, **long_form_options) -> list[str]:
         """The chunks `generate` and `stream` would speak `text` in (see LongFormOptions)."""

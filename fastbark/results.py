@@ -19,6 +19,7 @@ class Segment:
     start: float
     end: float
     semantic_tokens: np.ndarray  # (n,)
+    speaker: str | None = None  # a dialogue turn's speaker
 
 
 @dataclass(frozen=True)

@@ -452,6 +452,7 @@ def test_health_counts_the_engine_busy_on_an_abandoned_batch(engine):
 
 
 SPEECH_FIELDS = {"model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "seed",
+                 "speakers", "turn_pause",
                  *(f.name for f in dataclasses.fields(fastbark.GenerationOptions)),
                  *(f.name for f in dataclasses.fields(fastbark.LongFormOptions))}
 UNICODE = st.one_of(st.characters(exclude_categories=()), st.characters(categories=["Cs"]))  # surrogates, often

@@ -26,9 +26,16 @@ def _stamp(seconds: float, separator: str) -> str:
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{separator}{ms % 1000:03d}"
 
 
+def _spoken(segment: Segment, fmt: str) -> str:
+    """A cue's text, with its speaker (a dialogue's): WebVTT's voice tag, or `NAME: ` in SubRip."""
+    if segment.speaker is None:
+        return segment.text
+    return f"<v {segment.speaker}>{segment.text}" if fmt == "vtt" else f"{segment.speaker}: {segment.text}"
+
+
 def render(segments: Iterable[Segment], fmt: str) -> str:
     sep = "," if fmt == "srt" else "."
-    cues = [f"{_stamp(s.start, sep)} --> {_stamp(s.end, sep)}\n{s.text}\n" for s in segments]
+    cues = [f"{_stamp(s.start, sep)} --> {_stamp(s.end, sep)}\n{_spoken(s, fmt)}\n" for s in segments]
     if fmt == "srt":
         return "\n".join(f"{i}\n{cue}" for i, cue in enumerate(cues, 1))
     return "WEBVTT\n\n" + "\n".join(cues)

@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +22,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ..constants import SAMPLE_RATE
 from ..errors import BadInput
-from ..options import SERVED_FIRST_CHUNK_SECONDS, GenerationOptions, LongFormOptions
+from ..longform import dialogue
+from ..options import SERVED_FIRST_CHUNK_SECONDS, GenerationOptions, LongFormOptions, check_number
 from ..voices import MAX_VOICE_BYTES, Voice
 from .catalog import OPENAI_VOICES, VoiceCatalog
 from .options import ServerOptions
 from .formats import MEDIA_TYPES, PIECEWISE, encode, stream_piece, stream_start
 from .scheduler import Busy, Scheduler
 
-EXTRA_FIELDS = {f.name for f in fields(GenerationOptions)} | {f.name for f in fields(LongFormOptions)} | {"seed"}
+EXTRA_FIELDS = {f.name for f in fields(GenerationOptions)} | {f.name for f in fields(LongFormOptions)} | \
+    {"seed", "speakers", "turn_pause"}  # speakers: the input is a dialogue script (NAME: line per turn)
 PAGE = Path(__file__).with_name("page.html")
 SPEECH_SCHEMA = {  # documentation (and schemathesis's guide); the handler checks the body itself
     "type": "object", "required": ["model", "input"],
@@ -39,7 +42,9 @@ SPEECH_SCHEMA = {  # documentation (and schemathesis's guide); the handler check
                    "speed": {"type": "number"}, "stream_format": {"type": "string", "enum": ["audio", "sse"]},
                    "seed": {"type": "integer"}, "max_semantic_tokens": {"type": "integer"},
                    "semantic_temperature": {"type": "number"}, "coarse_temperature": {"type": "number"},
-                   "fine_temperature": {"type": "number"}, "top_k": {"type": "integer"}, "top_p": {"type": "number"}}}
+                   "fine_temperature": {"type": "number"}, "top_k": {"type": "integer"}, "top_p": {"type": "number"},
+                   "speakers": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+                   "turn_pause": {"type": "number"}}}
 KNOWN_PATHS = {"/v1/audio/speech", "/v1/models", "/v1/audio/voices", "/health", "/metrics", "/"}  # metric labels
 
 
@@ -213,13 +218,33 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         seed = extras.pop("seed", None)
         if extras.get("first_chunk_seconds") is None:  # the first audio comes sooner unless the request says 0
             extras["first_chunk_seconds"] = SERVED_FIRST_CHUNK_SECONDS
-        voice = resolve_voice(body.get("voice"))
+        speakers, pause = extras.pop("speakers", None), extras.pop("turn_pause", 0.5)
         try:
-            jobs, gen_options, long_form = tts.plan(text, voice, seed, options.max_batch, None, None, extras)
+            pause = check_number("turn_pause", pause, low=0, high=10)
+            if speakers is None:  # one text, one voice
+                voice = resolve_voice(body.get("voice"))
+                jobs, gen_options, long_form = tts.plan(text, voice, seed, options.max_batch, None, None, extras)
+            else:  # a dialogue script: one job per turn, each in its speaker's voice
+                jobs, gen_options, long_form = plan_dialogue(text, body.get("voice"), speakers, seed, extras)
         except BadInput as e:
             param = "input" if e.param == "text" else e.param
             raise ApiError(400, str(e), param if param in body or param == "input" else None) from None
-        return jobs[0], gen_options, long_form, fmt, stream_format
+        return jobs, pause, gen_options, long_form, fmt, stream_format
+
+    def plan_dialogue(text: str, voice, speakers, seed, extras: dict):
+        if voice is not None:
+            raise BadInput("voice gives one voice to a whole text; a dialogue's speakers take their voices from "
+                           "speakers", "voice")
+        if not isinstance(speakers, dict) or not all(isinstance(v, (str, type(None))) for v in speakers.values()):
+            raise BadInput("speakers must map each speaker's name to a voice name (or to null)", "speakers")
+        turns = dialogue.parse_script(text)
+        try:
+            resolved = {name: catalog.resolve(v) for name, v in speakers.items()}
+        except BadInput as e:
+            raise BadInput(f"speakers: {e}", "speakers") from None
+        cast = dialogue.cast(turns, resolved, tts.voices(), extras.get("language", "en"))
+        return tts.plan([t.text for t in turns], [cast[t.speaker] for t in turns], seed, options.max_batch, None,
+                        None, extras)
 
     @app.post("/v1/audio/speech", openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": SPEECH_SCHEMA}}}}, responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}})
@@ -231,27 +256,34 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         except RecursionError:
             raise ApiError(400, "the body is not valid JSON here: it is nested too deeply") from None
         # checking, splitting and tokenizing take time on long input: off the event loop
-        job, gen_options, long_form, fmt, stream_format = await run_in_threadpool(plan, body)
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        jobs, pause, gen_options, long_form, fmt, stream_format = await run_in_threadpool(plan, body)
+        loop, submitted = asyncio.get_running_loop(), []  # (handle, queue) per job (a dialogue's turns)
         try:
-            handle = scheduler.submit(job, gen_options, long_form,
-                                      lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
+            for job in jobs:
+                queue = asyncio.Queue()
+                submitted.append((scheduler.submit(job, gen_options, long_form,
+                                                   lambda item, q=queue: loop.call_soon_threadsafe(q.put_nowait, item)),
+                                  queue))
         except Busy as e:
+            for handle, _ in submitted:
+                scheduler.cancel(handle)
             raise ApiError(429, f"{e}; try again shortly", headers={"Retry-After": "2"}) from None
         metrics.queue.set(scheduler.depth)
+        silence = np.zeros(int(round(pause * SAMPLE_RATE)), np.float32)  # between a dialogue's turns
 
         async def chunks():
             try:
-                while True:
-                    item = await queue.get()
-                    if item is None:
-                        return
-                    if isinstance(item, BaseException):
-                        raise item
-                    metrics.audio.inc(len(item.audio) / 24_000)
-                    yield item
+                for turn, (_, queue) in enumerate(submitted):
+                    while (item := await queue.get()) is not None:
+                        if isinstance(item, BaseException):
+                            raise item
+                        if turn > 0 and item.index == 0:
+                            item = replace(item, audio=np.concatenate([silence, item.audio]))
+                        metrics.audio.inc(len(item.audio) / SAMPLE_RATE)
+                        yield item
             finally:
-                scheduler.cancel(handle)  # the client left, or it is done: nothing more is generated for it
+                for handle, _ in submitted:  # the client left, or it is done: nothing more is generated for it
+                    scheduler.cancel(handle)
                 metrics.queue.set(scheduler.depth)
 
         if stream_format == "sse":
@@ -269,7 +301,7 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
                     data = await run_in_threadpool(encode, np.concatenate(pieces), fmt)
                     yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
                 # usage: the text's wordpieces in, the semantic tokens generated out
-                input_tokens = sum(map(len, job.ids))
+                input_tokens = sum(len(ids) for job in jobs for ids in job.ids)
                 yield _sse({"type": "speech.audio.done", "usage": {
                     "input_tokens": input_tokens, "output_tokens": output_tokens,
                     "total_tokens": input_tokens + output_tokens}})
