@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -25,6 +26,19 @@ import torch
 
 from fastbark.testing import SIZES, write_random_checkpoint
 
+
+
+def cpu_description() -> str:
+    """The CPU's model name and its vector and matrix extensions, as RESULTS.md rows name them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+    return f"{name or platform.machine()} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'}; " \
+           f"{os.cpu_count()} cores seen)"
 
 def weight_read_ms(model: torch.nn.Module, repeats: int = 5) -> float:
     """The weight-reading floor of one decode step, measured now: the time to read (sum) a float32 copy of
@@ -224,7 +238,7 @@ def main(argv=None) -> dict:
     texts = batch_texts(args.batch)
     results = {"size": args.size, "semantic_tokens": args.semantic_tokens, "threads": args.threads,
                "dtype": args.dtype, "batch": args.batch,
-               "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "cpu": cpu_description(),
                "date": time.strftime("%Y-%m-%d"), "engines": {}}
     unpacked = lambda *a: run_fastbark(*a, cpu_kernel="plain")  # noqa: E731  (ablation: plain F.linear)
     onednn = lambda *a: run_fastbark(*a, cpu_kernel="onednn")  # noqa: E731  (ablation: oneDNN, no C kernel)

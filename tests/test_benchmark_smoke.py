@@ -110,3 +110,14 @@ def test_split_hostile_smoke():
     import split_hostile
     rows = split_hostile.main(["--bytes", "20000"])["rows"]
     assert all(r["chunks"] > 0 for r in rows.values())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_first_chunk_and_wyoming_load_smoke(tmp_path):
+    import first_chunk
+    import wyoming_load
+    result = first_chunk.main(["--size", "tiny", "--repeats", "1", "--json", str(tmp_path / "fc.json")])
+    off, on = result["rows"]
+    assert on["chunks"] > off["chunks"] and on["semantic_tokens"] < off["semantic_tokens"]
+    load = wyoming_load.main(["--size", "tiny", "--clients", "3", "--tokens", "4", "--json", str(tmp_path / "w.json")])
+    assert load["ok"] == 3 and not load["errors"] and load["first_audio_max_s"] > 0

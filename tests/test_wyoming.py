@@ -5,7 +5,6 @@ malformed events."""
 import asyncio
 import json
 import socket
-import threading
 import time
 
 import numpy as np
@@ -25,7 +24,7 @@ from wyoming.tts import (Synthesize, SynthesizeChunk, SynthesizeStart, Synthesiz
                          SynthesizeStopped, SynthesizeVoice)
 
 from fastbark.options import GenerationOptions  # noqa: E402
-from fastbark.server.wyoming import serve, split_sentences  # noqa: E402
+from fastbark.server.wyoming import running, split_sentences  # noqa: E402
 
 FAST = {"max_semantic_tokens": 6}
 SEED = 7
@@ -58,22 +57,8 @@ def server(engine):
         port = s.getsockname()[1]
     counting = Counting(engine)
     options = WyomingOptions(uri=f"tcp://127.0.0.1:{port}", seed=SEED, max_batch=2, max_wait_ms=30)
-    started, state = threading.Event(), {}
-
-    async def run():
-        state["loop"], state["stop"], ready = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(serve(counting, options, GenerationOptions(**FAST), ready=ready,
-                                         stop=state["stop"]))
-        await ready.wait()
-        started.set()
-        await task
-    thread = threading.Thread(target=lambda: asyncio.run(run()), daemon=True)
-    thread.start()
-    assert started.wait(60)
-    yield port, counting
-    state["loop"].call_soon_threadsafe(state["stop"].set)
-    thread.join(30)
-    assert not thread.is_alive()
+    with running(counting, options, GenerationOptions(**FAST)):
+        yield port, counting
 
 
 def alone(engine, text, voice=None) -> bytes:
@@ -129,12 +114,16 @@ def test_one_shot_synthesis_equals_generate(server, engine):
             await client.write_event(Synthesize(text=text).event())
             first = await events_until(client, "audio-stop")
             await client.write_event(Synthesize(text="hello", voice=SynthesizeVoice(name="announcer")).event())
-            return first, await events_until(client, "audio-stop")
-    first, second = run(go())
+            second = await events_until(client, "audio-stop")
+            await client.write_event(Synthesize(text="hello", voice=SynthesizeVoice(language="en")).event())
+            return first, second, await events_until(client, "audio-stop")
+    first, second, by_language = run(go())
     start = AudioStart.from_event(first[0])
     assert (start.rate, start.width, start.channels) == (24_000, 2, 1) and AudioStop.is_type(first[-1].type)
     assert audio_of(first) == alone(engine, text)
     assert audio_of(second) == alone(engine, "hello", "announcer")
+    assert engine.voices()[0] != "v2/en_speaker_1"  # a language alone picks that language's first preset
+    assert audio_of(by_language) == alone(engine, "hello", "v2/en_speaker_1")
 
 
 def test_streamed_text_is_spoken_sentence_by_sentence_as_it_arrives(server, engine):

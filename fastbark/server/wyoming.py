@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import re
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -92,10 +93,19 @@ class Service:
             raise BadInput("text must be a non-empty string", "text")
         if len(text) > self.options.max_input_chars:
             raise BadInput(f"text is {len(text)} characters; at most {self.options.max_input_chars}", "text")
-        voice = self.catalog.resolve(voice_name) if voice_name else self.default_voice
+        voice = self.resolve(voice_name)
         jobs, options, long_form = self.tts.plan(text, voice, self.options.seed, self.options.max_batch,
                                                  self.generation, self.long_form, {})
         return jobs[0], options, long_form
+
+    def resolve(self, voice_name: str | None):
+        """A catalogue name; `lang:xx`: the first preset of language xx (the default voice if none is)."""
+        if not voice_name:
+            return self.default_voice
+        if voice_name.startswith("lang:"):
+            return next((e.id for e in self.catalog.entries() if e.kind == "preset" and
+                         e.language == voice_name[5:]), self.default_voice)
+        return self.catalog.resolve(voice_name)
 
     def close(self) -> None:
         self.scheduler.close()
@@ -283,8 +293,7 @@ class SpeechHandler(AsyncEventHandler):
     def start_stream(self, voice_name) -> None:
         if self._stream is not None:
             raise BadInput("synthesize-start while a stream is open: send synthesize-stop first")
-        if voice_name:
-            self.service.catalog.resolve(voice_name)  # an unknown voice is refused now, not per sentence
+        self.service.resolve(voice_name)  # an unknown voice is refused now, not per sentence
         self._stream, self._stream_voice, self._stream_text = asyncio.Queue(), voice_name, ""
         self._later(self._play_stream(self._stream))
 
@@ -326,8 +335,11 @@ class SpeechHandler(AsyncEventHandler):
 
 
 def _voice_name(voice) -> str | None:
-    """A Wyoming voice (name, or language only) as a catalogue name; a language alone picks the default."""
-    return voice.name if voice is not None and voice.name else None
+    """A Wyoming voice as a catalogue name: its name, or for a language alone `lang:xx` (a preset of that
+    language, see `Service.plan`); None: the default voice."""
+    if voice is None:
+        return None
+    return voice.name or (f"lang:{voice.language}" if voice.language else None)
 
 
 async def serve(tts, options: WyomingOptions, generation: GenerationOptions | None = None,
@@ -346,3 +358,36 @@ async def serve(tts, options: WyomingOptions, generation: GenerationOptions | No
             await server.stop()
         service.close()
     return service
+
+
+@contextlib.contextmanager
+def running(tts, options: WyomingOptions, generation: GenerationOptions | None = None,
+            long_form: LongFormOptions | None = None, timeout: float = 120):
+    """A server in a thread of its own (its own event loop) while the context lasts; for embedding it in a
+    program that is not asyncio, and for the tests and benchmarks."""
+    started, state = threading.Event(), {}
+
+    async def main():
+        state["loop"], state["stop"], ready = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(serve(tts, options, generation, long_form, ready=ready, stop=state["stop"]))
+        ready_or_done = asyncio.ensure_future(ready.wait())
+        await asyncio.wait([task, ready_or_done], return_when=asyncio.FIRST_COMPLETED)
+        started.set()
+        await task  # raises what serve raised (a port in use...), after `started`
+    errors = []
+
+    def run():
+        try:
+            asyncio.run(main())
+        except Exception as e:  # noqa: BLE001 - reported to the caller below
+            errors.append(e)
+            started.set()
+    thread = threading.Thread(target=run, name="fastbark-wyoming", daemon=True)
+    thread.start()
+    if not started.wait(timeout) or errors:
+        raise errors[0] if errors else TimeoutError(f"the Wyoming server did not start within {timeout} s")
+    try:
+        yield
+    finally:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(timeout)
