@@ -1,7 +1,8 @@
 """Batch synthesis: many items (JSON Lines or CSV) to files in a folder, resumably, with a manifest.
 
 An item is `id`, `text`, and optionally `voice`, `seed`, `format` (wav by default) and any field of
-GenerationOptions or LongFormOptions. Item `id`'s audio goes to `OUT/<id>.<format>`, written under a
+GenerationOptions or LongFormOptions; with `speakers` (name -> voice or null; in CSV, that object as JSON
+text) and optionally `turn_pause`, its text is a dialogue script (longform/dialogue.py), run on its own. Item `id`'s audio goes to `OUT/<id>.<format>`, written under a
 temporary name and renamed when complete; then one line is appended to `OUT/manifest.jsonl`: its
 duration, segments, seed, options and timings, or its error. A rerun skips every id whose manifest
 line says "ok" and whose file exists, so a crash or Ctrl-C loses only the batch under way. A bad item
@@ -23,13 +24,14 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import BadInput
-from .options import GenerationOptions, LongFormOptions, shown, check_seed
+from .longform.dialogue import check_speakers, parse_script
+from .options import GenerationOptions, LongFormOptions, check_number, check_seed, shown
 from .output import FORMATS, check_folder, write_audio
 from .text.tokenizer import normalize_text
 
 MANIFEST = "manifest.jsonl"
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a file name: no separators, no "..", no hidden files
-ITEM_KEYS = {"id", "text", "voice", "seed", "format"}
+ITEM_KEYS = {"id", "text", "voice", "seed", "format", "speakers", "turn_pause"}
 OPTION_KEYS = {f.name for f in fields(GenerationOptions)} | {f.name for f in fields(LongFormOptions)}
 MAX_LINE_BYTES = 1 << 20  # one item's line: a long chapter fits
 
@@ -44,10 +46,14 @@ class Item:
     seed: int | None
     format: str
     options: dict  # GenerationOptions and LongFormOptions fields, as given
+    speakers: dict | None = None  # a dialogue script's voices (longform/dialogue.py); None: one text, one voice
+    turn_pause: float = 0.5
 
     @property
     def group(self) -> tuple:
-        """Items of one group share a voice and options, so they run as one batch."""
+        """Items of one group share a voice and options, so they run as one batch; a dialogue runs alone."""
+        if self.speakers is not None:
+            return ("dialogue", self.id)
         return self.voice, self.format, json.dumps(self.options, sort_keys=True)
 
 
@@ -81,7 +87,16 @@ def check_item(raw, seen: set[str]) -> Item:
     options = {k: v for k, v in raw.items() if k in OPTION_KEYS}
     GenerationOptions(**{k: v for k, v in options.items() if k in GenerationOptions.__dataclass_fields__})
     LongFormOptions(**{k: v for k, v in options.items() if k in LongFormOptions.__dataclass_fields__})
-    return Item(item_id, text, voice, seed, fmt.lower(), options)
+    speakers, turn_pause = raw.get("speakers"), check_number("turn_pause", raw.get("turn_pause", 0.5), low=0, high=10)
+    if speakers is not None:
+        if voice is not None:
+            raise BadInput("voice gives one voice to a whole text; a dialogue's speakers take theirs from speakers",
+                           "voice")
+        if not isinstance(speakers, dict) or not all(isinstance(v, (str, type(None))) for v in speakers.values()):
+            raise BadInput("speakers must map each speaker's name to a voice (a preset or an .npz path) or to "
+                           "none", "speakers")
+        check_speakers(parse_script(text), speakers)  # the script and its names, checked now
+    return Item(item_id, text, voice, seed, fmt.lower(), options, speakers, turn_pause)
 
 
 def read_items(path: str | os.PathLike) -> Iterator[tuple[int, dict | BadInput]]:
@@ -129,7 +144,12 @@ def _typed_csv(raw: dict) -> dict:
     """CSV cells are text: numbers and booleans for the fields that take them."""
     typed = {}
     for key, value in raw.items():
-        if key in ("seed",) or key in OPTION_KEYS and key not in ("language", "speaker"):
+        if key == "speakers":  # a JSON object in one cell
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass  # left as text: the check says what it takes
+        elif key in ("seed", "turn_pause") or key in OPTION_KEYS and key not in ("language", "speaker"):
             low = value.strip().lower()
             if low in ("true", "false"):
                 value = low == "true"
@@ -233,8 +253,12 @@ def run_batch(tts, batch: list[Item], out: Path) -> list[dict]:
     items is run alone, so that every item gets its own outcome and its own error."""
     start = time.perf_counter()
     try:
-        outs = tts.generate([i.text for i in batch], voice=batch[0].voice, seed=[i.seed for i in batch],
-                            batch_size=len(batch), **batch[0].options)
+        if batch[0].speakers is not None:  # a dialogue: its group is itself
+            outs = [tts.dialogue(batch[0].text, batch[0].speakers, seed=batch[0].seed, turn_pause=batch[0].turn_pause,
+                                 **batch[0].options)]
+        else:
+            outs = tts.generate([i.text for i in batch], voice=batch[0].voice, seed=[i.seed for i in batch],
+                                batch_size=len(batch), **batch[0].options)
     except Exception as e:  # noqa: BLE001 - recorded in the manifest; Ctrl-C and SIGTERM pass through
         if len(batch) > 1:
             return [record for item in batch for record in run_batch(tts, [item], out)]
@@ -251,7 +275,9 @@ def run_batch(tts, batch: list[Item], out: Path) -> list[dict]:
         records.append({"id": item.id, "status": "ok", "file": name, "duration_s": result.duration_s,
                         "seed": item.seed, "voice": item.voice, "options": item.options,
                         "segments": [{"text": s.text, "start": s.start, "end": s.end,
-                                      "semantic_tokens": len(s.semantic_tokens)} for s in result.segments],
+                                      "semantic_tokens": len(s.semantic_tokens),
+                                      **({"speaker": s.speaker} if s.speaker is not None else {})}
+                                     for s in result.segments],
                         "timings": {"generate_s_per_item": seconds, "batch": len(batch)}})
     return records
 

@@ -118,6 +118,6 @@ def test_first_chunk_and_wyoming_load_smoke(tmp_path):
     import wyoming_load
     result = first_chunk.main(["--size", "tiny", "--repeats", "1", "--json", str(tmp_path / "fc.json")])
     off, on = result["rows"]
-    assert on["chunks"] > off["chunks"] and on["semantic_tokens"] < off["semantic_tokens"]
+    assert on["first_chunk_chars"] < off["first_chunk_chars"] and on["semantic_tokens"] < off["semantic_tokens"]
     load = wyoming_load.main(["--size", "tiny", "--clients", "3", "--tokens", "4", "--json", str(tmp_path / "w.json")])
     assert load["ok"] == 3 and not load["errors"] and load["first_audio_max_s"] > 0

@@ -140,3 +140,33 @@ def test_server_dialogue(hub_dir, tmp_path):
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "voice"
         bad = httpx.post(url + "/v1/audio/speech", json={**body, "input": "no speaker"})
         assert bad.status_code == 400 and "no speaker" in bad.json()["error"]["message"]
+
+
+def test_batch_items_can_be_dialogues(hub_dir, tmp_path):
+    """A batch item with `speakers` is a dialogue script (alone in its batch); JSON Lines and CSV; its
+    manifest segments name the speakers; bad scripts are refused item by item."""
+    jobs = tmp_path / "jobs.jsonl"
+    items = [{"id": "talk", "text": SCRIPT, "speakers": {"ALICE": "announcer", "BOB": None}, "seed": 3,
+              "turn_pause": 0.3, **FAST},
+             {"id": "plain", "text": "the dog is cute", "seed": 1, **FAST},
+             {"id": "bad", "text": "no speaker here", "speakers": {}},
+             {"id": "typo", "text": SCRIPT, "speakers": {"ALICE": None, "BOB": None, "BOBB": None}},
+             {"id": "both", "text": SCRIPT, "speakers": {"ALICE": None, "BOB": None}, "voice": "announcer"}]
+    jobs.write_text("\n".join(json.dumps(i) for i in items) + "\n")
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), "--model", str(hub_dir), "-q"]) == 1
+    records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    by_id = {r.get("id") or r.get("given_id"): r for r in records}
+    assert by_id["talk"]["status"] == "ok" and by_id["plain"]["status"] == "ok"
+    assert [s["speaker"] for s in by_id["talk"]["segments"]] == ["ALICE", "BOB", "ALICE"]
+    tts = fastbark.Bark.from_pretrained(hub_dir)
+    want = tts.dialogue(SCRIPT, {"ALICE": "announcer", "BOB": None}, seed=3, turn_pause=0.3, **FAST)
+    audio, _ = sf.read(tmp_path / "out" / "talk.wav", dtype="int16")
+    assert len(audio) == len(want.audio)
+    assert "has no speaker" in by_id["bad"]["error"] and "BOBB" in by_id["typo"]["error"]
+    assert "voice gives one voice" in by_id["both"]["error"]
+    csv_jobs = tmp_path / "jobs.csv"
+    csv_jobs.write_text('id,text,speakers,seed,max_semantic_tokens\n'
+                        f'c1,"{SCRIPT}","{{""ALICE"": ""announcer"", ""BOB"": null}}",3,8\n')
+    assert main(["batch", str(csv_jobs), "--out", str(tmp_path / "csv"), "--model", str(hub_dir), "-q"]) == 0
+    audio, _ = sf.read(tmp_path / "csv" / "c1.wav", dtype="int16")
+    assert len(audio) == len(tts.dialogue(SCRIPT, {"ALICE": "announcer", "BOB": None}, seed=3, **FAST).audio)

@@ -82,23 +82,31 @@ def _parse_item(index: int, item) -> Turn:
     return Turn(speaker.strip(), " ".join(text.split()))
 
 
+def check_speakers(turns: list[Turn], speakers: dict | None) -> list[str]:
+    """The script's speakers, in order of appearance; with `speakers`, each must be in it, and it may name no
+    one else (a typo is an error, not a silent extra voice)."""
+    names = list(dict.fromkeys(t.speaker for t in turns))
+    if speakers is None:
+        return names
+    if not isinstance(speakers, dict) or not all(isinstance(k, str) for k in speakers):
+        raise BadInput("speakers must map each speaker's name to a voice (or to none)", "speakers")
+    unknown = [n for n in names if n not in speakers]
+    if unknown:
+        raise BadInput(f"speaker {unknown[0]!r} of the script has no entry in speakers (which has "
+                       f"{', '.join(map(repr, speakers)) or 'none'}): add it, with a voice or none", "speakers")
+    absent = [n for n in speakers if n not in names]
+    if absent:
+        raise BadInput(f"speakers names {absent[0]!r}, who has no turn in the script (speakers: "
+                       f"{', '.join(map(repr, names))})", "speakers")
+    return names
+
+
 def cast(turns: list[Turn], speakers: dict | None, presets: list[str], language: str) -> dict[str, object]:
     """Each speaker's voice: the one given in `speakers` (NAME -> voice, or None for one of its own), else a
     preset no other speaker has (the script's language first). With `speakers`, every speaker of the
     script must be in it, and it names no one else."""
-    names = list(dict.fromkeys(t.speaker for t in turns))
+    names = check_speakers(turns, speakers)
     given = dict(speakers or {})
-    if speakers is not None:
-        if not isinstance(speakers, dict) or not all(isinstance(k, str) for k in speakers):
-            raise BadInput("speakers must map each speaker's name to a voice (or to none)", "speakers")
-        unknown = [n for n in names if n not in given]
-        if unknown:
-            raise BadInput(f"speaker {unknown[0]!r} of the script has no entry in speakers (which has "
-                           f"{', '.join(map(repr, given)) or 'none'}): add it, with a voice or none", "speakers")
-        absent = [n for n in given if n not in names]
-        if absent:
-            raise BadInput(f"speakers names {absent[0]!r}, who has no turn in the script (speakers: "
-                           f"{', '.join(map(repr, names))})", "speakers")
     taken = {v for v in given.values() if isinstance(v, str)}
     free = [p for p in sorted(presets, key=lambda p: f"/{language}_" not in f"/{p}") if p not in taken]
     voices = {}
