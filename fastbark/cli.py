@@ -26,6 +26,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help=f"hub id, hub-layout folder, or folder of Suno's .pt files (default {DEFAULT_MODEL})")
     p.add_argument("--codec", help="EnCodec for Suno-layout models: a .th file, folder or hub id")
     p.add_argument("--tokenizer", help="tokenizer file, folder or hub id (overrides the checkpoint's)")
+    p.add_argument("--vocos", help="with --decoder vocos: Vocos's folder or hub id (default "
+                                   "charactr/vocos-encodec-24khz)")
 
 
 def _flag_type(kind):
@@ -258,7 +260,8 @@ def cmd_say(args) -> None:
         subtitle_format(args.subtitles)
     text = read_text(args)
     script, speakers = _dialogue(args, text) if args.dialogue or args.voice_for else (None, None)
-    tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
+    tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
+                               vocos=args.vocos)
     if args.show_backend:
         print(tts.backend, file=sys.stderr)
     bars = None if args.quiet else ProgressBars()
@@ -331,7 +334,8 @@ def cmd_batch(args) -> int:
     elif todo:
         from tqdm.auto import tqdm
         from .engine import Bark
-        tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
+        tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
+                               vocos=args.vocos)
         with tqdm(total=len(todo), unit="item", disable=args.quiet) as bar:
             for batch in batches([item for _, item in todo], args.batch_size):  # Ctrl-C keeps the batches done
                 new = run_batch(tts, batch, manifest.out)
@@ -360,7 +364,8 @@ def cmd_serve(args) -> None:
     except ImportError as e:
         raise BadInput(f"serve needs the server extra: pip install 'fastbark[server]' ({e.name} is missing)") from None
     from .engine import Bark
-    tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
+    tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
+                               vocos=args.vocos)
     import torch
     print(f"fastbark: serving on http://{server.host}:{server.port} ({torch.get_num_threads()} engine threads)",
           file=sys.stderr)
@@ -378,7 +383,8 @@ def cmd_wyoming(args) -> None:
         raise BadInput(f"wyoming needs the wyoming extra: pip install 'fastbark[wyoming]' ({e.name} is missing)") \
             from None
     from .engine import Bark
-    tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine)
+    tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
+                               vocos=args.vocos)
     if options.voice:
         tts.load_voice(options.voice)  # a bad --voice fails now, not at the first request
     generation, long_form = options_from_args(GenerationOptions, args), options_from_args(LongFormOptions, args)

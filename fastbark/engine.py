@@ -16,6 +16,8 @@ from .backends.cuda.offload import Offload
 from .constants import CODEBOOK_SIZE, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS, SEMANTIC_VOCAB_SIZE
 from .errors import BadInput
 from .loading.layouts import Parts, load_parts
+from .loading.vocos import DEFAULT_VOCOS, load_vocos
+from .models.vocos import Vocos
 from .options import (CoarseOptions, EngineOptions, FineOptions, GenerationOptions, LongFormOptions,
                       SemanticOptions, check_number, check_seed, make_options)
 from .pipeline.coarse import generate_coarse
@@ -34,10 +36,14 @@ class Bark:
     """Bark text-to-speech. Make one with `Bark.from_pretrained(...)`; it holds no global state."""
 
     def __init__(self, parts: Parts, options: EngineOptions | None = None, *, offload: Offload | None = None,
-                 backend: Backend | None = None):
+                 backend: Backend | None = None, vocos: Vocos | None = None):
         """`offload` and `backend` replace what `options` would make (the tests run a CUDA backend's code on
-        the CPU this way)."""
+        the CPU this way); `vocos`, the Vocos decoder when `options.decoder` is "vocos" (default: loaded
+        from charactr/vocos-encodec-24khz)."""
         self.options = options or EngineOptions()  # the parts must have been loaded for its device and dtype
+        if self.options.decoder == "vocos" and vocos is None:
+            vocos = load_vocos(DEFAULT_VOCOS, self.options.torch_device)
+        self.vocos = vocos.to(self.options.torch_device) if vocos is not None else None
         self.semantic_model, self.coarse_model, self.fine_model = parts.semantic, parts.coarse, parts.fine
         self.codec, self.tokenizer, self.voice_library = parts.codec, parts.tokenizer, parts.voices
         self.source = parts.source
@@ -65,7 +71,7 @@ class Bark:
                         tokenizer: str | os.PathLike | None = None, codec: str | os.PathLike | None = None,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                         local_files_only: bool = False, options: EngineOptions | None = None,
-                        **engine_options) -> "Bark":
+                        vocos: str | os.PathLike | None = None, **engine_options) -> "Bark":
         """Load from a hub id (`suno/bark-small`, `suno/bark`), a folder in the hub layout, or a folder of
         Suno's original `.pt` files (EnCodec from `codec`: a `.th` file, a folder or hub id; default
         `facebook/encodec_24khz`). `tokenizer` overrides the tokenizer (a file, folder or hub id).
@@ -73,7 +79,8 @@ class Bark:
         Engine options: `options=EngineOptions(...)`, or its fields as keywords: `device`, `dtype`
         (float32 is the exact mode), `quantize` ("int8": the int8 fast mode, CPU), `cpu_kernel`
         ("auto", "c", "onednn", "plain"), `backend` ("auto", "cpu", "cuda", "torch"), `threads`, `attention`,
-        `offload` and `compile`.
+        `offload`, `decoder` ("encodec", "vocos"; `vocos=` overrides where Vocos's weights come from) and
+        `compile`.
         `tts.backend` reports what was chosen."""
         options = make_options(EngineOptions, options, engine_options, "options")
         if options.threads is not None:
@@ -83,7 +90,11 @@ class Bark:
                            revision=revision, cache_dir=os.fspath(cache_dir) if cache_dir else None,
                            local_files_only=local_files_only)
         parts.codec.to(options.torch_device)  # the EnCodec decoder (7.4M parameters) always runs on the device
-        return cls(parts, options)
+        if vocos is not None and options.decoder != "vocos":
+            raise BadInput("vocos gives the Vocos decoder's weights: it needs decoder vocos", "vocos")
+        decoder = load_vocos(vocos or DEFAULT_VOCOS, options.torch_device, revision=None, cache_dir=cache_dir,
+                             local_files_only=local_files_only) if options.decoder == "vocos" else None
+        return cls(parts, options, vocos=decoder)
 
     # ------------------------------------------------------------ voices
 
@@ -144,7 +155,8 @@ class Bark:
         if fine.shape[1] == 0:
             return np.zeros(0, dtype=np.float32)
         codes = torch.from_numpy(fine).to(self.codec.quantizer.layers[0].codebook.embed.device)[None]  # (1, 8, T)
-        return self.codec(codes)[0].float().cpu().numpy()
+        decoder = self.vocos if self.vocos is not None else self.codec
+        return decoder(codes)[0].float().cpu().numpy()
 
     # ------------------------------------------------------------ end to end
 

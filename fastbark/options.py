@@ -26,6 +26,7 @@ QUANTIZE = ("int8",)  # int8: the three GPTs' linear layers (backends/cpu/int8.p
 CPU_KERNELS = ("auto", "c", "onednn", "plain")  # the CPU backend's decode-step linear layers
 ATTENTION = ("auto", "flash", "math")  # whole-sequence attention: the backend's choice, or one SDPA kernel
 MAX_THREADS = 1024  # more CPU threads than any machine fastbark runs on has cores (torch overflows far beyond)
+DECODERS = ("encodec", "vocos")  # codes -> audio: EnCodec's own decoder, or Vocos (models/vocos.py)
 BACKENDS = ("auto", "cpu", "cuda", "torch")  # auto: cpu on the CPU, cuda on CUDA, torch elsewhere (backends/__init__.py)
 
 
@@ -158,6 +159,9 @@ class EngineOptions:
     offload: bool = field(default=False, metadata=_help(
         "keep the three GPTs in pinned CPU memory and move each to the GPU only for its stage, the next one "
         "prefetched (CUDA only; less GPU memory)"))
+    decoder: str = field(default="encodec", metadata=_help(
+        "codes -> audio: encodec (EnCodec's decoder, as Bark) or vocos (Vocos, charactr/vocos-encodec-24khz: "
+        "less noise; --vocos SOURCE for another copy)", choices=DECODERS))
     compile: bool = field(default=False, metadata=_help(
         "compile the CUDA backend's decode step with torch.compile (fused kernels inside its CUDA graphs; "
         "the first generation takes longer while it compiles)"))
@@ -190,6 +194,7 @@ class EngineOptions:
         if self.offload and device.type != "cuda":
             raise BadInput(f"offload keeps the models in CPU memory for a GPU: it needs device cuda, not "
                            f"{self.device!r} (on the CPU the models are in CPU memory already)", param="offload")
+        check_choice("decoder", self.decoder, DECODERS)
         check_bool("compile", self.compile)
         if self.backend == "cuda" and device.type != "cuda":
             raise BadInput(f"backend cuda runs on a CUDA GPU, not on device {self.device!r}; use backend auto, "

@@ -35,11 +35,12 @@ class FastbarkActor:
     (so that several actors on one machine do not oversubscribe its cores)."""
 
     def __init__(self, model: str, out: str, engine: dict | None = None, codec: str | None = None,
-                 tokenizer: str | None = None, cpus: float = 1.0):
+                 tokenizer: str | None = None, cpus: float = 1.0, vocos: str | None = None):
         from .engine import Bark
         engine = dict(engine or {})
         engine["threads"] = engine.get("threads") or max(1, math.floor(cpus))
-        self.tts = Bark.from_pretrained(model, codec=codec, tokenizer=tokenizer, options=EngineOptions(**engine))
+        self.tts = Bark.from_pretrained(model, codec=codec, tokenizer=tokenizer, options=EngineOptions(**engine),
+                                        vocos=vocos)
         self.out = Path(out)
 
     def __call__(self, rows: dict) -> dict:
@@ -58,13 +59,13 @@ def item_rows(items: list[Item]) -> list[dict]:
 
 def synthesize(dataset, *, model: str, out: str, engine: dict | None = None, actors: int = 1, cpus_per_actor: float = 1,
                gpus_per_actor: float = 0, batch_size: int = 8, codec: str | None = None,
-               tokenizer: str | None = None):
+               tokenizer: str | None = None, vocos: str | None = None):
     """`dataset` (a Ray Dataset of item rows) -> a Dataset of manifest records (`{"record": json}`), lazily."""
     from ray.data import ActorPoolStrategy
     return dataset.map_batches(FastbarkActor, batch_size=batch_size, compute=ActorPoolStrategy(size=actors),
                                num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None,
                                fn_constructor_kwargs=dict(model=model, out=out, engine=engine, codec=codec,
-                                                          tokenizer=tokenizer, cpus=cpus_per_actor))
+                                                          tokenizer=tokenizer, cpus=cpus_per_actor, vocos=vocos))
 
 
 def run_on_ray(args, engine: EngineOptions, manifest: Manifest, items: list[Item]) -> list[dict]:
@@ -90,7 +91,7 @@ def run_on_ray(args, engine: EngineOptions, manifest: Manifest, items: list[Item
         records_ds = synthesize(ray.data.from_items(item_rows(items)), model=str(args.model), out=str(out.resolve()),
                                 engine=engine_fields, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                                 gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size,
-                                codec=args.codec, tokenizer=args.tokenizer)
+                                codec=args.codec, tokenizer=args.tokenizer, vocos=args.vocos)
         for record in _records(records_ds):
             manifest.append([record])
             records.append(record)

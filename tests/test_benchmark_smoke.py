@@ -121,3 +121,10 @@ def test_first_chunk_and_wyoming_load_smoke(tmp_path):
     assert on["first_chunk_chars"] < off["first_chunk_chars"] and on["semantic_tokens"] < off["semantic_tokens"]
     load = wyoming_load.main(["--size", "tiny", "--clients", "3", "--tokens", "4", "--json", str(tmp_path / "w.json")])
     assert load["ok"] == 3 and not load["errors"] and load["first_audio_max_s"] > 0
+
+
+def test_decoders_smoke(tmp_path):
+    import decoders
+    result = decoders.main(["--seconds", "1", "--repeats", "1", "--json", str(tmp_path / "d.json")])
+    assert [r["decoder"] for r in result["rows"]] == ["encodec", "vocos"]
+    assert all(r["audio_s"] == 1.0 and r["decode_s"] > 0 for r in result["rows"])  # 75 frames -> 24,000 samples
