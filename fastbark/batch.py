@@ -276,10 +276,17 @@ def run_batch(tts, batch: list[Item], out: Path) -> list[dict]:
                         "seed": item.seed, "voice": item.voice, "options": item.options,
                         "segments": [{"text": s.text, "start": s.start, "end": s.end,
                                       "semantic_tokens": len(s.semantic_tokens),
-                                      **({"speaker": s.speaker} if s.speaker is not None else {})}
+                                      **({"speaker": s.speaker} if s.speaker is not None else {}),
+                                      **(check_record(s.check) if s.check is not None else {})}
                                      for s in result.segments],
                         "timings": {"generate_s_per_item": seconds, "batch": len(batch)}})
     return records
+
+
+def check_record(check) -> dict:
+    """A chunk's verification, as the manifest records it (longform/verify.py)."""
+    return {"check": {"passed": check.passed, "wer": check.wer, "duration_ratio": round(check.duration_ratio, 3),
+                      "attempts": check.attempts}}
 
 
 def prepare_out(out: str | os.PathLike) -> Manifest:

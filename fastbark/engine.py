@@ -26,6 +26,7 @@ from .pipeline.progress import ProgressCallback
 from .pipeline.sampling import Stream
 from .pipeline.semantic import Voices, generate_semantic, row_voices
 from .longform import dialogue, narrate
+from .longform.verify import Transcriber, Verifier, generate_checked
 from .results import AudioChunk, Generation
 from .longform.split import chunk_text
 from .text.tokenizer import fit_text_window, normalize_text
@@ -36,7 +37,8 @@ class Bark:
     """Bark text-to-speech. Make one with `Bark.from_pretrained(...)`; it holds no global state."""
 
     def __init__(self, parts: Parts, options: EngineOptions | None = None, *, offload: Offload | None = None,
-                 backend: Backend | None = None, vocos: Vocos | None = None):
+                 backend: Backend | None = None, vocos: Vocos | None = None, transcriber: Transcriber | None = None,
+                 asr: str | None = None):
         """`offload` and `backend` replace what `options` would make (the tests run a CUDA backend's code on
         the CPU this way); `vocos`, the Vocos decoder when `options.decoder` is "vocos" (default: loaded
         from charactr/vocos-encodec-24khz)."""
@@ -44,6 +46,9 @@ class Bark:
         if self.options.decoder == "vocos" and vocos is None:
             vocos = load_vocos(DEFAULT_VOCOS, self.options.torch_device)
         self.vocos = vocos.to(self.options.torch_device) if vocos is not None else None
+        # verify="asr": `transcriber`, else Whisper from `asr` (a hub id or folder; default by language), loaded
+        # at first use, once per model
+        self.transcriber, self.asr_model, self._whispers = transcriber, asr, {}
         self.semantic_model, self.coarse_model, self.fine_model = parts.semantic, parts.coarse, parts.fine
         self.codec, self.tokenizer, self.voice_library = parts.codec, parts.tokenizer, parts.voices
         self.source = parts.source
@@ -71,7 +76,8 @@ class Bark:
                         tokenizer: str | os.PathLike | None = None, codec: str | os.PathLike | None = None,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                         local_files_only: bool = False, options: EngineOptions | None = None,
-                        vocos: str | os.PathLike | None = None, **engine_options) -> "Bark":
+                        vocos: str | os.PathLike | None = None, asr: str | os.PathLike = None,
+                        **engine_options) -> "Bark":
         """Load from a hub id (`suno/bark-small`, `suno/bark`), a folder in the hub layout, or a folder of
         Suno's original `.pt` files (EnCodec from `codec`: a `.th` file, a folder or hub id; default
         `facebook/encodec_24khz`). `tokenizer` overrides the tokenizer (a file, folder or hub id).
@@ -94,7 +100,7 @@ class Bark:
             raise BadInput("vocos gives the Vocos decoder's weights: it needs decoder vocos", "vocos")
         decoder = load_vocos(vocos or DEFAULT_VOCOS, options.torch_device, revision=None, cache_dir=cache_dir,
                              local_files_only=local_files_only) if options.decoder == "vocos" else None
-        return cls(parts, options, vocos=decoder)
+        return cls(parts, options, vocos=decoder, asr=os.fspath(asr) if asr is not None else None)
 
     # ------------------------------------------------------------ voices
 
@@ -276,13 +282,37 @@ class Bark:
         return [narrate.derive_seed(seed, i) for i in range(n)]
 
     def generate_chunks(self, ids: list[list[int]], voice: Voices, options: GenerationOptions,
-                        seeds: list[int | None], progress: ProgressCallback | None = None) -> list[Generation]:
+                        seeds: list[int | None], progress: ProgressCallback | None = None, *,
+                        texts: list[str] | None = None, long_form: LongFormOptions | None = None) -> list[Generation]:
         """Wordpiece ids of several texts, each fitting one generation, through every stage as one batch;
         text i samples from its own stream seeded with `seeds[i]`.
 
         `voice`: one voice for all, or a list with one per text. The semantic stage runs every text in
         one batch whatever its voice (its prompt has one length for every voice); the coarse and fine
-        stages run one batch per voice, texts sharing a voice object sharing a batch."""
+        stages run one batch per voice, texts sharing a voice object sharing a batch.
+
+        With `long_form.verify` on and the chunks' `texts`, each chunk is checked and generated again when
+        it went wrong (longform/verify.py); each Generation then carries its `check`."""
+        if long_form is None or long_form.verify == "off" or texts is None:
+            return self._generate_chunks(ids, voice, options, seeds, progress)
+        verifier = Verifier(long_form.verify, long_form.max_wer, long_form.duration_ratio, long_form.language,
+                            self._transcriber, long_form.trim_db)
+        return generate_checked(self._generate_chunks, texts, ids, row_voices(voice, len(ids)), options, seeds,
+                                progress, verifier, long_form.max_attempts)
+
+    def _transcriber(self, language: str) -> Transcriber:
+        """The speech recogniser of verify="asr": the one given, else Whisper (`asr` of from_pretrained, or
+        the default for `language`), loaded at first use."""
+        if self.transcriber is not None:
+            return self.transcriber
+        from .longform.asr import WhisperTranscriber, default_asr
+        source = self.asr_model or default_asr(language)
+        if source not in self._whispers:
+            self._whispers[source] = WhisperTranscriber(source, self.device)
+        return self._whispers[source]
+
+    def _generate_chunks(self, ids: list[list[int]], voice: Voices, options: GenerationOptions,
+                         seeds: list[int | None], progress: ProgressCallback | None = None) -> list[Generation]:
         voices = row_voices(voice, len(ids))
         streams = narrate.chunk_streams(seeds)
         with self._stage("semantic"):

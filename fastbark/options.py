@@ -308,6 +308,7 @@ class GenerationOptions:
 
 
 SPEAKERS = ("first", "continue")
+VERIFY = ("off", "duration", "asr")  # longform/verify.py
 # the server's and Wyoming's short first chunk: about a third of a full 13 s chunk, so the first audio of a long
 # text comes after a third of the compute (LongFormOptions.first_chunk_seconds)
 SERVED_FIRST_CHUNK_SECONDS = 4.0
@@ -336,6 +337,15 @@ class LongFormOptions:
     trim_db: float = field(default=-40.0, metadata=_help(
         "a 10 ms frame quieter than this (dBFS, -120..0) counts as silence"))
     fade: float = field(default=0.01, metadata=_help("seconds of fade at each chunk's edges (0..1)"))
+    verify: str = field(default="off", metadata=_help(
+        "check each chunk and generate it again when it went wrong: off, duration (its speech lasts about "
+        "what its words need) or asr (also a speech recogniser's transcript; pip install fastbark[verify])",
+        choices=VERIFY))
+    max_wer: float = field(default=0.35, metadata=_help(
+        "verify asr: the highest word error rate a chunk passes with (0..1)"))
+    duration_ratio: float = field(default=2.5, metadata=_help(
+        "verify: a chunk passes if its speech lasts between 1/ratio and ratio times what its words need (>1..10)"))
+    max_attempts: int = field(default=3, metadata=_help("verify: generations of a chunk at most (1..10)"))
 
     def __post_init__(self):
         check_number("max_chunk_seconds", self.max_chunk_seconds, low=1, high=15)
@@ -351,6 +361,17 @@ class LongFormOptions:
         check_bool("trim", self.trim)
         check_number("trim_db", self.trim_db, low=-120, high=0)
         check_number("fade", self.fade, low=0, high=1)
+        check_choice("verify", self.verify, VERIFY)
+        check_number("max_wer", self.max_wer, low=0, high=1)
+        check_number("duration_ratio", self.duration_ratio, low=1, low_open=True, high=10)
+        check_number("max_attempts", self.max_attempts, integer=True, low=1, high=10)
+
+    @property
+    def verification(self) -> tuple:
+        """What decides how chunks are checked (chunks with different checks never share a batch)."""
+        if self.verify == "off":
+            return ("off",)
+        return self.verify, self.max_wer, self.duration_ratio, self.max_attempts, self.language, self.trim_db
 
 
 def make_options(cls, options, values: dict, what: str):

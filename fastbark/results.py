@@ -20,6 +20,7 @@ class Segment:
     end: float
     semantic_tokens: np.ndarray  # (n,)
     speaker: str | None = None  # a dialogue turn's speaker
+    check: object | None = None  # longform.verify.Check: the chunk's verdict, when narration checks itself
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Generation:
     fine_tokens: np.ndarray  # (8, T)
     sample_rate: int = SAMPLE_RATE
     segments: tuple[Segment, ...] = ()
+    check: object | None = None  # longform.verify.Check, for a chunk generated with verification
 
     @property
     def duration_s(self) -> float:

@@ -26,10 +26,9 @@ from ..results import AudioChunk, Generation, Segment
 from ..voices import Voice
 from .joins import join_piece
 
-# (ids of several chunks, one voice per chunk, options, one seed per chunk, progress) -> their generations:
-# Bark's generate_chunks.
-GenerateChunks = Callable[[list[list[int]], "list[Voice | None]", GenerationOptions, list["int | None"],
-                           "ProgressCallback | None"], list[Generation]]
+# (ids of several chunks, one voice per chunk, options, one seed per chunk, progress, texts=, long_form=) ->
+# their generations: Bark.generate_chunks (the texts and long-form options let it check what it made).
+GenerateChunks = Callable[..., list[Generation]]
 
 
 def derive_seed(seed: int, index: int) -> int:
@@ -68,7 +67,7 @@ def join(job: TextJob, chunk: int, generation: Generation, long_form: LongFormOp
                                        threshold_db=long_form.trim_db, fade_s=long_form.fade,
                                        pause_s=long_form.pause)
     segment = Segment(job.chunks[chunk], (job.offset + start) / SAMPLE_RATE, (job.offset + end) / SAMPLE_RATE,
-                      generation.semantic_tokens)
+                      generation.semantic_tokens, check=generation.check)
     job.offset += len(piece)
     return AudioChunk(piece, segment, chunk, total, generation)
 
@@ -110,7 +109,8 @@ def run(generate_chunks: GenerateChunks, jobs: list[TextJob], options: Generatio
         for first in range(0, len(ordered), batch_size):
             batch = ordered[first: first + batch_size]
             gens = generate_chunks([job.ids[c] for (job, c), _ in batch], [voice for _, voice in batch], options,
-                                   [job.chunk_seed(c) for (job, c), _ in batch], progress)
+                                   [job.chunk_seed(c) for (job, c), _ in batch], progress,
+                                   texts=[job.chunks[c] for (job, c), _ in batch], long_form=long_form)
             for ((job, chunk), _), generation in zip(batch, gens):
                 yield job, chunk, generation
 
@@ -122,8 +122,8 @@ def run(generate_chunks: GenerateChunks, jobs: list[TextJob], options: Generatio
         for job in jobs:
             previous = job.first
             for chunk in range(1, len(job.chunks)):
-                previous = generate_chunks([job.ids[chunk]], as_voice(previous), options,
-                                                  [job.chunk_seed(chunk)], progress)[0]
+                previous = generate_chunks([job.ids[chunk]], as_voice(previous), options, [job.chunk_seed(chunk)],
+                                           progress, texts=[job.chunks[chunk]], long_form=long_form)[0]
                 outer.advance()
                 yield job.index, join(job, chunk, previous, long_form)
         return

@@ -99,7 +99,9 @@ class Scheduler:
         self._thread.join(timeout=30)
 
     def _queue(self, request: Request, chunk: int, voice, voice_key: tuple) -> None:
-        self._units.append(Unit(request, chunk, voice, voice_key, (request.options,), time.monotonic()))
+        # a batch shares its generation options and its checks (verification)
+        key = (request.options, request.long_form.verification)
+        self._units.append(Unit(request, chunk, voice, voice_key, key, time.monotonic()))
 
     def _take(self) -> list[Unit] | None:
         with self._cv:
@@ -130,7 +132,9 @@ class Scheduler:
             try:
                 gens = self._generate_chunks([u.request.job.ids[u.chunk] for u in batch], voices,
                                              batch[0].request.options,
-                                             [u.request.job.chunk_seed(u.chunk) for u in batch], None)
+                                             [u.request.job.chunk_seed(u.chunk) for u in batch], None,
+                                             texts=[u.request.job.chunks[u.chunk] for u in batch],
+                                             long_form=batch[0].request.long_form)
             except BaseException as e:  # one failed batch fails its requests only
                 for u in batch:
                     self._finish(u.request, e)
