@@ -262,6 +262,8 @@ def cmd_say(args) -> None:
     script, speakers = _dialogue(args, text) if args.dialogue or args.voice_for else (None, None)
     tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
                                vocos=args.vocos)
+    if options.decoder == "vocos":
+        tts.vocos()  # a missing or bad Vocos fails now, not after the first chunk's generation
     if args.show_backend:
         print(tts.backend, file=sys.stderr)
     bars = None if args.quiet else ProgressBars()
@@ -388,6 +390,8 @@ def cmd_wyoming(args) -> None:
     if options.voice:
         tts.load_voice(options.voice)  # a bad --voice fails now, not at the first request
     generation, long_form = options_from_args(GenerationOptions, args), options_from_args(LongFormOptions, args)
+    if generation.decoder == "vocos":
+        tts.vocos()
     print(f"fastbark: Wyoming on {options.uri}", file=sys.stderr)
     asyncio.run(serve(tts, options, generation, long_form))
 

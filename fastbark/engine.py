@@ -18,8 +18,8 @@ from .errors import BadInput
 from .loading.layouts import Parts, load_parts
 from .loading.vocos import DEFAULT_VOCOS, load_vocos
 from .models.vocos import Vocos
-from .options import (CoarseOptions, EngineOptions, FineOptions, GenerationOptions, LongFormOptions,
-                      SemanticOptions, check_number, check_seed, make_options)
+from .options import (DECODERS, CoarseOptions, EngineOptions, FineOptions, GenerationOptions, LongFormOptions,
+                      SemanticOptions, check_choice, check_number, check_seed, make_options)
 from .pipeline.coarse import generate_coarse
 from .pipeline.fine import generate_fine
 from .pipeline.progress import ProgressCallback
@@ -37,15 +37,14 @@ class Bark:
     """Bark text-to-speech. Make one with `Bark.from_pretrained(...)`; it holds no global state."""
 
     def __init__(self, parts: Parts, options: EngineOptions | None = None, *, offload: Offload | None = None,
-                 backend: Backend | None = None, vocos: Vocos | None = None, transcriber: Transcriber | None = None,
+                 backend: Backend | None = None, vocos: Vocos | str | os.PathLike | None = None,
+                 transcriber: Transcriber | None = None,
                  asr: str | None = None):
         """`offload` and `backend` replace what `options` would make (the tests run a CUDA backend's code on
-        the CPU this way); `vocos`, the Vocos decoder when `options.decoder` is "vocos" (default: loaded
-        from charactr/vocos-encodec-24khz)."""
+        the CPU this way); `vocos`, the Vocos decoder of decoder="vocos" (a model, or where to load it from
+        at first use: a folder or hub id; default charactr/vocos-encodec-24khz)."""
         self.options = options or EngineOptions()  # the parts must have been loaded for its device and dtype
-        if self.options.decoder == "vocos" and vocos is None:
-            vocos = load_vocos(DEFAULT_VOCOS, self.options.torch_device)
-        self.vocos = vocos.to(self.options.torch_device) if vocos is not None else None
+        self._vocos, self._vocos_source = (vocos, None) if isinstance(vocos, Vocos) else (None, vocos or DEFAULT_VOCOS)
         # verify="asr": `transcriber`, else Whisper from `asr` (a hub id or folder; default by language), loaded
         # at first use, once per model
         self.transcriber, self.asr_model, self._whispers = transcriber, asr, {}
@@ -85,8 +84,7 @@ class Bark:
         Engine options: `options=EngineOptions(...)`, or its fields as keywords: `device`, `dtype`
         (float32 is the exact mode), `quantize` ("int8": the int8 fast mode, CPU), `cpu_kernel`
         ("auto", "c", "onednn", "plain"), `backend` ("auto", "cpu", "cuda", "torch"), `threads`, `attention`,
-        `offload`, `decoder` ("encodec", "vocos"; `vocos=` overrides where Vocos's weights come from) and
-        `compile`.
+        `offload` and `compile`. `vocos=`: where decoder="vocos" loads Vocos from (a folder or hub id).
         `tts.backend` reports what was chosen."""
         options = make_options(EngineOptions, options, engine_options, "options")
         if options.threads is not None:
@@ -96,11 +94,7 @@ class Bark:
                            revision=revision, cache_dir=os.fspath(cache_dir) if cache_dir else None,
                            local_files_only=local_files_only)
         parts.codec.to(options.torch_device)  # the EnCodec decoder (7.4M parameters) always runs on the device
-        if vocos is not None and options.decoder != "vocos":
-            raise BadInput("vocos gives the Vocos decoder's weights: it needs decoder vocos", "vocos")
-        decoder = load_vocos(vocos or DEFAULT_VOCOS, options.torch_device, revision=None, cache_dir=cache_dir,
-                             local_files_only=local_files_only) if options.decoder == "vocos" else None
-        return cls(parts, options, vocos=decoder, asr=os.fspath(asr) if asr is not None else None)
+        return cls(parts, options, vocos=vocos, asr=os.fspath(asr) if asr is not None else None)
 
     # ------------------------------------------------------------ voices
 
@@ -155,14 +149,21 @@ class Bark:
                                  self._streams(seed), progress)[0]
 
     @torch.inference_mode()
-    def decode(self, fine) -> np.ndarray:
-        """Fine codes (8, T) -> float32 waveform (T * 320,) at 24 kHz."""
+    def decode(self, fine, decoder: str = "encodec") -> np.ndarray:
+        """Fine codes (8, T) -> float32 waveform (T * 320,) at 24 kHz, by EnCodec's decoder or Vocos."""
         fine = check_tokens("fine tokens", fine, N_FINE_CODEBOOKS, CODEBOOK_SIZE, allow_empty=True)
+        check_choice("decoder", decoder, DECODERS)
         if fine.shape[1] == 0:
             return np.zeros(0, dtype=np.float32)
         codes = torch.from_numpy(fine).to(self.codec.quantizer.layers[0].codebook.embed.device)[None]  # (1, 8, T)
-        decoder = self.vocos if self.vocos is not None else self.codec
-        return decoder(codes)[0].float().cpu().numpy()
+        model = self.vocos() if decoder == "vocos" else self.codec
+        return model(codes)[0].float().cpu().numpy()
+
+    def vocos(self) -> Vocos:
+        """The Vocos decoder, loaded at first use (from `vocos=` of from_pretrained, else the hub's)."""
+        if self._vocos is None:
+            self._vocos = load_vocos(self._vocos_source, self.device)
+        return self._vocos.to(self.device)
 
     # ------------------------------------------------------------ end to end
 
@@ -332,5 +333,5 @@ class Bark:
             with self._stage("fine"):
                 fine = generate_fine(self.fine_model, coarse, v, options.fine, gens, progress)
             for i, c, f in zip(rows, coarse, fine):
-                results[i] = Generation(self.decode(f), semantic[i], c, f)
+                results[i] = Generation(self.decode(f, options.decoder), semantic[i], c, f)
         return results

@@ -159,9 +159,6 @@ class EngineOptions:
     offload: bool = field(default=False, metadata=_help(
         "keep the three GPTs in pinned CPU memory and move each to the GPU only for its stage, the next one "
         "prefetched (CUDA only; less GPU memory)"))
-    decoder: str = field(default="encodec", metadata=_help(
-        "codes -> audio: encodec (EnCodec's decoder, as Bark) or vocos (Vocos, charactr/vocos-encodec-24khz: "
-        "less noise; --vocos SOURCE for another copy)", choices=DECODERS))
     compile: bool = field(default=False, metadata=_help(
         "compile the CUDA backend's decode step with torch.compile (fused kernels inside its CUDA graphs; "
         "the first generation takes longer while it compiles)"))
@@ -194,7 +191,6 @@ class EngineOptions:
         if self.offload and device.type != "cuda":
             raise BadInput(f"offload keeps the models in CPU memory for a GPU: it needs device cuda, not "
                            f"{self.device!r} (on the CPU the models are in CPU memory already)", param="offload")
-        check_choice("decoder", self.decoder, DECODERS)
         check_bool("compile", self.compile)
         if self.backend == "cuda" and device.type != "cuda":
             raise BadInput(f"backend cuda runs on a CUDA GPU, not on device {self.device!r}; use backend auto, "
@@ -283,6 +279,9 @@ class GenerationOptions:
         f"coarse tokens of history per window (60..{MAX_COARSE_HISTORY})"))
     sliding_window_len: int = field(default=SLIDING_WINDOW_LEN, metadata=_help(
         "coarse tokens generated per window"))
+    decoder: str = field(default="encodec", metadata=_help(
+        "codes -> audio: encodec (EnCodec's decoder, as Bark) or vocos (Vocos, charactr/vocos-encodec-24khz, "
+        "loaded at first use: less noise; --vocos SOURCE for another copy)", choices=DECODERS))
 
     def __post_init__(self):
         # errors name these fields (not the stage options' own names); then the stage options validate the rest
@@ -290,6 +289,7 @@ class GenerationOptions:
             check_sampling(getattr(self, f"{stage}_temperature"), temperature_name=f"{stage}_temperature")
         check_number("max_semantic_tokens", self.max_semantic_tokens, integer=True, low=1, high=MAX_SEMANTIC_TOKENS,
                      accepted=f"an integer in 1..{MAX_SEMANTIC_TOKENS}")
+        check_choice("decoder", self.decoder, DECODERS)
         self.semantic, self.coarse, self.fine  # validate now, not halfway through a generation
 
     @property

@@ -89,10 +89,10 @@ def test_vocos_matches_the_vocos_package(vocos_reference, n_codebooks):
 
 def test_engine_decodes_with_vocos(hub_dir, vocos_reference):
     _, folder = vocos_reference
-    tts = fastbark.Bark.from_pretrained(hub_dir, decoder="vocos", vocos=folder)
-    plain = fastbark.Bark.from_pretrained(hub_dir)
-    options = dict(seed=2, max_semantic_tokens=12)
-    out, base = tts.generate("the dog is cute", **options), plain.generate("the dog is cute", **options)
+    tts = fastbark.Bark.from_pretrained(hub_dir, vocos=folder)  # loaded at first use
+    options = dict(seed=2, max_semantic_tokens=12, decoder="vocos")
+    out = tts.generate("the dog is cute", **options)
+    base = tts.generate("the dog is cute", **{**options, "decoder": "encodec"})
     np.testing.assert_array_equal(out.fine_tokens, base.fine_tokens)  # the same codes
     assert len(out.audio) == len(base.audio) and not np.array_equal(out.audio, base.audio)  # another decoder
     expected = load_vocos(folder, "cpu")(torch.from_numpy(out.fine_tokens)[None])[0].numpy()
@@ -132,9 +132,7 @@ def test_bad_vocos_checkpoints(tmp_path, vocos_reference, hub_dir, capsys):
     with pytest.raises(CheckpointError, match="missing head.out.weight"):
         load_vocos(tmp_path, "cpu")
     with pytest.raises(BadInput, match="decoder 'hifigan' is unknown; accepted: encodec, vocos"):
-        fastbark.EngineOptions(decoder="hifigan")
-    with pytest.raises(BadInput, match="vocos gives the Vocos decoder's weights: it needs decoder vocos"):
-        fastbark.Bark.from_pretrained(hub_dir, vocos=folder)
+        fastbark.GenerationOptions(decoder="hifigan")
     assert main(["say", "hi", "--model", str(hub_dir), "--decoder", "vocos", "--vocos", str(tmp_path / "none"),
                  "-o", str(tmp_path / "x.wav")]) == 2
     assert "not found" in capsys.readouterr().err
@@ -146,3 +144,16 @@ def test_cli_say_with_vocos(hub_dir, vocos_reference, tmp_path):
     assert main(["say", "the dog", "--model", str(hub_dir), "--decoder", "vocos", "--vocos", str(folder),
                  "--seed", "1", "--max-semantic-tokens", "8", "-q", "-o", str(out)]) == 0
     assert out.stat().st_size > 44
+
+
+def test_the_server_decodes_with_vocos_per_request(hub_dir, vocos_reference, tmp_path):
+    import httpx
+    from test_server import serving
+    _, folder = vocos_reference
+    tts = fastbark.Bark.from_pretrained(hub_dir, vocos=folder)
+    with serving(tts, tmp_path) as (url, _):
+        body = {"model": "tts-1", "input": "the dog", "response_format": "pcm", "seed": 3, "max_semantic_tokens": 8}
+        vocos = httpx.post(url + "/v1/audio/speech", json={**body, "decoder": "vocos"}, timeout=120).content
+        encodec = httpx.post(url + "/v1/audio/speech", json=body, timeout=120).content
+        want = tts.generate("the dog", seed=3, max_semantic_tokens=8, decoder="vocos").audio
+        assert vocos == (np.clip(want, -1, 1) * 32767).round().astype("<i2").tobytes() and vocos != encodec
