@@ -106,9 +106,9 @@ def test_one_voice_throughout(tts, monkeypatch, voice):
     calls = []
     original = tts.generate_chunks
 
-    def spy(ids, voice_used, *args):
+    def spy(ids, voice_used, *args, **checks):
         calls.append((len(ids), voice_used))
-        return original(ids, voice_used, *args)
+        return original(ids, voice_used, *args, **checks)
     monkeypatch.setattr(tts, "generate_chunks", spy)
     out = tts.generate(STORY, voice=voice, seed=3, **SHORT)
     assert len(out.segments) >= 4 and [n for n, _ in calls] == [1, len(out.segments) - 1]  # first alone, rest batched
@@ -125,9 +125,9 @@ def test_continue_speaker_conditions_each_chunk_on_the_one_before(tts, monkeypat
     calls = []
     original = tts.generate_chunks
 
-    def spy(ids, voice_used, *args):
+    def spy(ids, voice_used, *args, **checks):
         calls.append(voice_used)
-        return original(ids, voice_used, *args)
+        return original(ids, voice_used, *args, **checks)
     monkeypatch.setattr(tts, "generate_chunks", spy)
     out = tts.generate(STORY, speaker="continue", seed=3, **SHORT)
     assert len(calls) == len(out.segments) >= 4

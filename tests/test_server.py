@@ -430,10 +430,10 @@ def test_health_counts_the_engine_busy_on_an_abandoned_batch(engine):
     from fastbark.server.scheduler import Scheduler
     started, release = threading.Event(), threading.Event()
 
-    def generate_chunks(ids, voices, options, seeds, progress):
+    def generate_chunks(ids, voices, options, seeds, progress, **checks):
         started.set()
         release.wait(30)
-        return engine.generate_chunks(ids, voices, options, seeds, progress)
+        return engine.generate_chunks(ids, voices, options, seeds, progress, **checks)
     scheduler = Scheduler(generate_chunks, max_wait_ms=0)
     try:
         jobs, options, long_form = engine.plan("the dog", None, 1, 16, None, None, dict(FAST))
