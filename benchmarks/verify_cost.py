@@ -23,7 +23,7 @@ from fastbark.results import Generation
 VOCAB_SIZE = 51_865  # whisper-base.en's
 
 
-def random_whisper(folder: Path, tokens: int) -> Path:
+def random_whisper(folder: Path, tokens: int, width: int = 512, layers: int = 6) -> Path:
     from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
                               WhisperForConditionalGeneration, WhisperTokenizer)
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -40,10 +40,10 @@ def random_whisper(folder: Path, tokens: int) -> Path:
     WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
     WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
     eot, sot = vocab["<|endoftext|>"], vocab["<|startoftranscript|>"]
-    config = WhisperConfig(vocab_size=len(vocab), num_mel_bins=80, d_model=512, encoder_layers=6, decoder_layers=6,
-                           encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=2048,
-                           decoder_ffn_dim=2048, decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot,
-                           pad_token_id=eot)
+    config = WhisperConfig(vocab_size=len(vocab), num_mel_bins=80, d_model=width, encoder_layers=layers,
+                           decoder_layers=layers, encoder_attention_heads=8, decoder_attention_heads=8,
+                           encoder_ffn_dim=4 * width, decoder_ffn_dim=4 * width, decoder_start_token_id=sot,
+                           bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
     model = WhisperForConditionalGeneration(config)
     model.generation_config = GenerationConfig(decoder_start_token_id=sot, eos_token_id=None, pad_token_id=eot,
                                                bos_token_id=eot, max_new_tokens=tokens, min_new_tokens=tokens,
@@ -58,6 +58,8 @@ def main(argv=None) -> dict:
     p.add_argument("--tokens", type=int, default=40, help="transcript tokens decoded per chunk")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--width", type=int, default=512, help="d_model (whisper-base: 512)")
+    p.add_argument("--layers", type=int, default=6, help="layers each way (whisper-base: 6)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -68,7 +70,7 @@ def main(argv=None) -> dict:
     text = " ".join(["word"] * int(args.seconds * 2.7))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        whisper = WhisperTranscriber(str(random_whisper(Path(tmp) / "whisper", args.tokens)))
+        whisper = WhisperTranscriber(str(random_whisper(Path(tmp) / "whisper", args.tokens, args.width, args.layers)))
         for mode in ("duration", "asr"):
             verifier = Verifier(mode, 0.35, 2.5, "en", lambda language: whisper)
             verifier.judge(text, chunk)  # warm up
@@ -78,12 +80,13 @@ def main(argv=None) -> dict:
                 verifier.judge(text, chunk)
                 best = min(best, time.perf_counter() - start)
             rows.append({"verify": mode, "check_s": best, "ms_per_audio_s": best / args.seconds * 1000})
-    result = {"seconds": args.seconds, "tokens": args.tokens, "threads": args.threads, "rows": rows,
+    result = {"seconds": args.seconds, "tokens": args.tokens, "threads": args.threads, "width": args.width,
+              "layers": args.layers, "rows": rows,
               "cpu": cpu_description(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     print("| verify | one check of a chunk (s) | ms per second of audio |")
     print("| --- | --- | --- |")
     for r in rows:
-        print(f"| {r['verify']} | {r['check_s']:.3f} | {r['ms_per_audio_s']:.1f} |")
+        print(f"| {r['verify']} | {r['check_s']:.6f} | {r['ms_per_audio_s']:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

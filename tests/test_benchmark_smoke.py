@@ -128,3 +128,11 @@ def test_decoders_smoke(tmp_path):
     result = decoders.main(["--seconds", "1", "--repeats", "1", "--json", str(tmp_path / "d.json")])
     assert [r["decoder"] for r in result["rows"]] == ["encodec", "vocos"]
     assert all(r["audio_s"] == 1.0 and r["decode_s"] > 0 for r in result["rows"])  # 75 frames -> 24,000 samples
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_verify_cost_smoke(tmp_path):
+    import verify_cost
+    result = verify_cost.main(["--seconds", "1", "--tokens", "4", "--repeats", "1", "--width", "32", "--layers", "1",
+                               "--json", str(tmp_path / "v.json")])
+    assert [r["verify"] for r in result["rows"]] == ["duration", "asr"] and result["rows"][1]["check_s"] > 0
