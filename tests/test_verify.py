@@ -94,6 +94,16 @@ def test_word_error_rate_normalises_case_punctuation_and_cues():
     assert word_error_rate("Hello, world!", "hello world") == 0
     assert word_error_rate("the dog is cute", "the cat is cute") == 0.25
     assert word_error_rate("[laughs]", "") == 0
+    assert word_error_rate("I have 42 dogs and 1,000 cats.", "i have forty-two dogs and one thousand cats") == 0
+    assert normalize("Es kostet 3 Euro", "de") == "es kostet drei euro"
+
+
+def test_asr_without_the_extra_names_it(hub_dir, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "soxr", None)  # as if `pip install fastbark[verify]` was not done
+    tts = fastbark.Bark.from_pretrained(hub_dir)
+    with pytest.raises(BadInput, match=r"verify asr needs the verify extra: pip install 'fastbark\[verify\]'"):
+        tts.generate("Hi there.", verify="asr", max_semantic_tokens=8)
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -7,7 +7,7 @@ Two checks (`LongFormOptions.verify`):
   catches long silences, babbling tails and chunks cut short.
 - "asr": the duration check, and a speech recogniser's transcript (`Transcriber`; Whisper by default,
   asr.py) must match the chunk's text with a word error rate of at most `max_wer`, after `normalize`
-  (case, punctuation, digits as words are left as they are; cues like `[laughs]` and `♪` lyrics removed).
+  (case and punctuation dropped, numerals spelled out; cues like `[laughs]` and `♪` lyrics removed).
 
 Attempt a (1, 2, ...) of a chunk seeded s uses `retry_seed(s, a)` = derive_seed(s, 2**32 + a), so the
 whole narration stays a function of the seed: the same alone, batched and streamed. The best attempt is
@@ -32,6 +32,8 @@ from .split import estimate_seconds
 RETRY_OFFSET = 2**32  # retry seeds live far from the indices derive_seed gives texts and chunks
 CUE = re.compile(r"\[[^\]]*\]|♪[^♪]*♪?")
 NOT_WORD = re.compile(r"[^\w\s']|_")
+NUMERAL = re.compile(r"\d+(?:[.,]\d+)?")
+THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # 1,000,000 -> 1000000
 
 
 class Transcriber(Protocol):
@@ -56,14 +58,33 @@ def retry_seed(seed: int | None, attempt: int) -> int | None:
     return None if seed is None else derive_seed(seed, RETRY_OFFSET + attempt)
 
 
-def normalize(text: str) -> str:
-    """Text as words compare: cues and lyrics dropped, punctuation removed, lower case, spaces collapsed."""
-    return " ".join(NOT_WORD.sub(" ", CUE.sub(" ", text)).lower().split())
+def spell_numbers(text: str, language: str = "en") -> str:
+    """Numerals as words in `language` (num2words, of the verify extra): "42" and "forty-two" then compare
+    equal. Thousands separators ("1,000") are dropped first; a numeral num2words cannot say stays."""
+    try:
+        from num2words import num2words
+    except ImportError:
+        return text
+
+    def spell(match: re.Match) -> str:
+        numeral = match.group()
+        try:
+            value = float(numeral.replace(",", ".")) if any(c in numeral for c in ".,") else int(numeral)
+            return f" {num2words(value, lang=language)} "
+        except (NotImplementedError, OverflowError, ValueError, KeyError):
+            return numeral
+    return NUMERAL.sub(spell, THOUSANDS.sub("", text))
 
 
-def word_error_rate(reference: str, hypothesis: str) -> float:
+def normalize(text: str, language: str = "en") -> str:
+    """Text as words compare: cues and lyrics dropped, numerals spelled out, punctuation removed, lower case,
+    spaces collapsed."""
+    return " ".join(NOT_WORD.sub(" ", spell_numbers(CUE.sub(" ", text), language)).lower().split())
+
+
+def word_error_rate(reference: str, hypothesis: str, language: str = "en") -> float:
     import jiwer
-    reference, hypothesis = normalize(reference), normalize(hypothesis)
+    reference, hypothesis = normalize(reference, language), normalize(hypothesis, language)
     if not reference:
         return 0.0 if not hypothesis else 1.0
     return float(jiwer.wer(reference, hypothesis or "<nothing>"))
@@ -83,7 +104,7 @@ class Verifier:
         if self.mode != "asr":
             return Check(passed, ratio)
         transcript = self._transcriber(self.language).transcribe(generation.audio, SAMPLE_RATE, self.language)
-        wer = word_error_rate(text, transcript)
+        wer = word_error_rate(text, transcript, self.language)
         return Check(passed and wer <= self.max_wer, ratio, wer, transcript=transcript)
 
 
