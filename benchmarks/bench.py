@@ -40,6 +40,27 @@ def cpu_description() -> str:
     return f"{name or platform.machine()} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'}; " \
            f"{os.cpu_count()} cores seen)"
 
+def best_seconds(fn, repeats: int) -> float:
+    """The fastest of `repeats` runs of fn(), in seconds."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def report(result: dict, header: list[str], cells, json_path: str | None) -> dict:
+    """Print `result["rows"]` as a markdown table (`cells(row)` -> its cells) and write `result` as JSON."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for row in result["rows"]:
+        print("| " + " | ".join(cells(row)) + " |")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    return result
+
+
 def weight_read_ms(model: torch.nn.Module, repeats: int = 5) -> float:
     """The weight-reading floor of one decode step, measured now: the time to read (sum) a float32 copy of
     every matrix the step multiplies by (the linear layers; embeddings are only indexed)."""

@@ -9,13 +9,11 @@ milliseconds per second of audio (best of `--repeats`) and the real-time factor.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
-from bench import cpu_description
+from bench import best_seconds, cpu_description, report
 from fastbark.models.encodec import CodecConfig, EncodecDecoder
 from fastbark.models.vocos import Vocos, VocosConfig
 
@@ -43,24 +41,17 @@ def main(argv=None) -> dict:
     with torch.inference_mode():
         for name, decoder in decoders.items():
             decoder(codes[:, :, :75])  # warm up
-            best = float("inf")
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                audio = decoder(codes)
-                best = min(best, time.perf_counter() - start)
+            best = best_seconds(lambda: decoder(codes), args.repeats)
+            audio = decoder(codes)
             seconds = audio.shape[-1] / 24_000
             rows.append({"decoder": name, "parameters_m": sum(p.numel() for p in decoder.parameters()) / 1e6,
                          "audio_s": seconds, "decode_s": best, "ms_per_audio_s": best / seconds * 1000,
                          "rtf": seconds / best})
     result = {"threads": args.threads, "rows": rows, "cpu": cpu_description(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d")}
-    print("| decoder | parameters | ms per second of audio | real-time factor |")
-    print("| --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['decoder']} | {r['parameters_m']:.1f} M | {r['ms_per_audio_s']:.1f} | {r['rtf']:.0f}x |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return result
+    return report(result, ["decoder", "parameters", "ms per second of audio", "real-time factor"],
+                  lambda r: [r["decoder"], f"{r['parameters_m']:.1f} M", f"{r['ms_per_audio_s']:.1f}",
+                             f"{r['rtf']:.0f}x"], args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ speak it. The time to first audio is that chunk's whole generation (semantic, co
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from fastbark.constants import SEMANTIC_RATE_HZ
 from fastbark.longform.split import estimate_seconds
 from fastbark.options import SERVED_FIRST_CHUNK_SECONDS
-from bench import cpu_description
+from bench import best_seconds, cpu_description, report
 from fastbark.testing import write_random_checkpoint
 from longform import TEXT
 
@@ -41,25 +40,20 @@ def main(argv=None) -> dict:
             options = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, allow_early_stop=False,
                            max_semantic_tokens=tokens)
             tts.generate(chunks[0].split(".")[0] + ".", **{**options, "max_semantic_tokens": 8})  # warm up
-            best = float("inf")
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                out = tts.generate(chunks[0], **options)
-                best = min(best, time.perf_counter() - start)
+            runs = []
+            best = best_seconds(lambda: runs.append(tts.generate(chunks[0], **options)), args.repeats)
+            out = runs[-1]
             rows.append({"first_chunk_seconds": first, "chunks": len(chunks), "first_chunk": chunks[0],
                          "first_chunk_chars": len(chunks[0]), "semantic_tokens": tokens,
                          "first_audio_s": best, "first_chunk_audio_s": len(out.audio) / 24_000})
     result = {"size": args.size, "threads": args.threads, "text_chars": len(TEXT), "rows": rows,
               "speedup": rows[0]["first_audio_s"] / rows[1]["first_audio_s"], "cpu": cpu_description(),
               "date": time.strftime("%Y-%m-%d")}
-    print("| first_chunk_seconds | chunks | first chunk chars | semantic tokens | time to first audio (s) |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['first_chunk_seconds']} | {r['chunks']} | {r['first_chunk_chars']} | {r['semantic_tokens']} | "
-              f"{r['first_audio_s']:.2f} |")
+    report(result, ["first_chunk_seconds", "chunks", "first chunk chars", "semantic tokens",
+                    "time to first audio (s)"],
+           lambda r: [str(r["first_chunk_seconds"]), str(r["chunks"]), str(r["first_chunk_chars"]),
+                      str(r["semantic_tokens"]), f"{r['first_audio_s']:.2f}"], args.json)
     print(f"speedup of the first audio: {result['speedup']:.2f}x")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import cpu_description
+from bench import best_seconds, cpu_description, report
 from fastbark.longform.verify import Verifier
 from fastbark.results import Generation
 
@@ -74,22 +74,13 @@ def main(argv=None) -> dict:
         for mode in ("duration", "asr"):
             verifier = Verifier(mode, 0.35, 2.5, "en", lambda language: whisper)
             verifier.judge(text, chunk)  # warm up
-            best = float("inf")
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                verifier.judge(text, chunk)
-                best = min(best, time.perf_counter() - start)
+            best = best_seconds(lambda: verifier.judge(text, chunk), args.repeats)
             rows.append({"verify": mode, "check_s": best, "ms_per_audio_s": best / args.seconds * 1000})
     result = {"seconds": args.seconds, "tokens": args.tokens, "threads": args.threads, "width": args.width,
               "layers": args.layers, "rows": rows,
               "cpu": cpu_description(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    print("| verify | one check of a chunk (s) | ms per second of audio |")
-    print("| --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['verify']} | {r['check_s']:.6f} | {r['ms_per_audio_s']:.3f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return result
+    return report(result, ["verify", "one check of a chunk (s)", "ms per second of audio"],
+                  lambda r: [r["verify"], f"{r['check_s']:.6f}", f"{r['ms_per_audio_s']:.3f}"], args.json)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import json
 import socket
 import time
 
-import numpy as np
 import pytest
 
 import fastbark

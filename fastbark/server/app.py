@@ -8,7 +8,6 @@ import contextlib
 import hmac
 import json
 import os
-import re
 import tempfile
 import time
 from dataclasses import fields, replace
