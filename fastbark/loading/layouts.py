@@ -16,7 +16,7 @@ from typing import Mapping
 import torch
 
 from ..errors import CheckpointError
-from ..models.encodec import CodecConfig, EncodecDecoder
+from ..models.encodec import CodecConfig, EncodecDecoder, EncodecEncoder
 from ..models.gpt import CausalGPT, FineGPT, GPTConfig
 from ..text.tokenizer import TextTokenizer
 from ..voices import VoiceLibrary
@@ -221,6 +221,25 @@ def _tokenizer_from(source: str | os.PathLike, hub: dict) -> TextTokenizer:
     if tokenizer is None:
         raise CheckpointError(f"{files} has no tokenizer: expected {' or '.join(TOKENIZER_FILES)}")
     return tokenizer
+
+
+def load_encoder(source: str | os.PathLike, device, **hub) -> EncodecEncoder:
+    """EnCodec 24 kHz's encoder half (8 codebooks), from its original `.th` file or the `facebook/encodec_24khz`
+    hub layout, in float32: what turns a recording into a voice's acoustic prompts."""
+    def rename(key: str) -> str | None:
+        return encodec_name(key, "encoder")
+    if Path(source).is_file():
+        weights = Renamed(read_weights(os.fspath(source)), rename)
+        config = codec_config_from_weights(FoldedWeightNorm(Renamed(read_weights(os.fspath(source)), encodec_name)))
+    else:
+        files = open_source(source, **hub, what="codec")
+        state = read_state(files, "EnCodec")
+        config_path = files.get("config.json")
+        config = codec_config_from_hub(read_json(config_path, "EnCodec config")) if config_path else \
+            codec_config_from_weights(FoldedWeightNorm(Renamed(state, encodec_name)))
+        weights = Renamed(state, rename)
+    return build(lambda: EncodecEncoder(config), FoldedWeightNorm(weights), device=device, dtype=torch.float32,
+                 what="EnCodec encoder")
 
 
 def load_codec(source: str | os.PathLike, device, **hub) -> EncodecDecoder:

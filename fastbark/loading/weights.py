@@ -149,15 +149,16 @@ def suno_gpt_name(key: str) -> str:
 # EnCodec's original names -> the Hugging Face names
 _SUNO_CODEC_RULES = [
     (r"^decoder\.model\.", "decoder.layers."),
+    (r"^encoder\.model\.", "encoder.layers."),
     (r"\.convtr\.convtr\.", ".conv."),
     (r"\.conv\.conv\.", ".conv."),
     (r"^quantizer\.vq\.layers\.(\d+)\._codebook\.", r"quantizer.layers.\1.codebook."),
 ]
 
 
-def encodec_name(key: str) -> str | None:
-    """Original or hub EnCodec key -> our name; the encoder is dropped (Bark only decodes)."""
-    if key.startswith("encoder."):
+def encodec_name(key: str, half: str = "decoder") -> str | None:
+    """Original or hub EnCodec key -> our name, for one half ("decoder" or "encoder"): the other is dropped."""
+    if key.startswith("encoder." if half == "decoder" else "decoder."):
         return None
     for pattern, repl in _SUNO_CODEC_RULES:
         key = re.sub(pattern, repl, key)

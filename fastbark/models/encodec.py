@@ -1,6 +1,8 @@
-"""The EnCodec 24 kHz decoder: residual-vector-quantizer lookup, then the SEANet decoder.
+"""EnCodec 24 kHz: the decoder (residual-vector-quantizer lookup, then the SEANet decoder) that every
+generation ends with, and the encoder half (SEANet encoder, then residual vector quantization) that turns
+a recording into codes (the acoustic prompts of a voice made from audio).
 
-Only decoding is built. Names follow the Hugging Face layout (`decoder.layers.N.conv`,
+Names follow the Hugging Face layout (`decoder.layers.N.conv`, `encoder.layers.N.conv`,
 `quantizer.layers.K.codebook.embed`); weight norm is folded into plain `weight`s by the loader.
 """
 
@@ -134,6 +136,29 @@ class Decoder(nn.Module):
         return x
 
 
+class Encoder(nn.Module):
+    """SEANet encoder: conv, then per ratio (in reverse) residual block + ELU + strided conv (doubling channels),
+    then LSTM, ELU and a conv to the codebook dimension. (B, 1, T) -> (B, hidden_size, T / prod(ratios))."""
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        channels = config.num_filters
+        layers: list[nn.Module] = [CausalConv1d(config.audio_channels, channels, config.kernel_size)]
+        for ratio in reversed(config.upsampling_ratios):
+            layers += [ResnetBlock(config, channels, config.dilation_growth_rate**j)
+                       for j in range(config.num_residual_layers)]
+            layers += [nn.ELU(), CausalConv1d(channels, 2 * channels, 2 * ratio, stride=ratio)]
+            channels *= 2
+        layers += [LSTM(channels, config.num_lstm_layers), nn.ELU(),
+                   CausalConv1d(channels, config.hidden_size, config.last_kernel_size)]
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
 class Codebook(nn.Module):
     def __init__(self, config: CodecConfig):
         super().__init__()
@@ -158,6 +183,21 @@ class Quantizer(nn.Module):
         x = sum(F.embedding(codes[:, k], self.layers[k].codebook.embed) for k in range(codes.shape[1]))
         return x.transpose(1, 2)  # (B, T, D) -> (B, D, T)
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, D, T) -> codes (B, K, T) of every codebook here: each the nearest entry (squared
+        Euclidean distance, written as EnCodec writes it, so that near ties fall the same way) to what the
+        codebooks before it left over."""
+        B, D, T = x.shape
+        residual = x.transpose(1, 2).reshape(B * T, D)  # (B, D, T) -> (B * T, D)
+        codes = []
+        for layer in self.layers:
+            embed = layer.codebook.embed  # (V, D)
+            distance = residual.pow(2).sum(1, keepdim=True) - 2 * residual @ embed.t() + embed.pow(2).sum(1)[None]
+            index = distance.argmin(dim=-1)  # (B * T,)
+            residual = residual - F.embedding(index, embed)
+            codes.append(index.view(B, T))  # (B * T,) -> (B, T)
+        return torch.stack(codes, dim=1)  # K x (B, T) -> (B, K, T)
+
 
 class EncodecDecoder(nn.Module):
     """Codes (B, K, T) -> waveform (B, T * prod(ratios))."""
@@ -170,3 +210,17 @@ class EncodecDecoder(nn.Module):
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.quantizer.decode(codes)).squeeze(1)
+
+
+class EncodecEncoder(nn.Module):
+    """Waveform (B, T) at 24 kHz -> codes (B, K, ceil(T / prod(ratios))) of the first K codebooks (Bark's 8:
+    6 kbps)."""
+
+    def __init__(self, config: CodecConfig, n_codebooks: int = 8):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = Quantizer(config, n_codebooks)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.quantizer.encode(self.encoder(audio[:, None]))  # (B, T) -> (B, 1, T) -> (B, K, frames)
