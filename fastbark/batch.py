@@ -2,7 +2,8 @@
 
 An item is `id`, `text`, and optionally `voice`, `seed`, `format` (wav by default) and any field of
 GenerationOptions or LongFormOptions; with `speakers` (name -> voice or null; in CSV, that object as JSON
-text) and optionally `turn_pause`, its text is a dialogue script (longform/dialogue.py), run on its own. Item `id`'s audio goes to `OUT/<id>.<format>`, written under a
+text) and optionally `turn_pause`, its text is a dialogue script (longform/dialogue.py), run on its own.
+Item `id`'s audio goes to `OUT/<id>.<format>`, written under a
 temporary name and renamed when complete; then one line is appended to `OUT/manifest.jsonl`: its
 duration, segments, seed, options and timings, or its error. A rerun skips every id whose manifest
 line says "ok" and whose file exists, so a crash or Ctrl-C loses only the batch under way. A bad item

@@ -45,6 +45,8 @@ class Bark:
         at first use: a folder or hub id; default charactr/vocos-encodec-24khz)."""
         self.options = options or EngineOptions()  # the parts must have been loaded for its device and dtype
         self._vocos, self._vocos_source = (vocos, None) if isinstance(vocos, Vocos) else (None, vocos or DEFAULT_VOCOS)
+        if self._vocos is not None:
+            self._vocos = self._vocos.to(self.options.torch_device)
         # verify="asr": `transcriber`, else Whisper from `asr` (a hub id or folder; default by language), loaded
         # at first use, once per model
         self.transcriber, self.asr_model, self._whispers = transcriber, asr, {}
@@ -75,7 +77,7 @@ class Bark:
                         tokenizer: str | os.PathLike | None = None, codec: str | os.PathLike | None = None,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                         local_files_only: bool = False, options: EngineOptions | None = None,
-                        vocos: str | os.PathLike | None = None, asr: str | os.PathLike = None,
+                        vocos: str | os.PathLike | None = None, asr: str | os.PathLike | None = None,
                         **engine_options) -> "Bark":
         """Load from a hub id (`suno/bark-small`, `suno/bark`), a folder in the hub layout, or a folder of
         Suno's original `.pt` files (EnCodec from `codec`: a `.th` file, a folder or hub id; default
@@ -163,7 +165,7 @@ class Bark:
         """The Vocos decoder, loaded at first use (from `vocos=` of from_pretrained, else the hub's)."""
         if self._vocos is None:
             self._vocos = load_vocos(self._vocos_source, self.device)
-        return self._vocos.to(self.device)
+        return self._vocos
 
     # ------------------------------------------------------------ end to end
 

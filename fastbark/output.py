@@ -3,8 +3,9 @@
 Encoding is libsndfile's (through `soundfile`): WAV, FLAC, Ogg Vorbis, Ogg Opus and MP3; AAC (in ADTS
 frames) is FFmpeg's encoder through PyAV. `pcm` is raw 16-bit little-endian mono at 24 kHz, no header.
 A file is written under a temporary name beside its target and renamed only when complete, so a
-failure never leaves a half-written file under the user's name. Standard output (`-`) streams WAV (with a header that declares an open length) and
-PCM chunk by chunk; other formats are encoded whole, then written.
+failure never leaves a half-written file under the user's name. Standard output (`-`) streams WAV (with
+a header that declares an open length) and PCM chunk by chunk; other formats are encoded whole, then
+written.
 """
 
 from __future__ import annotations

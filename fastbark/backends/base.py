@@ -35,9 +35,9 @@ class Backend(ABC):
 @dataclass(frozen=True)
 class ModelReport:
     linears: dict[str, int]  # kind -> how many: torch, c, onednn, int8-c, int8-torch
-    decode_step: str  # blocks (block by block in torch), fused-c, cuda-graph (+compiled), static; "" for the fine model
+    decode_step: str  # blocks (in torch), fused-c, cuda-graph (+compiled) or static; "" for the fine model
     whole_attention: str  # sdpa, sdpa-<kernel SDPA picks> or bf16-c: prefills and fine passes
-    one_query_attention: str  # sdpa, masked sdpa-<kernel> or matmul: a decode step's attention over the cache; "" for the fine model
+    one_query_attention: str  # sdpa, masked sdpa-<kernel> or matmul: a step's attention over the cache; "" for fine
 
 
 @dataclass(frozen=True)

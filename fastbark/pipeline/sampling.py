@@ -98,7 +98,8 @@ class RowStreams:
         if self._ahead is None or not 0 <= step - self._ahead[0] < self.AHEAD or self._ahead[1].shape[-1] != n:
             steps = torch.arange(step, step + self.AHEAD, dtype=torch.int64, device=self.seeds.device)
             keys = draw_keys(self.seeds[:, None], self.base[:, None] + steps)  # (B, AHEAD)
-            self._ahead = step, gumbel_noise(keys.flatten(), n).view(len(keys), self.AHEAD, n)  # (B * AHEAD, n) -> (B, AHEAD, n)
+            noise = gumbel_noise(keys.flatten(), n).view(len(keys), self.AHEAD, n)  # (B * AHEAD, n) -> (B, AHEAD, n)
+            self._ahead = step, noise
         first, noise = self._ahead
         return noise[:, step - first]
 

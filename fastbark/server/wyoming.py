@@ -32,7 +32,8 @@ from wyoming.event import Event, async_write_event
 from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice
 from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler, AsyncServer
-from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
+from wyoming.tts import (Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped,
+                         SynthesizeVoice)
 
 from .. import __version__
 from ..constants import SAMPLE_RATE
@@ -87,25 +88,25 @@ class Service:
                              installed=True, version=__version__, voices=voices, supports_synthesize_streaming=True)
         return Info(tts=[program])
 
-    def plan(self, text, voice_name):
-        """A narrate.TextJob for `text` in the named voice (or the default), with its options."""
+    def plan(self, text, voice: SynthesizeVoice | None):
+        """A narrate.TextJob for `text` in the requested voice (or the default), with its options."""
         if not isinstance(text, str) or not text.strip():
             raise BadInput("text must be a non-empty string", "text")
         if len(text) > self.options.max_input_chars:
             raise BadInput(f"text is {len(text)} characters; at most {self.options.max_input_chars}", "text")
-        voice = self.resolve(voice_name)
-        jobs, options, long_form = self.tts.plan(text, voice, self.options.seed, self.options.max_batch,
+        jobs, options, long_form = self.tts.plan(text, self.resolve(voice), self.options.seed, self.options.max_batch,
                                                  self.generation, self.long_form, {})
         return jobs[0], options, long_form
 
-    def resolve(self, voice_name: str | None):
-        """A catalogue name; `lang:xx`: the first preset of language xx (the default voice if none is)."""
-        if not voice_name:
-            return self.default_voice
-        if voice_name.startswith("lang:"):
-            return next((e.id for e in self.catalog.entries() if e.kind == "preset" and
-                         e.language == voice_name[5:]), self.default_voice)
-        return self.catalog.resolve(voice_name)
+    def resolve(self, voice: SynthesizeVoice | None):
+        """A Wyoming voice as the engine's: its name from the catalogue; a language alone, that language's
+        first preset; else (or with no preset of that language) the default voice."""
+        if voice is not None and voice.name:
+            return self.catalog.resolve(voice.name)
+        if voice is not None and voice.language:
+            return next((e.id for e in self.catalog.entries() if e.kind == "preset" and e.language == voice.language),
+                        self.default_voice)
+        return self.default_voice
 
     def close(self) -> None:
         self.scheduler.close()
@@ -218,9 +219,9 @@ class SpeechHandler(AsyncEventHandler):
             elif Synthesize.is_type(event.type):
                 if self._stream is None:  # while streaming it is the client's copy for older servers: ignored
                     request = Synthesize.from_event(event)
-                    self._later(self._speak_whole(request.text, _voice_name(request.voice)))
+                    self._later(self._speak_whole(request.text, request.voice))
             elif SynthesizeStart.is_type(event.type):
-                self.start_stream(_voice_name(SynthesizeStart.from_event(event).voice))
+                self.start_stream(SynthesizeStart.from_event(event).voice)
             elif SynthesizeChunk.is_type(event.type):
                 await self.add_text(SynthesizeChunk.from_event(event).text)
             elif SynthesizeStop.is_type(event.type):
@@ -256,10 +257,10 @@ class SpeechHandler(AsyncEventHandler):
                 await self.disconnect()
                 return
 
-    async def submit(self, text, voice_name) -> Speech:
+    async def submit(self, text, voice: SynthesizeVoice | None) -> Speech:
         """Plan `text` (off the event loop) and queue it on the scheduler."""
         loop = asyncio.get_running_loop()
-        job, options, long_form = await loop.run_in_executor(None, self.service.plan, text, voice_name)
+        job, options, long_form = await loop.run_in_executor(None, self.service.plan, text, voice)
         chunks: asyncio.Queue = asyncio.Queue()
         handle = self.service.scheduler.submit(job, options, long_form,
                                                lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item))
@@ -282,19 +283,19 @@ class SpeechHandler(AsyncEventHandler):
         finally:
             self._speeches.discard(speech)
 
-    async def _speak_whole(self, text, voice_name) -> None:
-        speech = await self.submit(text, voice_name)  # a bad request: an error event and no audio
+    async def _speak_whole(self, text, voice: SynthesizeVoice | None) -> None:
+        speech = await self.submit(text, voice)  # a bad request: an error event and no audio
         await self.write_event(AudioStart(rate=SAMPLE_RATE, width=SAMPLE_WIDTH, channels=1).event())
         await self.play(speech)
         await self.write_event(AudioStop().event())
 
     # ------------------------------------------------------------ text arriving in pieces
 
-    def start_stream(self, voice_name) -> None:
+    def start_stream(self, voice: SynthesizeVoice | None) -> None:
         if self._stream is not None:
             raise BadInput("synthesize-start while a stream is open: send synthesize-stop first")
-        self.service.resolve(voice_name)  # an unknown voice is refused now, not per sentence
-        self._stream, self._stream_voice, self._stream_text = asyncio.Queue(), voice_name, ""
+        self.service.resolve(voice)  # an unknown voice is refused now, not per sentence
+        self._stream, self._stream_voice, self._stream_text = asyncio.Queue(), voice, ""
         self._later(self._play_stream(self._stream))
 
     async def add_text(self, text) -> None:
@@ -332,14 +333,6 @@ class SpeechHandler(AsyncEventHandler):
             await self.play(speech)
         await self.write_event(AudioStop().event())
         await self.write_event(SynthesizeStopped().event())
-
-
-def _voice_name(voice) -> str | None:
-    """A Wyoming voice as a catalogue name: its name, or for a language alone `lang:xx` (a preset of that
-    language, see `Service.plan`); None: the default voice."""
-    if voice is None:
-        return None
-    return voice.name or (f"lang:{voice.language}" if voice.language else None)
 
 
 async def serve(tts, options: WyomingOptions, generation: GenerationOptions | None = None,
