@@ -1,6 +1,7 @@
 """Dialogue scripts (longform/dialogue.py): every turn in its speaker's voice, pauses between turns, speakers
 in segments and subtitles, stream == generate, bad scripts refused; the CLI and the server."""
 
+import base64
 import io
 import json
 
@@ -134,6 +135,10 @@ def test_server_dialogue(hub_dir, tmp_path):
         want = tts.dialogue(SCRIPT, {"ALICE": "announcer", "BOB": None}, seed=3, turn_pause=0.3,
                             first_chunk_seconds=4, **FAST)
         assert len(audio) == len(want.audio)
+        events = [json.loads(line[6:]) for line in httpx.post(url + "/v1/audio/speech", json={
+            **body, "stream_format": "sse"}, timeout=120).text.splitlines() if line.startswith("data: ")]
+        sse = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+        assert sse.count(b"RIFF") == 1 and sse[44:] == r.content[44:]  # one WAV: one header, then every turn
         bad = httpx.post(url + "/v1/audio/speech", json={**body, "speakers": {"ALICE": "nobody", "BOB": None}})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "speakers"
         bad = httpx.post(url + "/v1/audio/speech", json={**body, "voice": "announcer"})

@@ -121,29 +121,44 @@ def cast(turns: list[Turn], speakers: dict | None, presets: list[str], language:
     return voices
 
 
+class TurnJoiner:
+    """The turns' chunks as one narration: in turn order, `pause_s` of silence before each turn after the
+    first, segments timed on the whole audio and named with their speaker, indices counted over the whole
+    script. Chunks may arrive out of order (the schedule orders them only within a turn); `add` returns
+    those now ready. `Bark.stream_dialogue` and the server both join through it."""
+
+    def __init__(self, jobs: list[TextJob], turns: list[Turn], pause_s: float):
+        self.jobs, self.turns = jobs, turns
+        self.total = sum(len(job.chunks) for job in jobs)
+        self.pause = np.zeros(int(round(pause_s * SAMPLE_RATE)), np.float32)
+        self.pending: dict[tuple[int, int], AudioChunk] = {}
+        self.turn = self.chunk = self.emitted = self.offset = self.turn_start = 0  # next (turn, chunk); samples
+
+    def add(self, turn: int, item: AudioChunk) -> list[AudioChunk]:
+        self.pending[(turn, item.index)] = item
+        ready = []
+        while (self.turn, self.chunk) in self.pending:
+            item = self.pending.pop((self.turn, self.chunk))
+            audio = item.audio
+            if self.chunk == 0:
+                if self.turn > 0:
+                    audio = np.concatenate([self.pause, audio])
+                self.turn_start = self.offset + (len(self.pause) if self.turn > 0 else 0)
+            start = self.turn_start / SAMPLE_RATE
+            segment = replace(item.segment, start=item.segment.start + start, end=item.segment.end + start,
+                              speaker=self.turns[self.turn].speaker)
+            ready.append(AudioChunk(audio, segment, self.emitted, self.total, item.generation))
+            self.offset += len(audio)
+            self.emitted += 1
+            self.chunk += 1
+            if self.chunk == len(self.jobs[self.turn].chunks):
+                self.turn, self.chunk = self.turn + 1, 0
+        return ready
+
+
 def in_order(items: Iterable[tuple[int, AudioChunk]], jobs: list[TextJob], turns: list[Turn],
              pause_s: float) -> Iterator[AudioChunk]:
-    """The turns' chunks (which the schedule yields turn by turn only within a turn) as one narration: in
-    turn order, `pause_s` of silence before each turn after the first, segments timed on the whole audio and
-    named with their speaker, indices counted over the whole script."""
-    total = sum(len(job.chunks) for job in jobs)
-    pending: dict[tuple[int, int], AudioChunk] = {}
-    turn, chunk, emitted, offset, turn_start = 0, 0, 0, 0, 0
-    pause = np.zeros(int(round(pause_s * SAMPLE_RATE)), np.float32)
-    for index, item in items:
-        pending[(index, item.index)] = item
-        while (turn, chunk) in pending:
-            item = pending.pop((turn, chunk))
-            audio = item.audio
-            if chunk == 0:
-                if turn > 0:
-                    audio = np.concatenate([pause, audio])
-                turn_start = offset + (len(pause) if turn > 0 else 0)
-            segment = replace(item.segment, start=item.segment.start + turn_start / SAMPLE_RATE,
-                              end=item.segment.end + turn_start / SAMPLE_RATE, speaker=turns[turn].speaker)
-            yield AudioChunk(audio, segment, emitted, total, item.generation)
-            offset += len(audio)
-            emitted += 1
-            chunk += 1
-            if chunk == len(jobs[turn].chunks):
-                turn, chunk = turn + 1, 0
+    """(turn, chunk) items of the schedule, joined as one narration (TurnJoiner)."""
+    joiner = TurnJoiner(jobs, turns, pause_s)
+    for turn, item in items:
+        yield from joiner.add(turn, item)

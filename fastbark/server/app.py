@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -221,14 +221,16 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         try:
             pause = check_number("turn_pause", pause, low=0, high=10)
             if speakers is None:  # one text, one voice
-                voice = resolve_voice(body.get("voice"))
+                voice, turns = resolve_voice(body.get("voice")), None
                 jobs, gen_options, long_form = tts.plan(text, voice, seed, options.max_batch, None, None, extras)
             else:  # a dialogue script: one job per turn, each in its speaker's voice
-                jobs, gen_options, long_form = plan_dialogue(text, body.get("voice"), speakers, seed, extras)
+                turns, (jobs, gen_options, long_form) = plan_dialogue(text, body.get("voice"), speakers, seed, extras)
         except BadInput as e:
             param = "input" if e.param == "text" else e.param
             raise ApiError(400, str(e), param if param in body or param == "input" else None) from None
-        return jobs, pause, gen_options, long_form, fmt, stream_format
+        # a dialogue's turns are joined as one narration (pauses between turns, one stream of chunks)
+        joiner = dialogue.TurnJoiner(jobs, turns, pause) if turns is not None else None
+        return jobs, joiner, gen_options, long_form, fmt, stream_format
 
     def plan_dialogue(text: str, voice, speakers, seed, extras: dict):
         if voice is not None:
@@ -242,8 +244,8 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         except BadInput as e:
             raise BadInput(f"speakers: {e}", "speakers") from None
         cast = dialogue.cast(turns, resolved, tts.voices(), extras.get("language", "en"))
-        return tts.plan([t.text for t in turns], [cast[t.speaker] for t in turns], seed, options.max_batch, None,
-                        None, extras)
+        return turns, tts.plan([t.text for t in turns], [cast[t.speaker] for t in turns], seed, options.max_batch,
+                               None, None, extras)
 
     @app.post("/v1/audio/speech", openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": SPEECH_SCHEMA}}}}, responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}})
@@ -255,7 +257,7 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
         except RecursionError:
             raise ApiError(400, "the body is not valid JSON here: it is nested too deeply") from None
         # checking, splitting and tokenizing take time on long input: off the event loop
-        jobs, pause, gen_options, long_form, fmt, stream_format = await run_in_threadpool(plan, body)
+        jobs, joiner, gen_options, long_form, fmt, stream_format = await run_in_threadpool(plan, body)
         loop, submitted = asyncio.get_running_loop(), []  # (handle, queue) per job (a dialogue's turns)
         try:
             for job in jobs:
@@ -268,7 +270,6 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
                 scheduler.cancel(handle)
             raise ApiError(429, f"{e}; try again shortly", headers={"Retry-After": "2"}) from None
         metrics.queue.set(scheduler.depth)
-        silence = np.zeros(int(round(pause * SAMPLE_RATE)), np.float32)  # between a dialogue's turns
 
         async def chunks():
             try:
@@ -276,10 +277,9 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
                     while (item := await queue.get()) is not None:
                         if isinstance(item, BaseException):
                             raise item
-                        if turn > 0 and item.index == 0:
-                            item = replace(item, audio=np.concatenate([silence, item.audio]))
-                        metrics.audio.inc(len(item.audio) / SAMPLE_RATE)
-                        yield item
+                        for ready in joiner.add(turn, item) if joiner is not None else [item]:
+                            metrics.audio.inc(len(ready.audio) / SAMPLE_RATE)
+                            yield ready
             finally:
                 for handle, _ in submitted:  # the client left, or it is done: nothing more is generated for it
                     scheduler.cancel(handle)
