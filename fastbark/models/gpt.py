@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import check_positive_ints
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -34,11 +36,8 @@ class GPTConfig:
     n_codes_given: int = 1  # fine model only: codebooks never predicted (lm_heads start after these)
 
     def __post_init__(self):
-        for name in ("n_layer", "n_head", "n_embd", "input_vocab_size", "output_vocab_size", "block_size",
-                     "n_codes_total", "n_codes_given"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("n_layer", "n_head", "n_embd", "input_vocab_size", "output_vocab_size",
+                                   "block_size", "n_codes_total", "n_codes_given"))
         if self.n_embd % self.n_head:
             raise ValueError(f"hidden size {self.n_embd} is not divisible by the {self.n_head} heads")
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import check_positive_ints
+
 BANDWIDTHS = (1.5, 3.0, 6.0, 12.0)  # kbps: the bandwidths the model was trained to condition on
 CODEBOOKS_PER_BANDWIDTH = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16}  # EnCodec 24 kHz: 75 frames/s x 10 bits per codebook
 
@@ -35,11 +37,8 @@ class VocosConfig:
     codebook_size: int = 1024
 
     def __post_init__(self):
-        for name in ("input_channels", "dim", "intermediate_dim", "num_layers", "n_fft", "hop_length",
-                     "n_codebooks", "codebook_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("input_channels", "dim", "intermediate_dim", "num_layers", "n_fft", "hop_length",
+                                   "n_codebooks", "codebook_size"))
         if self.n_fft % 2 or self.n_fft < self.hop_length:
             raise ValueError(f"n_fft must be even and at least hop_length, got {self.n_fft} and {self.hop_length}")
 
