@@ -188,14 +188,18 @@ class AudioWriter:
             return
         self._target = check_writable(path)
         fd, self._tmp = _temp_beside(self._target)
-        if self.format == "pcm" or self.format in WHOLE:
-            self._raw = os.fdopen(fd, "wb")
-            self._buffer = [] if self.format in WHOLE else None
-        else:
-            os.close(fd)
-            import soundfile as sf
-            major, subtype = FORMATS[self.format]
-            self._file = sf.SoundFile(self._tmp, "w", sample_rate, 1, subtype=subtype, format=major)
+        try:  # until __init__ returns no `with` block can remove the temporary file: a signal here must
+            if self.format == "pcm" or self.format in WHOLE:
+                self._raw = os.fdopen(fd, "wb")
+                self._buffer = [] if self.format in WHOLE else None
+            else:
+                os.close(fd)
+                import soundfile as sf
+                major, subtype = FORMATS[self.format]
+                self._file = sf.SoundFile(self._tmp, "w", sample_rate, 1, subtype=subtype, format=major)
+        except BaseException:  # SIGTERM (Terminated), Ctrl-C, or a failure to open
+            self._tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, audio: np.ndarray) -> None:
         audio = np.asarray(audio, dtype=np.float32)
