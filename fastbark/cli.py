@@ -15,7 +15,8 @@ import warnings
 
 from . import __version__
 from .errors import BadInput
-from .options import EngineOptions, GenerationOptions, LongFormOptions
+from .loading.layouts import DEFAULT_CODEC
+from .options import CloneOptions, EngineOptions, GenerationOptions, LongFormOptions
 from .output import FORMATS
 
 DEFAULT_MODEL = "suno/bark-small"
@@ -108,7 +109,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fastbark", description="Bark text-to-speech, fast and faithful.")
     parser.add_argument("--version", action="version", version=f"fastbark {__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{say,batch,serve,wyoming,voices,convert,doctor}")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{say,clone,batch,serve,wyoming,voices,convert,doctor}")
     formats = ", ".join(FORMATS)
 
     say = sub.add_parser("say", help="speak text into an audio file")
@@ -136,9 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--batch-size", type=_flag_type(int), default=16, help="chunks generated together (default 16)")
     say.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     say.add_argument("--show-backend", action="store_true", help="print what the backend chose, and its fallbacks")
+    say.add_argument("--voice-audio", metavar="CLIP",
+                     help="a voice made now from a recording of one speaker (wav, flac, ogg, mp3, m4a ...; 5-15 s "
+                          "of clean speech): see `fastbark clone`, and --save-voice to keep it")
     add_option_flags(say, EngineOptions)
     add_option_flags(say, GenerationOptions)
     add_option_flags(say, LongFormOptions)
+    add_option_flags(say, CloneOptions)
+
+    clone = sub.add_parser("clone", help="make Bark voices (.npz) from recordings of one speaker each "
+                                         "(5-15 s of clean speech; only the end of a clip is used)")
+    clone.add_argument("clips", nargs="+", metavar="CLIP", help="audio files: wav, flac, ogg, mp3, m4a, webm ...")
+    clone.add_argument("-o", "--output", required=True,
+                       help="the .npz to write (one clip), or a folder for CLIP-name.npz files (several clips)")
+    clone.add_argument("--codec", default=DEFAULT_CODEC,
+                       help=f"EnCodec's encoder: a .th file, an EnCodec or Bark folder or hub id (default {DEFAULT_CODEC})")
+    clone.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    clone.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report")
+    add_option_flags(clone, CloneOptions)
 
     batch = sub.add_parser("batch", help="speak many items (JSON Lines or CSV) into a folder, resumably")
     batch.add_argument("jobs", help="a .jsonl or .csv file: one item per line (id, text, voice, seed, format, options)")
@@ -158,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_flags(serve, EngineOptions)
     from .server.options import ServerOptions
     add_option_flags(serve, ServerOptions)
+    add_option_flags(serve, CloneOptions)
 
     wyoming = sub.add_parser("wyoming", help="serve the Wyoming protocol, for Home Assistant "
                                              "(pip install fastbark[wyoming])")
@@ -258,12 +275,24 @@ def cmd_say(args) -> None:
         check_voice_path(args.save_voice)
     if args.subtitles:
         subtitle_format(args.subtitles)
+    clone = options_from_args(CloneOptions, args)
     text = read_text(args)
     script, speakers = _dialogue(args, text) if args.dialogue or args.voice_for else (None, None)
+    voice = args.voice
+    if args.voice_audio:
+        from .clone.audio import read_clip
+        if voice or script is not None:
+            raise BadInput("--voice-audio is the voice of the whole text: give it instead of --voice, and not with a "
+                           "dialogue (make each speaker's voice with `fastbark clone`)", "voice_audio")
+        read_clip(args.voice_audio)  # a bad clip fails now, before any model loads
     tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
-                               vocos=args.vocos)
+                               vocos=args.vocos, hubert=clone.hubert, quantizer=clone.quantizer)
     if options.decoder == "vocos":
         tts.vocos()  # a missing or bad Vocos fails now, not after the first chunk's generation
+    if args.voice_audio:
+        voice = tts.voice_from_audio(args.voice_audio)
+        if not args.quiet:
+            print(f"fastbark: {tts.cloner().report()}", file=sys.stderr)
     if args.show_backend:
         print(tts.backend, file=sys.stderr)
     bars = None if args.quiet else ProgressBars()
@@ -271,7 +300,7 @@ def cmd_say(args) -> None:
         chunks = tts.stream_dialogue(script, speakers, seed=args.seed, turn_pause=args.turn_pause, options=options,
                                      long_form=long_form, batch_size=args.batch_size, progress=bars)
     else:
-        chunks = tts.stream(text, voice=args.voice, seed=args.seed, options=options, long_form=long_form,
+        chunks = tts.stream(text, voice=voice, seed=args.seed, options=options, long_form=long_form,
                             batch_size=args.batch_size, progress=bars)
     segments, last = [], None
     try:
@@ -290,6 +319,49 @@ def cmd_say(args) -> None:
     if not args.quiet and args.output != "-":
         print(f"wrote {args.output}: {writer.n_samples / writer.sample_rate:.2f} s at {writer.sample_rate} Hz"
               f"{f' in {len(segments)} chunks' if len(segments) > 1 else ''}", file=sys.stderr)
+
+
+def cmd_clone(args) -> None:
+    """Every clip is read and checked, and every output checked writable, before any model loads."""
+    from pathlib import Path
+    from .clone.audio import read_clip
+    from .clone.cloner import VoiceCloner
+    from .options import parse_device
+    from .voices import check_voice_path
+    clone = options_from_args(CloneOptions, args)
+    device = parse_device(args.device)
+    if len(args.clips) == 1 and args.output.endswith(".npz"):
+        outputs = [args.output]
+    else:
+        if args.output.endswith(".npz"):
+            raise BadInput(f"{len(args.clips)} clips make {len(args.clips)} voices: --output must be a folder, not "
+                           f"{args.output!r}", "output")
+        folder = Path(args.output)
+        if folder.exists() and not folder.is_dir():
+            raise BadInput(f"--output {args.output!r} is a file; give a folder (or one clip and a .npz)", "output")
+        folder.mkdir(parents=True, exist_ok=True)
+        outputs = [str(folder / (Path(c).stem + ".npz")) for c in args.clips]
+        twice = sorted({o for o in outputs if outputs.count(o) > 1})
+        if twice:
+            raise BadInput(f"clips with the same name would write the same voice: {', '.join(twice)}", "output")
+    for out in outputs:
+        check_voice_path(out)
+    clips = [read_clip(c) for c in args.clips]
+    cloner = VoiceCloner.from_pretrained(hubert=clone.hubert, quantizer=clone.quantizer, codec=args.codec,
+                                         device=device)
+    if not args.quiet:
+        print(f"fastbark: {cloner.report()}", file=sys.stderr)
+    bars = None if args.quiet else ProgressBars()
+    try:
+        for clip, out in zip(clips, outputs):
+            voice = cloner.clone(clip, progress=bars)
+            voice.save(out)
+            if not args.quiet:
+                print(f"wrote {out}: {clip.seconds:.1f} s of {clip.name} -> {len(voice.semantic_prompt)} semantic "
+                      f"tokens, {voice.fine_prompt.shape[1]} codec frames", file=sys.stderr)
+    finally:
+        if bars is not None:
+            bars.close()
 
 
 def _dialogue(args, text: str):
@@ -366,8 +438,9 @@ def cmd_serve(args) -> None:
     except ImportError as e:
         raise BadInput(f"serve needs the server extra: pip install 'fastbark[server]' ({e.name} is missing)") from None
     from .engine import Bark
+    clone = options_from_args(CloneOptions, args)
     tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
-                               vocos=args.vocos)
+                               vocos=args.vocos, hubert=clone.hubert, quantizer=clone.quantizer)
     import torch
     print(f"fastbark: serving on http://{server.host}:{server.port} ({torch.get_num_threads()} engine threads)",
           file=sys.stderr)
@@ -451,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command != "serve" and threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)  # uvicorn handles its own
-        status = {"say": cmd_say, "voices": cmd_voices, "convert": cmd_convert, "batch": cmd_batch,
+        status = {"say": cmd_say, "clone": cmd_clone, "voices": cmd_voices, "convert": cmd_convert, "batch": cmd_batch,
                   "serve": cmd_serve, "wyoming": cmd_wyoming, "doctor": cmd_doctor}[command](args)
     except BadInput as e:
         print(f"fastbark: error: {in_flags(e, parser._subcommands().get(command))}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from typing import Iterator
 
@@ -15,10 +16,11 @@ from .backends.base import Backend, Models
 from .backends.cuda.offload import Offload
 from .constants import CODEBOOK_SIZE, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS, SEMANTIC_VOCAB_SIZE
 from .errors import BadInput
-from .loading.layouts import Parts, load_parts
+from .clone.cloner import VoiceCloner
+from .loading.layouts import DEFAULT_CODEC, Parts, load_parts
 from .loading.vocos import DEFAULT_VOCOS, load_vocos
 from .models.vocos import Vocos
-from .options import (DECODERS, CoarseOptions, EngineOptions, FineOptions, GenerationOptions, LongFormOptions,
+from .options import (DECODERS, CloneOptions, CoarseOptions, EngineOptions, FineOptions, GenerationOptions, LongFormOptions,
                       SemanticOptions, check_choice, check_number, check_seed, make_options)
 from .pipeline.coarse import generate_coarse
 from .pipeline.fine import generate_fine
@@ -39,7 +41,7 @@ class Bark:
     def __init__(self, parts: Parts, options: EngineOptions | None = None, *, offload: Offload | None = None,
                  backend: Backend | None = None, vocos: Vocos | str | os.PathLike | None = None,
                  transcriber: Transcriber | None = None,
-                 asr: str | None = None):
+                 asr: str | None = None, clone: CloneOptions | None = None, clone_hub: dict | None = None):
         """`offload` and `backend` replace what `options` would make (the tests run a CUDA backend's code on
         the CPU this way); `vocos`, the Vocos decoder of decoder="vocos" (a model, or where to load it from
         at first use: a folder or hub id; default charactr/vocos-encodec-24khz)."""
@@ -50,6 +52,10 @@ class Bark:
         # verify="asr": `transcriber`, else Whisper from `asr` (a hub id or folder; default by language), loaded
         # at first use, once per model
         self.transcriber, self.asr_model, self._whispers = transcriber, asr, {}
+        # voices from recordings: HuBERT, the quantizer and EnCodec's encoder, loaded at first use
+        # (`clone_hub`: where the encoder comes from, `codec`, and the hub settings)
+        self.clone_options, self._clone_hub, self._cloner = clone or CloneOptions(), clone_hub or {}, None
+        self._clone_lock = threading.Lock()  # the server may clone from several threads
         self.semantic_model, self.coarse_model, self.fine_model = parts.semantic, parts.coarse, parts.fine
         self.codec, self.tokenizer, self.voice_library = parts.codec, parts.tokenizer, parts.voices
         self.source = parts.source
@@ -78,6 +84,7 @@ class Bark:
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                         local_files_only: bool = False, options: EngineOptions | None = None,
                         vocos: str | os.PathLike | None = None, asr: str | os.PathLike | None = None,
+                        hubert: str | os.PathLike | None = None, quantizer: str | os.PathLike | None = None,
                         **engine_options) -> "Bark":
         """Load from a hub id (`suno/bark-small`, `suno/bark`), a folder in the hub layout, or a folder of
         Suno's original `.pt` files (EnCodec from `codec`: a `.th` file, a folder or hub id; default
@@ -87,7 +94,8 @@ class Bark:
         (float32 is the exact mode), `quantize` ("int8": the int8 fast mode, CPU), `cpu_kernel`
         ("auto", "c", "onednn", "plain"), `backend` ("auto", "cpu", "cuda", "torch"), `threads`, `attention`,
         `offload` and `compile`. `vocos=`: where decoder="vocos" loads Vocos from (a folder or hub id).
-        `tts.backend` reports what was chosen."""
+        `tts.backend` reports what was chosen. `hubert=` and `quantizer=`: the models `voice_from_audio` uses
+        (CloneOptions; EnCodec's encoder comes from this checkpoint, or `codec`)."""
         options = make_options(EngineOptions, options, engine_options, "options")
         if options.threads is not None:
             torch.set_num_threads(options.threads)
@@ -96,7 +104,12 @@ class Bark:
                            revision=revision, cache_dir=os.fspath(cache_dir) if cache_dir else None,
                            local_files_only=local_files_only)
         parts.codec.to(options.torch_device)  # the EnCodec decoder (7.4M parameters) always runs on the device
-        return cls(parts, options, vocos=vocos, asr=os.fspath(asr) if asr is not None else None)
+        clone = CloneOptions(**{k: os.fspath(v) for k, v in (("hubert", hubert), ("quantizer", quantizer))
+                                if v is not None})
+        clone_hub = {"codec": os.fspath(codec or source), "cache_dir": os.fspath(cache_dir) if cache_dir else None,
+                     "local_files_only": local_files_only}
+        return cls(parts, options, vocos=vocos, asr=os.fspath(asr) if asr is not None else None, clone=clone,
+                   clone_hub=clone_hub)
 
     # ------------------------------------------------------------ voices
 
@@ -109,6 +122,32 @@ class Bark:
             return resolve_voice(voice, self.voice_library)
         except BadInput as e:
             e.param = e.param or "voice"
+            raise
+
+    def cloner(self) -> VoiceCloner:
+        """HuBERT, the quantizer and EnCodec's encoder (loaded at first use), on this engine's device."""
+        with self._clone_lock:
+            return self._load_cloner()
+
+    def _load_cloner(self) -> VoiceCloner:
+        if self._cloner is None:
+            hub = dict(self._clone_hub)
+            self._cloner = VoiceCloner.from_pretrained(hubert=self.clone_options.hubert,
+                                                       quantizer=self.clone_options.quantizer,
+                                                       codec=hub.pop("codec", DEFAULT_CODEC), device=self.device,
+                                                       **hub)
+        return self._cloner
+
+    def voice_from_audio(self, audio, sample_rate: int | None = None, *, quantizer: str | os.PathLike | None = None,
+                         progress: ProgressCallback | None = None) -> Voice:
+        """A voice made from a recording of one speaker (5-15 s of clean speech works best; only its end is
+        used): a path (wav, flac, ogg, mp3, m4a ...), an audio file's bytes, or an array with its
+        `sample_rate`. `quantizer` overrides the engine's (CloneOptions). The Voice works wherever a voice
+        does; `voice.save(path)` writes it as an .npz."""
+        try:
+            return self.cloner().clone(audio, sample_rate, quantizer=quantizer, progress=progress)
+        except BadInput as e:
+            e.param = e.param or "audio"
             raise
 
     # ------------------------------------------------------------ stages

@@ -19,7 +19,9 @@ import torch
 from .constants import (CONTEXT_LEN, DEFAULT_COARSE_TEMPERATURE, DEFAULT_FINE_TEMPERATURE, DEFAULT_MIN_EOS_P,
                         DEFAULT_SEMANTIC_TEMPERATURE, MAX_COARSE_HISTORY, MAX_COARSE_INPUT, MAX_SEMANTIC_TOKENS,
                         MAX_TEXT_TOKENS, SLIDING_WINDOW_LEN)
+from .clone.quantizer import DEFAULT_QUANTIZER, QUANTIZERS
 from .errors import BadInput
+from .loading.hubert import DEFAULT_HUBERT
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZE = ("int8",)  # int8: the three GPTs' linear layers (backends/cpu/int8.py); CPU only
@@ -209,6 +211,26 @@ class EngineOptions:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+
+# ------------------------------------------------------------------ voices from recordings
+
+
+@dataclass(frozen=True)
+class CloneOptions:
+    """Where a voice made from a recording gets its models (clone/; README "Voices from recordings")."""
+
+    quantizer: str = field(default=DEFAULT_QUANTIZER, metadata=_help(
+        f"the HuBERT-feature quantizer: a name ({', '.join(QUANTIZERS)}; see the README's table), a .pth file, "
+        f"or owner/repo:file.pth on the hub"))
+    hubert: str = field(default=DEFAULT_HUBERT, metadata=_help(
+        "HuBERT base: a hub id, a hub-layout folder, or fairseq's hubert_base_ls960.pt"))
+
+    def __post_init__(self):
+        for name in ("quantizer", "hubert"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise BadInput(f"{name} must be a non-empty name, path or hub id, got {shown(value)}", param=name)
 
 
 # ------------------------------------------------------------------ generation

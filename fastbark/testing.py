@@ -169,3 +169,39 @@ def encodec_original_state(codec) -> dict[str, torch.Tensor]:
         new = re.sub(r"^quantizer\.layers\.(\d+)\.codebook\.", r"quantizer.vq.layers.\1._codebook.", new)
         out[new] = value.clone()
     return out
+
+
+# ---------------------------------------------------------------- voices from recordings
+
+# HuBERT's real feature encoder (320 samples per frame, 400 of receptive field) with tiny widths, and 10 blocks:
+# the cloner reads block 9, so the 10th is in the file and dropped by the loader
+TINY_HUBERT = dict(hidden_size=32, num_hidden_layers=10, num_attention_heads=2, intermediate_size=64,
+                   conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+REAL_HUBERT = dict(TINY_HUBERT, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                   intermediate_size=3072, conv_dim=(512,) * 7, num_conv_pos_embeddings=128,
+                   num_conv_pos_embedding_groups=16)  # facebook/hubert-base-ls960
+
+
+def quantizer_state(version: int, features: int, hidden: int, intermediate: int, seed: int = 0) -> dict:
+    """A random quantizer checkpoint of the public architecture (gitmylo's CustomTokenizer), as torch.save writes it."""
+    from torch import nn
+    torch.manual_seed(seed)
+    parts = {"lstm": nn.LSTM(features, hidden, 2, batch_first=True),
+             "fc": nn.Linear(intermediate if version == 1 else hidden, 10_000)}
+    if version == 1:
+        parts["intermediate"] = nn.Linear(hidden, intermediate)
+    return {f"{name}.{k}": v.detach().clone() for name, module in parts.items() for k, v in module.state_dict().items()}
+
+
+def write_clone_models(folder: Path, size: str = "tiny", seed: int = 0) -> tuple[Path, Path]:
+    """HuBERT (transformers' HubertModel, hub layout) and a version-1 quantizer, random, at tiny or real sizes:
+    (the HuBERT folder, the quantizer .pth)."""
+    from transformers import HubertConfig, HubertModel
+    torch.manual_seed(seed)
+    config = TINY_HUBERT if size == "tiny" else REAL_HUBERT
+    hubert = HubertModel(HubertConfig(**config)).eval()
+    hubert.save_pretrained(folder / "hubert")
+    hidden = config["hidden_size"]
+    sizes = (hidden, 48, 40) if size == "tiny" else (768, 1024, 4096)
+    torch.save(quantizer_state(1, *sizes, seed=seed), folder / "quantizer.pth")
+    return folder / "hubert", folder / "quantizer.pth"

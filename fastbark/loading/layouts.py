@@ -224,8 +224,10 @@ def _tokenizer_from(source: str | os.PathLike, hub: dict) -> TextTokenizer:
 
 
 def load_encoder(source: str | os.PathLike, device, **hub) -> EncodecEncoder:
-    """EnCodec 24 kHz's encoder half (8 codebooks), from its original `.th` file or the `facebook/encodec_24khz`
-    hub layout, in float32: what turns a recording into a voice's acoustic prompts."""
+    """EnCodec 24 kHz's encoder half (8 codebooks), in float32: what turns a recording into a voice's acoustic
+    prompts. From EnCodec's original `.th` file, the `facebook/encodec_24khz` hub layout, or a Bark checkpoint
+    (the hub layout keeps the whole EnCodec model under `codec_model.`; Suno's layout: its folder's `.th`, else
+    `facebook/encodec_24khz`)."""
     def rename(key: str) -> str | None:
         return encodec_name(key, "encoder")
     if Path(source).is_file():
@@ -233,9 +235,14 @@ def load_encoder(source: str | os.PathLike, device, **hub) -> EncodecEncoder:
         config = codec_config_from_weights(FoldedWeightNorm(Renamed(read_weights(os.fspath(source)), encodec_name)))
     else:
         files = open_source(source, **hub, what="codec")
-        state = read_state(files, "EnCodec")
         config_path = files.get("config.json")
-        config = codec_config_from_hub(read_json(config_path, "EnCodec config")) if config_path else \
+        if config_path is None and is_suno_layout(files):
+            return load_encoder(_local_codec(files) or DEFAULT_CODEC, device, **hub)
+        config = read_json(config_path, "EnCodec config") if config_path else None
+        state = read_state(files, "EnCodec")
+        if config is not None and isinstance(config.get("codec_config"), dict):  # a Bark checkpoint
+            config, state = config["codec_config"], Renamed(state, with_prefix("codec_model."))
+        config = codec_config_from_hub(config) if config is not None else \
             codec_config_from_weights(FoldedWeightNorm(Renamed(state, encodec_name)))
         weights = Renamed(state, rename)
     return build(lambda: EncodecEncoder(config), FoldedWeightNorm(weights), device=device, dtype=torch.float32,

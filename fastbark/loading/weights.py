@@ -167,12 +167,13 @@ def encodec_name(key: str, half: str = "decoder") -> str | None:
 
 class FoldedWeightNorm(Mapping):
     """Weight norm folded into plain weights: `X.weight_g`/`X.weight_v` (or `X.parametrizations.weight.
-    original0/1`) become `X.weight = g * v / ||v||`, the norm taken over every dim but the first."""
+    original0/1`) become `X.weight = g * v / ||v||`, the norm taken over every dim but `dim` (EnCodec: 0, the
+    output channels; HuBERT's position convolution: 2, the kernel taps)."""
 
     _PAIRS = ((".weight_g", ".weight_v"), (".parametrizations.weight.original0", ".parametrizations.weight.original1"))
 
-    def __init__(self, source: Tensors):
-        self._source = source
+    def __init__(self, source: Tensors, dim: int = 0):
+        self._source, self._dim = source, dim
         self._folded: dict[str, tuple[str, str]] = {}
         self._plain = []
         for key in source:
@@ -191,7 +192,7 @@ class FoldedWeightNorm(Mapping):
             g_key, v_key = self._folded[key]
             if v_key not in self._source:
                 raise KeyError(v_key)
-            return torch._weight_norm(self._source[v_key].float(), self._source[g_key].float(), 0)
+            return torch._weight_norm(self._source[v_key].float(), self._source[g_key].float(), self._dim)
         return self._source[key]
 
     def __iter__(self):

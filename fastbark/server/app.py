@@ -22,10 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..constants import SAMPLE_RATE
-from ..errors import BadInput
+from ..errors import BadInput, CheckpointError
 from ..longform import dialogue
 from ..options import SERVED_FIRST_CHUNK_SECONDS, GenerationOptions, LongFormOptions, check_number
-from ..voices import MAX_VOICE_BYTES, Voice
+from ..clone.quantizer import QUANTIZERS
+from ..voices import MAX_VOICE_BYTES, PROMPT_KEYS, Voice
 from .catalog import OPENAI_VOICES, VoiceCatalog
 from .options import ServerOptions
 from .formats import MEDIA_TYPES, PIECEWISE, encode, stream_piece, stream_start
@@ -344,22 +345,42 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
                 "openai": voice_table, "uploaded": catalog.uploaded()}
 
     @app.put("/v1/audio/voices/{name}")
-    async def upload_voice(name: str, request: Request):
+    async def upload_voice(name: str, request: Request, quantizer: str | None = None):
+        """The body: a voice `.npz`, or a recording (wav, flac, ogg, mp3, m4a ...: at most MAX_VOICE_BYTES; its
+        last 15 s are used) made into a voice with the server's cloning models. `quantizer`: one of the
+        public quantizers' names (no paths: the server's files are not the client's to choose)."""
         target = check_upload_name(name)
+        if quantizer is not None and quantizer not in QUANTIZERS:
+            raise ApiError(400, f"quantizer {quantizer!r} is unknown; accepted: {', '.join(QUANTIZERS)}", "quantizer")
         data = await request.body()  # BodyLimit refused it as it came if it was too large
+        if not data:
+            raise ApiError(400, "the body is empty: send a voice .npz or an audio clip", "file")
 
-        def store() -> None:
+        def store() -> dict:
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".upload", dir=uploads)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
             try:
-                Voice.from_npz(tmp)  # checked exactly as any voice file
+                if data[:4] == b"PK\x03\x04":  # a zip: an .npz voice
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
+                    voice, made_from = Voice.from_npz(tmp), "npz"  # checked exactly as any voice file
+                else:
+                    with os.fdopen(fd, "wb") as f:
+                        try:
+                            voice = tts.voice_from_audio(data, quantizer=quantizer)
+                        except CheckpointError as e:  # the server's cloning models, not the client's clip
+                            raise ApiError(503, f"voices cannot be made from audio here: {e}", None) from None
+                        np.savez(f, **{k: getattr(voice, k) for k in PROMPT_KEYS})
+                    made_from = "audio"
             except BadInput as e:
                 os.unlink(tmp)
                 raise ApiError(400, str(e).replace(str(tmp), "the upload"), "file") from None
+            except BaseException:
+                os.unlink(tmp)
+                raise
             os.replace(tmp, target)  # an upload of the same name is replaced
-        await run_in_threadpool(store)
-        return {"name": name, "uploaded": True}
+            return {"name": name, "uploaded": True, "from": made_from,
+                    "semantic_tokens": int(voice.semantic_prompt.shape[0]), "frames": int(voice.fine_prompt.shape[1])}
+        return await run_in_threadpool(store)
 
     @app.delete("/v1/audio/voices/{name}")
     async def delete_voice(name: str):

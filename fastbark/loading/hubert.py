@@ -1,0 +1,152 @@
+"""HuBERT base for voice cloning, from the hub layout (`facebook/hubert-base-ls960`: config.json with
+model.safetensors or pytorch_model.bin, read with weights_only=True) or fairseq's `hubert_base_ls960.pt`.
+
+fairseq's file pickles fairseq's own config objects beside the weights. It is read without running any of
+them: every global the pickle names (listed by torch without unpickling) is replaced by an inert stand-in
+that only stores what it is given, so nothing the file names is imported or called; only `model`'s tensors
+are used. Either way the weights are renamed to the hub names, the position convolution's weight norm is
+folded, and the model is built on the meta device with every key and shape checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.hubert import Hubert, HubertConfig
+from .layouts import read_state
+from .sources import open_source, read_json
+from .weights import FoldedWeightNorm, Renamed, Tensors, build, torch_load
+
+DEFAULT_HUBERT = "facebook/hubert-base-ls960"
+MAX_HUBERT_BYTES = 2 << 30  # HuBERT base is 0.38 GB, large 1.3 GB
+POS_CONV_NORM_DIM = 2  # the position convolution's weight norm keeps one scale per kernel tap
+
+# what the hub config may say, and what fastbark's HuBERT is (anything else is another architecture)
+_SUPPORTED = {"feat_extract_norm": "group", "do_stable_layer_norm": False, "conv_bias": False,
+              "feat_proj_layer_norm": True, "hidden_act": "gelu", "feat_extract_activation": "gelu",
+              "conv_pos_batch_norm": False}
+_CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim",
+                "conv_kernel", "conv_stride", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups",
+                "layer_norm_eps")
+
+# fairseq name -> hub name (transformers' conversion script has the same map)
+_FAIRSEQ_RULES = [
+    (r"^feature_extractor\.conv_layers\.(\d+)\.0\.", r"feature_extractor.conv_layers.\1.conv."),
+    (r"^feature_extractor\.conv_layers\.0\.2\.", "feature_extractor.conv_layers.0.layer_norm."),
+    (r"^layer_norm\.", "feature_projection.layer_norm."),
+    (r"^post_extract_proj\.", "feature_projection.projection."),
+    (r"^encoder\.pos_conv\.0\.", "encoder.pos_conv_embed.conv."),
+    (r"\.self_attn\.", ".attention."),
+    (r"\.self_attn_layer_norm\.", ".layer_norm."),
+    (r"\.fc1\.", ".feed_forward.intermediate_dense."),
+    (r"\.fc2\.", ".feed_forward.output_dense."),
+]
+
+
+def hubert_config(d: dict, output_layer: int) -> HubertConfig:
+    for key, value in _SUPPORTED.items():
+        if key in d and d[key] != value:
+            raise CheckpointError(f"HuBERT config: {key} is {d[key]!r}; fastbark runs HuBERT base's architecture "
+                                  f"({key} {value!r})")
+    try:
+        return HubertConfig(**{k: d[k] for k in _CONFIG_KEYS if k in d}, output_layer=output_layer)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"HuBERT config is not usable: {e}") from None
+
+
+def _hub_name(output_layer: int):
+    def rename(key: str) -> str | None:
+        key = key.removeprefix("hubert.")  # HubertForCTC and friends keep the model under `hubert.`
+        layer = re.match(r"encoder\.layers\.(\d+)\.", key)
+        if layer and int(layer.group(1)) >= output_layer or not key.startswith(("feature_", "encoder.")):
+            return None  # blocks after the output layer, masking embeddings, heads
+        return key
+    return rename
+
+
+def _fairseq_name(output_layer: int):
+    hub = _hub_name(output_layer)
+
+    def rename(key: str) -> str | None:
+        for pattern, repl in _FAIRSEQ_RULES:
+            key = re.sub(pattern, repl, key)
+        return hub(key)
+    return rename
+
+
+class _Inert(dict):
+    """Stands in for any class or function a fairseq pickle names: takes what it is given, does nothing."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def __setstate__(self, state) -> None:
+        pass
+
+    def append(self, item) -> None:
+        pass
+
+    def extend(self, items) -> None:
+        pass
+
+
+def read_fairseq(path: str) -> Tensors:
+    """The `model` state dict of a fairseq checkpoint, with its other objects replaced by inert stand-ins."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path!r} as a torch checkpoint: {str(e).splitlines()[0]}") from None
+    stand_ins = [(type(name.rsplit(".", 1)[-1], (_Inert,), {}), name) for name in names]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path!r} as a fairseq checkpoint: {str(e).splitlines()[0]}") from None
+    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path!r} is not a fairseq checkpoint: no 'model' state dict of tensors")
+    return state
+
+
+def load_hubert(source: str | os.PathLike = DEFAULT_HUBERT, device="cpu", *, output_layer: int = 9, **hub) -> Hubert:
+    """HuBERT up to block `output_layer`, in float32: from a hub id or folder (hub layout) or a fairseq `.pt`."""
+    if Path(source).is_file():
+        path = os.fspath(source)
+        if os.path.getsize(path) > MAX_HUBERT_BYTES:
+            raise CheckpointError(f"HuBERT file {path!r} is larger than {MAX_HUBERT_BYTES >> 30} GB")
+        if path.endswith(".safetensors"):
+            raise CheckpointError(f"{path!r}: give the folder that holds a hub-layout HuBERT (config.json beside "
+                                  f"its weights), or fairseq's .pt file")
+        plain = _weights_only_or_none(path)
+        state = plain if plain is not None else read_fairseq(path)
+        config = HubertConfig(output_layer=output_layer)  # fairseq's hubert_base_ls960.pt is HuBERT base
+        rename = _hub_name(output_layer) if "feature_projection.projection.weight" in state or \
+            "hubert.feature_projection.projection.weight" in state else _fairseq_name(output_layer)
+        weights: Tensors = Renamed(state, rename)
+    else:
+        files = open_source(source, what="HuBERT model", **hub)
+        config_path = files.get("config.json")
+        config = hubert_config(read_json(config_path, "HuBERT config") if config_path else {}, output_layer)
+        weights = Renamed(read_state(files, "HuBERT"), _hub_name(output_layer))
+    return build(lambda: Hubert(config), FoldedWeightNorm(weights, dim=POS_CONV_NORM_DIM),
+                 device=torch.device(device), dtype=torch.float32, what="HuBERT")
+
+
+def _weights_only_or_none(path: str) -> dict | None:
+    """A plain state dict (a HubertModel saved with torch.save), or None for fairseq's pickled checkpoint."""
+    try:
+        state = torch_load(path)
+    except CheckpointError as e:
+        if "weights_only=True rejected it" in str(e):
+            return None
+        raise
+    if isinstance(state, dict) and "model" in state and not isinstance(state["model"], torch.Tensor):
+        state = state["model"]  # a fairseq checkpoint whose other entries happen to be plain
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path!r} does not hold a state dict")
+    return state
