@@ -174,8 +174,8 @@ def encodec_original_state(codec) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- voices from recordings
 
 # HuBERT's real feature encoder (320 samples per frame, 400 of receptive field) with tiny widths, and 10 blocks:
-# the cloner reads block 9, so the 10th is in the file and dropped by the loader
-TINY_HUBERT = dict(hidden_size=32, num_hidden_layers=10, num_attention_heads=2, intermediate_size=64,
+# the cloner reads block 9, so the 10th is in the file and dropped by the loader; heads 64 wide, as the real ones
+TINY_HUBERT = dict(hidden_size=128, num_hidden_layers=10, num_attention_heads=2, intermediate_size=64,
                    conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
 REAL_HUBERT = dict(TINY_HUBERT, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                    intermediate_size=3072, conv_dim=(512,) * 7, num_conv_pos_embeddings=128,

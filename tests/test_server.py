@@ -216,10 +216,13 @@ def test_models_health_metrics_voices_and_upload(server, engine, tmp_path):
                                           extra_body={"seed": 4, **FAST}).content
     assert got == pcm16(engine.generate("the dog", voice=str(tmp_path / "me.npz"), seed=4, **FAST).audio)
     bad = httpx.put(url + "/v1/audio/voices/bad", content=b"root:x:0:0")
+    assert bad.status_code == 400 and "not audio" in bad.json()["error"]["message"]
+    assert "a voice .npz, or an audio clip" in bad.json()["error"]["message"]
+    bad = httpx.put(url + "/v1/audio/voices/bad", content=b"PK\x03\x04root:x:0:0")
     assert bad.status_code == 400 and "not a readable .npz" in bad.json()["error"]["message"]
     assert "upload" in bad.json()["error"]["message"] and "/" not in bad.json()["error"]["message"].split("'")[1]
     assert httpx.put(url + "/v1/audio/voices/..%2Fx", content=b"x").status_code in (400, 404)
-    assert httpx.put(url + "/v1/audio/voices/big", content=b"x" * (2 << 20)).status_code == 413
+    assert httpx.put(url + "/v1/audio/voices/big", content=b"x" * ((8 << 20) + 1)).status_code == 413
 
 
 def test_web_page(server):
@@ -325,8 +328,9 @@ def test_body_limits_hold_for_chunked_bodies_before_they_are_buffered(server, me
     url, _ = server
     head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
            f"Transfer-Encoding: chunked\r\n\r\n".encode()
-    # 1.5 MB in chunks, and never the closing chunk: a server that buffers the whole body never answers
-    answer = raw_request(url, head, chunked(b" " * (3 << 19)))
+    # past the limit (1 MB; 8 MB for uploads) in chunks, and never the closing chunk: a server that buffers the
+    # whole body never answers
+    answer = raw_request(url, head, chunked(b" " * ((3 << 19) if method == "POST" else (17 << 19))))
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b'"invalid_request_error"' in answer
     assert httpx.get(url + "/health").json()["status"] == "ok"

@@ -59,6 +59,23 @@ def hubert_config(d: dict, output_layer: int) -> HubertConfig:
         raise CheckpointError(f"HuBERT config is not usable: {e}") from None
 
 
+def config_from_weights(weights: Tensors, output_layer: int) -> HubertConfig:
+    """A file without a config (fairseq's .pt): the sizes read from the weights' shapes. The strides are
+    HuBERT's (every HuBERT and wav2vec 2.0 uses them) and a head is 64 wide (base: 12 heads, large: 16)."""
+    try:
+        convs = [weights[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in range(len(HubertConfig.conv_stride))]
+        pos = weights["encoder.pos_conv_embed.conv.weight"]
+        hidden = weights["feature_projection.projection.weight"].shape[0]
+        blocks = {int(m.group(1)) for k in weights if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
+        return HubertConfig(hidden_size=hidden, num_hidden_layers=len(blocks), num_attention_heads=max(1, hidden // 64),
+                            intermediate_size=weights["encoder.layers.0.feed_forward.intermediate_dense.weight"].shape[0],
+                            conv_dim=tuple(w.shape[0] for w in convs), conv_kernel=tuple(w.shape[2] for w in convs),
+                            num_conv_pos_embeddings=pos.shape[2], num_conv_pos_embedding_groups=hidden // pos.shape[1],
+                            output_layer=output_layer)
+    except (KeyError, IndexError, ValueError) as e:
+        raise CheckpointError(f"the HuBERT weights are not HuBERT base's or large's: {type(e).__name__}: {e}") from None
+
+
 def _hub_name(output_layer: int):
     def rename(key: str) -> str | None:
         key = key.removeprefix("hubert.")  # HubertForCTC and friends keep the model under `hubert.`
@@ -124,10 +141,10 @@ def load_hubert(source: str | os.PathLike = DEFAULT_HUBERT, device="cpu", *, out
                                   f"its weights), or fairseq's .pt file")
         plain = _weights_only_or_none(path)
         state = plain if plain is not None else read_fairseq(path)
-        config = HubertConfig(output_layer=output_layer)  # fairseq's hubert_base_ls960.pt is HuBERT base
-        rename = _hub_name(output_layer) if "feature_projection.projection.weight" in state or \
-            "hubert.feature_projection.projection.weight" in state else _fairseq_name(output_layer)
-        weights: Tensors = Renamed(state, rename)
+        hub_names = any(k.removeprefix("hubert.").startswith("feature_projection.") for k in state)
+        every = Renamed(state, _hub_name(10**6) if hub_names else _fairseq_name(10**6))  # all blocks, to count them
+        config = config_from_weights(FoldedWeightNorm(every, dim=POS_CONV_NORM_DIM), output_layer)
+        weights: Tensors = Renamed(state, _hub_name(output_layer) if hub_names else _fairseq_name(output_layer))
     else:
         files = open_source(source, what="HuBERT model", **hub)
         config_path = files.get("config.json")

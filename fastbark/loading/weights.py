@@ -192,7 +192,12 @@ class FoldedWeightNorm(Mapping):
             g_key, v_key = self._folded[key]
             if v_key not in self._source:
                 raise KeyError(v_key)
-            return torch._weight_norm(self._source[v_key].float(), self._source[g_key].float(), self._dim)
+            v, g = self._source[v_key].float(), self._source[g_key].float()
+            want = tuple(n if d == self._dim else 1 for d, n in enumerate(v.shape))
+            if tuple(g.shape) != want or v.dim() <= self._dim:  # torch._weight_norm does not check: it may crash
+                raise CheckpointError(f"weight norm {g_key} has shape {tuple(g.shape)}; with {v_key} of shape "
+                                      f"{tuple(v.shape)} it must be {want}")
+            return torch._weight_norm(v, g, self._dim)
         return self._source[key]
 
     def __iter__(self):

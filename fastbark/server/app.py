@@ -25,8 +25,9 @@ from ..constants import SAMPLE_RATE
 from ..errors import BadInput, CheckpointError
 from ..longform import dialogue
 from ..options import SERVED_FIRST_CHUNK_SECONDS, GenerationOptions, LongFormOptions, check_number
+from ..clone.audio import read_clip
 from ..clone.quantizer import QUANTIZERS
-from ..voices import MAX_VOICE_BYTES, PROMPT_KEYS, Voice
+from ..voices import PROMPT_KEYS, Voice
 from .catalog import OPENAI_VOICES, VoiceCatalog
 from .options import ServerOptions
 from .formats import MEDIA_TYPES, PIECEWISE, encode, stream_piece, stream_start
@@ -51,7 +52,7 @@ KNOWN_PATHS = {"/v1/audio/speech", "/v1/models", "/v1/audio/voices", "/health", 
 class BodyLimit:
     """ASGI middleware: a request body larger than `limit` bytes is refused with 413 however it is framed
     (a Content-Length, chunked, or a Content-Length that lies), as soon as the limit is passed: nothing
-    larger is ever buffered. `limits` may set a path's own (smaller) limit."""
+    larger is ever buffered. `limits` may give paths (by prefix) their own limit instead."""
 
     def __init__(self, app, limit: int, limits: dict[str, int] | None = None):
         self.app, self.limit, self.limits = app, limit, limits or {}
@@ -60,7 +61,7 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        limit = min([self.limit] + [n for prefix, n in self.limits.items() if path.startswith(prefix)])
+        limit = next((n for prefix, n in self.limits.items() if path.startswith(prefix)), self.limit)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             what = f"{int(declared)} bytes" if declared.isdigit() else f"of unreadable length {declared[:20]!r}"
@@ -131,8 +132,8 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
     app = FastAPI(title="fastbark", version="0.1.0", description="Bark text-to-speech, OpenAI-compatible.",
                   lifespan=lifespan)
     app.state.scheduler, app.state.metrics = scheduler, metrics
-    # inside `guard`, so that its 413s are counted; a voice upload is at most MAX_VOICE_BYTES as well
-    app.add_middleware(BodyLimit, limit=options.max_body_bytes, limits={"/v1/audio/voices/": MAX_VOICE_BYTES})
+    # inside `guard`, so that its 413s are counted; voice uploads (an .npz or an audio clip) have their own limit
+    app.add_middleware(BodyLimit, limit=options.max_body_bytes, limits={"/v1/audio/voices/": options.max_upload_bytes})
     if options.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=options.cors_origins.split(","), allow_methods=["*"],
@@ -346,7 +347,7 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
 
     @app.put("/v1/audio/voices/{name}")
     async def upload_voice(name: str, request: Request, quantizer: str | None = None):
-        """The body: a voice `.npz`, or a recording (wav, flac, ogg, mp3, m4a ...: at most MAX_VOICE_BYTES; its
+        """The body: a voice `.npz`, or a recording (wav, flac, ogg, mp3, m4a ...: at most max_upload_bytes; its
         last 15 s are used) made into a voice with the server's cloning models. `quantizer`: one of the
         public quantizers' names (no paths: the server's files are not the client's to choose)."""
         target = check_upload_name(name)
@@ -366,7 +367,12 @@ def create_app(tts, options: ServerOptions | None = None) -> FastAPI:
                 else:
                     with os.fdopen(fd, "wb") as f:
                         try:
-                            voice = tts.voice_from_audio(data, quantizer=quantizer)
+                            clip = read_clip(data, name="the upload")
+                        except BadInput as e:
+                            raise BadInput(f"{e} (a voice upload is a voice .npz, or an audio clip to make one "
+                                           f"from)") from None
+                        try:
+                            voice = tts.voice_from_audio(clip, quantizer=quantizer)
                         except CheckpointError as e:  # the server's cloning models, not the client's clip
                             raise ApiError(503, f"voices cannot be made from audio here: {e}", None) from None
                         np.savez(f, **{k: getattr(voice, k) for k in PROMPT_KEYS})

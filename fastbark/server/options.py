@@ -7,6 +7,7 @@ from urllib.parse import urlparse
 
 from ..errors import BadInput
 from ..options import check_number, check_seed
+from ..voices import MAX_VOICE_BYTES
 
 
 def _help(text: str) -> dict:
@@ -23,7 +24,10 @@ class ServerOptions:
     max_batch: int = field(default=8, metadata=_help("most chunks generated together"))
     max_wait_ms: float = field(default=20.0, metadata=_help("how long a chunk waits for company in its batch"))
     max_queue: int = field(default=64, metadata=_help("most requests queued or under way; beyond: 429"))
-    max_body_bytes: int = field(default=1 << 20, metadata=_help("largest request body accepted"))
+    max_body_bytes: int = field(default=1 << 20, metadata=_help("largest request body accepted (but uploads)"))
+    max_upload_bytes: int = field(default=8 << 20, metadata=_help(
+        "largest voice upload: an .npz, or an audio clip to make a voice from (15 s of 48 kHz stereo 16-bit WAV "
+        "is 2.9 MB); at most 16 MB"))
     data_dir: str | None = field(default=None, metadata=_help("where uploaded voices are kept (default: none kept)"))
     api_key: str | None = field(default=None, metadata=_help(
         "require `Authorization: Bearer KEY` (also from FASTBARK_API_KEY)"))
@@ -32,10 +36,13 @@ class ServerOptions:
         "a JSON file mapping OpenAI voice names (alloy, nova, ...) to presets; overrides the built-in table"))
 
     def __post_init__(self):
-        for name in ("port", "max_input_chars", "max_batch", "max_queue", "max_body_bytes"):
+        for name in ("port", "max_input_chars", "max_batch", "max_queue", "max_body_bytes", "max_upload_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "port" else 1):
                 raise BadInput(f"{name} must be a positive integer, got {value!r}")
+        if self.max_upload_bytes > MAX_VOICE_BYTES:
+            raise BadInput(f"max_upload_bytes must be at most {MAX_VOICE_BYTES} (16 MB), got {self.max_upload_bytes}",
+                           "max_upload_bytes")
         if not isinstance(self.max_wait_ms, (int, float)) or not 0 <= self.max_wait_ms <= 10_000:
             raise BadInput(f"max_wait_ms must be in 0..10000, got {self.max_wait_ms!r}")
 
