@@ -136,3 +136,9 @@ def test_verify_cost_smoke(tmp_path):
     result = verify_cost.main(["--seconds", "1", "--tokens", "4", "--repeats", "1", "--width", "32", "--layers", "1",
                                "--json", str(tmp_path / "v.json")])
     assert [r["verify"] for r in result["rows"]] == ["duration", "asr"] and result["rows"][1]["check_s"] > 0
+
+
+def test_clone_benchmark_smoke(tmp_path):
+    import clone
+    result = clone.main(["--seconds", "1", "--repeats", "1", "--no-reference", "--json", str(tmp_path / "c.json")])
+    assert len(result["rows"]) == 4 and all(r["seconds"] > 0 for r in result["rows"])

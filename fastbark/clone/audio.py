@@ -54,7 +54,11 @@ class Clip:
         """(T * rate / sample_rate,) float32, by soxr (its high-quality default)."""
         if rate == self.sample_rate:
             return self.samples
-        import soxr
+        try:
+            import soxr
+        except ImportError:
+            raise BadInput("voices from recordings need the clone extra: pip install 'fastbark[clone]' (soxr is "
+                           "missing)") from None
         return soxr.resample(self.samples, self.sample_rate, rate).astype(np.float32, copy=False)
 
 
