@@ -289,6 +289,14 @@ def main(argv=None) -> dict:
         results["parity_fp32_device_vs_cpu"] = parity(device, tiny)
         print("parity", results["parity_fp32_device_vs_cpu"], flush=True)
         save()
+        try:  # making a voice from a 10 s recording (issue 19), float32 (1 s on the CPU: the script's own test)
+            import clone
+            long = device.type == "cuda"
+            results["clone"] = clone.main(["--device", str(device), "--seconds", "10" if long else "1", "--repeats",
+                                           "3" if long else "1", "--no-reference"])
+        except Exception as e:  # noqa: BLE001 - keep the other measurements
+            results["clone"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        save()
         for size in args.sizes.split(","):
             folder = tiny if size == "tiny" else write_random_checkpoint(size, Path(tmp) / size)
             if device.type == "cuda":

@@ -1,6 +1,7 @@
-"""Voices from recordings (issue 19), beside the EnCodec encoder (models/encodec.py, `EncodecEncoder`).
+"""Voices from recordings (issue 19): a recording -> a Bark voice (semantic, coarse and fine prompts).
 
-Built so far: `quantizer.py`, the HuBERT-feature -> semantic-token quantizer of the community cloning method
-(gitmylo's `CustomTokenizer` checkpoints), loaded safely. Still to come: HuBERT's layer-9 features, audio
-input, and `Bark.voice_from_audio` / `fastbark clone`.
+`audio.py` reads and checks a clip (files, bytes or arrays; soxr resampling), `quantizer.py` holds the
+HuBERT-feature quantizers (gitmylo's CustomTokenizer and the community ones), `cloner.py` runs HuBERT
+(models/hubert.py), the quantizer and EnCodec's encoder (models/encodec.py). `Bark.voice_from_audio` and
+`fastbark clone` are the entry points.
 """
