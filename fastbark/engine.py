@@ -35,6 +35,17 @@ from .text.tokenizer import fit_text_window, normalize_text
 from .voices import Voice, VoiceLike, check_tokens, resolve_voice
 
 
+def usable_threads(threads: int) -> int:
+    """`threads`, capped (with a warning) at the cores this process may run on: more threads than cores
+    only make the C kernels' and torch's workers wait for each other."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads > cores:
+        warnings.warn(f"threads {threads} is more than the {cores} cores this process may use; using {cores}",
+                      stacklevel=3)
+        return cores
+    return threads
+
+
 class Bark:
     """Bark text-to-speech. Make one with `Bark.from_pretrained(...)`; it holds no global state."""
 
@@ -98,7 +109,7 @@ class Bark:
         (CloneOptions; EnCodec's encoder comes from this checkpoint, or `codec`)."""
         options = make_options(EngineOptions, options, engine_options, "options")
         if options.threads is not None:
-            torch.set_num_threads(options.threads)
+            torch.set_num_threads(usable_threads(options.threads))
         load_on = torch.device("cpu") if options.offload else options.torch_device  # offload: GPTs stay in CPU memory
         parts = load_parts(source, load_on, options.torch_dtype, tokenizer=tokenizer, codec=codec,
                            revision=revision, cache_dir=os.fspath(cache_dir) if cache_dir else None,

@@ -37,4 +37,5 @@ def select(options: EngineOptions, models: Models, backend: Backend | None = Non
                 model.use_kernels(kernel, model.decode_step)
             else:
                 model.use_kernels(kernel)
-    return describe(backend.name, options, models, tuple(fallbacks))
+    measured = tuple(dict.fromkeys(map(str, backend.choices)))  # a shape shared by two models: once
+    return describe(backend.name, options, models, tuple(fallbacks), measured)

@@ -26,6 +26,7 @@ class Backend(ABC):
 
     def __init__(self, options: EngineOptions):
         self.options = options
+        self.choices: list = []  # what was measured and chosen on this machine (printable entries)
 
     @abstractmethod
     def prepare(self, models: Models) -> list[str]:
@@ -48,6 +49,7 @@ class BackendReport:
     options: EngineOptions
     models: dict[str, ModelReport]
     fallbacks: tuple[str, ...]  # each: what was not used, and why
+    measured: tuple[str, ...] = ()  # kernels chosen by measuring this machine: per shape, the times and the choice
 
     def __str__(self) -> str:
         o = self.options
@@ -56,6 +58,7 @@ class BackendReport:
             linears = ", ".join(f"{n} {kind}" for kind, n in sorted(m.linears.items()))
             step = f"; decode step {m.decode_step}, one-query attention {m.one_query_attention}" if m.decode_step else ""
             lines.append(f"  {name}: linear layers {linears}; whole-sequence attention {m.whole_attention}{step}")
+        lines += [f"  measured: {m}" for m in self.measured]
         lines += [f"  fallback: {f}" for f in self.fallbacks]
         return "\n".join(lines)
 
@@ -65,7 +68,8 @@ def linear_kind(module: nn.Module) -> str | None:
     return getattr(module, "kind", None) or ("torch" if isinstance(module, nn.Linear) else None)
 
 
-def describe(name: str, options: EngineOptions, models: Models, fallbacks: tuple[str, ...]) -> BackendReport:
+def describe(name: str, options: EngineOptions, models: Models, fallbacks: tuple[str, ...],
+             measured: tuple[str, ...] = ()) -> BackendReport:
     """The report, read off the prepared models themselves."""
     reports = {}
     for key, model in models._asdict().items():
@@ -77,7 +81,7 @@ def describe(name: str, options: EngineOptions, models: Models, fallbacks: tuple
             step = getattr(model.decoder or model.decode_step, "kind", "custom")
         reports[key] = ModelReport(dict(kinds), step if causal else "", kernel.whole_kind,
                                    kernel.one_query_kind if causal else "")
-    return BackendReport(name, options, reports, fallbacks)
+    return BackendReport(name, options, reports, fallbacks, measured)
 
 
 __all__ = ["Backend", "BackendReport", "ModelReport", "Models", "describe"]

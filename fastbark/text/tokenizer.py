@@ -13,11 +13,21 @@ from ..constants import MAX_TEXT_TOKENS
 from ..errors import BadInput, CheckpointError
 
 
+# words of several scripts: any wordpiece vocabulary that can write text turns some of them into known pieces
+WORD_PROBE = "the hello world a de la 你 好"
+
+
 class TextTokenizer:
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, source: str = "the tokenizer"):
         tokenizer.no_padding()
         tokenizer.no_truncation()
         self._tokenizer = tokenizer
+        unknown = {tokenizer.token_to_id(t) for t in ("[UNK]", "<unk>")} - {None}
+        ids = tokenizer.encode(WORD_PROBE, add_special_tokens=False).ids
+        if not any(i not in unknown for i in ids):  # Bark would speak every text as unknown-word noise
+            raise CheckpointError(f"{source} cannot produce a single word: {WORD_PROBE!r} becomes "
+                                  f"{'nothing' if not ids else 'only unknown-word tokens'}; give Bark's "
+                                  f"tokenizer (BERT multilingual cased)")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TextTokenizer":
@@ -25,12 +35,13 @@ class TextTokenizer:
         path = os.fspath(path)
         try:
             if path.endswith(".json"):
-                return cls(Tokenizer.from_file(path))
-            bert = BertWordPieceTokenizer(path, clean_text=True, handle_chinese_chars=True,
-                                          strip_accents=False, lowercase=False)
-            return cls(bert._tokenizer)
+                tokenizer = Tokenizer.from_file(path)
+            else:
+                tokenizer = BertWordPieceTokenizer(path, clean_text=True, handle_chinese_chars=True,
+                                                   strip_accents=False, lowercase=False)._tokenizer
         except Exception as e:  # the tokenizers library raises plain Exceptions
             raise CheckpointError(f"cannot read the tokenizer file {path!r}: {e}") from None
+        return cls(tokenizer, f"the tokenizer file {path!r}")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as a `tokenizer.json`."""

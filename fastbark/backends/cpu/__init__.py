@@ -2,8 +2,9 @@
 int8 linear layers, the fast modes' one-call decode step and bfloat16 attention.
 
 What it chooses, per engine options (each choice falls back, and says so in the report):
-- exact float32: the decode steps' linear layers on the C kernel (`cpu_kernel` "auto"/"c"), else
-  oneDNN-packed (`"onednn"`), else plain `F.linear` (`"plain"`);
+- exact float32: the decode steps' linear layers on whichever of the C kernel, oneDNN-packed weights
+  and plain `F.linear` passed its checks and measured fastest on this machine, per shape (`cpu_kernel`
+  "auto"; choice.py), or the one `cpu_kernel` names ("c", "onednn", "plain");
 - int8 (`quantize="int8"`): every linear layer of the three GPTs in int8 (C products where the
   kernels are built); the semantic and coarse decode steps as one C call each;
 - bfloat16: the decode steps as one C call each (AVX512-BF16), the heads oneDNN-packed;
@@ -21,12 +22,23 @@ from ..base import Backend, Models
 from .attention import CpuAttention, bf16_attention
 from .decode_step import fused_decode_step
 from .int8 import Int8Linear, int8_kernels
-from .library import has_vnni, kernels_unavailable, load_kernels
+from .choice import Candidate, ChoiceCache, PlainLinear, choose_linears, machine_key
+from .library import cache_dir, has_vnni, kernels_unavailable, load_kernels, sources_digest
 from .linears import GemvLinear, pack_linear, packing_available
 
 
 class CpuBackend(Backend):
     name = "cpu"
+
+    def __init__(self, options, choice_cache: ChoiceCache | None = None):
+        super().__init__(options)
+        self._choice_cache = choice_cache
+
+    def choice_cache(self) -> ChoiceCache:
+        """Measurements kept per machine, beside the C library (its sources are part of the key)."""
+        if self._choice_cache is None:
+            self._choice_cache = ChoiceCache(cache_dir(), machine_key([sources_digest()]))
+        return self._choice_cache
 
     def prepare(self, models: Models) -> list[str]:
         o, dtype = self.options, self.options.torch_dtype
@@ -60,9 +72,16 @@ class CpuBackend(Backend):
     def _decode_linears(self, model, kernels, dtype: torch.dtype, head_only: bool) -> list[str]:
         """The float linear layers of a decode-step GPT: the C kernel, else oneDNN-packed, else plain.
         With a fused decode step only the head is swapped (the step reads the plain bfloat16 weights)."""
-        if self.options.cpu_kernel == "plain":
+        kind = self.options.cpu_kernel
+        if kind == "plain":
             return []
-        if kernels is not None and dtype == torch.float32:
+        if dtype == torch.float32 and kind == "auto":  # measured on this machine (choice.py)
+            candidates = [Candidate("c", GemvLinear if kernels is not None else lambda linear: None),
+                          Candidate("onednn", pack_linear if packing_available(dtype) else lambda linear: None),
+                          Candidate("plain", PlainLinear)]
+            self.choices += choose_linears(model, candidates, self.choice_cache())
+            return []
+        if kernels is not None and dtype == torch.float32 and kind == "c":
             model.swap_linears(GemvLinear)
             return []
         if not packing_available(dtype):

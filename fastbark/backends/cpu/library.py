@@ -27,9 +27,14 @@ NATIVE = Path(__file__).with_name("native")  # every .c there, with its headers:
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "fastbark" / "native"
+
+
+def sources_digest() -> str:
+    """The kernels' sources, hashed: a change to them makes earlier builds and measurements stale."""
+    return hashlib.sha256(b"".join(f.read_bytes() for f in sorted(NATIVE.glob("*.[ch]")))).hexdigest()[:16]
 
 
 def has_vnni() -> bool:
@@ -52,7 +57,7 @@ def _build(compiler: str) -> Path:
     sources = [str(f) for f in files if f.suffix == ".c"]
     key = hashlib.sha256(b"".join(f.read_bytes() for f in files)
                          + " ".join([compiler, *FLAGS, platform.machine(), _cpu_signature()]).encode())
-    target = _cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
+    target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:

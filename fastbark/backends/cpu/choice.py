@@ -1,0 +1,201 @@
+"""Kernels chosen by measuring this machine, not by guessing from its instruction-set flags.
+
+For each shape of a decode step's linear layers (the products that run once per generated token), every
+candidate kernel is first checked, then timed, and the fastest that passed runs:
+- **checked**: a candidate must give each row the same bits alone as inside a batch (fastbark's float32
+  batch invariance), the same bits with one thread as with all of them, and values within float32
+  rounding of a float64 product. A candidate that fails is never used, whatever its speed.
+- **timed**: batches of 1 and 8 rows (a lone text, and a served batch), median of enough runs to fill
+  a few milliseconds each, on the layer's own weights; the score is the sum.
+
+A kernel that loses to plain torch (`F.linear`, always a candidate) is therefore never chosen. The
+measurements are cached per CPU (model name and flags), torch version, thread count and kernel sources,
+beside the C library's build, so they are made once per machine; the backend report lists them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BATCHES = (1, 8)  # rows per decode step: a lone text, and a served batch
+CHECK_ROWS = (16, 3, 2)  # batch invariance is checked in batches of these sizes (16: the most a slab holds)
+TIME_BUDGET_S = 0.004  # per candidate and batch: enough runs to fill this, at least 5
+MIN_RUNS = 5
+
+
+class PlainLinear(nn.Module):
+    """nn.Linear's own forward (F.linear), as a candidate like the others."""
+
+    kind = "torch"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    make: Callable[[nn.Linear], nn.Module | None]  # None: not available here
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What was measured for one shape (in -> out features), and what was chosen."""
+
+    shape: tuple[int, int]
+    chosen: str
+    ms: dict  # candidate -> milliseconds for BATCHES rows, summed
+    refused: dict  # candidate -> why it was not eligible
+
+    def __str__(self) -> str:
+        times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in sorted(self.ms.items(), key=lambda kv: kv[1]))
+        refused = "".join(f"; {name} refused: {why}" for name, why in self.refused.items())
+        return f"{self.shape[0]} -> {self.shape[1]}: {self.chosen} ({times}{refused})"
+
+
+def check(module: nn.Module, linear: nn.Linear) -> str:
+    """'' if `module` keeps float32's promises for `linear`'s product, else why not."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(CHECK_ROWS[0], 1, linear.in_features, generator=g)  # (B, 1, K): one position per row
+    with torch.inference_mode():
+        batch = module(x)
+        alone = torch.cat([module(x[i: i + 1]) for i in range(x.shape[0])])
+        for rows in CHECK_ROWS:
+            if not torch.equal(module(x[:rows]), alone[:rows]):
+                return f"a row alone differs from the same row in a batch of {rows}"
+        threads = torch.get_num_threads()
+        if threads > 1:
+            torch.set_num_threads(1)
+            try:
+                one = module(x)
+            finally:
+                torch.set_num_threads(threads)
+            if not torch.equal(one, batch):
+                return "one thread gives other bits than several"
+        want = F.linear(x.double(), linear.weight.double(), None if linear.bias is None else linear.bias.double())
+        scale = float(x.abs().max() * linear.weight.abs().max() * linear.in_features)
+        if not bool(((batch.double() - want).abs() <= 1e-5 * scale).all()):
+            return "its values are wrong"
+    return ""
+
+
+def milliseconds(module: nn.Module, in_features: int, rows: int) -> float:
+    x = torch.randn(rows, 1, in_features)
+    with torch.inference_mode():
+        module(x)  # warm up (first-call set-up, caches)
+        times, start = [], time.perf_counter()
+        while len(times) < MIN_RUNS or time.perf_counter() - start < TIME_BUDGET_S:
+            t = time.perf_counter()
+            module(x)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def choose(linear: nn.Linear, candidates: list[Candidate]) -> tuple[Choice, dict[str, nn.Module]]:
+    """Check and time each candidate on `linear`; (the choice, the modules made for it)."""
+    made, ms, refused = {}, {}, {}
+    for c in candidates:
+        try:
+            module = c.make(linear)
+        except (RuntimeError, NotImplementedError, OSError) as e:
+            module, why = None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+        else:
+            why = "not available here"
+        if module is None:
+            refused[c.name] = why
+            continue
+        why = check(module, linear)
+        if why:
+            refused[c.name] = why
+            continue
+        made[c.name] = module
+        ms[c.name] = sum(milliseconds(module, linear.in_features, rows) for rows in BATCHES)
+    if not ms:
+        raise RuntimeError(f"no kernel passed its checks for {linear.in_features} -> {linear.out_features}: "
+                           f"{refused}")
+    chosen = min(ms, key=ms.get)
+    return Choice((linear.in_features, linear.out_features), chosen, ms, refused), made
+
+
+class ChoiceCache:
+    """Choices kept in a JSON file per machine, torch, thread count and kernel sources."""
+
+    def __init__(self, folder: Path, key_parts: list[str]):
+        key = hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:16]
+        self.path = folder / f"choices-{key}.json"
+        try:
+            data = json.loads(self.path.read_text())
+            self._choices = {k: Choice(tuple(v["shape"]), v["chosen"], v["ms"], v["refused"]) for k, v in data.items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            self._choices = {}
+
+    def get(self, name: str) -> Choice | None:
+        return self._choices.get(name)
+
+    def put(self, name: str, choice: Choice) -> None:
+        self._choices[name] = choice
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({k: asdict(v) for k, v in self._choices.items()}, indent=1))
+            os.replace(tmp, self.path)  # atomic: another process never reads half a file
+        except OSError:
+            pass  # a read-only cache only costs the measurement again next time
+
+
+def machine_key(extra: list[str]) -> list[str]:
+    """What a measurement depends on: the CPU, torch, the threads, the kernels' sources (`extra`)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next((line for line in info.splitlines() if line.startswith("model name")), platform.processor())
+        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        model, flags = platform.processor(), ""
+    return [model, flags, torch.__version__, str(torch.get_num_threads()), *extra]
+
+
+def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceCache | None,
+                   keep: Callable[[nn.Linear], bool] = lambda linear: True) -> list[Choice]:
+    """Swap every decode-step linear layer of `model` (those `keep` accepts) for the kernel measured fastest
+    for its shape; the choices, one per shape. "plain" keeps the nn.Linear as it is."""
+    by_shape: dict[tuple[int, int, bool], Choice] = {}
+    names = [c.name for c in candidates]
+
+    def swap(linear: nn.Linear) -> nn.Module | None:
+        if not keep(linear):
+            return None
+        shape = (linear.in_features, linear.out_features, linear.bias is not None)
+        made: dict[str, nn.Module] = {}
+        if shape not in by_shape:
+            key = f"{shape[0]}x{shape[1]}{'+bias' if shape[2] else ''}:{','.join(names)}"
+            cached = cache.get(key) if cache is not None else None
+            if cached is not None and cached.chosen in names:
+                by_shape[shape] = cached
+            else:
+                by_shape[shape], made = choose(linear, candidates)  # measured on this layer's own weights
+                if cache is not None:
+                    cache.put(key, by_shape[shape])
+        chosen = by_shape[shape].chosen
+        if chosen == "plain":
+            return None
+        module = made.get(chosen) or next(c for c in candidates if c.name == chosen).make(linear)
+        return module  # None (could not be made this time): the plain layer stays
+    model.swap_linears(swap)
+    return list(by_shape.values())

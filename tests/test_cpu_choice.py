@@ -1,0 +1,139 @@
+"""Kernels chosen by measuring this machine (backends/cpu/choice.py): only candidates that pass their checks
+(batch invariance, the same bits on any thread count, right values) are timed, the fastest runs, a slow one
+never does, and the measurements are cached and reported. Also: thread counts above the cores are capped,
+and a tokenizer that cannot write a word is refused."""
+
+import os
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import fastbark
+from fastbark.backends.cpu import choice
+from fastbark.backends.cpu.choice import Candidate, ChoiceCache, PlainLinear, choose, choose_linears
+from fastbark.backends.cpu.linears import GemvLinear, pack_linear, packing_available
+from fastbark.backends.cpu.library import load_kernels
+
+
+class Slow(PlainLinear):
+    """Correct, batch invariant (rows one by one), and slow."""
+
+    kind = "slow"
+
+    def forward(self, x):
+        time.sleep(0.002)
+        return torch.cat([super(Slow, self).forward(x[i: i + 1]) for i in range(x.shape[0])])
+
+
+class RowWise(PlainLinear):
+    """Correct and batch invariant: every row on its own."""
+
+    kind = "rowwise"
+
+    def forward(self, x):
+        return torch.cat([super(RowWise, self).forward(x[i: i + 1]) for i in range(x.shape[0])])
+
+
+class BatchDependent(PlainLinear):
+    """Fast, but a row's bits depend on the batch it is in."""
+
+    def forward(self, x):
+        return super().forward(x) + x.shape[0] * 1e-7
+
+
+class ThreadDependent(RowWise):
+    def forward(self, x):
+        return super().forward(x) + torch.get_num_threads() * 1e-7
+
+
+class Wrong(RowWise):
+    def forward(self, x):
+        return super().forward(x) * 1.01
+
+
+def test_the_fastest_checked_candidate_is_chosen_and_a_slow_one_never():
+    linear = nn.Linear(64, 48)
+    result, made = choose(linear, [Candidate("slow", Slow), Candidate("rowwise", RowWise)])
+    assert result.chosen == "rowwise" and result.ms["slow"] > result.ms["rowwise"] and set(made) == {"slow", "rowwise"}
+    assert "rowwise" in str(result) and "slow" in str(result)
+
+
+@pytest.mark.parametrize("bad, why", [(BatchDependent, "a row alone differs"), (Wrong, "values are wrong"),
+                                      (ThreadDependent, "one thread gives other bits")])
+def test_a_candidate_that_fails_its_checks_is_never_chosen_however_fast(bad, why):
+    if bad is ThreadDependent and torch.get_num_threads() < 2:
+        pytest.skip("one thread only")
+    result, _ = choose(nn.Linear(64, 48), [Candidate("bad", bad), Candidate("slow", Slow)])
+    assert result.chosen == "slow" and why in result.refused["bad"] and "bad" not in result.ms
+
+
+def test_no_eligible_candidate_is_an_error_and_unavailable_ones_are_skipped():
+    with pytest.raises(RuntimeError, match="no kernel passed"):
+        choose(nn.Linear(8, 8), [Candidate("bad", BatchDependent), Candidate("none", lambda linear: None)])
+    result, _ = choose(nn.Linear(8, 8), [Candidate("none", lambda linear: None), Candidate("rowwise", RowWise)])
+    assert result.refused == {"none": "not available here"} and result.chosen == "rowwise"
+
+
+def test_choices_are_cached_and_swapped_per_shape(tmp_path, monkeypatch):
+    model = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 32))
+    model.swap_linears = lambda make: fastbark.models.gpt.swap_linears(model, make)
+    cache = ChoiceCache(tmp_path, ["a machine"])
+    choices = choose_linears(model, [Candidate("slow", Slow), Candidate("rowwise", RowWise)], cache)
+    assert [c.shape for c in choices] == [(16, 32), (32, 16)]  # two shapes measured, three layers swapped
+    assert [type(m).__name__ for m in model] == ["RowWise"] * 3
+    assert cache.path.is_file()
+    monkeypatch.setattr(choice, "choose", lambda *a: pytest.fail("measured again"))
+    again = nn.Sequential(nn.Linear(16, 32))
+    again.swap_linears = lambda make: fastbark.models.gpt.swap_linears(again, make)
+    cached = choose_linears(again, [Candidate("slow", Slow), Candidate("rowwise", RowWise)],
+                            ChoiceCache(tmp_path, ["a machine"]))
+    assert cached[0].chosen == "rowwise" and type(again[0]).__name__ == "RowWise"
+    assert ChoiceCache(tmp_path, ["another machine"]).get("16x32+bias:slow,rowwise") is None
+
+
+def test_the_real_candidates_keep_float32s_promises():
+    """The C kernel and oneDNN pass the checks on this machine; plain F.linear's verdict is whatever it is."""
+    linear = nn.Linear(96, 80, bias=False)
+    candidates = [Candidate("plain", PlainLinear)]
+    if load_kernels() is not None:
+        candidates.append(Candidate("c", GemvLinear))
+    if packing_available(torch.float32):
+        candidates.append(Candidate("onednn", pack_linear))
+    result, _ = choose(linear, candidates)
+    assert set(result.ms) | set(result.refused) == {c.name for c in candidates}
+    assert {"c", "onednn"} & set(candidates and [c.name for c in candidates]) <= set(result.ms)
+
+
+def test_the_engine_reports_what_it_measured(hub_dir):
+    tts = fastbark.Bark.from_pretrained(hub_dir)
+    assert tts.backend.measured and all("->" in m for m in tts.backend.measured)
+    assert "measured: 32 -> 96" in str(tts.backend)
+    kinds = set(tts.backend.models["semantic"].linears)
+    assert kinds <= {"c", "onednn", "torch"}
+    forced = fastbark.Bark.from_pretrained(hub_dir, cpu_kernel="c")
+    assert forced.backend.measured == ()
+
+
+def test_threads_above_the_cores_are_capped_and_absurd_ones_refused(hub_dir):
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match=f"more than the {cores} cores"):
+            fastbark.Bark.from_pretrained(hub_dir, threads=cores + 3)
+        assert torch.get_num_threads() == cores
+    finally:
+        torch.set_num_threads(before)
+    for bad in (10**9, 0, -1, 2.5):
+        with pytest.raises(fastbark.BadInput, match="threads"):
+            fastbark.Bark.from_pretrained(hub_dir, threads=bad)
+
+
+def test_a_tokenizer_that_cannot_write_a_word_is_refused(tmp_path):
+    from fastbark.text.tokenizer import TextTokenizer
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n", encoding="utf-8")
+    with pytest.raises(fastbark.CheckpointError, match="cannot produce a single word"):
+        TextTokenizer.from_file(tmp_path / "vocab.txt")
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n", encoding="utf-8")
+    assert TextTokenizer.from_file(tmp_path / "vocab.txt").encode("hello") == [5]
