@@ -2,8 +2,13 @@
 
 The 49 matrix-vector products of one semantic decode step (12 layers x att_proj, out_proj,
 mlp.in_proj, mlp.out_proj, plus lm_head), one row each: plain `F.linear`, oneDNN-packed float32,
-packed bfloat16, fastbark's C kernel (backends/cpu/native/gemv.c), fastbark's int8 mode (backends/cpu/int8.py), and torch's int8 dynamic quantisation when
-this torch still has it.
+packed bfloat16, fastbark's C kernel (backends/cpu/native/gemv.c), fastbark's int8 mode
+(backends/cpu/int8.py), and torch's int8 dynamic quantisation when this torch still has it.
+
+The reference rows are this machine's memory: a 256 MB `copy_` and a 256 MB `sum`, in GB/s of bytes
+read (a copy also writes as many). A decode-step product cannot read its weights faster than memory
+delivers them, so "% of read" says how close a kernel comes to the floor. Each kernel's GB/s counts the
+bytes it reads: 4 per weight in float32, 2 in bfloat16, 1 in int8.
 
     python benchmarks/linear_bandwidth.py --threads 2 --json benchmarks/linear-bandwidth.json
 """
@@ -51,7 +56,12 @@ def main(argv=None) -> dict:
     x = {i: torch.randn(1, i) for i in (768, 3072)}
     n_bytes = sum(w.numel() for w in weights) * 4
     results = {}
+    big, dst = torch.randn(64 << 20), torch.empty(64 << 20)  # 256 MB each: far beyond any cache
     with torch.inference_mode():
+        copy_ms = per_step_ms(lambda: dst.copy_(big))
+        read_ms = per_step_ms(lambda: big.sum())
+        reference = {"memory copy": big.numel() * 4 / copy_ms / 1e6, "memory read (sum)": big.numel() * 4 / read_ms / 1e6}
+        del big, dst
         results["F.linear float32"] = per_step_ms(lambda: [F.linear(x[w.shape[1]], w) for w in weights])
         from fastbark.backends.cpu.library import load_kernels
         from fastbark.backends.cpu.linears import GemvLinear, PackedLinear, packing_available
@@ -81,13 +91,24 @@ def main(argv=None) -> dict:
             results["int8 dynamic (torch.ao)"] = per_step_ms(lambda: [m(x[m.in_features]) for m in quantized])
         except Exception as e:  # removed from newer torch
             print(f"int8 dynamic quantisation unavailable: {e}")
+    floor = reference["memory read (sum)"]
     print(f"\n49 decode-step products of bark-small ({n_bytes / 1e6:.0f} MB in float32), {args.threads} threads")
-    print(f"{'kernel':<30}{'ms/step':>9}{'GB/s (fp32 bytes)':>19}")
+    print(f"| kernel | ms/step | GB/s (fp32 bytes) | GB/s (its own bytes) | % of read |\n| --- | --- | --- | --- | --- |")
+    for name, gbs in reference.items():
+        print(f"| {name} (reference) | | | {gbs:.1f} | {100 * gbs / floor:.0f}% |")
+    rates = {}
     for name, ms in results.items():
-        print(f"{name:<30}{ms:>9.2f}{n_bytes / ms / 1e6:>19.1f}")
+        own = n_bytes / 4 * bytes_per_weight(name)  # the bytes it reads: 4, 2 or 1 per weight
+        rates[name] = own / ms / 1e6
+        print(f"| {name} | {ms:.2f} | {n_bytes / ms / 1e6:.1f} | {rates[name]:.1f} | {100 * rates[name] / floor:.0f}% |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"threads": args.threads, "ms_per_step": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "ms_per_step": results,
+                                               "reference_gbs": reference, "own_bytes_gbs": rates}, indent=2))
     return results
+
+
+def bytes_per_weight(kernel: str) -> int:
+    return 2 if "bfloat16" in kernel else 1 if "int8" in kernel else 4
 
 
 if __name__ == "__main__":

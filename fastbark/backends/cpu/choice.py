@@ -6,7 +6,8 @@ candidate kernel is first checked, then timed, and the fastest that passed runs:
   batch invariance), the same bits with one thread as with all of them, and values within float32
   rounding of a float64 product. A candidate that fails is never used, whatever its speed.
 - **timed**: batches of 1 and 8 rows (a lone text, and a served batch), median of enough runs to fill
-  a few milliseconds each, on the layer's own weights; the score is the sum.
+  a few milliseconds each, on the layer's own weights, evicted from the caches before every run (as in a
+  decode step, which reads hundreds of MB of weights); the score is the sum.
 
 A kernel that loses to plain torch (`F.linear`, always a candidate) is therefore never chosen. The
 measurements are cached per CPU (model name and flags), torch version, thread count and kernel sources,
@@ -31,7 +32,7 @@ from torch import nn
 
 BATCHES = (1, 8)  # rows per decode step: a lone text, and a served batch
 CHECK_ROWS = (16, 3, 2)  # batch invariance is checked in batches of these sizes (16: the most a slab holds)
-TIME_BUDGET_S = 0.004  # per candidate and batch: enough runs to fill this, at least 5
+TIME_BUDGET_S = 0.004  # per candidate and batch: enough timed runs to fill this, at least 5
 MIN_RUNS = 5
 
 
@@ -96,20 +97,48 @@ def check(module: nn.Module, linear: nn.Linear) -> str:
     return ""
 
 
-def milliseconds(module: nn.Module, in_features: int, rows: int) -> float:
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache (Linux sysfs); 32 MB where it cannot be read."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = path.read_text().strip()
+            sizes.append(int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text))
+        except (OSError, ValueError):
+            continue
+    return max(sizes, default=32 << 20)
+
+
+class ColdCache:
+    """Reading a buffer twice the last-level cache evicts a layer's weights: in a decode step every layer's
+    weights come from memory (a step reads hundreds of MB), so a product timed with its weights in the cache
+    would measure the wrong thing."""
+
+    def __init__(self):
+        self._buffer = torch.ones(2 * last_level_cache_bytes() // 4)
+
+    def __call__(self) -> None:
+        self._buffer.sum()
+
+
+def milliseconds(module: nn.Module, in_features: int, rows: int, evict: Callable[[], None]) -> float:
     x = torch.randn(rows, 1, in_features)
     with torch.inference_mode():
-        module(x)  # warm up (first-call set-up, caches)
+        module(x)  # warm up (first-call set-up)
         times, start = [], time.perf_counter()
         while len(times) < MIN_RUNS or time.perf_counter() - start < TIME_BUDGET_S:
+            evict()
             t = time.perf_counter()
             module(x)
             times.append(time.perf_counter() - t)
     return statistics.median(times) * 1e3
 
 
-def choose(linear: nn.Linear, candidates: list[Candidate]) -> tuple[Choice, dict[str, nn.Module]]:
-    """Check and time each candidate on `linear`; (the choice, the modules made for it)."""
+def choose(linear: nn.Linear, candidates: list[Candidate], evict: Callable[[], None] | None = None
+           ) -> tuple[Choice, dict[str, nn.Module]]:
+    """Check and time each candidate on `linear`, its weights evicted from the caches before each run (`evict`,
+    default ColdCache()); (the choice, the modules made for it)."""
+    evict = evict or ColdCache()
     made, ms, refused = {}, {}, {}
     for c in candidates:
         try:
@@ -126,7 +155,7 @@ def choose(linear: nn.Linear, candidates: list[Candidate]) -> tuple[Choice, dict
             refused[c.name] = why
             continue
         made[c.name] = module
-        ms[c.name] = sum(milliseconds(module, linear.in_features, rows) for rows in BATCHES)
+        ms[c.name] = sum(milliseconds(module, linear.in_features, rows, evict) for rows in BATCHES)
     if not ms:
         raise RuntimeError(f"no kernel passed its checks for {linear.in_features} -> {linear.out_features}: "
                            f"{refused}")
@@ -177,6 +206,7 @@ def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceC
     for its shape; the choices, one per shape. "plain" keeps the nn.Linear as it is."""
     by_shape: dict[tuple[int, int, bool], Choice] = {}
     names = [c.name for c in candidates]
+    evict: list = []  # one eviction buffer, made when the first shape is measured
 
     def swap(linear: nn.Linear) -> nn.Module | None:
         if not keep(linear):
@@ -189,7 +219,8 @@ def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceC
             if cached is not None and cached.chosen in names:
                 by_shape[shape] = cached
             else:
-                by_shape[shape], made = choose(linear, candidates)  # measured on this layer's own weights
+                evict[:] = evict or [ColdCache()]
+                by_shape[shape], made = choose(linear, candidates, evict[0])  # on this layer's own weights
                 if cache is not None:
                     cache.put(key, by_shape[shape])
         chosen = by_shape[shape].chosen

@@ -71,17 +71,28 @@ static inline int32_t dot_s8(const int8_t *x, const uint8_t *x_biased, const int
     /* the tail below runs on x itself, so take its share of the correction back */
     for (int64_t j = k; j < K; j++) s += 128 * w[j];
 #elif defined(__AVX2__)
-    /* No byte dot product on AVX2: widen both to int16 and multiply-add pairs into int32 (exact:
-     * 2 * 127 * 127 per pair). Integer sums do not depend on their order, so the bits are VNNI's. */
+    /* No byte dot product on AVX2, but vpmaddubsw multiplies unsigned by signed bytes and adds pairs into
+     * int16, saturating. With |x| as the unsigned side and w carrying x's sign (vpsignb), every pair is at
+     * most 2 * 127 * 127 = 32258 < 32767: exact. vpmaddwd by ones then widens the pairs into int32. Integer
+     * sums do not depend on their order, so the bits are VNNI's (and the scalar loop's). */
     (void)x_biased; (void)w_sum;
+    const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+    for (; k + 64 <= K; k += 64) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + k));
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + k + 32));
+        const __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(x0),
+                                                _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w + k)), x0));
+        const __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(x1),
+                                                _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w + k + 32)), x1));
+        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p0, ones));
+        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(p1, ones));
+    }
     for (; k + 32 <= K; k += 32) {
-        const __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + k)));
-        const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + k)));
-        const __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + k + 16)));
-        const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + k + 16)));
-        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(x0, w0));
-        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(x1, w1));
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + k));
+        const __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(x0),
+                                                _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w + k)), x0));
+        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p0, ones));
     }
     const __m256i acc = _mm256_add_epi32(acc0, acc1);
     __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
