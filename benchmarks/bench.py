@@ -50,6 +50,14 @@ def best_seconds(fn, repeats: int) -> float:
     return best
 
 
+def randomised(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with random weights (normal, std 0.02) in eval mode: real sizes, for timing only."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.02)
+    return model.eval()
+
+
 def report(result: dict, header: list[str], cells, json_path: str | None) -> dict:
     """Print `result["rows"]` as a markdown table (`cells(row)` -> its cells) and write `result` as JSON."""
     print("| " + " | ".join(header) + " |")

@@ -20,19 +20,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from bench import best_seconds, cpu_description, report
+from bench import best_seconds, cpu_description, randomised, report
 from fastbark.clone.cloner import VoiceCloner
 from fastbark.clone.quantizer import Quantizer
 from fastbark.models.encodec import CodecConfig, EncodecEncoder
 from fastbark.models.hubert import Hubert, HubertConfig
 from fastbark.testing import REAL_CODEC, REAL_HUBERT
-
-
-def randomised(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.02)
-    return model.eval()
 
 
 def main(argv=None) -> dict:

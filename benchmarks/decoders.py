@@ -13,16 +13,9 @@ import time
 
 import torch
 
-from bench import best_seconds, cpu_description, report
+from bench import best_seconds, cpu_description, randomised, report
 from fastbark.models.encodec import CodecConfig, EncodecDecoder
 from fastbark.models.vocos import Vocos, VocosConfig
-
-
-def randomised(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.02)
-    return model.eval()
 
 
 def main(argv=None) -> dict:

@@ -142,3 +142,11 @@ def test_clone_benchmark_smoke(tmp_path):
     import clone
     result = clone.main(["--seconds", "1", "--repeats", "1", "--no-reference", "--json", str(tmp_path / "c.json")])
     assert len(result["rows"]) == 4 and all(r["seconds"] > 0 for r in result["rows"])
+
+
+def test_compute_rates_smoke(tmp_path):
+    import compute_rates
+    result = compute_rates.main(["--size", "tiny", "--modes", "float32,int8", "--repeats", "1",
+                                 "--json", str(tmp_path / "r.json")])
+    assert [r["mode"] for r in result["rows"]] == ["float32", "int8"]
+    assert all(r["gemm_gflops"] > 0 and r["fine_gflops"] > 0 for r in result["rows"])

@@ -76,9 +76,9 @@ class CpuBackend(Backend):
         if kind == "plain":
             return []
         if dtype == torch.float32 and kind == "auto":  # measured on this machine (choice.py)
-            candidates = [Candidate("c", GemvLinear if kernels is not None else lambda linear: None),
-                          Candidate("onednn", pack_linear if packing_available(dtype) else lambda linear: None),
-                          Candidate("plain", PlainLinear)]
+            candidates = [Candidate("c", GemvLinear)] if kernels is not None else []  # what this machine has
+            candidates += [Candidate("onednn", pack_linear)] if packing_available(dtype) else []
+            candidates.append(Candidate("plain", PlainLinear))
             self.choices += choose_linears(model, candidates, self.choice_cache())
             return []
         if kernels is not None and dtype == torch.float32 and kind == "c":

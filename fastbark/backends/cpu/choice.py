@@ -224,9 +224,10 @@ def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceC
                 if cache is not None:
                     cache.put(key, by_shape[shape])
         chosen = by_shape[shape].chosen
-        if chosen == "plain":
-            return None
         module = made.get(chosen) or next(c for c in candidates if c.name == chosen).make(linear)
-        return module  # None (could not be made this time): the plain layer stays
+        if module is None:  # a cached choice this layer cannot have after all: measure it here
+            by_shape[shape], made = choose(linear, candidates, evict[0] if evict else None)
+            module = made[by_shape[shape].chosen]
+        return None if type(module) is PlainLinear else module  # plain: the nn.Linear stays
     model.swap_linears(swap)
     return list(by_shape.values())

@@ -1,0 +1,94 @@
+"""The compute-bound stages against this machine's matrix-multiply rate, per mode (float32, bfloat16, int8).
+
+The machine's rate: the best of torch's GEMMs at a fine pass's largest shape (1024 x 768 @ 768 x 3072),
+in each mode's arithmetic (float32 `torch.mm`; bfloat16 `torch.mm`; int8 `torch._int_mm`, and the
+exact float32 route the int8 mode takes without VNNI). The stage: one fine-model pass over a full
+1024-frame window at bark-small sizes (random weights), as the pipeline runs it, through fastbark's
+backend for the mode. Its FLOPs are counted from the model's shapes: 2 per multiply-add in every linear
+layer and in attention's two products.
+
+    python benchmarks/compute_rates.py --threads 2 --json benchmarks/compute-rates.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import fastbark
+from bench import best_seconds, cpu_description, report
+from fastbark.backends.cpu.int8 import int_mm_via_float
+from fastbark.testing import write_random_checkpoint
+
+M, K, N = 1024, 768, 3072  # a fine pass's MLP product: 1024 frames, 768 -> 3072
+
+
+def gemm_gflops(mode: str, repeats: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
+    if mode == "int8":
+        a8, b8 = a.clamp(-127, 127).to(torch.int8), b.clamp(-127, 127).to(torch.int8)
+        seconds = min(best_seconds(lambda: torch._int_mm(a8, b8), repeats),
+                      best_seconds(lambda: int_mm_via_float(a8, b8.t().contiguous()), repeats))
+    else:
+        dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
+        a, b = a.to(dtype), b.to(dtype)
+        torch.mm(a, b)
+        seconds = best_seconds(lambda: torch.mm(a, b), repeats)
+    return 2 * M * K * N / seconds / 1e9
+
+
+def fine_pass_flops(model) -> float:
+    """FLOPs of one pass over T = block_size frames, every position predicted."""
+    t = model.config.block_size
+    linears = sum(m.in_features * m.out_features for m in model.modules() if hasattr(m, "in_features"))
+    heads = len(model.lm_heads)
+    per_head = model.lm_heads[0].in_features * model.lm_heads[0].out_features
+    linears -= (heads - 1) * per_head  # one head runs per pass
+    attention = model.config.num_layers * 2 * 2 * t * t * model.config.hidden_size
+    return 2 * t * linears + attention
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="small", choices=["tiny", "small", "large"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--modes", default="float32,bfloat16,int8")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_random_checkpoint(args.size, Path(tmp) / "bark")
+        for mode in args.modes.split(","):
+            engine = dict(dtype="bfloat16") if mode == "bfloat16" else dict(quantize="int8") if mode == "int8" else {}
+            tts = fastbark.Bark.from_pretrained(folder, threads=args.threads, **engine)
+            model = tts.fine_model
+            t = model.config.block_size
+            codes = torch.randint(0, 1024, (1, t, model.config.n_codes_total), generator=torch.Generator().manual_seed(0))
+            with torch.inference_mode():
+                model(codes, 2)  # warm up
+                seconds = best_seconds(lambda: model(codes, 2), args.repeats)
+            gemm = gemm_gflops(mode, args.repeats)
+            flops = fine_pass_flops(model)
+            rows.append({"mode": mode, "gemm_gflops": gemm, "fine_pass_s": seconds, "fine_gflops": flops / seconds / 1e9,
+                         "fraction_of_gemm": flops / seconds / 1e9 / gemm, "fine_pass_gflop": flops / 1e9,
+                         "linears": {k: v for k, v in tts.backend.models["fine"].linears.items()},
+                         "attention": tts.backend.models["fine"].whole_attention})
+            del tts, model
+    result = {"size": args.size, "threads": args.threads, "rows": rows, "cpu": cpu_description(),
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    return report(result, ["mode", "machine GEMM (GFLOP/s)", "fine pass (s)", "fine pass (GFLOP/s)", "of GEMM",
+                           "fine linears / attention"],
+                  lambda r: [r["mode"], f"{r['gemm_gflops']:.0f}", f"{r['fine_pass_s']:.2f}", f"{r['fine_gflops']:.0f}",
+                             f"{100 * r['fraction_of_gemm']:.0f}%",
+                             f"{', '.join(f'{n} {k}' for k, n in r['linears'].items())} / {r['attention']}"], args.json)
+
+
+if __name__ == "__main__":
+    main()
