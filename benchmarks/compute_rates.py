@@ -1,7 +1,7 @@
 """The compute-bound stages against this machine's matrix-multiply rate, per mode (float32, bfloat16, int8).
 
-The machine's rate: the best of torch's GEMMs at a fine pass's largest shape (1024 x 768 @ 768 x 3072),
-in each mode's arithmetic (float32 `torch.mm`; bfloat16 `torch.mm`; int8 `torch._int_mm`, and the
+The machine's rate: the best of torch's GEMMs at a fine pass's shapes and a square 2048 one, in each
+mode's arithmetic (float32 `torch.mm`; bfloat16 `torch.mm`; int8 `torch._int_mm`, and the
 exact float32 route the int8 mode takes without VNNI). The stage: one fine-model pass over a full
 1024-frame window at bark-small sizes (random weights), as the pipeline runs it, through fastbark's
 backend for the mode. Its FLOPs are counted from the model's shapes: 2 per multiply-add in every linear
@@ -18,28 +18,35 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import fastbark
 from bench import best_seconds, cpu_description, report
 from fastbark.backends.cpu.int8 import int_mm_via_float
 from fastbark.testing import write_random_checkpoint
 
-M, K, N = 1024, 768, 3072  # a fine pass's MLP product: 1024 frames, 768 -> 3072
+SHAPES = [(1024, 768, 3072), (1024, 3072, 768), (1024, 768, 2304), (2048, 2048, 2048)]  # (M, K, N): a fine
+# pass's products, and a square one; the machine's rate is the best of them
 
 
 def gemm_gflops(mode: str, repeats: int) -> float:
+    """The best rate of torch's matrix products in `mode`'s arithmetic over SHAPES (torch.mm and F.linear)."""
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
-    if mode == "int8":
-        a8, b8 = a.clamp(-127, 127).to(torch.int8), b.clamp(-127, 127).to(torch.int8)
-        seconds = min(best_seconds(lambda: torch._int_mm(a8, b8), repeats),
-                      best_seconds(lambda: int_mm_via_float(a8, b8.t().contiguous()), repeats))
-    else:
-        dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
-        a, b = a.to(dtype), b.to(dtype)
-        torch.mm(a, b)
-        seconds = best_seconds(lambda: torch.mm(a, b), repeats)
-    return 2 * M * K * N / seconds / 1e9
+    best = 0.0
+    for m, k, n in SHAPES:
+        a, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)  # w: (N, K), as a linear layer's
+        if mode == "int8":
+            a8, w8 = a.clamp(-127, 127).to(torch.int8), w.clamp(-127, 127).to(torch.int8)
+            runs = [lambda: torch._int_mm(a8, w8.t()), lambda: int_mm_via_float(a8, w8)]
+        else:
+            dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
+            a, w = a.to(dtype), w.to(dtype)
+            wt = w.t().contiguous()
+            runs = [lambda: torch.mm(a, wt), lambda: F.linear(a, w)]
+        for run in runs:
+            run()
+            best = max(best, 2 * m * k * n / best_seconds(run, repeats) / 1e9)
+    return best
 
 
 def fine_pass_flops(model) -> float:
@@ -49,7 +56,7 @@ def fine_pass_flops(model) -> float:
     heads = len(model.lm_heads)
     per_head = model.lm_heads[0].in_features * model.lm_heads[0].out_features
     linears -= (heads - 1) * per_head  # one head runs per pass
-    attention = model.config.num_layers * 2 * 2 * t * t * model.config.hidden_size
+    attention = model.config.n_layer * 2 * 2 * t * t * model.config.n_embd
     return 2 * t * linears + attention
 
 
