@@ -10,7 +10,7 @@ import reference as ref
 from fastbark.backends.cpu.attention import bf16_attention
 from fastbark.backends.cpu.decode_step import BF16, INT8, decode_step_works
 from fastbark.backends.cpu.int8 import int8_kernels
-from fastbark.backends.cpu.library import has_vnni, load_kernels
+from fastbark.backends.cpu.library import load_kernels
 from fastbark.backends.cpu.linears import packing_available
 
 GREEDY = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, min_eos_p=None)
@@ -52,8 +52,8 @@ def expected_report(dtype: str, quantize, kernel: str) -> dict:
             decoder = {"onednn": N_DECODER_LINEARS}
     if fast and c and not fused:
         fallbacks.add("one-call decode step")
-    if quantize == "int8" and not has_vnni():
-        fallbacks.add("int8 products")
+    if quantize == "int8":
+        fallbacks.add("int8 products?")  # when the big products' route measured fastest is via float: see below
     step = "fused-c" if fused else "blocks"
     return dict(decoder=decoder, fine=fine, step=step, whole=whole, one_query=one_query, fallbacks=fallbacks)
 
@@ -70,12 +70,13 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
     assert report.name == "cpu" and report.options == tts.options
     assert report.options.dtype == dtype and report.options.quantize == quantize
     measured = want["decoder"] is None
+    decode_choices = [m for m in report.measured if not m.startswith("int8 products")]
     if measured:  # chosen by measurement: every choice reported, and what runs is what was chosen
-        chosen = {line.split(": ")[1].split(" ")[0] for line in report.measured}
+        chosen = {line.split(": ")[1].split(" ")[0] for line in decode_choices}
         assert set(report.models["semantic"].linears) | set(report.models["coarse"].linears) == \
             {"torch" if k == "plain" else k for k in chosen}
     else:
-        assert report.measured == ()
+        assert decode_choices == []
     for name in ("semantic", "coarse"):
         m = report.models[name]
         if measured:  # the two heads differ in shape, so the models' counts may differ
@@ -85,6 +86,12 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
             (want["decoder"], want["step"], want["whole"], want["one_query"]), name
     fine = report.models["fine"]
     assert (fine.linears, fine.decode_step, fine.whole_attention) == (want["fine"], "", want["whole"])
+    if "int8 products?" in want["fallbacks"]:
+        want["fallbacks"].discard("int8 products?")
+        routes = [m for m in report.measured if m.startswith("int8 products")]
+        assert routes if kernel != "plain" else not routes
+        if any(": via-float (" in m for m in routes):
+            want["fallbacks"].add("int8 products")
     assert {f.split(":")[0] for f in report.fallbacks} == want["fallbacks"]
     # the report is read off the models themselves
     kinds = {type(m).__name__ for m in tts.semantic_model.modules()}

@@ -137,3 +137,21 @@ def test_a_tokenizer_that_cannot_write_a_word_is_refused(tmp_path):
         TextTokenizer.from_file(tmp_path / "vocab.txt")
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n", encoding="utf-8")
     assert TextTokenizer.from_file(tmp_path / "vocab.txt").encode("hello") == [5]
+
+
+def test_int8_big_products_take_the_route_measured_fastest(tmp_path):
+    from fastbark.backends.cpu.choice import choose_int_route
+    from fastbark.backends.cpu.int8 import ROUTES
+
+    def slow(x_q, w_q):
+        time.sleep(0.003)
+        return ROUTES["int_mm"](x_q, w_q)
+
+    def off_by_one(x_q, w_q):
+        return ROUTES["int_mm"](x_q, w_q) + 1
+    cache = ChoiceCache(tmp_path, ["a machine"])
+    result = choose_int_route(64, 48, {"reference": slow, "wrong": off_by_one, "via-float": ROUTES["via-float"]}, cache)
+    assert result.chosen == "via-float" and result.refused == {"wrong": "other bits than the reference product"}
+    assert str(result).startswith("int8 products 64 -> 48: via-float")
+    again = ChoiceCache(tmp_path, ["a machine"]).get("int8 64x48:reference,wrong,via-float")
+    assert again == result  # read back from the file, label and all

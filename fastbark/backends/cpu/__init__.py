@@ -6,7 +6,8 @@ What it chooses, per engine options (each choice falls back, and says so in the 
   and plain `F.linear` passed its checks and measured fastest on this machine, per shape (`cpu_kernel`
   "auto"; choice.py), or the one `cpu_kernel` names ("c", "onednn", "plain");
 - int8 (`quantize="int8"`): every linear layer of the three GPTs in int8 (C products where the
-  kernels are built); the semantic and coarse decode steps as one C call each;
+  kernels are built); the semantic and coarse decode steps as one C call each; the big products
+  (prefills, fine passes) on torch._int_mm or exact float32 GEMMs, whichever measured faster per shape;
 - bfloat16: the decode steps as one C call each (AVX512-BF16), the heads oneDNN-packed;
 - int8 and bfloat16: whole-sequence attention with bfloat16 products in C (AVX512-BF16);
 - half precision: a decode step's attention over the cache as two matmuls.
@@ -14,16 +15,14 @@ What it chooses, per engine options (each choice falls back, and says so in the 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from ..base import Backend, Models
 from .attention import CpuAttention, bf16_attention
 from .decode_step import fused_decode_step
-from .int8 import Int8Linear, int8_kernels
-from .choice import Candidate, ChoiceCache, PlainLinear, choose_linears, machine_key
-from .library import cache_dir, has_vnni, kernels_unavailable, load_kernels, sources_digest
+from .int8 import ROUTES, Int8Linear, int8_kernels
+from .choice import Candidate, ChoiceCache, PlainLinear, choose_int_route, choose_linears, machine_key
+from .library import cache_dir, kernels_unavailable, load_kernels, sources_digest
 from .linears import GemvLinear, pack_linear, packing_available
 
 
@@ -50,14 +49,22 @@ class CpuBackend(Backend):
         if fast and kernels and attention.whole_kind == "sdpa":
             fallbacks.append("bfloat16 attention kernel: not on this CPU (needs AVX512-BF16); SDPA instead")
         if o.quantize == "int8":
-            make = functools.partial(Int8Linear, native=kernels is not None)
+            routes: dict = {}  # (K, N) -> the big products' route measured fastest here (choice.py)
+
+            def make(linear):
+                shape = (linear.in_features, linear.out_features)
+                if shape not in routes and o.cpu_kernel != "plain":
+                    routes[shape] = choose_int_route(*shape, ROUTES, self.choice_cache())
+                    self.choices.append(routes[shape])
+                via_float = routes[shape].chosen == "via-float" if shape in routes else None
+                return Int8Linear(linear, native=kernels is not None, via_float=via_float)
             for model in models:
                 model.swap_linears(make)
             if kernels and int8_kernels() is None:
                 fallbacks.append("int8 C kernels: failed their check; int8 products in torch")
-            if not has_vnni():  # torch._int_mm has no fast path without int8 dot products
-                fallbacks.append("int8 products: no VNNI on this CPU; prefills and fine passes run as float32 "
-                                 "GEMMs whose integer results are exact (the same bits)")
+            if any(c.chosen == "via-float" for c in routes.values()):  # torch._int_mm measured slower here
+                fallbacks.append("int8 products: torch._int_mm is slower on this CPU (no VNNI); prefills and fine "
+                                 "passes run as float32 GEMMs whose integer results are exact (the same bits)")
         for model in (models.semantic, models.coarse):  # the decode-step GPTs; the fine GPT runs big GEMMs
             step = fused_decode_step(model) if fast and kernels else None
             if fast and kernels and step is None:

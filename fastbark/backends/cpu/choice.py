@@ -64,11 +64,12 @@ class Choice:
     chosen: str
     ms: dict  # candidate -> milliseconds for BATCHES rows, summed
     refused: dict  # candidate -> why it was not eligible
+    label: str = ""  # what kind of product, when not a decode step's ("int8 products ")
 
     def __str__(self) -> str:
         times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in sorted(self.ms.items(), key=lambda kv: kv[1]))
         refused = "".join(f"; {name} refused: {why}" for name, why in self.refused.items())
-        return f"{self.shape[0]} -> {self.shape[1]}: {self.chosen} ({times}{refused})"
+        return f"{self.label}{self.shape[0]} -> {self.shape[1]}: {self.chosen} ({times}{refused})"
 
 
 def check(module: nn.Module, linear: nn.Linear) -> str:
@@ -171,7 +172,8 @@ class ChoiceCache:
         self.path = folder / f"choices-{key}.json"
         try:
             data = json.loads(self.path.read_text())
-            self._choices = {k: Choice(tuple(v["shape"]), v["chosen"], v["ms"], v["refused"]) for k, v in data.items()}
+            self._choices = {k: Choice(tuple(v["shape"]), v["chosen"], v["ms"], v["refused"], v.get("label", ""))
+                             for k, v in data.items()}
         except (OSError, ValueError, KeyError, TypeError):
             self._choices = {}
 
@@ -231,3 +233,44 @@ def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceC
         return None if type(module) is PlainLinear else module  # plain: the nn.Linear stays
     model.swap_linears(swap)
     return list(by_shape.values())
+
+
+# ---------------------------------------------------------------- int8's big products
+
+INT8_ROWS = 64  # rows timed for a prefill or fine-pass product: enough to be compute-bound, quick to time
+
+
+def choose_int_route(in_features: int, out_features: int, routes: dict[str, Callable], cache: ChoiceCache | None
+                     ) -> Choice:
+    """Which exact int8 x int8 -> int32 product (`routes`: name -> f(x_q (M, K), w_q (N, K))) is fastest here for
+    a layer's shape. Every route must give the first route's bits (the reference) to be eligible."""
+    key = f"int8 {in_features}x{out_features}:{','.join(routes)}"
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None and cached.chosen in routes:
+        return cached
+    g = torch.Generator().manual_seed(0)
+    x_q = torch.randint(-127, 128, (INT8_ROWS, in_features), dtype=torch.int8, generator=g)
+    w_q = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=g)
+    reference, ms, refused = None, {}, {}
+    for name, route in routes.items():
+        try:
+            out = route(x_q, w_q)
+        except (RuntimeError, NotImplementedError) as e:
+            refused[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+            continue
+        reference = out if reference is None else reference
+        if not torch.equal(out, reference):
+            refused[name] = "other bits than the reference product"
+            continue
+        times, start = [], time.perf_counter()
+        while len(times) < 3 or time.perf_counter() - start < TIME_BUDGET_S:
+            t = time.perf_counter()
+            route(x_q, w_q)
+            times.append(time.perf_counter() - t)
+        ms[name] = statistics.median(times) * 1e3
+    if not ms:
+        raise RuntimeError(f"no int8 product route worked for {in_features} -> {out_features}: {refused}")
+    result = Choice((in_features, out_features), min(ms, key=ms.get), ms, refused, "int8 products ")
+    if cache is not None:
+        cache.put(key, result)
+    return result

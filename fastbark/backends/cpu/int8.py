@@ -54,6 +54,9 @@ def float_products_exact() -> bool:
         getattr(mkldnn, "fp32_precision", "ieee") in ("ieee", "none")
 
 
+ROUTES = {"int_mm": lambda x_q, w_q: torch._int_mm(x_q, w_q.t()), "via-float": int_mm_via_float}  # the reference first
+
+
 def int_products(x_q: torch.Tensor, w_q: torch.Tensor, via_float: bool) -> torch.Tensor:
     """x_q (M, K) @ w_q (N, K)^T in exact int32: torch._int_mm, or float32 GEMMs where those are faster."""
     if via_float and float_products_exact():
@@ -95,7 +98,9 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """nn.Linear's forward with int8 weights and per-row int8 activations. The float weight is not kept."""
 
-    def __init__(self, linear: nn.Linear, native: bool = True):
+    def __init__(self, linear: nn.Linear, native: bool = True, via_float: bool | None = None):
+        """`via_float`: the big products as exact float32 GEMMs (True) or torch._int_mm (False); None: by the CPU's
+        flags (no VNNI: via float). The CPU backend passes what it measured (choice.py)."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         w_q, w_scale = quantize_rows(linear.weight.detach())  # (N, K) int8, (N, 1)
@@ -106,7 +111,7 @@ class Int8Linear(nn.Module):
         # the C kernels read a float32 bias (in bfloat16 mode, the torch path also adds it in float32)
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
         self._native = int8_kernels() if native else None
-        self._via_float = not has_vnni()  # torch._int_mm is slow without int8 dot products
+        self._via_float = not has_vnni() if via_float is None else via_float  # _int_mm is slow without VNNI
 
     @property
     def kind(self) -> str:
