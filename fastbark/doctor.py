@@ -63,6 +63,9 @@ class Diagnosis:
             else:
                 lines.append(f"\n[{head}]")
                 lines += ["  " + line for line in str(c.report).splitlines()]
+        if any(c.report and c.report.measured for c in self.choices):
+            lines.append("\n(measured: kernels timed on this machine for the doctor's tiny model's shapes; an engine "
+                         "times its own shapes at first load and keeps them in ~/.cache/fastbark/native/)")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -71,7 +74,8 @@ class Diagnosis:
                 "choices": [{"device": c.device, "dtype": c.dtype, "quantize": c.quantize, "refused": c.refused,
                              "backend": c.report.name if c.report else None,
                              "report": str(c.report) if c.report else None,
-                             "fallbacks": list(c.report.fallbacks) if c.report else []} for c in self.choices]}
+                             "fallbacks": list(c.report.fallbacks) if c.report else [],
+                             "measured": list(c.report.measured) if c.report else []} for c in self.choices]}
 
 
 def versions() -> dict[str, str]:
