@@ -284,13 +284,13 @@ def cmd_say(args) -> None:
         if voice or script is not None:
             raise BadInput("--voice-audio is the voice of the whole text: give it instead of --voice, and not with a "
                            "dialogue (make each speaker's voice with `fastbark clone`)", "voice_audio")
-        read_clip(args.voice_audio)  # a bad clip fails now, before any model loads
+        clip = read_clip(args.voice_audio)  # a bad clip fails now, before any model loads
     tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
                                vocos=args.vocos, hubert=clone.hubert, quantizer=clone.quantizer)
     if options.decoder == "vocos":
         tts.vocos()  # a missing or bad Vocos fails now, not after the first chunk's generation
     if args.voice_audio:
-        voice = tts.voice_from_audio(args.voice_audio)
+        voice = tts.voice_from_audio(clip)
         if not args.quiet:
             print(f"fastbark: {tts.cloner().report()}", file=sys.stderr)
     if args.show_backend:

@@ -152,8 +152,8 @@ class Bark:
     def voice_from_audio(self, audio, sample_rate: int | None = None, *, quantizer: str | os.PathLike | None = None,
                          progress: ProgressCallback | None = None) -> Voice:
         """A voice made from a recording of one speaker (5-15 s of clean speech works best; only its end is
-        used): a path (wav, flac, ogg, mp3, m4a ...), an audio file's bytes, or an array with its
-        `sample_rate`. `quantizer` overrides the engine's (CloneOptions). The Voice works wherever a voice
+        used): a path (wav, flac, ogg, mp3, m4a ...), an audio file's bytes, an array with its
+        `sample_rate`, or a `clone.audio.Clip` already read. `quantizer` overrides the engine's (CloneOptions). The Voice works wherever a voice
         does; `voice.save(path)` writes it as an .npz."""
         try:
             return self.cloner().clone(audio, sample_rate, quantizer=quantizer, progress=progress)
