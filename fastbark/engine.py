@@ -138,23 +138,20 @@ class Bark:
     def cloner(self) -> VoiceCloner:
         """HuBERT, the quantizer and EnCodec's encoder (loaded at first use), on this engine's device."""
         with self._clone_lock:
-            return self._load_cloner()
-
-    def _load_cloner(self) -> VoiceCloner:
-        if self._cloner is None:
-            hub = dict(self._clone_hub)
-            self._cloner = VoiceCloner.from_pretrained(hubert=self.clone_options.hubert,
-                                                       quantizer=self.clone_options.quantizer,
-                                                       codec=hub.pop("codec", DEFAULT_CODEC), device=self.device,
-                                                       **hub)
-        return self._cloner
+            if self._cloner is None:
+                hub = dict(self._clone_hub)
+                self._cloner = VoiceCloner.from_pretrained(hubert=self.clone_options.hubert,
+                                                           quantizer=self.clone_options.quantizer,
+                                                           codec=hub.pop("codec", DEFAULT_CODEC), device=self.device,
+                                                           **hub)
+            return self._cloner
 
     def voice_from_audio(self, audio, sample_rate: int | None = None, *, quantizer: str | os.PathLike | None = None,
                          progress: ProgressCallback | None = None) -> Voice:
         """A voice made from a recording of one speaker (5-15 s of clean speech works best; only its end is
         used): a path (wav, flac, ogg, mp3, m4a ...), an audio file's bytes, an array with its
-        `sample_rate`, or a `clone.audio.Clip` already read. `quantizer` overrides the engine's (CloneOptions). The Voice works wherever a voice
-        does; `voice.save(path)` writes it as an .npz."""
+        `sample_rate`, or a `clone.audio.Clip` already read. `quantizer` overrides the engine's
+        (CloneOptions). The Voice works wherever a voice does; `voice.save(path)` writes it as an .npz."""
         try:
             return self.cloner().clone(audio, sample_rate, quantizer=quantizer, progress=progress)
         except BadInput as e:

@@ -34,8 +34,6 @@ SILENT_RMS = 1e-3  # -60 dBFS
 FULL_SCALE = 0.999  # a sample this close to +-1 sits at the converter's limit
 MAX_CLIPPED_FRACTION = 0.01  # speech with 1% of its samples at full scale has been clipped
 
-AudioLike = "str | os.PathLike | bytes | np.ndarray"
-
 
 @dataclass(frozen=True)
 class Clip:

@@ -16,16 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..constants import N_COARSE_CODEBOOKS
+from ..constants import N_COARSE_CODEBOOKS, SAMPLE_RATE as CODEC_RATE
 from ..loading.hubert import DEFAULT_HUBERT, load_hubert
 from ..loading.layouts import DEFAULT_CODEC, load_encoder
 from ..models.encodec import EncodecEncoder
 from ..models.hubert import SAMPLE_RATE as HUBERT_RATE, Hubert
-from ..constants import SAMPLE_RATE as CODEC_RATE
 from ..pipeline.progress import ProgressCallback, Reporter
 from ..voices import Voice
 from .audio import Clip, read_clip
-from .quantizer import DEFAULT_QUANTIZER, QUANTIZERS, Quantizer, load_quantizer, quantizer_file
+from .quantizer import DEFAULT_QUANTIZER, Quantizer, load_quantizer, quantizer_file
 
 CLONE_STEPS = ("read", "hubert", "quantizer", "encodec")  # what a clone's progress counts
 
@@ -79,11 +78,9 @@ class VoiceCloner:
                 self._quantizers[name] = load_quantizer(quantizer_file(name, **self._hub), self.device)
             return self._quantizers[name]
 
-    def report(self, quantizer: str | None = None) -> CloneReport:
-        name = quantizer or self.quantizer_name
-        version = self._quantizers[name].version if name in self._quantizers else QUANTIZERS[name].version \
-            if name in QUANTIZERS else -1
-        return CloneReport(str(self.device), self._sources[0], name, version, self._sources[1])
+    def report(self) -> CloneReport:
+        name = self.quantizer_name
+        return CloneReport(str(self.device), self._sources[0], name, self._quantizers[name].version, self._sources[1])
 
     @torch.inference_mode()
     def clone(self, audio, sample_rate: int | None = None, *, quantizer: str | os.PathLike | None = None,
@@ -92,11 +89,8 @@ class VoiceCloner:
         already read."""
         steps = Reporter(progress, "clone", len(CLONE_STEPS), "part")
         clip = audio if isinstance(audio, Clip) else read_clip(audio, sample_rate, name=name)
-        model = self.quantizer(quantizer)  # loaded (and checked) before the long part
+        quantizer = self.quantizer(quantizer)  # loaded (and checked) before the long part
         steps.advance()
-        return self.clone_clip(clip, model, steps)
-
-    def clone_clip(self, clip: Clip, quantizer: Quantizer, steps: Reporter) -> Voice:
         wave16 = torch.from_numpy(clip.resampled(HUBERT_RATE)).to(self.device)
         features = self.hubert(wave16[None])[0]  # (T16,) -> (1, T16) -> (1, N, 768) -> (N, 768)
         steps.advance()

@@ -20,7 +20,7 @@ from ..errors import CheckpointError
 from ..models.hubert import Hubert, HubertConfig
 from .layouts import read_state
 from .sources import open_source, read_json
-from .weights import FoldedWeightNorm, Renamed, Tensors, build, torch_load
+from .weights import FoldedWeightNorm, Renamed, Tensors, build
 
 DEFAULT_HUBERT = "facebook/hubert-base-ls960"
 MAX_HUBERT_BYTES = 2 << 30  # HuBERT base is 0.38 GB, large 1.3 GB
@@ -76,17 +76,19 @@ def config_from_weights(weights: Tensors, output_layer: int) -> HubertConfig:
         raise CheckpointError(f"the HuBERT weights are not HuBERT base's or large's: {type(e).__name__}: {e}") from None
 
 
-def _hub_name(output_layer: int):
+def _hub_name(output_layer: int | None):
+    """Hub name -> ours; None for what is not built (`output_layer` None: every block is kept)."""
     def rename(key: str) -> str | None:
         key = key.removeprefix("hubert.")  # HubertForCTC and friends keep the model under `hubert.`
         layer = re.match(r"encoder\.layers\.(\d+)\.", key)
-        if layer and int(layer.group(1)) >= output_layer or not key.startswith(("feature_", "encoder.")):
+        if layer and output_layer is not None and int(layer.group(1)) >= output_layer \
+                or not key.startswith(("feature_", "encoder.")):
             return None  # blocks after the output layer, masking embeddings, heads
         return key
     return rename
 
 
-def _fairseq_name(output_layer: int):
+def _fairseq_name(output_layer: int | None):
     hub = _hub_name(output_layer)
 
     def rename(key: str) -> str | None:
@@ -112,8 +114,9 @@ class _Inert(dict):
         pass
 
 
-def read_fairseq(path: str) -> Tensors:
-    """The `model` state dict of a fairseq checkpoint, with its other objects replaced by inert stand-ins."""
+def read_pickled_state(path: str) -> Tensors:
+    """The state dict in a torch checkpoint: a plain one, or fairseq's `model` entry, whose neighbours'
+    objects are replaced by inert stand-ins (a plain file names no globals to replace)."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as e:
@@ -124,9 +127,9 @@ def read_fairseq(path: str) -> Tensors:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot read {path!r} as a fairseq checkpoint: {str(e).splitlines()[0]}") from None
-    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path!r} is not a fairseq checkpoint: no 'model' state dict of tensors")
+        raise CheckpointError(f"{path!r} holds no state dict of tensors (plain, or fairseq's 'model')")
     return state
 
 
@@ -139,10 +142,9 @@ def load_hubert(source: str | os.PathLike = DEFAULT_HUBERT, device="cpu", *, out
         if path.endswith(".safetensors"):
             raise CheckpointError(f"{path!r}: give the folder that holds a hub-layout HuBERT (config.json beside "
                                   f"its weights), or fairseq's .pt file")
-        plain = _weights_only_or_none(path)
-        state = plain if plain is not None else read_fairseq(path)
+        state = read_pickled_state(path)
         hub_names = any(k.removeprefix("hubert.").startswith("feature_projection.") for k in state)
-        every = Renamed(state, _hub_name(10**6) if hub_names else _fairseq_name(10**6))  # all blocks, to count them
+        every = Renamed(state, _hub_name(None) if hub_names else _fairseq_name(None))  # all blocks, to count them
         config = config_from_weights(FoldedWeightNorm(every, dim=POS_CONV_NORM_DIM), output_layer)
         weights: Tensors = Renamed(state, _hub_name(output_layer) if hub_names else _fairseq_name(output_layer))
     else:
@@ -153,17 +155,3 @@ def load_hubert(source: str | os.PathLike = DEFAULT_HUBERT, device="cpu", *, out
     return build(lambda: Hubert(config), FoldedWeightNorm(weights, dim=POS_CONV_NORM_DIM),
                  device=torch.device(device), dtype=torch.float32, what="HuBERT")
 
-
-def _weights_only_or_none(path: str) -> dict | None:
-    """A plain state dict (a HubertModel saved with torch.save), or None for fairseq's pickled checkpoint."""
-    try:
-        state = torch_load(path)
-    except CheckpointError as e:
-        if "weights_only=True rejected it" in str(e):
-            return None
-        raise
-    if isinstance(state, dict) and "model" in state and not isinstance(state["model"], torch.Tensor):
-        state = state["model"]  # a fairseq checkpoint whose other entries happen to be plain
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path!r} does not hold a state dict")
-    return state

@@ -113,26 +113,34 @@ def last_level_cache_bytes() -> int:
 class ColdCache:
     """Reading a buffer twice the last-level cache evicts a layer's weights: in a decode step every layer's
     weights come from memory (a step reads hundreds of MB), so a product timed with its weights in the cache
-    would measure the wrong thing."""
+    would measure the wrong thing. The buffer is made at the first eviction."""
 
     def __init__(self):
-        self._buffer = torch.ones(2 * last_level_cache_bytes() // 4)
+        self._buffer = None
 
     def __call__(self) -> None:
+        if self._buffer is None:
+            self._buffer = torch.ones(2 * last_level_cache_bytes() // 4)
         self._buffer.sum()
+
+
+def median_ms(fn: Callable[[], object], min_runs: int = MIN_RUNS, before: Callable[[], None] = lambda: None) -> float:
+    """The median time of fn() over at least `min_runs` runs and TIME_BUDGET_S, `before()` run untimed first."""
+    with torch.inference_mode():
+        times, start = [], time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < TIME_BUDGET_S:
+            before()
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
 
 
 def milliseconds(module: nn.Module, in_features: int, rows: int, evict: Callable[[], None]) -> float:
     x = torch.randn(rows, 1, in_features)
     with torch.inference_mode():
         module(x)  # warm up (first-call set-up)
-        times, start = [], time.perf_counter()
-        while len(times) < MIN_RUNS or time.perf_counter() - start < TIME_BUDGET_S:
-            evict()
-            t = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return median_ms(lambda: module(x), before=evict)
 
 
 def choose(linear: nn.Linear, candidates: list[Candidate], evict: Callable[[], None] | None = None
@@ -202,17 +210,14 @@ def machine_key(extra: list[str]) -> list[str]:
     return [model, flags, torch.__version__, str(torch.get_num_threads()), *extra]
 
 
-def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceCache | None,
-                   keep: Callable[[nn.Linear], bool] = lambda linear: True) -> list[Choice]:
-    """Swap every decode-step linear layer of `model` (those `keep` accepts) for the kernel measured fastest
-    for its shape; the choices, one per shape. "plain" keeps the nn.Linear as it is."""
+def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceCache | None) -> list[Choice]:
+    """Swap every linear layer of the decode-step GPT `model` for the kernel measured fastest for its shape;
+    the choices, one per shape. "plain" keeps the nn.Linear as it is."""
     by_shape: dict[tuple[int, int, bool], Choice] = {}
     names = [c.name for c in candidates]
-    evict: list = []  # one eviction buffer, made when the first shape is measured
+    evict = ColdCache()  # one eviction buffer for every shape
 
     def swap(linear: nn.Linear) -> nn.Module | None:
-        if not keep(linear):
-            return None
         shape = (linear.in_features, linear.out_features, linear.bias is not None)
         made: dict[str, nn.Module] = {}
         if shape not in by_shape:
@@ -221,14 +226,13 @@ def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceC
             if cached is not None and cached.chosen in names:
                 by_shape[shape] = cached
             else:
-                evict[:] = evict or [ColdCache()]
-                by_shape[shape], made = choose(linear, candidates, evict[0])  # on this layer's own weights
+                by_shape[shape], made = choose(linear, candidates, evict)  # on this layer's own weights
                 if cache is not None:
                     cache.put(key, by_shape[shape])
         chosen = by_shape[shape].chosen
         module = made.get(chosen) or next(c for c in candidates if c.name == chosen).make(linear)
         if module is None:  # a cached choice this layer cannot have after all: measure it here
-            by_shape[shape], made = choose(linear, candidates, evict[0] if evict else None)
+            by_shape[shape], made = choose(linear, candidates, evict)
             module = made[by_shape[shape].chosen]
         return None if type(module) is PlainLinear else module  # plain: the nn.Linear stays
     model.swap_linears(swap)
@@ -262,12 +266,7 @@ def choose_int_route(in_features: int, out_features: int, routes: dict[str, Call
         if not torch.equal(out, reference):
             refused[name] = "other bits than the reference product"
             continue
-        times, start = [], time.perf_counter()
-        while len(times) < 3 or time.perf_counter() - start < TIME_BUDGET_S:
-            t = time.perf_counter()
-            route(x_q, w_q)
-            times.append(time.perf_counter() - t)
-        ms[name] = statistics.median(times) * 1e3
+        ms[name] = median_ms(lambda: route(x_q, w_q), min_runs=3)
     if not ms:
         raise RuntimeError(f"no int8 product route worked for {in_features} -> {out_features}: {refused}")
     result = Choice((in_features, out_features), min(ms, key=ms.get), ms, refused, "int8 products ")
