@@ -43,6 +43,13 @@ class BatchDependent(PlainLinear):
         return super().forward(x) + x.shape[0] * 1e-7
 
 
+class HeadDependent(RowWise):
+    """Batch invariant for (B, 1, K) rows, but not for a head's (B, K) (GemvLinear's bug before the check)."""
+
+    def forward(self, x):
+        return super().forward(x) + (x.shape[0] * 1e-7 if x.dim() == 2 else 0.0)
+
+
 class ThreadDependent(RowWise):
     def forward(self, x):
         return super().forward(x) + torch.get_num_threads() * 1e-7
@@ -61,6 +68,7 @@ def test_the_fastest_checked_candidate_is_chosen_and_a_slow_one_never():
 
 
 @pytest.mark.parametrize("bad, why", [(BatchDependent, "a row alone differs"), (Wrong, "values are wrong"),
+                                      (HeadDependent, "a head's row alone differs"),
                                       (ThreadDependent, "one thread gives other bits")])
 def test_a_candidate_that_fails_its_checks_is_never_chosen_however_fast(bad, why):
     if bad is ThreadDependent and torch.get_num_threads() < 2:
@@ -104,6 +112,17 @@ def test_the_real_candidates_keep_float32s_promises():
     result, _ = choose(linear, candidates)
     assert set(result.ms) | set(result.refused) == {c.name for c in candidates}
     assert {"c", "onednn"} & {c.name for c in candidates} <= set(result.ms)
+
+
+def test_the_c_kernel_keeps_a_rows_bits_at_a_head():
+    """A head is called with (B, K) rows: each row must take the C kernel whatever B is (oneDNN's bits differ)."""
+    if load_kernels() is None:
+        pytest.skip("no C kernels on this machine")
+    layer, x = GemvLinear(nn.Linear(96, 80)), torch.randn(5, 96)
+    with torch.inference_mode():
+        batch = layer(x)
+        assert all(torch.equal(layer(x[i: i + 1]), batch[i: i + 1]) for i in range(5))
+        assert torch.equal(layer(x[:, None])[:, 0], batch)  # the same bits as a decode step's (B, 1, K)
 
 
 def test_the_engine_reports_what_it_measured(hub_dir):

@@ -1,4 +1,5 @@
-"""The fast modes' one-call decode step (models/decode_step.py, native/decode_step.c)."""
+"""The one-call decode step (backends/cpu/decode_step.py, native/decode_step.c): int8, bfloat16 and float32,
+and the measured choice between it and the blocks (choice.py)."""
 
 import shutil
 
@@ -8,7 +9,10 @@ import torch
 import fastbark
 from fastbark.models.gpt import CausalGPT, GPTConfig
 from fastbark.backends.cpu.int8 import Int8Linear
-from fastbark.backends.cpu.decode_step import BF16, INT8, FusedDecodeStep, decode_step_works, fused_decode_step
+from fastbark.backends.cpu.linears import GemvLinear
+from fastbark.backends.cpu import CpuBackend, choice
+from fastbark.backends.cpu.choice import ChoiceCache
+from fastbark.backends.cpu.decode_step import BF16, F32, INT8, FusedDecodeStep, decode_step_works, fused_decode_step
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode step needs a C compiler")
 
@@ -37,10 +41,14 @@ def use_decode_step(model: CausalGPT) -> bool:
 
 
 def fast_model(mode: str, n_embd: int, n_head: int, bias: bool) -> CausalGPT:
+    if mode == "float32":  # the C kernel's layers: their prefills and heads keep a row's bits in any batch too
+        model = float_model(n_embd, n_head, bias)
+        model.swap_linears(GemvLinear)
+        return model
     return quantised_model(n_embd, n_head, bias) if mode == "int8" else float_model(n_embd, n_head, bias).bfloat16()
 
 
-FORMATS = {"int8": INT8, "bfloat16": BF16}
+FORMATS = {"int8": INT8, "bfloat16": BF16, "float32": F32}
 
 
 def decode(model: CausalGPT, prompt: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, object]:
@@ -83,7 +91,25 @@ def test_c_step_is_as_faithful_as_the_python_step(mode, n_embd, n_head, bias):
         0.1 * python_cache.v[:, :, :, written].float().abs().max()
 
 
-@pytest.mark.parametrize("mode", ["int8", "bfloat16"])
+@pytest.mark.parametrize("n_embd, n_head, bias", [(64, 4, False), (40, 2, True), (768, 12, False)])
+@torch.inference_mode()
+def test_float32_c_step_is_the_python_step_up_to_rounding(n_embd, n_head, bias):
+    """The exact mode's step: the C kernel's products, LayerNorm, attention and GELU in C; the logits within
+    float32 rounding of the blocks', the same greedy tokens, and the cache written alike."""
+    if not decode_step_works(F32):
+        pytest.skip("no C decode step on this machine")
+    prompt, tokens = torch.randn(2, 9, n_embd), torch.randint(0, 50, (2, 6))
+    model = float_model(n_embd, n_head, bias)
+    python, python_cache = decode(model, prompt, tokens)
+    assert use_decode_step(model) and isinstance(model.decode_step, FusedDecodeStep)
+    c, cache = decode(model, prompt, tokens)
+    assert 0 < ((c - python).abs().max() / python.abs().max()).item() <= 1e-5
+    assert torch.equal(c.argmax(-1), python.argmax(-1))
+    for got, want in ((cache.k, python_cache.k), (cache.v, python_cache.v)):
+        assert ((got[:, :, :, :15] - want[:, :, :, :15]).abs().max() / want[:, :, :, :15].abs().max()).item() <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["int8", "bfloat16", "float32"])
 @torch.inference_mode()
 def test_c_step_rows_do_not_depend_on_batch_or_threads(mode):
     model = fast_model(mode, 64, 4, True)
@@ -104,8 +130,10 @@ def test_c_step_rows_do_not_depend_on_batch_or_threads(mode):
 
 def test_engine_uses_the_c_step_in_the_fast_modes(hub_dir):
     bf16 = decode_step_works(BF16)
-    for options, expected in ((dict(quantize="int8"), True), (dict(quantize="int8", dtype="bfloat16"), True),
-                              (dict(dtype="bfloat16"), bf16), ({}, False), (dict(quantize="int8", cpu_kernel="plain"), False),
+    for options, expected in ((dict(quantize="int8", cpu_kernel="c"), True),
+                              (dict(quantize="int8", dtype="bfloat16", cpu_kernel="c"), True),
+                              (dict(dtype="bfloat16"), bf16), (dict(cpu_kernel="c"), True),
+                              (dict(quantize="int8", cpu_kernel="plain"), False), (dict(cpu_kernel="onednn"), False),
                               (dict(dtype="bfloat16", cpu_kernel="onednn"), False)):
         tts = fastbark.Bark.from_pretrained(hub_dir, **options)
         for name, model in (("semantic", tts.semantic_model), ("coarse", tts.coarse_model)):
@@ -133,3 +161,33 @@ def test_c_step_checks_its_inputs_and_follows_replaced_weights():
     norm.weight.data = norm.weight.data / 2
     assert not torch.equal(after, before) and torch.equal(model.decode_step(x, cache, 0), before)
     assert torch.equal(x, x_copy)  # the caller's input is left as it was
+
+
+@pytest.mark.parametrize("faster", ["fused-c", "blocks"])
+@pytest.mark.parametrize("options", [{}, dict(quantize="int8")])
+def test_the_step_measured_faster_runs(hub_dir, tmp_path, monkeypatch, faster, options):
+    """cpu_kernel="auto": the one-call step runs only where a whole step through it measured faster than the
+    blocks (here the timer is told which is faster); the choice is reported and cached."""
+    if not decode_step_works(INT8 if options else F32):
+        pytest.skip("no C decode step on this machine")
+    timed = []
+
+    def step_ms(model, rows):
+        timed.append(rows)
+        return 1.0 if (model.decode_step is not None) == (faster == "fused-c") else 5.0
+    monkeypatch.setattr(choice, "step_ms", step_ms)
+    cache = ChoiceCache(tmp_path, ["a machine"])
+    monkeypatch.setattr(CpuBackend, "choice_cache", lambda self: cache)
+    tts = fastbark.Bark.from_pretrained(hub_dir, **options)
+    assert timed
+    for name, model in (("semantic", tts.semantic_model), ("coarse", tts.coarse_model)):
+        assert isinstance(model.decode_step, FusedDecodeStep) == (faster == "fused-c")
+        assert tts.backend.models[name].decode_step == ("fused-c" if faster == "fused-c" else "blocks")
+        if faster == "fused-c" and not options:  # the layers keep one copy of their weights: the step reads it
+            assert {type(m).__name__ for b in model.layers for m in b.modules() if hasattr(m, "in_features")} == \
+                {"GemvLinear"}
+    steps = [m for m in tts.backend.measured if m.startswith("decode step")]
+    assert len(steps) == 2 and all(f": {faster} (" in m for m in steps), steps
+    timed.clear()  # the same machine again: nothing is timed
+    again = fastbark.Bark.from_pretrained(hub_dir, **options)
+    assert not timed and [m for m in again.backend.measured if m.startswith("decode step")] == steps

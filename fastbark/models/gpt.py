@@ -98,7 +98,7 @@ class Decoder(Protocol):
         """token ids (B,) at position `pos` -> next logits (B, V)."""
 
 
-LinearFactory = Callable[[nn.Linear], "nn.Module | None"]  # seam: a replacement for a linear layer, or None
+LinearFactory = Callable[[nn.Module], "nn.Module | None"]  # seam: a replacement for a linear layer, or None
 
 
 class SelfAttention(nn.Module):
@@ -171,23 +171,31 @@ class GPT(nn.Module):
         for block in self.layers:
             block.attn.kernel = attention or AttentionKernel()
 
-    def swap_linears(self, make: LinearFactory) -> int:
+    def swap_linears(self, make: LinearFactory, swapped: bool = False) -> int:
         """Replace every nn.Linear of the model by `make(linear)` (see `swap_linears`)."""
-        return swap_linears(self, make)
+        return swap_linears(self, make, swapped)
 
 
-def swap_linears(module: nn.Module, make: LinearFactory) -> int:
+def is_linear(module: nn.Module, swapped: bool) -> bool:
+    """An nn.Linear; with `swapped`, also what a backend put in one's place (a module with nn.Linear's
+    in_features and out_features)."""
+    return isinstance(module, nn.Linear) or (swapped and hasattr(module, "in_features")
+                                             and hasattr(module, "out_features"))
+
+
+def swap_linears(module: nn.Module, make: LinearFactory, swapped: bool = False) -> int:
     """Replace every nn.Linear under `module`, at any depth, by `make(linear)`, in place; where `make`
-    returns None the layer stays. Returns how many were replaced."""
+    returns None the layer stays. With `swapped`, layers a backend replaced earlier are offered to `make`
+    too. Returns how many were replaced."""
     replaced = 0
     for name, child in module.named_children():
-        if isinstance(child, nn.Linear):
+        if is_linear(child, swapped):
             new = make(child)
             if new is not None:
                 setattr(module, name, new)
                 replaced += 1
         else:
-            replaced += swap_linears(child, make)
+            replaced += swap_linears(child, make, swapped)
     return replaced
 
 

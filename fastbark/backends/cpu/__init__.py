@@ -4,10 +4,12 @@ int8 linear layers, the fast modes' one-call decode step and bfloat16 attention.
 What it chooses, per engine options (each choice falls back, and says so in the report):
 - exact float32: the decode steps' linear layers on whichever of the C kernel, oneDNN-packed weights
   and plain `F.linear` passed its checks and measured fastest on this machine, per shape (`cpu_kernel`
-  "auto"; choice.py), or the one `cpu_kernel` names ("c", "onednn", "plain");
+  "auto"; choice.py), or the one `cpu_kernel` names ("c", "onednn", "plain"); then the whole decode
+  step as one C call (C products) or as those blocks, whichever measured faster ("auto"; "c": the call);
 - int8 (`quantize="int8"`): every linear layer of the three GPTs in int8 (C products where the
-  kernels are built); the semantic and coarse decode steps as one C call each; the big products
-  (prefills, fine passes) on torch._int_mm or exact float32 GEMMs, whichever measured faster per shape;
+  kernels are built); the semantic and coarse decode steps as one C call each, where that measured
+  faster than the blocks; the big products (prefills, fine passes) on torch._int_mm or exact float32
+  GEMMs, whichever measured faster per shape;
 - bfloat16: the decode steps as one C call each (AVX512-BF16), the heads oneDNN-packed;
 - int8 and bfloat16: whole-sequence attention with bfloat16 products in C (AVX512-BF16);
 - half precision: a decode step's attention over the cache as two matmuls.
@@ -21,9 +23,10 @@ from ..base import Backend, Models
 from .attention import CpuAttention, bf16_attention
 from .decode_step import fused_decode_step
 from .int8 import ROUTES, Int8Linear, int8_kernels
-from .choice import Candidate, ChoiceCache, PlainLinear, choose_int_route, choose_linears, machine_key
+from .choice import (Candidate, ChoiceCache, PlainLinear, choose_int_route, choose_linears, choose_step, machine_key,
+                     step_key)
 from .library import cache_dir, kernels_unavailable, load_kernels, sources_digest
-from .linears import GemvLinear, pack_linear, packing_available
+from .linears import GemvLinear, PackedLinear, pack_linear, packing_available
 
 
 class CpuBackend(Backend):
@@ -70,26 +73,51 @@ class CpuBackend(Backend):
             if fast and kernels and step is None:
                 fallbacks.append(f"one-call decode step: not available for {o.dtype}"
                                  f"{' int8' if o.quantize else ''} on this CPU; block by block instead")
-            if o.quantize != "int8":
-                fallbacks += self._decode_linears(model, kernels, dtype, head_only=step is not None)
+            if o.quantize == "int8":
+                if step is not None and o.cpu_kernel == "auto":  # the same int8 layers either way
+                    step = self._measured_step(model, attention, step, "int8")
+            elif dtype == torch.float32 and (o.cpu_kernel == "auto" or (o.cpu_kernel == "c" and kernels)):
+                step = self._float32_step(model, attention, kernels)
+            else:
+                fallbacks += self._decode_linears(model, dtype, head_only=step is not None)
             model.use_kernels(attention, step)
         models.fine.use_kernels(attention)
         return list(dict.fromkeys(fallbacks))  # the same fallback once, not per model
 
-    def _decode_linears(self, model, kernels, dtype: torch.dtype, head_only: bool) -> list[str]:
-        """The float linear layers of a decode-step GPT: the C kernel, else oneDNN-packed, else plain.
-        With a fused decode step only the head is swapped (the step reads the plain bfloat16 weights)."""
-        kind = self.options.cpu_kernel
-        if kind == "plain":
-            return []
-        if dtype == torch.float32 and kind == "auto":  # measured on this machine (choice.py)
-            candidates = [Candidate("c", GemvLinear)] if kernels is not None else []  # what this machine has
-            candidates += [Candidate("onednn", pack_linear)] if packing_available(dtype) else []
-            candidates.append(Candidate("plain", PlainLinear))
-            self.choices += choose_linears(model, candidates, self.choice_cache())
-            return []
-        if kernels is not None and dtype == torch.float32 and kind == "c":
+    def _measured_step(self, model, attention, step, mode: str):
+        """`step` where a whole decode step through it measured faster than the blocks, else None."""
+        choice = choose_step(model, {"fused-c": lambda: model.use_kernels(attention, step),
+                                     "blocks": lambda: model.use_kernels(attention, None)},
+                             step_key(model, mode), self.choice_cache())
+        self.choices.append(choice)
+        return step if choice.chosen == "fused-c" else None
+
+    def _float32_step(self, model, attention, kernels):
+        """The exact mode with the C kernels: "c" swaps in GemvLinear and runs the one-call step where it works;
+        "auto" chooses each shape's product by measurement, then the one-call step (its products: the C
+        kernel's) or the blocks (theirs: the chosen ones), whichever step measured faster."""
+        if self.options.cpu_kernel == "c":
             model.swap_linears(GemvLinear)
+            return fused_decode_step(model)
+        step = fused_decode_step(model) if kernels else None  # on the plain weights, before any layer is swapped
+        candidates = [Candidate("c", GemvLinear)] if kernels else []  # what this machine has
+        candidates += [Candidate("onednn", pack_linear)] if packing_available(torch.float32) else []
+        candidates.append(Candidate("plain", PlainLinear))
+        replaced: dict = {}
+        self.choices += choose_linears(model, candidates, self.choice_cache(), replaced)
+        if step is None or self._measured_step(model, attention, step, "float32") is None:
+            return None
+        # The step runs every decode step: the layers serve prefills only. Where oneDNN packed a layer (its plain
+        # weight not kept), the step alone would still hold the plain weight: the layer takes it back, in GemvLinear.
+        model.swap_linears(lambda m: GemvLinear(replaced[m]) if isinstance(m, PackedLinear) and m is not model.lm_head
+                           else None, swapped=True)
+        return fused_decode_step(model)  # on the weights the layers hold now
+
+    def _decode_linears(self, model, dtype: torch.dtype, head_only: bool) -> list[str]:
+        """The float linear layers of a decode-step GPT without C kernels, or with one `cpu_kernel` forced:
+        oneDNN-packed, else plain. With a fused decode step only the head is swapped (the step reads the plain
+        bfloat16 weights)."""
+        if self.options.cpu_kernel == "plain":
             return []
         if not packing_available(dtype):
             return [] if dtype == torch.float16 else \

@@ -3,14 +3,15 @@
 For each shape of a decode step's linear layers (the products that run once per generated token), every
 candidate kernel is first checked, then timed, and the fastest that passed runs:
 - **checked**: a candidate must give each row the same bits alone as inside a batch (fastbark's float32
-  batch invariance), the same bits with one thread as with all of them, and values within float32
-  rounding of a float64 product. A candidate that fails is never used, whatever its speed.
+  batch invariance), called as in a decode step (B, 1, K) and as at a head (B, K); the same bits with one
+  thread as with all of them; and values within float32 rounding of a float64 product. A candidate that fails is never used, whatever its speed.
 - **timed**: batches of 1 and 8 rows (a lone text, and a served batch), median of enough runs to fill
   a few milliseconds each, on the layer's own weights, evicted from the caches before every run (as in a
   decode step, which reads hundreds of MB of weights); the score is the sum.
 
-A kernel that loses to plain torch (`F.linear`, always a candidate) is therefore never chosen. The
-measurements are cached per CPU (model name and flags), torch version, thread count and kernel sources,
+A kernel that loses to plain torch (`F.linear`, always a candidate) is therefore never chosen. Then, where a
+decode step in one C call exists (decode_step.py), the whole step is timed both ways, that call against the
+blocks with their chosen products, and the faster runs (`choose_step`). The measurements are cached per CPU (model name and flags), torch version, thread count and kernel sources,
 beside the C library's build, so they are made once per machine; the backend report lists them.
 """
 
@@ -60,7 +61,7 @@ class Candidate:
 class Choice:
     """What was measured for one shape (in -> out features), and what was chosen."""
 
-    shape: tuple[int, int]
+    shape: tuple[int, ...]  # (in, out) features; a decode step: (layers, width, vocabulary)
     chosen: str
     ms: dict  # candidate -> milliseconds for BATCHES rows, summed
     refused: dict  # candidate -> why it was not eligible
@@ -69,7 +70,9 @@ class Choice:
     def __str__(self) -> str:
         times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in sorted(self.ms.items(), key=lambda kv: kv[1]))
         refused = "".join(f"; {name} refused: {why}" for name, why in self.refused.items())
-        return f"{self.label}{self.shape[0]} -> {self.shape[1]}: {self.chosen} ({times}{refused})"
+        what = f"{self.shape[0]} layers x {self.shape[1]} -> {self.shape[2]}" if self.label == STEP_LABEL else \
+            f"{self.shape[0]} -> {self.shape[1]}"
+        return f"{self.label}{what}: {self.chosen} ({times}{refused})"
 
 
 def check(module: nn.Module, linear: nn.Linear) -> str:
@@ -82,6 +85,8 @@ def check(module: nn.Module, linear: nn.Linear) -> str:
         for rows in CHECK_ROWS:
             if not torch.equal(module(x[:rows]), alone[:rows]):
                 return f"a row alone differs from the same row in a batch of {rows}"
+            if not torch.equal(module(x[:rows, 0]), alone[:rows, 0]):  # (B, K): how a head is called
+                return f"a head's row alone differs from the same row at a head in a batch of {rows}"
         threads = torch.get_num_threads()
         if threads > 1:
             torch.set_num_threads(1)
@@ -210,9 +215,11 @@ def machine_key(extra: list[str]) -> list[str]:
     return [model, flags, torch.__version__, str(torch.get_num_threads()), *extra]
 
 
-def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceCache | None) -> list[Choice]:
+def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceCache | None,
+                   replaced: dict | None = None) -> list[Choice]:
     """Swap every linear layer of the decode-step GPT `model` for the kernel measured fastest for its shape;
-    the choices, one per shape. "plain" keeps the nn.Linear as it is."""
+    the choices, one per shape. "plain" keeps the nn.Linear as it is. `replaced` (if given) gets each new
+    module -> the nn.Linear it replaced."""
     by_shape: dict[tuple[int, int, bool], Choice] = {}
     names = [c.name for c in candidates]
     evict = ColdCache()  # one eviction buffer for every shape
@@ -234,9 +241,55 @@ def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceC
         if module is None:  # a cached choice this layer cannot have after all: measure it here
             by_shape[shape], made = choose(linear, candidates, evict)
             module = made[by_shape[shape].chosen]
-        return None if type(module) is PlainLinear else module  # plain: the nn.Linear stays
+        if type(module) is PlainLinear:
+            return None  # plain: the nn.Linear stays
+        if replaced is not None:
+            replaced[module] = linear
+        return module
     model.swap_linears(swap)
     return list(by_shape.values())
+
+
+# ---------------------------------------------------------------- the decode step: one C call, or the blocks
+
+STEP_LABEL = "decode step "
+STEP_ROWS = (1, 8)  # as BATCHES
+STEP_POSITIONS = 256  # cached positions a timed step attends over: a coarse window's prompt, a semantic prompt's
+
+
+def step_key(model, mode: str) -> str:
+    c = model.config
+    return f"step {c.n_layer}x{c.n_embd}x{c.n_head}x{c.output_vocab_size} {mode}"
+
+
+def step_ms(model, rows: int) -> float:
+    """The median time of model.decode for `rows` rows at position STEP_POSITIONS (logits included)."""
+    with torch.inference_mode():
+        cache = model.new_cache(rows, STEP_POSITIONS + 1)
+        cache.k.normal_()  # any finite keys and values: the time does not depend on them
+        cache.v.normal_()
+        token = torch.zeros(rows, dtype=torch.long, device=cache.k.device)
+        model.decode(token, cache, STEP_POSITIONS)  # warm up (first-call set-up)
+        return median_ms(lambda: model.decode(token, cache, STEP_POSITIONS))
+
+
+def choose_step(model, ways: dict[str, Callable[[], None]], key: str, cache: ChoiceCache | None) -> Choice:
+    """Install each way of running `model`'s decode steps in turn (ways[name]() installs it), time a whole
+    step (STEP_ROWS rows, summed), and leave the fastest installed. Cached under `key`."""
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None and cached.chosen in ways:
+        ways[cached.chosen]()
+        return cached
+    ms = {}
+    for name, install in ways.items():
+        install()
+        ms[name] = sum(step_ms(model, rows) for rows in STEP_ROWS)
+    c = model.config
+    result = Choice((c.n_layer, c.n_embd, c.output_vocab_size), min(ms, key=ms.get), ms, {}, STEP_LABEL)
+    ways[result.chosen]()
+    if cache is not None:
+        cache.put(key, result)
+    return result
 
 
 # ---------------------------------------------------------------- int8's big products

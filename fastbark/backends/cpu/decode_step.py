@@ -1,14 +1,19 @@
-"""The fast modes' decode step in one C call (native/decode_step.c), for the semantic and coarse GPTs.
+"""A decode step in one C call (native/decode_step.c), for the semantic and coarse GPTs.
 
-A decode step of bark-small in Python is 12 layers x ~20 small ops; in the fast modes the
-products take only about half of its time, and the rest is dispatch, ctypes calls and SDPA over
-the KV cache. `FusedDecodeStep` runs every block of the step in one OpenMP region instead:
+A decode step of bark-small in Python is 12 layers x ~20 small ops; the products take only part of
+its time, and the rest is dispatch, ctypes calls and SDPA over the KV cache (in float32, at 600
+cached positions, SDPA alone took 3.6 ms of a 25 ms coarse step). `FusedDecodeStep` runs every
+block of the step in one OpenMP region instead:
+- exact mode (float32): the C kernel's products (gemv.h), bit for bit GemvLinear's for the same rows;
 - int8 mode: the same int8 products as int8.py (bit for bit, for the same input rows);
 - bfloat16 mode: the bfloat16 weights, input rows rounded to bfloat16, float32 sums.
-LayerNorm, attention over the KV cache and GELU run as float32 loops in C, and the residual
-stream stays float32. The results are close to the Python step's, not equal (other summation
-orders, and in bfloat16 a float32 residual stream), and stay batch-invariant;
-tests/test_decode_step.py checks both.
+LayerNorm, attention over the KV cache and GELU run as float32 loops in C (LayerNorm's statistics in
+float64), and the residual stream stays float32. The results are close to the Python step's, not
+equal (other summation orders, and in bfloat16 a float32 residual stream). Every row follows one
+fixed sequence of operations, whatever its batch and the thread count: in float32 a row gets the
+same bits alone as in a batch, with one thread as with several (checked with the step itself).
+Whether the step runs at all is measured against the blocks (choice.py: `choose_step`).
+tests/test_decode_step.py checks all three.
 """
 
 from __future__ import annotations
@@ -21,19 +26,24 @@ from torch import nn
 from ...models.gpt import CausalGPT, GPTConfig, KVCache
 from .int8 import Int8Linear, int8_kernels
 from .library import load_kernels
+from .linears import GemvLinear
 
-INT8, BF16 = 0, 1  # decode_step.c's weight formats
+INT8, BF16, F32 = 0, 1, 2  # decode_step.c's weight formats
 POINTERS_PER_LAYER = 20  # decode_step.c's Layer: 2 LayerNorm + 2 x 4 linear + 2 LayerNorm + 2 x 4 linear
 
 
 def weight_format(model: CausalGPT) -> int | None:
-    """INT8 for a quantised model, BF16 for plain bfloat16 linear layers, None otherwise."""
+    """INT8 for a quantised model, BF16 for plain bfloat16 linear layers, F32 for float32 ones (nn.Linear or
+    GemvLinear, which keeps the plain weight), None otherwise."""
     linears = [m for block in model.layers for m in (block.attn.att_proj, block.attn.out_proj, block.mlp.in_proj,
                                                       block.mlp.out_proj)]
     if all(isinstance(m, Int8Linear) for m in linears):
         return INT8
     if all(type(m) is nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.is_contiguous() for m in linears):
         return BF16
+    if all(type(m) in (nn.Linear, GemvLinear) and m.weight.dtype == torch.float32 and m.weight.is_contiguous()
+           for m in linears):
+        return F32
     return None
 
 
@@ -62,7 +72,7 @@ class FusedDecodeStep:
     def __init__(self, model: CausalGPT, kernel):
         self.model, self._kernel, self._format = model, kernel, weight_format(model)
         if self._format is None:
-            raise TypeError("the fused decode step needs Int8Linear or bfloat16 nn.Linear layers")
+            raise TypeError("the fused decode step needs Int8Linear, or bfloat16 or float32 linear layers")
         eps = {block.layernorm_1.eps for block in model.layers} | {block.layernorm_2.eps for block in model.layers}
         if len(eps) != 1:
             raise ValueError(f"the fused decode step needs one LayerNorm eps, not {sorted(eps)}")
@@ -104,7 +114,8 @@ class FusedDecodeStep:
 @functools.cache
 def decode_step_works(format: int) -> bool:
     """Whether the C step was built (for BF16: with AVX512-BF16) and agrees with the Python step on a
-    small random model."""
+    small random model; for F32 also that each row gets the same bits alone as in the batch, and with one
+    thread as with all of them (the exact mode's promises)."""
     kernels = load_kernels()
     if kernels is None or (format == INT8 and int8_kernels() is None) or (format == BF16 and not kernels.has_bf16):
         return False
@@ -115,7 +126,7 @@ def decode_step_works(format: int) -> bool:
         model = CausalGPT(config).eval()
         if format == INT8:
             model.swap_linears(Int8Linear)
-        else:
+        elif format == BF16:
             model.to(torch.bfloat16)
         step = FusedDecodeStep(model, kernels.decode_step)
         embeds = torch.randn(3, 6, 64).to(model.position_embeds_layer.weight.dtype)
@@ -127,18 +138,32 @@ def decode_step_works(format: int) -> bool:
             ref = block(ref, (expected.k[i], expected.v[i]), 5)
         y = step(x, got, 5)
         # int8: the C LayerNorm sums in another order, so an int8 rounding may flip; bfloat16: torch rounds
-        # every activation, the C step keeps them in float32
-        tolerance = 0.01 if format == INT8 else 0.05
+        # every activation, the C step keeps them in float32; float32: other summation orders only
+        tolerance = {INT8: 0.01, BF16: 0.05, F32: 1e-4}[format]
 
         def close(a, b):
             return bool((a.float() - b.float()).abs().max() <= tolerance * b.float().abs().max())
-        return close(y, ref) and close(got.k[:, :, :, 5], expected.k[:, :, :, 5]) and \
-            close(got.v[:, :, :, 5], expected.v[:, :, :, 5])
+        if not (close(y, ref) and close(got.k[:, :, :, 5], expected.k[:, :, :, 5])
+                and close(got.v[:, :, :, 5], expected.v[:, :, :, 5])):
+            return False
+        if format == F32:
+            alone = [step(x[i: i + 1], KVCache(got.k[:, i: i + 1].contiguous(), got.v[:, i: i + 1].contiguous()), 5)
+                     for i in range(3)]
+            if not torch.equal(torch.cat(alone), y):
+                return False
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                one = step(x, got, 5)
+            finally:
+                torch.set_num_threads(threads)
+            return torch.equal(one, y)
+        return True
 
 
 def fused_decode_step(model: CausalGPT) -> FusedDecodeStep | None:
-    """The one-call decode step for a fast-mode CausalGPT (int8, or plain bfloat16 linear layers) on the
-    CPU, where the C kernels work; None otherwise."""
+    """The one-call decode step for a CausalGPT with int8, bfloat16 or float32 linear layers (weight_format)
+    on the CPU, where the C kernels work; None otherwise."""
     format = weight_format(model)
     if format is None or model.position_embeds_layer.weight.device.type != "cpu" or not decode_step_works(format):
         return None

@@ -2,7 +2,7 @@
 
 A decode step is a chain of matrix-vector products, bound by how fast the weights stream from
 memory (benchmarks/linear_bandwidth.py, RESULTS.md section 8):
-- `GemvLinear` keeps the plain float32 weight. One-position inputs (x (B, 1, K)) go to the C kernel
+- `GemvLinear` keeps the plain float32 weight. One-position inputs (x (B, 1, K), or a head's (B, K)) go to the C kernel
   (native/gemv.c), whose every output follows one fixed order of operations, so a text gets the same
   bits alone as inside a batch. Longer inputs (prefills, compute-bound) go to oneDNN, whose rows do
   not depend on the batch either.
@@ -93,11 +93,13 @@ class GemvLinear(nn.Module):
         self._big = _onednn if torch.backends.mkldnn.is_available() else F.linear  # oneDNN repacks per call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or x.shape[-2] != 1:  # several positions per row: a compute-bound product
+        if x.dim() < 2 or (x.dim() > 2 and x.shape[-2] != 1):  # several positions per row: compute-bound
             return self._big(x, self.weight, self.bias)
-        rows = x.reshape(-1, self.in_features).contiguous()  # (B, 1, K) -> (B, K)
+        # one position per row: (B, 1, K) in a decode step, (B, K) at a head, whatever B is (a row's bits must
+        # not depend on how many rows come with it)
+        rows = x.reshape(-1, self.in_features).contiguous()  # (B, 1, K) or (B, K) -> (B, K)
         y = run_f32(self._kernel, rows, self.weight, self.bias, torch.get_num_threads())  # (B, N)
-        return y.reshape(*x.shape[:-1], self.out_features)  # (B, N) -> (B, 1, N)
+        return y.reshape(*x.shape[:-1], self.out_features)  # (B, N) -> (B, 1, N) or (B, N)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, decode=C kernel"

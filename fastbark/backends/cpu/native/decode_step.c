@@ -7,7 +7,9 @@
  *   for each layer:  h = LN1(x); qkv = att_proj(h); cache[pos] = k, v; a = softmax(q k^T / sqrt(hd)) v
  *                    x = x + out_proj(a); h = LN2(x); x = x + mlp.out_proj(gelu(mlp.in_proj(h)))
  *
- * Two weight formats:
+ * Three weight formats:
+ * - F32 (the exact mode): float32 weights; each product is gemv.h's, bit for bit what the C kernel
+ *   (GemvLinear) computes for the same rows.
  * - INT8 (the int8 mode): the products are those of int8.h and gemv.c (per-row quantisation, exact
  *   int32 sums, the same float epilogue), bit for bit what int8.py computes for the same rows.
  * - BF16 (the bfloat16 mode): bfloat16 weights; each input row is rounded to bfloat16, as torch's
@@ -24,11 +26,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include "gemv.h"
 #include "int8.h"
 #include "vec.h"
 
-typedef struct {  /* one linear layer: an Int8Linear (int8.py) or a bfloat16 nn.Linear */
-    const void *weight;  /* (N, K): int8 or bfloat16 */
+typedef struct {  /* one linear layer: an Int8Linear (int8.py), or a bfloat16 or float32 linear layer */
+    const void *weight;  /* (N, K): int8, bfloat16 or float32 */
     const int32_t *weight_sum;  /* (N,), int8 only */
     const float *weight_scale;  /* (N,), int8 only */
     const float *bias;  /* (N,) float32, or NULL */
@@ -41,12 +44,13 @@ typedef struct {  /* one Block (models/gpt.py), in its checkpoint's order; float
     Linear mlp_in_proj, mlp_out_proj;
 } Layer;
 
-enum { INT8, BF16 };  /* the weights' format */
+enum { INT8, BF16, F32 };  /* the weights' format */
 enum { STORE, ADD_TO, GELU };  /* what a product does with its result */
 
 typedef struct {  /* the input rows of a product, prepared for the weights' format */
     int8_t *q; uint8_t *q_biased; float *scale;  /* INT8: quantised rows (int8.h) */
     uint16_t *h;  /* BF16: rows rounded to bfloat16 */
+    float *f;  /* F32: the rows as they are (a copy: a product may write where its input was) */
 } Rows;
 
 static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch does (finite values) */
@@ -66,6 +70,7 @@ static inline float from_bf16(uint16_t h) {
 /* Row m (K wide) of x, prepared as product() reads it. */
 static void prepare(int format, const float *x, int64_t m, int64_t K, Rows *r) {
     if (format == INT8) quantize_row(x + m * K, K, r->q + m * K, r->q_biased + m * K, r->scale + m);
+    else if (format == F32) memcpy(r->f + m * K, x + m * K, (size_t)K * sizeof(float));
     else for (int64_t k = 0; k < K; k++) r->h[m * K + k] = to_bf16(x[m * K + k]);
 }
 
@@ -85,10 +90,32 @@ static inline float dot_bf16(const uint16_t *x, const uint16_t *w, int64_t K) {
 
 static inline float gelu(float v) { return v * 0.5f * (1.0f + erff(v * (float)M_SQRT1_2)); }
 
+static inline void finish_output(float *out, float v, int mode) {
+    *out = mode == ADD_TO ? *out + v : mode == GELU ? gelu(v) : v;
+}
+
+/* F32: gemv.h's blocks of outputs into `tmp` (M, N), then each finished where it goes; one thread's share.
+ * Compiled with the default contraction, as gemv.c is (gemv.h's bits depend on it). */
+static __attribute__((noinline)) void product_f32(const Linear *l, const float *x, float *y, float *tmp, int64_t M,
+                                                  int64_t N, int64_t K, int mode) {
+    const int64_t units = units_of_w(N), full = N / BN;
+    #pragma omp for schedule(static)
+    for (int64_t u = 0; u < units; u++) {
+        unit_of_w((const float *)l->weight, x, l->bias, tmp, u, M, N, K);
+        const int64_t n0 = u < full ? u * BN : full * BN + (u - full), n1 = u < full ? n0 + BN : n0 + 1;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = n0; n < n1; n++) finish_output(y + m * N + n, tmp[m * N + n], mode);
+    }
+}
+
 /* y (M, N) from the prepared rows of x (M, K); one thread's share of the N outputs. */
 __attribute__((optimize("fp-contract=off")))
-static void product(int format, const Linear *l, const Rows *r, float *y, int64_t M, int64_t N, int64_t K,
-                    int mode) {
+static void product(int format, const Linear *l, const Rows *r, float *y, float *tmp, int64_t M, int64_t N,
+                    int64_t K, int mode) {
+    if (format == F32) {
+        product_f32(l, r->f, y, tmp, M, N, K, mode);
+        return;
+    }
     #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         for (int64_t m = 0; m < M; m++) {
@@ -101,8 +128,7 @@ static void product(int format, const Linear *l, const Rows *r, float *y, int64_
                 v = dot_bf16(r->h + m * K, (const uint16_t *)l->weight + n * K, K);
             }
             if (l->bias) v = v + l->bias[n];
-            float *out = y + m * N + n;
-            *out = mode == ADD_TO ? *out + v : mode == GELU ? gelu(v) : v;
+            finish_output(y + m * N + n, v, mode);
         }
     }
 }
@@ -196,9 +222,10 @@ int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_la
     float *qkv = malloc((size_t)(B * 3 * C) * sizeof(float));
     float *att = malloc((size_t)(B * C) * sizeof(float));
     float *p = malloc((size_t)(threads * T) * sizeof(float));  /* one row of attention weights per thread */
+    float *tmp = malloc((size_t)(B * C4) * sizeof(float));  /* F32: products before they are finished */
     Rows rows = {malloc((size_t)(B * C4)), malloc((size_t)(B * C4)), malloc((size_t)B * sizeof(float)),
-                 malloc((size_t)(B * C4) * sizeof(uint16_t))};
-    int failed = !h || !qkv || !att || !p || !rows.q || !rows.q_biased || !rows.scale || !rows.h;
+                 malloc((size_t)(B * C4) * sizeof(uint16_t)), malloc((size_t)(B * C4) * sizeof(float))};
+    int failed = !h || !qkv || !att || !p || !tmp || !rows.q || !rows.q_biased || !rows.scale || !rows.h || !rows.f;
     if (!failed) {
         #pragma omp parallel num_threads(threads)
         for (int64_t i = 0; i < n_layer; i++) {
@@ -207,7 +234,7 @@ int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_la
             char *vc = (char *)v_cache + i * B * H * max_len * hd * elem;
             #pragma omp single
             norm_and_prepare(format, x, l->ln1_weight, l->ln1_bias, eps, h, &rows, B, C);
-            product(format, &l->att_proj, &rows, qkv, B, 3 * C, C, STORE);
+            product(format, &l->att_proj, &rows, qkv, tmp, B, 3 * C, C, STORE);
             #pragma omp for schedule(static)
             for (int64_t u = 0; u < B * H; u++) {  /* one (row, head) each */
                 const int64_t b = u / H, head = u % H;
@@ -218,16 +245,17 @@ int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_la
             }
             #pragma omp single
             for (int64_t m = 0; m < B; m++) prepare(format, att, m, C, &rows);
-            product(format, &l->att_out_proj, &rows, x, B, C, C, ADD_TO);
+            product(format, &l->att_out_proj, &rows, x, tmp, B, C, C, ADD_TO);
             #pragma omp single
             norm_and_prepare(format, x, l->ln2_weight, l->ln2_bias, eps, h, &rows, B, C);
-            product(format, &l->mlp_in_proj, &rows, h, B, C4, C, GELU);
+            product(format, &l->mlp_in_proj, &rows, h, tmp, B, C4, C, GELU);
             #pragma omp single
             for (int64_t m = 0; m < B; m++) prepare(format, h, m, C4, &rows);
-            product(format, &l->mlp_out_proj, &rows, x, B, C, C4, ADD_TO);
+            product(format, &l->mlp_out_proj, &rows, x, tmp, B, C, C4, ADD_TO);
         }
     }
-    free(h); free(qkv); free(att); free(p); free(rows.q); free(rows.q_biased); free(rows.scale); free(rows.h);
+    free(h); free(qkv); free(att); free(p); free(tmp);
+    free(rows.q); free(rows.q_biased); free(rows.scale); free(rows.h); free(rows.f);
     return failed;
 }
 

@@ -4,67 +4,13 @@
  * (N, K) row-major layout, the rows of w are split over OpenMP threads, and each row is read from
  * memory once for all M rows of x.
  *
- * Batch invariance: every output is computed by the same sequence of operations, whatever M, the
- * block it falls in or the number of threads: one 16-float accumulator, acc += w[k:k+16] * x[k:k+16]
- * for k = 0, 16, ..., a horizontal sum in a fixed tree order, the scalar tail, then the bias. The
- * blocks (up to BN rows of w by BM rows of x) only change how many outputs run side by side. The
- * loader checks at build time that a row's bits alone equal its bits in a batch, and falls back
- * to oneDNN if this compiler broke that.
+ * Batch invariance: every output follows one fixed sequence of operations (gemv.h). The loader checks
+ * at build time that a row's bits alone equal its bits in a batch, and falls back to oneDNN if this
+ * compiler broke that.
  *
  * Built at first use by fastbark/backends/cpu/library.py with the system C compiler.
  */
-#include <stdint.h>
-#include <string.h>
-
-#include "vec.h"
-
-/* Block sizes (rows of w x rows of x), chosen so that the accumulators stay in registers. */
-#if defined(__AVX512F__)
-enum { BN = 4, BM = 4 };  /* 16 accumulators of one 16-float register each: half of AVX-512's 32 */
-#else
-enum { BN = 2, BM = 2 };  /* AVX2: a v16 is two of its 16 registers, so 4 accumulators take 8 */
-#endif
-
-/* The horizontal sum in a fixed tree order, then the scalar tail and the bias. */
-static inline float finish(v16 acc, const float *w, const float *x, int64_t k, int64_t K, float bias) {
-    float t[8];
-    const v8 folded = fold(acc);  /* t[i] = lane i + lane i + 8 */
-    memcpy(t, &folded, sizeof t);
-    for (int i = 0; i < 4; i++) t[i] += t[i + 4];
-    float s = (t[0] + t[2]) + (t[1] + t[3]);
-    for (; k < K; k++) s += w[k] * x[k];
-    return s + bias;
-}
-
-/* Rows n0..n0+NR-1 of w against rows m0..m0+MR-1 of x (NR <= BN, MR <= BM, constants after inlining). */
-static inline __attribute__((always_inline)) void block(const float *w, const float *x, const float *bias,
-                                                        float *y, int64_t n0, int64_t m0, int64_t N,
-                                                        int64_t K, const int NR, const int MR) {
-    v16 acc[BN][BM];
-    for (int r = 0; r < NR; r++)
-        for (int c = 0; c < MR; c++) acc[r][c] = zero();
-    int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-        v16 xv[BM], wv[BN];
-        for (int c = 0; c < MR; c++) xv[c] = load(x + (m0 + c) * K + k);
-        for (int r = 0; r < NR; r++) wv[r] = load(w + (n0 + r) * K + k);
-        for (int r = 0; r < NR; r++)
-            for (int c = 0; c < MR; c++) acc[r][c] = madd(acc[r][c], wv[r], xv[c]);
-    }
-    for (int r = 0; r < NR; r++)
-        for (int c = 0; c < MR; c++)
-            y[(m0 + c) * N + n0 + r] = finish(acc[r][c], w + (n0 + r) * K, x + (m0 + c) * K, k, K,
-                                              bias ? bias[n0 + r] : 0.0f);
-}
-
-/* All rows of x against rows n0..n0+NR-1 of w: BM rows of x at a time, then one at a time. */
-static inline __attribute__((always_inline)) void rows_of_w(const float *w, const float *x, const float *bias,
-                                                            float *y, int64_t n0, int64_t M, int64_t N,
-                                                            int64_t K, const int NR) {
-    int64_t m0 = 0;
-    for (; m0 + BM <= M; m0 += BM) block(w, x, bias, y, n0, m0, N, K, NR, BM);
-    for (; m0 < M; m0++) block(w, x, bias, y, n0, m0, N, K, NR, 1);
-}
+#include "gemv.h"
 
 /* x: (M, K), w: (N, K), bias: (N,) or NULL, y: (M, N); all contiguous float32. */
 void fastbark_gemv_f32(const float *x, const float *w, const float *bias, float *y,
@@ -74,12 +20,9 @@ void fastbark_gemv_f32(const float *x, const float *w, const float *bias, float 
         for (int64_t n = 0; n < N; n++) block(w, x, bias, y, n, 0, N, K, 1, 1);
         return;
     }
-    const int64_t full = N / BN, units = full + N % BN;  /* BN-row blocks of w, then single rows */
+    const int64_t units = units_of_w(N);
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t u = 0; u < units; u++) {
-        if (u < full) rows_of_w(w, x, bias, y, u * BN, M, N, K, BN);
-        else rows_of_w(w, x, bias, y, full * BN + (u - full), M, N, K, 1);
-    }
+    for (int64_t u = 0; u < units; u++) unit_of_w(w, x, bias, y, u, M, N, K);
 }
 
 /* ---------------------------------------------------------------- int8 (the int8 mode's decode step)
