@@ -276,16 +276,17 @@ def step_ms(model, rows: int) -> float:
 def choose_step(model, ways: dict[str, Callable[[], None]], key: str, cache: ChoiceCache | None) -> Choice:
     """Install each way of running `model`'s decode steps in turn (ways[name]() installs it), time a whole
     step (STEP_ROWS rows, summed), and leave the fastest installed. Cached under `key`."""
+    c = model.config
+    shape = (c.n_layer, c.n_embd, c.output_vocab_size)
     cached = cache.get(key) if cache is not None else None
-    if cached is not None and cached.chosen in ways:
+    if cached is not None and cached.chosen in ways and cached.shape == shape:
         ways[cached.chosen]()
         return cached
     ms = {}
     for name, install in ways.items():
         install()
         ms[name] = sum(step_ms(model, rows) for rows in STEP_ROWS)
-    c = model.config
-    result = Choice((c.n_layer, c.n_embd, c.output_vocab_size), min(ms, key=ms.get), ms, {}, STEP_LABEL)
+    result = Choice(shape, min(ms, key=ms.get), ms, {}, STEP_LABEL)
     ways[result.chosen]()
     if cache is not None:
         cache.put(key, result)
