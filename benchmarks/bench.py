@@ -220,6 +220,7 @@ def run_suno(folder: Path, texts: list[str], n_semantic: int, dtype: str) -> dic
 LOADERS = {
     "fastbark": "import fastbark; fastbark.Bark.from_pretrained(r'{folder}', dtype='{dtype}')",
     "fastbark-int8": "import fastbark; fastbark.Bark.from_pretrained(r'{folder}', dtype='{dtype}', quantize='int8')",
+    "fastbark-int4": "import fastbark; fastbark.Bark.from_pretrained(r'{folder}', dtype='{dtype}', quantize='int4')",
     "transformers": "import torch, transformers; transformers.BarkModel.from_pretrained(r'{folder}', dtype=torch.{dtype})",
 }
 
@@ -255,7 +256,7 @@ def main(argv=None) -> dict:
     p.add_argument("--engines", default="fastbark,transformers",
                    help="comma list of fastbark, fastbark-unpacked (plain F.linear), fastbark-onednn (oneDNN-packed "
                         "decode layers instead of the C kernel), fastbark-int8 (int8 "
-                        "linear layers), transformers, transformers-float32 (the reference in float32 whatever "
+                        "linear layers), fastbark-int4 (int4 weights in groups of 32), transformers, transformers-float32 (the reference in float32 whatever "
                         "--dtype is), transformers-int8 (the reference under torch.ao dynamic int8), suno (Suno's "
                         "original code, when `bark` is installed)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -272,9 +273,10 @@ def main(argv=None) -> dict:
     unpacked = lambda *a: run_fastbark(*a, cpu_kernel="plain")  # noqa: E731  (ablation: plain F.linear)
     onednn = lambda *a: run_fastbark(*a, cpu_kernel="onednn")  # noqa: E731  (ablation: oneDNN, no C kernel)
     int8 = lambda *a: run_fastbark(*a, quantize="int8")  # noqa: E731
+    int4 = lambda *a: run_fastbark(*a, quantize="int4")  # noqa: E731
     runners = {"fastbark": (run_fastbark, args.dtype), "fastbark-unpacked": (unpacked, args.dtype),
                "fastbark-onednn": (onednn, args.dtype),
-               "fastbark-int8": (int8, args.dtype),
+               "fastbark-int8": (int8, args.dtype), "fastbark-int4": (int4, args.dtype),
                "transformers": (run_transformers, args.dtype),
                "transformers-float32": (run_transformers, "float32"),
                "transformers-int8": (lambda *a: run_transformers(*a, int8=True), args.dtype),

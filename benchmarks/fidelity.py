@@ -1,4 +1,4 @@
-"""Fidelity of a fast mode (bfloat16, int8) against float32 on the same weights.
+"""Fidelity of a fast mode (bfloat16, int8, int4) against float32 on the same weights.
 
 Teacher-forced: both engines read the same tokens (the float32 greedy run), so every step
 compares like with like. Reports the largest relative logit error (max |fast - exact| / max
@@ -6,6 +6,7 @@ compares like with like. Reports the largest relative logit error (max |fast - e
 
     python benchmarks/fidelity.py --size small --steps 64                  # bfloat16
     python benchmarks/fidelity.py --size small --steps 64 --dtype float32 --quantize int8
+    python benchmarks/fidelity.py --size small --steps 64 --dtype float32 --quantize int4
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def main(argv=None) -> dict:
     p.add_argument("--size", choices=["tiny", "small", "large"], default="small")
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--quantize", choices=["int8"], help="quantise the GPTs' linear layers")
+    p.add_argument("--quantize", choices=["int8", "int4"], help="quantise the GPTs' linear layers")
     p.add_argument("--json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

@@ -162,5 +162,5 @@ def diagnose(devices_to_check: list[str] | None = None) -> Diagnosis:
         for dtype in DTYPES:
             choices.append(choose(device, dtype))
         if device == "cpu":
-            choices += [choose(device, dtype, "int8") for dtype in ("float32", "bfloat16")]
+            choices += [choose(device, dtype, q) for q in ("int8", "int4") for dtype in ("float32", "bfloat16")]
     return Diagnosis(versions(), gpus(), torch.backends.mps.is_available(), model, features, compiler(), choices)

@@ -24,7 +24,7 @@ from .errors import BadInput
 from .loading.hubert import DEFAULT_HUBERT
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-QUANTIZE = ("int8",)  # int8: the three GPTs' linear layers (backends/cpu/int8.py); CPU only
+QUANTIZE = ("int8", "int4")  # the three GPTs' linear layers (backends/cpu/int8.py, int4.py); CPU only
 CPU_KERNELS = ("auto", "c", "onednn", "plain")  # the CPU backend's decode-step linear layers
 ATTENTION = ("auto", "flash", "math")  # whole-sequence attention: the backend's choice, or one SDPA kernel
 MAX_THREADS = 1024  # more CPU threads than any machine fastbark runs on has cores (torch overflows far beyond)
@@ -144,9 +144,11 @@ class EngineOptions:
     dtype: str = field(default="float32", metadata=_help("float32 (exact), bfloat16 or float16",
                                                          choices=tuple(DTYPES)))
     quantize: str | None = field(default=None, metadata=_help(
-        "int8: the fast int8 mode on the CPU (int8 linear layers; see the README for fidelity)", choices=QUANTIZE))
+        "int8: the fast int8 mode on the CPU (int8 linear layers); int4: 4-bit weights in groups of 32, for machines "
+        "whose memory bandwidth limits int8 (see the README for both modes' fidelity)", choices=QUANTIZE))
     cpu_kernel: str = field(default="auto", metadata=_help(
-        "the CPU decode step's linear layers: auto (C kernel, else oneDNN), c, onednn, or plain (F.linear)",
+        "the CPU decode step's kernels: auto (measured on this machine), c (the C kernels and the one-call step), "
+        "onednn, or plain (F.linear)",
         choices=CPU_KERNELS))
     backend: str = field(default="auto", metadata=_help(
         "auto (cpu on the CPU, cuda on a CUDA GPU, torch elsewhere), cpu (fastbark's CPU kernels), cuda (static "
@@ -170,20 +172,22 @@ class EngineOptions:
         object.__setattr__(self, "dtype", str(dtype).removeprefix("torch."))
         object.__setattr__(self, "device", str(device))
         if self.quantize is not None and self.quantize not in QUANTIZE:
-            raise BadInput(f"quantize {shown(self.quantize)} is unknown; accepted: int8, or none (no quantisation)",
-                           param="quantize")
+            raise BadInput(f"quantize {shown(self.quantize)} is unknown; accepted: int8, int4, or none (no "
+                           f"quantisation)", param="quantize")
         check_choice("cpu_kernel", self.cpu_kernel, CPU_KERNELS)
         check_choice("backend", self.backend, BACKENDS)
         check_number("threads", self.threads, integer=True, low=1, high=MAX_THREADS, none_ok=True,
                      accepted=f"an integer in 1..{MAX_THREADS} or none")
-        if self.quantize == "int8":
-            if device.type != "cpu" or not hasattr(torch, "_int_mm"):
-                raise BadInput(f"quantize int8 runs on the CPU only (with a torch that has torch._int_mm), not on "
-                               f"device {self.device!r}: use the cpu device or no quantisation", param="quantize")
+        if self.quantize is not None:
+            q = self.quantize
+            if device.type != "cpu" or (q == "int8" and not hasattr(torch, "_int_mm")):
+                needs = " (with a torch that has torch._int_mm)" if q == "int8" else ""
+                raise BadInput(f"quantize {q} runs on the CPU only{needs}, not on device {self.device!r}: use the cpu "
+                               f"device or no quantisation", param="quantize")
             if dtype == torch.float16:
-                raise BadInput("quantize int8 works with dtype float32 or bfloat16, not float16", param="quantize")
+                raise BadInput(f"quantize {q} works with dtype float32 or bfloat16, not float16", param="quantize")
             if self.backend == "torch":
-                raise BadInput("quantize int8 needs the cpu backend (backend auto or cpu), not torch", param="quantize")
+                raise BadInput(f"quantize {q} needs the cpu backend (backend auto or cpu), not torch", param="quantize")
         check_choice("attention", self.attention, ATTENTION)
         if self.attention == "flash" and (device.type != "cuda" or dtype == torch.float32):
             raise BadInput(f"attention flash (PyTorch's FlashAttention-2 kernels) runs on a CUDA GPU in float16 or "

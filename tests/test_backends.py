@@ -8,7 +8,8 @@ import torch
 import fastbark
 import reference as ref
 from fastbark.backends.cpu.attention import bf16_attention
-from fastbark.backends.cpu.decode_step import BF16, F32, INT8, decode_step_works
+from fastbark.backends.cpu.decode_step import BF16, F32, INT4, INT8, decode_step_works
+from fastbark.backends.cpu.int4 import int4_kernel
 from fastbark.backends.cpu.int8 import int8_kernels
 from fastbark.backends.cpu.library import load_kernels
 from fastbark.backends.cpu.linears import packing_available
@@ -21,19 +22,22 @@ N_FINE_LINEARS = 2 * 4 + 7  # 2 layers x 4 + one head per predicted codebook (1.
 def expected_report(dtype: str, quantize, kernel: str) -> dict:
     """What the CPU backend must choose on this machine, from the same capability probes it uses."""
     c = kernel in ("auto", "c") and load_kernels() is not None
-    fast = quantize == "int8" or dtype == "bfloat16"
+    fast = quantize is not None or dtype == "bfloat16"
     whole = "bf16-c" if fast and c and bf16_attention() is not None else "sdpa"
     one_query = "matmul" if dtype != "float32" else "sdpa"
     fallbacks = set()
     if fast and c and whole == "sdpa":
         fallbacks.add("bfloat16 attention kernel")
     step_measured = False  # the one-call step against the blocks, timed on this machine
-    if quantize == "int8":
+    if quantize is not None:
         kind = "int8-c" if c and int8_kernels() is not None else "int8-torch"
-        fused = c and decode_step_works(INT8)
+        fused = c and decode_step_works(INT8 if quantize == "int8" else INT4)
         step_measured = fused and kernel == "auto"
         decoder = {kind: N_DECODER_LINEARS}
         fine = {kind: N_FINE_LINEARS}
+        if quantize == "int4":  # the blocks in int4, the heads in int8
+            kind4 = "int4-c" if c and int4_kernel() is not None else "int4-torch"
+            decoder, fine = {kind4: N_DECODER_LINEARS - 1, kind: 1}, {kind4: 2 * 4, kind: N_FINE_LINEARS - 2 * 4}
     else:
         fused = (dtype == "bfloat16" and c and decode_step_works(BF16)) or \
             (dtype == "float32" and c and decode_step_works(F32))
@@ -56,7 +60,7 @@ def expected_report(dtype: str, quantize, kernel: str) -> dict:
             decoder = {"onednn": N_DECODER_LINEARS}
     if fast and c and not fused:
         fallbacks.add("one-call decode step")
-    if quantize == "int8":
+    if quantize is not None:
         fallbacks.add("int8 products?")  # when the big products' route measured fastest is via float: see below
     step = None if step_measured else "fused-c" if fused else "blocks"
     return dict(decoder=decoder, fine=fine, step=step, whole=whole, one_query=one_query, fallbacks=fallbacks)
@@ -64,7 +68,8 @@ def expected_report(dtype: str, quantize, kernel: str) -> dict:
 
 COMBOS = [(dtype, None, kernel) for dtype in ("float32", "bfloat16", "float16")
           for kernel in ("auto", "c", "onednn", "plain")] + \
-         [(dtype, "int8", kernel) for dtype in ("float32", "bfloat16") for kernel in ("auto", "onednn", "plain")]
+         [(dtype, q, kernel) for q in ("int8", "int4") for dtype in ("float32", "bfloat16")
+          for kernel in ("auto", "onednn", "plain")]
 
 
 @pytest.mark.parametrize("dtype, quantize, kernel", COMBOS)
@@ -110,7 +115,8 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
     kinds = {type(m).__name__ for m in tts.semantic_model.modules()}
     assert ("GemvLinear" in kinds) == ("c" in report.models["semantic"].linears)
     assert ("PackedLinear" in kinds) == ("onednn" in report.models["semantic"].linears)
-    assert ("Int8Linear" in kinds) == (quantize == "int8")
+    assert ("Int8Linear" in kinds) == (quantize is not None)
+    assert ("Int4Linear" in kinds) == (quantize == "int4")
     text = str(report)
     assert text.startswith(f"backend cpu on cpu, {dtype}") and "semantic:" in text
 

@@ -8,11 +8,12 @@ import torch
 
 import fastbark
 from fastbark.models.gpt import CausalGPT, GPTConfig
+from fastbark.backends.cpu.int4 import Int4Linear
 from fastbark.backends.cpu.int8 import Int8Linear
 from fastbark.backends.cpu.linears import GemvLinear
 from fastbark.backends.cpu import CpuBackend, choice
 from fastbark.backends.cpu.choice import ChoiceCache
-from fastbark.backends.cpu.decode_step import BF16, F32, INT8, FusedDecodeStep, decode_step_works, fused_decode_step
+from fastbark.backends.cpu.decode_step import BF16, F32, INT4, INT8, FusedDecodeStep, decode_step_works, fused_decode_step
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode step needs a C compiler")
 
@@ -45,10 +46,14 @@ def fast_model(mode: str, n_embd: int, n_head: int, bias: bool) -> CausalGPT:
         model = float_model(n_embd, n_head, bias)
         model.swap_linears(GemvLinear)
         return model
+    if mode == "int4":
+        model = float_model(n_embd, n_head, bias)
+        model.swap_linears(Int4Linear)
+        return model
     return quantised_model(n_embd, n_head, bias) if mode == "int8" else float_model(n_embd, n_head, bias).bfloat16()
 
 
-FORMATS = {"int8": INT8, "bfloat16": BF16, "float32": F32}
+FORMATS = {"int8": INT8, "bfloat16": BF16, "float32": F32, "int4": INT4}
 
 
 def decode(model: CausalGPT, prompt: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, object]:
@@ -60,7 +65,7 @@ def decode(model: CausalGPT, prompt: torch.Tensor, tokens: torch.Tensor) -> tupl
     return torch.stack(steps, 1), cache
 
 
-@pytest.mark.parametrize("mode", ["int8", "bfloat16"])
+@pytest.mark.parametrize("mode", ["int8", "bfloat16", "int4"])
 @pytest.mark.parametrize("n_embd, n_head, bias", [(64, 4, False), (40, 2, True), (768, 12, False)])
 @torch.inference_mode()
 def test_c_step_is_as_faithful_as_the_python_step(mode, n_embd, n_head, bias):
@@ -109,7 +114,7 @@ def test_float32_c_step_is_the_python_step_up_to_rounding(n_embd, n_head, bias):
         assert ((got[:, :, :, :15] - want[:, :, :, :15]).abs().max() / want[:, :, :, :15].abs().max()).item() <= 1e-5
 
 
-@pytest.mark.parametrize("mode", ["int8", "bfloat16", "float32"])
+@pytest.mark.parametrize("mode", ["int8", "bfloat16", "float32", "int4"])
 @torch.inference_mode()
 def test_c_step_rows_do_not_depend_on_batch_or_threads(mode):
     model = fast_model(mode, 64, 4, True)
@@ -164,11 +169,11 @@ def test_c_step_checks_its_inputs_and_follows_replaced_weights():
 
 
 @pytest.mark.parametrize("faster", ["fused-c", "blocks"])
-@pytest.mark.parametrize("options", [{}, dict(quantize="int8")])
+@pytest.mark.parametrize("options", [{}, dict(quantize="int8"), dict(quantize="int4")])
 def test_the_step_measured_faster_runs(hub_dir, tmp_path, monkeypatch, faster, options):
     """cpu_kernel="auto": the one-call step runs only where a whole step through it measured faster than the
     blocks (here the timer is told which is faster); the choice is reported and cached."""
-    if not decode_step_works(INT8 if options else F32):
+    if not decode_step_works({None: F32, "int8": INT8, "int4": INT4}[options.get("quantize")]):
         pytest.skip("no C decode step on this machine")
     timed = []
 

@@ -1,4 +1,4 @@
-"""The fast modes (bfloat16, int8) stay within stated bounds of float32 (teacher-forced, same weights)."""
+"""The fast modes (bfloat16, int8, int4) stay within stated bounds of float32 (teacher-forced, same weights)."""
 
 import shutil
 import sys
@@ -13,24 +13,28 @@ from fastbark.backends.cpu.int8 import Int8Linear, quantize_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-# Bounds for the tiny test models; benchmarks/RESULTS.md reports the same measures at real sizes.
-MAX_REL_LOGIT_ERROR = 0.05
-MIN_GREEDY_AGREEMENT = 0.9
+# Bounds for the tiny test models; benchmarks/RESULTS.md reports the same measures at real sizes. int4 is
+# much coarser (a weight's step is ~1/8 of its group's largest, against 1/127 of its row's in int8): measured
+# here 0.28-0.33 and 71-77% agreement, at bark-small sizes 0.28-0.35 (RESULTS.md section 39).
+MAX_REL_LOGIT_ERROR = {"int4": 0.45}
+MIN_GREEDY_AGREEMENT = {"int4": 0.55}
 MODES = {"bfloat16": dict(dtype="bfloat16"), "int8": dict(quantize="int8"),
-         "int8+bfloat16": dict(dtype="bfloat16", quantize="int8")}
+         "int8+bfloat16": dict(dtype="bfloat16", quantize="int8"), "int4": dict(quantize="int4")}
 
 
 @pytest.fixture(scope="module", params=list(MODES))
 def fast(request, hub_dir):
-    return fastbark.Bark.from_pretrained(hub_dir, **MODES[request.param])
+    tts = fastbark.Bark.from_pretrained(hub_dir, **MODES[request.param])
+    tts.mode = request.param
+    return tts
 
 
 def test_fidelity(tts, fast):
     from fidelity import measure
     results = measure(tts, fast, "the dog is cute", steps=48)
     for stage, r in results.items():
-        assert r["max_rel_logit_error"] < MAX_REL_LOGIT_ERROR, stage
-        assert r["greedy_agreement"] >= MIN_GREEDY_AGREEMENT, stage
+        assert r["max_rel_logit_error"] < MAX_REL_LOGIT_ERROR.get(fast.mode, 0.05), stage
+        assert r["greedy_agreement"] >= MIN_GREEDY_AGREEMENT.get(fast.mode, 0.9), stage
         assert r["max_rel_logit_error"] > 0, "the fast mode must actually differ from float32"
 
 
@@ -73,8 +77,10 @@ def test_int8_linear(k, n):
 
 
 def test_bad_quantize(hub_dir):
-    with pytest.raises(fastbark.BadInput, match="quantize 'int4' is unknown; accepted: int8, or none"):
-        fastbark.Bark.from_pretrained(hub_dir, quantize="int4")
+    with pytest.raises(fastbark.BadInput, match="quantize 'int2' is unknown; accepted: int8, int4, or none"):
+        fastbark.Bark.from_pretrained(hub_dir, quantize="int2")
+    with pytest.raises(fastbark.BadInput, match="quantize int4 works with dtype float32 or bfloat16, not float16"):
+        fastbark.Bark.from_pretrained(hub_dir, quantize="int4", dtype="float16")
     with pytest.raises(fastbark.BadInput, match="not float16"):
         fastbark.Bark.from_pretrained(hub_dir, quantize="int8", dtype="float16")
 

@@ -10,6 +10,9 @@ What it chooses, per engine options (each choice falls back, and says so in the 
   kernels are built); the semantic and coarse decode steps as one C call each, where that measured
   faster than the blocks; the big products (prefills, fine passes) on torch._int_mm or exact float32
   GEMMs, whichever measured faster per shape;
+- int4 (`quantize="int4"`): every linear layer of the three GPTs' blocks with int4 weights in groups of 32
+  (int4.py; C products for one position per row), the heads in int8 as above; the decode steps as one C
+  call each where that measured faster;
 - bfloat16: the decode steps as one C call each (AVX512-BF16), the heads oneDNN-packed;
 - int8 and bfloat16: whole-sequence attention with bfloat16 products in C (AVX512-BF16);
 - half precision: a decode step's attention over the cache as two matmuls.
@@ -19,9 +22,11 @@ from __future__ import annotations
 
 import torch
 
+from ...models.gpt import CausalGPT
 from ..base import Backend, Models
 from .attention import CpuAttention, bf16_attention
 from .decode_step import fused_decode_step
+from .int4 import Int4Linear, int4_kernel
 from .int8 import ROUTES, Int8Linear, int8_kernels
 from .choice import (Candidate, ChoiceCache, PlainLinear, choose_int_route, choose_linears, choose_step, machine_key,
                      step_key)
@@ -47,14 +52,14 @@ class CpuBackend(Backend):
         use_c = o.cpu_kernel in ("auto", "c")  # fastbark's C kernels may be used
         kernels = load_kernels() if use_c else None
         fallbacks = [f"C kernels: {kernels_unavailable()}"] if use_c and kernels is None else []
-        fast = o.quantize == "int8" or dtype == torch.bfloat16  # the fast modes
+        fast = o.quantize is not None or dtype == torch.bfloat16  # the fast modes
         attention = CpuAttention(bf16_attention() if fast and kernels else None, half_matmul=dtype != torch.float32)
         if fast and kernels and attention.whole_kind == "sdpa":
             fallbacks.append("bfloat16 attention kernel: not on this CPU (needs AVX512-BF16); SDPA instead")
-        if o.quantize == "int8":
-            routes: dict = {}  # (K, N) -> the big products' route measured fastest here (choice.py)
+        if o.quantize is not None:
+            routes: dict = {}  # (K, N) -> the big int8 products' route measured fastest here (choice.py)
 
-            def make(linear):
+            def int8_linear(linear):
                 shape = (linear.in_features, linear.out_features)
                 if shape not in routes and o.cpu_kernel != "plain":
                     routes[shape] = choose_int_route(*shape, ROUTES, self.choice_cache())
@@ -62,9 +67,14 @@ class CpuBackend(Backend):
                 via_float = routes[shape].chosen == "via-float" if shape in routes else None
                 return Int8Linear(linear, native=kernels is not None, via_float=via_float)
             for model in models:
-                model.swap_linears(make)
+                # int4: every layer of the blocks; the heads, whose errors go straight into the logits, stay int8
+                heads = [model.lm_head] if isinstance(model, CausalGPT) else list(model.lm_heads)
+                model.swap_linears(lambda linear: int8_linear(linear) if o.quantize == "int8" or
+                                   any(linear is h for h in heads) else Int4Linear(linear, native=kernels is not None))
             if kernels and int8_kernels() is None:
                 fallbacks.append("int8 C kernels: failed their check; int8 products in torch")
+            if kernels and o.quantize == "int4" and int4_kernel() is None:
+                fallbacks.append("int4 C kernel: failed its check; int4 products in torch")
             if any(c.chosen == "via-float" for c in routes.values()):  # torch._int_mm measured slower here
                 fallbacks.append("int8 products: torch._int_mm is slower on this CPU (no VNNI); prefills and fine "
                                  "passes run as float32 GEMMs whose integer results are exact (the same bits)")
@@ -72,10 +82,10 @@ class CpuBackend(Backend):
             step = fused_decode_step(model) if fast and kernels else None
             if fast and kernels and step is None:
                 fallbacks.append(f"one-call decode step: not available for {o.dtype}"
-                                 f"{' int8' if o.quantize else ''} on this CPU; block by block instead")
-            if o.quantize == "int8":
-                if step is not None and o.cpu_kernel == "auto":  # the same int8 layers either way
-                    step = self._measured_step(model, attention, step, "int8")
+                                 f"{' ' + o.quantize if o.quantize else ''} on this CPU; block by block instead")
+            if o.quantize is not None:
+                if step is not None and o.cpu_kernel == "auto":  # the same quantised layers either way
+                    step = self._measured_step(model, attention, step, o.quantize)
             elif dtype == torch.float32 and (o.cpu_kernel == "auto" or (o.cpu_kernel == "c" and kernels)):
                 step = self._float32_step(model, attention, kernels)
             else:

@@ -6,6 +6,7 @@ cached positions, SDPA alone took 3.6 ms of a 25 ms coarse step). `FusedDecodeSt
 block of the step in one OpenMP region instead:
 - exact mode (float32): the C kernel's products (gemv.h), bit for bit GemvLinear's for the same rows;
 - int8 mode: the same int8 products as int8.py (bit for bit, for the same input rows);
+- int4 mode: int4.py's products (native/int4.h, as its C kernel computes them);
 - bfloat16 mode: the bfloat16 weights, input rows rounded to bfloat16, float32 sums.
 LayerNorm, attention over the KV cache and GELU run as float32 loops in C (LayerNorm's statistics in
 float64), and the residual stream stays float32. The results are close to the Python step's, not
@@ -24,21 +25,24 @@ import torch
 from torch import nn
 
 from ...models.gpt import CausalGPT, GPTConfig, KVCache
+from .int4 import Int4Linear, int4_kernel
 from .int8 import Int8Linear, int8_kernels
 from .library import load_kernels
 from .linears import GemvLinear
 
-INT8, BF16, F32 = 0, 1, 2  # decode_step.c's weight formats
+INT8, BF16, F32, INT4 = 0, 1, 2, 3  # decode_step.c's weight formats
 POINTERS_PER_LAYER = 20  # decode_step.c's Layer: 2 LayerNorm + 2 x 4 linear + 2 LayerNorm + 2 x 4 linear
 
 
 def weight_format(model: CausalGPT) -> int | None:
-    """INT8 for a quantised model, BF16 for plain bfloat16 linear layers, F32 for float32 ones (nn.Linear or
-    GemvLinear, which keeps the plain weight), None otherwise."""
+    """INT8 or INT4 for a quantised model, BF16 for plain bfloat16 linear layers, F32 for float32 ones (nn.Linear
+    or GemvLinear, which keeps the plain weight), None otherwise."""
     linears = [m for block in model.layers for m in (block.attn.att_proj, block.attn.out_proj, block.mlp.in_proj,
                                                       block.mlp.out_proj)]
     if all(isinstance(m, Int8Linear) for m in linears):
         return INT8
+    if all(isinstance(m, Int4Linear) for m in linears):
+        return INT4
     if all(type(m) is nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.is_contiguous() for m in linears):
         return BF16
     if all(type(m) in (nn.Linear, GemvLinear) and m.weight.dtype == torch.float32 and m.weight.is_contiguous()
@@ -55,7 +59,7 @@ def _float32(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _linear(layer: nn.Module, format: int) -> list[torch.Tensor | None]:
-    if format == INT8:
+    if format in (INT8, INT4):
         return layer.c_operands()
     return [layer.weight, None, None, _float32(layer.bias)]
 
@@ -72,7 +76,7 @@ class FusedDecodeStep:
     def __init__(self, model: CausalGPT, kernel):
         self.model, self._kernel, self._format = model, kernel, weight_format(model)
         if self._format is None:
-            raise TypeError("the fused decode step needs Int8Linear, or bfloat16 or float32 linear layers")
+            raise TypeError("the fused decode step needs Int8Linear, Int4Linear, or bfloat16 or float32 linear layers")
         eps = {block.layernorm_1.eps for block in model.layers} | {block.layernorm_2.eps for block in model.layers}
         if len(eps) != 1:
             raise ValueError(f"the fused decode step needs one LayerNorm eps, not {sorted(eps)}")
@@ -117,15 +121,16 @@ def decode_step_works(format: int) -> bool:
     small random model; for F32 also that each row gets the same bits alone as in the batch, and with one
     thread as with all of them (the exact mode's promises)."""
     kernels = load_kernels()
-    if kernels is None or (format == INT8 and int8_kernels() is None) or (format == BF16 and not kernels.has_bf16):
+    if kernels is None or (format == INT8 and int8_kernels() is None) or (format == BF16 and not kernels.has_bf16) \
+            or (format == INT4 and int4_kernel() is None):
         return False
     config = GPTConfig(n_layer=2, n_head=2, n_embd=64, input_vocab_size=32, output_vocab_size=32, block_size=16,
                        bias=True)
     with torch.random.fork_rng(devices=[]), torch.inference_mode():  # the user's RNG must not move
         torch.manual_seed(0)
         model = CausalGPT(config).eval()
-        if format == INT8:
-            model.swap_linears(Int8Linear)
+        if format in (INT8, INT4):
+            model.swap_linears(Int8Linear if format == INT8 else Int4Linear)
         elif format == BF16:
             model.to(torch.bfloat16)
         step = FusedDecodeStep(model, kernels.decode_step)
@@ -139,7 +144,7 @@ def decode_step_works(format: int) -> bool:
         y = step(x, got, 5)
         # int8: the C LayerNorm sums in another order, so an int8 rounding may flip; bfloat16: torch rounds
         # every activation, the C step keeps them in float32; float32: other summation orders only
-        tolerance = {INT8: 0.01, BF16: 0.05, F32: 1e-4}[format]
+        tolerance = {INT8: 0.01, INT4: 0.01, BF16: 0.05, F32: 1e-4}[format]
 
         def close(a, b):
             return bool((a.float() - b.float()).abs().max() <= tolerance * b.float().abs().max())

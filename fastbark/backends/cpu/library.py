@@ -81,6 +81,7 @@ class NativeKernels:
 
     f32: object
     s8: Int8Kernels  # checked in int8.py
+    q4: object  # the int4 mode's one-position product (checked in int4.py)
     attention: object  # whole-sequence attention in bfloat16 (native/attention.c; checked in attention.py)
     decode_step: object  # a causal GPT's whole decode step, int8 or bfloat16 (native/decode_step.c; decode_step.py)
     has_bf16: bool  # whether the library was built for AVX512-BF16
@@ -101,6 +102,16 @@ def run_s8(fn, x: torch.Tensor, w_q: torch.Tensor, w_sum: torch.Tensor, w_scale:
     if fn(x.data_ptr(), w_q.data_ptr(), w_sum.data_ptr(), w_scale.data_ptr(), b.data_ptr() if b is not None else None,
           y.data_ptr(), x.shape[0], w_q.shape[0], w_q.shape[1], threads):
         raise MemoryError("fastbark's int8 kernel could not allocate its quantised rows")
+    return y
+
+
+def run_q4(fn, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, b: torch.Tensor | None,
+           threads: int = 1) -> torch.Tensor:
+    """The int4 mode's product (int4.py) of float32 rows x (M, K): quantise to int8, int4 group dots, rescale."""
+    y = torch.empty(x.shape[0], packed.shape[0], dtype=torch.float32)
+    if fn(x.data_ptr(), packed.data_ptr(), scale.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(),
+          x.shape[0], packed.shape[0], x.shape[1], threads):
+        raise MemoryError("fastbark's int4 kernel could not allocate its quantised rows")
     return y
 
 
@@ -149,21 +160,23 @@ def _load() -> tuple[NativeKernels | None, str]:
         lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    f32, s8 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8
+    f32, s8, q4 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8, lib.fastbark_linear_q4
     quantize, rescale = lib.fastbark_quantize_rows, lib.fastbark_rescale_s32
     decode, attention = lib.fastbark_decode_step, lib.fastbark_attention_bf16
     f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    q4.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     quantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     rescale.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     decode.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
         [ctypes.c_int] + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
     f32.restype = quantize.restype = rescale.restype = None
     attention.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
-    s8.restype = decode.restype = attention.restype = ctypes.c_int
+    s8.restype = q4.restype = decode.restype = attention.restype = ctypes.c_int
     if not _check_f32(f32):
         return None, "the built kernel failed its self-check"
-    return NativeKernels(f32, Int8Kernels(s8, quantize, rescale), attention, decode, bool(lib.fastbark_has_bf16())), ""
+    return NativeKernels(f32, Int8Kernels(s8, quantize, rescale), q4, attention, decode,
+                         bool(lib.fastbark_has_bf16())), ""
 
 
 def load_kernels() -> NativeKernels | None:

@@ -7,11 +7,13 @@
  *   for each layer:  h = LN1(x); qkv = att_proj(h); cache[pos] = k, v; a = softmax(q k^T / sqrt(hd)) v
  *                    x = x + out_proj(a); h = LN2(x); x = x + mlp.out_proj(gelu(mlp.in_proj(h)))
  *
- * Three weight formats:
+ * Four weight formats:
  * - F32 (the exact mode): float32 weights; each product is gemv.h's, bit for bit what the C kernel
  *   (GemvLinear) computes for the same rows.
  * - INT8 (the int8 mode): the products are those of int8.h and gemv.c (per-row quantisation, exact
  *   int32 sums, the same float epilogue), bit for bit what int8.py computes for the same rows.
+ * - INT4 (the int4 mode): int4.h's products over rows quantised as in INT8, as gemv.c's
+ *   fastbark_linear_q4 computes them.
  * - BF16 (the bfloat16 mode): bfloat16 weights; each input row is rounded to bfloat16, as torch's
  *   bfloat16 mode rounds every activation, and the products sum in float32 (AVX512-BF16).
  * The residual stream, LayerNorm, attention and GELU stay in float32; the KV cache is float32 or
@@ -27,13 +29,14 @@
 #include <string.h>
 #include <omp.h>
 #include "gemv.h"
+#include "int4.h"
 #include "int8.h"
 #include "vec.h"
 
-typedef struct {  /* one linear layer: an Int8Linear (int8.py), or a bfloat16 or float32 linear layer */
-    const void *weight;  /* (N, K): int8, bfloat16 or float32 */
+typedef struct {  /* one linear layer: an Int8Linear (int8.py), Int4Linear (int4.py), or a bfloat16 or float32 one */
+    const void *weight;  /* (N, K): int8, bfloat16 or float32; int4: (N, q4_row_bytes(K)) packed bytes */
     const int32_t *weight_sum;  /* (N,), int8 only */
-    const float *weight_scale;  /* (N,), int8 only */
+    const float *weight_scale;  /* (N,) for int8; (N, groups) for int4 */
     const float *bias;  /* (N,) float32, or NULL */
 } Linear;
 
@@ -44,13 +47,14 @@ typedef struct {  /* one Block (models/gpt.py), in its checkpoint's order; float
     Linear mlp_in_proj, mlp_out_proj;
 } Layer;
 
-enum { INT8, BF16, F32 };  /* the weights' format */
+enum { INT8, BF16, F32, INT4 };  /* the weights' format */
 enum { STORE, ADD_TO, GELU };  /* what a product does with its result */
 
 typedef struct {  /* the input rows of a product, prepared for the weights' format */
-    int8_t *q; uint8_t *q_biased; float *scale;  /* INT8: quantised rows (int8.h) */
+    int8_t *q; uint8_t *q_biased; float *scale;  /* INT8 and INT4: quantised rows (int8.h) */
     uint16_t *h;  /* BF16: rows rounded to bfloat16 */
     float *f;  /* F32: the rows as they are (a copy: a product may write where its input was) */
+    float *xsum;  /* INT4: each row's sums over its groups (int4.h) */
 } Rows;
 
 static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch does (finite values) */
@@ -69,7 +73,8 @@ static inline float from_bf16(uint16_t h) {
 
 /* Row m (K wide) of x, prepared as product() reads it. */
 static void prepare(int format, const float *x, int64_t m, int64_t K, Rows *r) {
-    if (format == INT8) quantize_row(x + m * K, K, r->q + m * K, r->q_biased + m * K, r->scale + m);
+    if (format == INT8 || format == INT4) quantize_row(x + m * K, K, r->q + m * K, r->q_biased + m * K, r->scale + m);
+    if (format == INT4) q4_group_sums(r->q + m * K, K, r->xsum + m * q4_groups(K));
     else if (format == F32) memcpy(r->f + m * K, x + m * K, (size_t)K * sizeof(float));
     else for (int64_t k = 0; k < K; k++) r->h[m * K + k] = to_bf16(x[m * K + k]);
 }
@@ -124,6 +129,10 @@ static void product(int format, const Linear *l, const Rows *r, float *y, float 
                 const int32_t acc = dot_s8(r->q + m * K, r->q_biased + m * K, (const int8_t *)l->weight + n * K,
                                            l->weight_sum[n], K);
                 v = (float)acc * (r->scale[m] * l->weight_scale[n]);  /* as gemv.c's epilogue */
+            } else if (format == INT4) {
+                const int64_t groups = q4_groups(K);
+                v = dot_q4(r->q + m * K, r->xsum + m * groups, (const uint8_t *)l->weight + n * q4_row_bytes(K),
+                           l->weight_scale + n * groups, K) * r->scale[m];  /* as gemv.c's fastbark_linear_q4 */
             } else {
                 v = dot_bf16(r->h + m * K, (const uint16_t *)l->weight + n * K, K);
             }
@@ -224,8 +233,10 @@ int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_la
     float *p = malloc((size_t)(threads * T) * sizeof(float));  /* one row of attention weights per thread */
     float *tmp = malloc((size_t)(B * C4) * sizeof(float));  /* F32: products before they are finished */
     Rows rows = {malloc((size_t)(B * C4)), malloc((size_t)(B * C4)), malloc((size_t)B * sizeof(float)),
-                 malloc((size_t)(B * C4) * sizeof(uint16_t)), malloc((size_t)(B * C4) * sizeof(float))};
-    int failed = !h || !qkv || !att || !p || !tmp || !rows.q || !rows.q_biased || !rows.scale || !rows.h || !rows.f;
+                 malloc((size_t)(B * C4) * sizeof(uint16_t)), malloc((size_t)(B * C4) * sizeof(float)),
+                 malloc((size_t)(B * q4_groups(C4)) * sizeof(float))};
+    int failed = !h || !qkv || !att || !p || !tmp || !rows.q || !rows.q_biased || !rows.scale || !rows.h || !rows.f
+                 || !rows.xsum;
     if (!failed) {
         #pragma omp parallel num_threads(threads)
         for (int64_t i = 0; i < n_layer; i++) {
@@ -255,7 +266,7 @@ int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_la
         }
     }
     free(h); free(qkv); free(att); free(p); free(tmp);
-    free(rows.q); free(rows.q_biased); free(rows.scale); free(rows.h); free(rows.f);
+    free(rows.q); free(rows.q_biased); free(rows.scale); free(rows.h); free(rows.f); free(rows.xsum);
     return failed;
 }
 

@@ -77,3 +77,29 @@ void fastbark_rescale_s32(const int32_t *acc, const float *x_scale, const float 
             y[m * N + n] = bias ? v + bias[n] : v;
         }
 }
+
+/* ---------------------------------------------------------------- int4 (the int4 mode's decode step)
+ *
+ * y[m, n] = dot_q4(xq[m], w[n]) * x_scale[m] + bias[n] (int4.h), each row of x quantised to int8 as in the
+ * int8 mode. w: (N, q4_row_bytes(K)) packed, w_scale: (N, groups). Returns 0, or 1 when out of memory. */
+#include "int4.h"
+
+int fastbark_linear_q4(const float *x, const uint8_t *w, const float *w_scale, const float *bias, float *y,
+                       int64_t M, int64_t N, int64_t K, int threads) {
+    const int64_t groups = q4_groups(K), row_bytes = q4_row_bytes(K);
+    int8_t *xq = malloc((size_t)(M * K));
+    float *xs = malloc((size_t)M * sizeof(float)), *xsum = malloc((size_t)(M * groups) * sizeof(float));
+    if (!xq || !xs || !xsum) { free(xq); free(xs); free(xsum); return 1; }
+    for (int64_t m = 0; m < M; m++) {
+        quantize_row(x + m * K, K, xq + m * K, NULL, xs + m);
+        q4_group_sums(xq + m * K, K, xsum + m * groups);
+    }
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t m = 0; m < M; m++) {
+            const float v = dot_q4(xq + m * K, xsum + m * groups, w + n * row_bytes, w_scale + n * groups, K) * xs[m];
+            y[m * N + n] = bias ? v + bias[n] : v;
+        }
+    free(xq); free(xs); free(xsum);
+    return 0;
+}
