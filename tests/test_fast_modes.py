@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import fastbark
-from fastbark.backends.cpu.int8 import Int8Linear, quantize_rows
+from fastbark.backends.cpu import int8
+from fastbark.backends.cpu.int8 import Int8Linear, int8_kernels, quantize_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -74,6 +75,18 @@ def test_int8_linear(k, n):
     # every row gets the same bits alone as in the batch
     rows = x.reshape(-1, 1, k)
     assert all(torch.equal(q(rows[i]), y.reshape(-1, n)[i: i + 1]) for i in range(len(rows)))
+
+
+def test_a_heads_rows_take_the_one_position_product(monkeypatch):
+    """A head gets (B, K): its rows are single positions, for the C product at any B, not the long route (which
+    turned a whole int8 head into float32 for every batched step)."""
+    if int8_kernels() is None:
+        pytest.skip("no C kernels on this machine")
+    torch.manual_seed(0)
+    layer, x = Int8Linear(torch.nn.Linear(64, 300)), torch.randn(5, 64)
+    expected = torch.cat([layer(x[i: i + 1, None])[:, 0] for i in range(5)])  # (1, 1, K) rows: the decode product
+    monkeypatch.setattr(int8, "int_products", lambda *a: pytest.fail("a head's rows took the long route"))
+    assert torch.equal(layer(x), expected)
 
 
 def test_bad_quantize(hub_dir):

@@ -28,8 +28,8 @@ from .attention import CpuAttention, bf16_attention
 from .decode_step import fused_decode_step
 from .int4 import Int4Linear, int4_kernel
 from .int8 import ROUTES, Int8Linear, int8_kernels
-from .choice import (Candidate, ChoiceCache, PlainLinear, choose_int_route, choose_linears, choose_step, machine_key,
-                     step_key)
+from .choice import (Candidate, ChoiceCache, PlainLinear, choose_int_route, choose_linears, choose_step, code_digest,
+                     machine_key, step_key)
 from .library import cache_dir, kernels_unavailable, load_kernels, sources_digest
 from .linears import GemvLinear, PackedLinear, pack_linear, packing_available
 
@@ -42,9 +42,10 @@ class CpuBackend(Backend):
         self._choice_cache = choice_cache
 
     def choice_cache(self) -> ChoiceCache:
-        """Measurements kept per machine, beside the C library (its sources are part of the key)."""
+        """Measurements kept per machine, beside the C library (its sources, and the Python code that calls the
+        kernels, are part of the key: a change to either can change what is fastest)."""
         if self._choice_cache is None:
-            self._choice_cache = ChoiceCache(cache_dir(), machine_key([sources_digest()]))
+            self._choice_cache = ChoiceCache(cache_dir(), machine_key([sources_digest(), code_digest()]))
         return self._choice_cache
 
     def prepare(self, models: Models) -> list[str]:

@@ -204,6 +204,11 @@ class ChoiceCache:
             pass  # a read-only cache only costs the measurement again next time
 
 
+def code_digest() -> str:
+    """The CPU backend's Python code, hashed: how it calls the kernels is part of what was measured."""
+    return hashlib.sha256(b"".join(f.read_bytes() for f in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()[:16]
+
+
 def machine_key(extra: list[str]) -> list[str]:
     """What a measurement depends on: the CPU, torch, the threads, the kernels' sources (`extra`)."""
     try:

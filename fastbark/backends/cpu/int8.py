@@ -126,7 +126,9 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)  # (..., K) -> (M, K)
         if native is not None:  # the kernels read float32 rows, as quantize_rows does
             rows = rows.float().contiguous()
-        if native is not None and x.dim() >= 2 and x.shape[-2] == 1:  # one position per row: a decode step
+        # one position per row: (B, 1, K) in a decode step, (B, K) at a head; at a head, the long route would turn
+        # the whole int8 weight into float32 for a few rows (768 -> 12096: 37 MB a step)
+        if native is not None and (x.dim() == 2 or (x.dim() > 2 and x.shape[-2] == 1)):
             y = run_s8(native.linear, rows, self.weight_q, self.weight_sum, self.weight_scale, self._bias_f32,
                        threads)
         elif native is not None:  # the same numbers, with the float work in one parallel pass each
