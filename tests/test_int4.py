@@ -55,6 +55,8 @@ def test_c_product_matches_the_float_route_and_keeps_each_rows_bits(k):
         assert all(torch.equal(layer(x[i: i + 1]), y[i: i + 1]) for i in range(5))
         long = layer(x.reshape(1, 5, k))  # several positions of one row: the long route for both
         assert all(torch.equal(layer(x.reshape(1, 5, k)[:, i: i + 2]), long[:, i: i + 2]) for i in range(4))
+    one_text = Int4Linear(linear, one_text=True)(x.reshape(1, 5, k))  # the fine GPT's route: plain torch.mm
+    assert ((one_text - c(x.reshape(1, 5, k))).abs().max() / want.abs().max()).item() <= 1e-5
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if threads > 1 else 2)
     try:

@@ -70,8 +70,10 @@ class CpuBackend(Backend):
             for model in models:
                 # int4: every layer of the blocks; the heads, whose errors go straight into the logits, stay int8
                 heads = [model.lm_head] if isinstance(model, CausalGPT) else list(model.lm_heads)
+                one_text = not isinstance(model, CausalGPT)  # the fine GPT: one text per pass (pipeline/fine.py)
                 model.swap_linears(lambda linear: int8_linear(linear) if o.quantize == "int8" or
-                                   any(linear is h for h in heads) else Int4Linear(linear, native=kernels is not None))
+                                   any(linear is h for h in heads) else
+                                   Int4Linear(linear, native=kernels is not None, one_text=one_text))
             if kernels and int8_kernels() is None:
                 fallbacks.append("int8 C kernels: failed their check; int8 products in torch")
             if kernels and o.quantize == "int4" and int4_kernel() is None:

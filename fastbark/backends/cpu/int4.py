@@ -70,7 +70,10 @@ class Int4Linear(nn.Module):
     """nn.Linear's forward with int4 weights (groups of GROUP) and per-row int8 activations. The float weight
     is not kept."""
 
-    def __init__(self, linear: nn.Linear, native: bool = True):
+    def __init__(self, linear: nn.Linear, native: bool = True, one_text: bool = False):
+        """`one_text`: long inputs always hold one text (the fine GPT's passes, pipeline/fine.py), so any GEMM keeps
+        a text's bits, and the faster plain torch.mm runs them; otherwise oneDNN, whose rows do not depend on the
+        batch (prefills of several texts)."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         packed, scale = quantize_groups(linear.weight)
@@ -79,6 +82,7 @@ class Int4Linear(nn.Module):
         self.bias = linear.bias
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
         self._native = int4_kernel() if native else None
+        self._one_text = one_text
 
     @property
     def kind(self) -> str:
@@ -89,7 +93,13 @@ class Int4Linear(nn.Module):
         return [self.weight_packed, None, self.weight_scale, self._bias_f32]
 
     def dequantized(self) -> torch.Tensor:
-        return dequantize_groups(self.weight_packed, self.weight_scale, self.in_features)
+        """The float32 weight (N, K), in C where the kernels are built (the same values: q * d is one rounding)."""
+        if self._native is None:
+            return dequantize_groups(self.weight_packed, self.weight_scale, self.in_features)
+        out = torch.empty(self.out_features, self.in_features)
+        load_kernels().dequantize_q4(self.weight_packed.data_ptr(), self.weight_scale.data_ptr(), out.data_ptr(),
+                                     self.out_features, self.in_features, torch.get_num_threads())
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         threads = torch.get_num_threads()
@@ -100,7 +110,8 @@ class Int4Linear(nn.Module):
         else:
             kernels = load_kernels() if self._native is not None else None
             x_q, x_scale = run_quantize(kernels.s8.quantize, rows, threads) if kernels else quantize_rows(rows)
-            y = _big_product(x_q.float(), self.dequantized()) * x_scale  # (M, N) * (M, 1)
+            product = F.linear if self._one_text else _big_product
+            y = product(x_q.float(), self.dequantized()) * x_scale  # (M, N) * (M, 1)
             if self._bias_f32 is not None:
                 y += self._bias_f32
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (M, N) -> x's leading shape + (N,)
@@ -128,5 +139,9 @@ def int4_kernel():
             alone = [run_q4(kernels.q4, x[i: i + 1], layer.weight_packed, layer.weight_scale, layer._bias_f32, 1)
                      for i in range(m)]
             if not torch.equal(torch.cat(alone), got):
+                return None
+            out = torch.empty(n, k)
+            kernels.dequantize_q4(layer.weight_packed.data_ptr(), layer.weight_scale.data_ptr(), out.data_ptr(), n, k, 2)
+            if not torch.equal(out, layer.dequantized()):
                 return None
     return kernels.q4

@@ -82,6 +82,7 @@ class NativeKernels:
     f32: object
     s8: Int8Kernels  # checked in int8.py
     q4: object  # the int4 mode's one-position product (checked in int4.py)
+    dequantize_q4: object  # an int4 weight as float32, for the long route (checked in int4.py)
     attention: object  # whole-sequence attention in bfloat16 (native/attention.c; checked in attention.py)
     decode_step: object  # a causal GPT's whole decode step, int8 or bfloat16 (native/decode_step.c; decode_step.py)
     has_bf16: bool  # whether the library was built for AVX512-BF16
@@ -166,6 +167,9 @@ def _load() -> tuple[NativeKernels | None, str]:
     f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     q4.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    dequantize_q4 = lib.fastbark_dequantize_q4
+    dequantize_q4.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    dequantize_q4.restype = None
     quantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     rescale.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     decode.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
@@ -175,7 +179,7 @@ def _load() -> tuple[NativeKernels | None, str]:
     s8.restype = q4.restype = decode.restype = attention.restype = ctypes.c_int
     if not _check_f32(f32):
         return None, "the built kernel failed its self-check"
-    return NativeKernels(f32, Int8Kernels(s8, quantize, rescale), q4, attention, decode,
+    return NativeKernels(f32, Int8Kernels(s8, quantize, rescale), q4, dequantize_q4, attention, decode,
                          bool(lib.fastbark_has_bf16())), ""
 
 

@@ -103,3 +103,13 @@ int fastbark_linear_q4(const float *x, const uint8_t *w, const float *w_scale, c
     free(xq); free(xs); free(xsum);
     return 0;
 }
+
+/* The float32 weight (N, K) that a packed int4 weight stands for, q * d: the long route's operand (prefills,
+ * fine passes), made at each call rather than kept (it would take 6.4x the packed bytes). */
+void fastbark_dequantize_q4(const uint8_t *w, const float *w_scale, float *out, int64_t N, int64_t K, int threads) {
+    const int64_t groups = q4_groups(K), row_bytes = q4_row_bytes(K);
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++)
+            out[n * K + k] = (float)q4_at(w + n * row_bytes, k) * w_scale[n * groups + k / Q4_GROUP];
+}
