@@ -58,29 +58,7 @@ class CpuBackend(Backend):
         if fast and kernels and attention.whole_kind == "sdpa":
             fallbacks.append("bfloat16 attention kernel: not on this CPU (needs AVX512-BF16); SDPA instead")
         if o.quantize is not None:
-            routes: dict = {}  # (K, N) -> the big int8 products' route measured fastest here (choice.py)
-
-            def int8_linear(linear):
-                shape = (linear.in_features, linear.out_features)
-                if shape not in routes and o.cpu_kernel != "plain":
-                    routes[shape] = choose_int_route(*shape, ROUTES, self.choice_cache())
-                    self.choices.append(routes[shape])
-                via_float = routes[shape].chosen == "via-float" if shape in routes else None
-                return Int8Linear(linear, native=kernels is not None, via_float=via_float)
-            for model in models:
-                # int4: every layer of the blocks; the heads, whose errors go straight into the logits, stay int8
-                heads = [model.lm_head] if isinstance(model, CausalGPT) else list(model.lm_heads)
-                one_text = not isinstance(model, CausalGPT)  # the fine GPT: one text per pass (pipeline/fine.py)
-                model.swap_linears(lambda linear: int8_linear(linear) if o.quantize == "int8" or
-                                   any(linear is h for h in heads) else
-                                   Int4Linear(linear, native=kernels is not None, one_text=one_text))
-            if kernels and int8_kernels() is None:
-                fallbacks.append("int8 C kernels: failed their check; int8 products in torch")
-            if kernels and o.quantize == "int4" and int4_kernel() is None:
-                fallbacks.append("int4 C kernel: failed its check; int4 products in torch")
-            if any(c.chosen == "via-float" for c in routes.values()):  # torch._int_mm measured slower here
-                fallbacks.append("int8 products: torch._int_mm is slower on this CPU (no VNNI); prefills and fine "
-                                 "passes run as float32 GEMMs whose integer results are exact (the same bits)")
+            fallbacks += self._quantise(models, kernels)
         for model in (models.semantic, models.coarse):  # the decode-step GPTs; the fine GPT runs big GEMMs
             step = fused_decode_step(model) if fast and kernels else None
             if fast and kernels and step is None:
@@ -96,6 +74,34 @@ class CpuBackend(Backend):
             model.use_kernels(attention, step)
         models.fine.use_kernels(attention)
         return list(dict.fromkeys(fallbacks))  # the same fallback once, not per model
+
+    def _quantise(self, models: Models, kernels) -> list[str]:
+        """int8: every linear layer of the three GPTs in int8; int4: the blocks' in int4, the heads in int8."""
+        o, fallbacks = self.options, []
+        routes: dict = {}  # (K, N) -> the big int8 products' route measured fastest here (choice.py)
+
+        def int8_linear(linear):
+            shape = (linear.in_features, linear.out_features)
+            if shape not in routes and o.cpu_kernel != "plain":
+                routes[shape] = choose_int_route(*shape, ROUTES, self.choice_cache())
+                self.choices.append(routes[shape])
+            via_float = routes[shape].chosen == "via-float" if shape in routes else None
+            return Int8Linear(linear, native=kernels is not None, via_float=via_float)
+        for model in models:
+            # int4: every layer of the blocks; the heads, whose errors go straight into the logits, stay int8
+            heads = [model.lm_head] if isinstance(model, CausalGPT) else list(model.lm_heads)
+            one_text = not isinstance(model, CausalGPT)  # the fine GPT: one text per pass (pipeline/fine.py)
+            model.swap_linears(lambda linear: int8_linear(linear) if o.quantize == "int8" or
+                               any(linear is h for h in heads) else
+                               Int4Linear(linear, native=kernels is not None, one_text=one_text))
+        if kernels and int8_kernels() is None:
+            fallbacks.append("int8 C kernels: failed their check; int8 products in torch")
+        if kernels and o.quantize == "int4" and int4_kernel() is None:
+            fallbacks.append("int4 C kernel: failed its check; int4 products in torch")
+        if any(c.chosen == "via-float" for c in routes.values()):  # torch._int_mm measured slower here
+            fallbacks.append("int8 products: torch._int_mm is slower on this CPU (no VNNI); prefills and fine "
+                             "passes run as float32 GEMMs whose integer results are exact (the same bits)")
+        return fallbacks
 
     def _measured_step(self, model, attention, step, mode: str):
         """`step` where a whole decode step through it measured faster than the blocks, else None."""
