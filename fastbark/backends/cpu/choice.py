@@ -258,8 +258,9 @@ def choose_linears(model: nn.Module, candidates: list[Candidate], cache: ChoiceC
 # ---------------------------------------------------------------- the decode step: one C call, or the blocks
 
 STEP_LABEL = "decode step "
-STEP_ROWS = (1, 8)  # as BATCHES
+STEP_ROWS = (1, 8)  # a lone text, and a batch of 8 (as BATCHES)
 STEP_POSITIONS = 256  # cached positions a timed step attends over: a coarse window's prompt, a semantic prompt's
+STEP_RUNS = 3  # timed steps per way, rows and round (a step takes 5-80 ms: the budget alone would run it once)
 STEP_ROUNDS = 2  # the ways are timed in turn, twice over, and each keeps its best round: a slow spell of a shared
 # machine during one way's turn (once: int8's coarse blocks 138 ms against a one-call step's 176, then 53 against
 # 47 when timed again) does not decide alone
@@ -278,13 +279,14 @@ def step_ms(model, rows: int) -> float:
         cache.v.normal_()
         token = torch.zeros(rows, dtype=torch.long, device=cache.k.device)
         model.decode(token, cache, STEP_POSITIONS)  # warm up (first-call set-up)
-        return median_ms(lambda: model.decode(token, cache, STEP_POSITIONS))
+        return median_ms(lambda: model.decode(token, cache, STEP_POSITIONS), min_runs=STEP_RUNS)
 
 
 def choose_step(model, ways: dict[str, Callable[[], None]], key: str, cache: ChoiceCache | None) -> Choice:
     """Install each way of running `model`'s decode steps in turn (ways[name]() installs it), time a whole
-    step (STEP_ROWS rows, summed; the best of STEP_ROUNDS turns), and leave the fastest installed. Cached
-    under `key`."""
+    step per text (at each of STEP_ROWS rows, divided by the rows, summed: a lone text weighs as much as a
+    text in a batch of 8; the best of STEP_ROUNDS turns), and leave the fastest installed. Cached under
+    `key`."""
     c = model.config
     shape = (c.n_layer, c.n_embd, c.output_vocab_size)
     cached = cache.get(key) if cache is not None else None
@@ -295,7 +297,8 @@ def choose_step(model, ways: dict[str, Callable[[], None]], key: str, cache: Cho
     for _ in range(STEP_ROUNDS):
         for name, install in ways.items():
             install()
-            ms[name] = min(ms.get(name, float("inf")), sum(step_ms(model, rows) for rows in STEP_ROWS))
+            per_text = sum(step_ms(model, rows) / rows for rows in STEP_ROWS)  # a lone text and one of a batch
+            ms[name] = min(ms.get(name, float("inf")), per_text)
     result = Choice(shape, min(ms, key=ms.get), ms, {}, STEP_LABEL)
     ways[result.chosen]()
     if cache is not None:
