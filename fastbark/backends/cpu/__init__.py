@@ -66,7 +66,7 @@ class CpuBackend(Backend):
                                  f"{' ' + o.quantize if o.quantize else ''} on this CPU; block by block instead")
             if o.quantize is not None:
                 if step is not None and o.cpu_kernel == "auto":  # the same quantised layers either way
-                    step = self._measured_step(model, attention, step, o.quantize)
+                    step = self._measured_step(model, attention, step, f"{o.quantize} {o.dtype}")
             elif dtype == torch.float32 and (o.cpu_kernel == "auto" or (o.cpu_kernel == "c" and kernels)):
                 step = self._float32_step(model, attention, kernels)
             else:
