@@ -73,10 +73,14 @@ static inline float from_bf16(uint16_t h) {
 
 /* Row m (K wide) of x, prepared as product() reads it. */
 static void prepare(int format, const float *x, int64_t m, int64_t K, Rows *r) {
-    if (format == INT8 || format == INT4) quantize_row(x + m * K, K, r->q + m * K, r->q_biased + m * K, r->scale + m);
-    if (format == INT4) q4_group_sums(r->q + m * K, K, r->xsum + m * q4_groups(K));
-    else if (format == F32) memcpy(r->f + m * K, x + m * K, (size_t)K * sizeof(float));
-    else for (int64_t k = 0; k < K; k++) r->h[m * K + k] = to_bf16(x[m * K + k]);
+    if (format == INT8 || format == INT4) {
+        quantize_row(x + m * K, K, r->q + m * K, r->q_biased + m * K, r->scale + m);
+        if (format == INT4) q4_group_sums(r->q + m * K, K, r->xsum + m * q4_groups(K));
+    } else if (format == F32) {
+        memcpy(r->f + m * K, x + m * K, (size_t)K * sizeof(float));
+    } else {
+        for (int64_t k = 0; k < K; k++) r->h[m * K + k] = to_bf16(x[m * K + k]);
+    }
 }
 
 /* sum_k x[k] w[k] over bfloat16 x and w, in float32: 32 products per instruction, then a fixed tail. */
