@@ -1,4 +1,5 @@
-"""int4 fast mode: the GPTs' linear layers with 4-bit weights in groups of 32, each group with its own scale.
+"""int4 fast mode: the GPTs' blocks' linear layers with 4-bit weights in groups of 32, each group with its own
+scale (the heads stay int8: the CPU backend's choice, backends/cpu/__init__.py).
 
 For machines whose memory cannot feed the int8 mode's decode steps fast enough: a step streams every
 weight once per token, and int4 reads 0.625 bytes a weight (half a byte, plus a float32 scale per 32)
@@ -11,8 +12,9 @@ ggml's q4_0). Activations are quantised on the fly, per row, to int8 exactly as 
 - one position per row (decode steps), with the C kernels: each group's integer sum x_q . q is exact,
   and y = x_scale * sum_g d_g * (x_q . q)_g + bias (native/int4.h, in one C call);
 - longer inputs (prefills, fine passes) and machines without the C kernels: the weights are expanded to
-  float32 (q * d) for each call and multiplied by the rows of x_q on oneDNN, whose rows do not depend on
-  their batch; the same numbers up to float32 rounding (tested).
+  float32 (q * d, in C where built) for each call and multiplied by the rows of x_q, on oneDNN, whose rows
+  do not depend on their batch, or on torch.mm where every long input holds one text (`one_text`: the fine
+  GPT); the same numbers up to float32 rounding (tested).
 Each row's numbers depend on that row alone, so a text gets the same bits alone as inside a batch.
 """
 
