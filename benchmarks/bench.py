@@ -255,9 +255,9 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--engines", default="fastbark,transformers",
                    help="comma list of fastbark, fastbark-unpacked (plain F.linear), fastbark-onednn (oneDNN-packed "
-                        "decode layers instead of the C kernel), fastbark-int8 (int8 "
-                        "linear layers), fastbark-int4 (int4 weights in groups of 32), transformers, transformers-float32 (the reference in float32 whatever "
-                        "--dtype is), transformers-int8 (the reference under torch.ao dynamic int8), suno (Suno's "
+                        "decode layers instead of the C kernel), fastbark-int8 (int8 linear layers), fastbark-int4 "
+                        "(int4 weights in groups of 32), transformers, transformers-float32 (the reference in float32 "
+                        "whatever --dtype is), transformers-int8 (the reference under torch.ao dynamic int8), suno (Suno's "
                         "original code, when `bark` is installed)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--batch", type=int, default=1, help="texts generated together")

@@ -1,8 +1,8 @@
-"""The compute-bound stages against this machine's matrix-multiply rate, per mode (float32, bfloat16, int8).
+"""The compute-bound stages against this machine's matrix-multiply rate, per mode (float32, bfloat16, int8, int4).
 
 The machine's rate: the best of torch's GEMMs at a fine pass's shapes and a square 2048 one, in each
 mode's arithmetic (float32 `torch.mm`; bfloat16 `torch.mm`; int8 `torch._int_mm`, and the
-exact float32 route the int8 mode takes without VNNI). The stage: one fine-model pass over a full
+exact float32 route the int8 mode takes without VNNI; int4: float32, as its long route expands the weights). The stage: one fine-model pass over a full
 1024-frame window at bark-small sizes (random weights), as the pipeline runs it, through fastbark's
 backend for the mode. Its FLOPs are counted from the model's shapes: 2 per multiply-add in every linear
 layer and in attention's two products.
@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     p.add_argument("--size", default="small", choices=["tiny", "small", "large"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--modes", default="float32,bfloat16,int8")
+    p.add_argument("--modes", default="float32,bfloat16,int8", help="comma list of float32, bfloat16, int8, int4")
     p.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_random_checkpoint(args.size, Path(tmp) / "bark")
         for mode in args.modes.split(","):
-            engine = dict(dtype="bfloat16") if mode == "bfloat16" else dict(quantize="int8") if mode == "int8" else {}
+            engine = dict(dtype="bfloat16") if mode == "bfloat16" else dict(quantize=mode) if mode.startswith("int") else {}
             tts = fastbark.Bark.from_pretrained(folder, threads=args.threads, **engine)
             model = tts.fine_model
             t = model.config.block_size

@@ -25,7 +25,7 @@ from .loading.hubert import DEFAULT_HUBERT
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZE = ("int8", "int4")  # the three GPTs' linear layers (backends/cpu/int8.py, int4.py); CPU only
-CPU_KERNELS = ("auto", "c", "onednn", "plain")  # the CPU backend's decode-step linear layers
+CPU_KERNELS = ("auto", "c", "onednn", "plain")  # the CPU backend's decode-step kernels (measured, or one named)
 ATTENTION = ("auto", "flash", "math")  # whole-sequence attention: the backend's choice, or one SDPA kernel
 MAX_THREADS = 1024  # more CPU threads than any machine fastbark runs on has cores (torch overflows far beyond)
 DECODERS = ("encodec", "vocos")  # codes -> audio: EnCodec's own decoder, or Vocos (models/vocos.py)
@@ -172,7 +172,7 @@ class EngineOptions:
         object.__setattr__(self, "dtype", str(dtype).removeprefix("torch."))
         object.__setattr__(self, "device", str(device))
         if self.quantize is not None and self.quantize not in QUANTIZE:
-            raise BadInput(f"quantize {shown(self.quantize)} is unknown; accepted: int8, int4, or none (no "
+            raise BadInput(f"quantize {shown(self.quantize)} is unknown; accepted: {', '.join(QUANTIZE)}, or none (no "
                            f"quantisation)", param="quantize")
         check_choice("cpu_kernel", self.cpu_kernel, CPU_KERNELS)
         check_choice("backend", self.backend, BACKENDS)

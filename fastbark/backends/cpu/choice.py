@@ -262,8 +262,7 @@ STEP_ROWS = (1, 8)  # a lone text, and a batch of 8 (as BATCHES)
 STEP_POSITIONS = 256  # cached positions a timed step attends over: a coarse window's prompt, a semantic prompt's
 STEP_RUNS = 3  # timed steps per way, rows and round (a step takes 5-80 ms: the budget alone would run it once)
 STEP_ROUNDS = 2  # the ways are timed in turn, twice over, and each keeps its best round: a slow spell of a shared
-# machine during one way's turn (once: int8's coarse blocks 138 ms against a one-call step's 176, then 53 against
-# 47 when timed again) does not decide alone
+# machine during one way's turn does not decide alone
 
 
 def step_key(model, mode: str) -> str:
@@ -271,13 +270,20 @@ def step_key(model, mode: str) -> str:
     return f"step {c.n_layer}x{c.n_embd}x{c.n_head}x{c.output_vocab_size} {mode}"
 
 
-def step_ms(model, rows: int) -> float:
-    """The median time of model.decode for `rows` rows at position STEP_POSITIONS (logits included)."""
+def filled_cache(model, rows: int):
+    """A KV cache of `rows` rows holding STEP_POSITIONS positions of any finite keys and values (the time does
+    not depend on them)."""
     with torch.inference_mode():
         cache = model.new_cache(rows, STEP_POSITIONS + 1)
-        cache.k.normal_()  # any finite keys and values: the time does not depend on them
+        cache.k.normal_()
         cache.v.normal_()
-        token = torch.zeros(rows, dtype=torch.long, device=cache.k.device)
+    return cache
+
+
+def step_ms(model, cache) -> float:
+    """The median time of model.decode for the cache's rows at position STEP_POSITIONS (logits included)."""
+    with torch.inference_mode():
+        token = torch.zeros(cache.k.shape[1], dtype=torch.long, device=cache.k.device)  # (B,): one token a row
         model.decode(token, cache, STEP_POSITIONS)  # warm up (first-call set-up)
         return median_ms(lambda: model.decode(token, cache, STEP_POSITIONS), min_runs=STEP_RUNS)
 
@@ -293,11 +299,12 @@ def choose_step(model, ways: dict[str, Callable[[], None]], key: str, cache: Cho
     if cached is not None and cached.chosen in ways and cached.shape == shape:
         ways[cached.chosen]()
         return cached
+    caches = {rows: filled_cache(model, rows) for rows in STEP_ROWS}  # made once, for every way and round
     ms: dict[str, float] = {}
     for _ in range(STEP_ROUNDS):
         for name, install in ways.items():
             install()
-            per_text = sum(step_ms(model, rows) / rows for rows in STEP_ROWS)  # a lone text and one of a batch
+            per_text = sum(step_ms(model, cache) / rows for rows, cache in caches.items())  # alone, and in a batch
             ms[name] = min(ms.get(name, float("inf")), per_text)
     result = Choice(shape, min(ms, key=ms.get), ms, {}, STEP_LABEL)
     ways[result.chosen]()

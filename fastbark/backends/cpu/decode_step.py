@@ -14,7 +14,7 @@ equal (other summation orders, and in bfloat16 a float32 residual stream). Every
 fixed sequence of operations, whatever its batch and the thread count: in float32 a row gets the
 same bits alone as in a batch, with one thread as with several (checked with the step itself).
 Whether the step runs at all is measured against the blocks (choice.py: `choose_step`).
-tests/test_decode_step.py checks all three.
+tests/test_decode_step.py checks all four.
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ def decode_step_works(format: int) -> bool:
 
 
 def fused_decode_step(model: CausalGPT) -> FusedDecodeStep | None:
-    """The one-call decode step for a CausalGPT with int8, bfloat16 or float32 linear layers (weight_format)
-    on the CPU, where the C kernels work; None otherwise."""
+    """The one-call decode step for a CausalGPT with int8, int4, bfloat16 or float32 linear layers
+    (weight_format) on the CPU, where the C kernels work; None otherwise."""
     format = weight_format(model)
     if format is None or model.position_embeds_layer.weight.device.type != "cpu" or not decode_step_works(format):
         return None

@@ -29,6 +29,7 @@ from torch import nn
 
 from .int8 import quantize_rows
 from .library import load_kernels, run_q4, run_quantize
+from .linears import one_position, onednn_linear
 
 GROUP = 32  # weights per scale, as native/int4.h's Q4_GROUP
 BLOCK = 2 * GROUP  # weights per 32-byte block: one group in each nibble plane (int4.h's layout)
@@ -59,13 +60,11 @@ def dequantize_groups(packed: torch.Tensor, scale: torch.Tensor, k: int) -> torc
 
 
 def _big_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (M, K) @ weight (N, K)^T on oneDNN where torch has it: a row's result does not depend on M, but for
-    M = 1, which oneDNN computes on another path (linears.py), so a lone row runs as two."""
+    """x (M, K) @ weight (N, K)^T on oneDNN: a row's result does not depend on M, but for M = 1, which oneDNN
+    computes on another path (linears.py), so a lone row runs as two."""
     if x.shape[0] == 1:
-        return _big_product(x.expand(2, -1), weight)[:1]  # (1, K) -> (2, K) -> (1, N)
-    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-    return F.linear(x, weight)
+        return onednn_linear(x.expand(2, -1), weight)[:1]  # (1, K) -> (2, K) -> (1, N)
+    return onednn_linear(x, weight)
 
 
 class Int4Linear(nn.Module):
@@ -106,8 +105,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         threads = torch.get_num_threads()
         rows = x.reshape(-1, self.in_features).float().contiguous()  # (..., K) -> (M, K)
-        one_position = x.dim() == 2 or (x.dim() > 2 and x.shape[-2] == 1)  # a decode step's rows, or a head's
-        if self._native is not None and one_position:
+        if self._native is not None and one_position(x):  # a decode step's rows, or a head's
             y = run_q4(self._native, rows, self.weight_packed, self.weight_scale, self._bias_f32, threads)
         else:
             kernels = load_kernels() if self._native is not None else None

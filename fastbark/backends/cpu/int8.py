@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .library import SHAPES_CHECKED, Int8Kernels, has_vnni, load_kernels, run_quantize, run_rescale, run_s8
+from .linears import one_position
 
 INT8_MAX = 127  # symmetric range [-127, 127]; -128 is left out so that negation is exact
 # float32 holds every integer up to 2^24 exactly (24-bit significand). A sum of K products of values
@@ -126,9 +127,9 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)  # (..., K) -> (M, K)
         if native is not None:  # the kernels read float32 rows, as quantize_rows does
             rows = rows.float().contiguous()
-        # one position per row: (B, 1, K) in a decode step, (B, K) at a head; at a head, the long route would turn
-        # the whole int8 weight into float32 for a few rows (768 -> 12096: 37 MB a step)
-        if native is not None and (x.dim() == 2 or (x.dim() > 2 and x.shape[-2] == 1)):
+        # one position per row (a head's rows too: the long route would turn the whole int8 weight into float32
+        # for a few rows, 37 MB a step at 768 -> 12096)
+        if native is not None and one_position(x):
             y = run_s8(native.linear, rows, self.weight_q, self.weight_sum, self.weight_scale, self._bias_f32,
                        threads)
         elif native is not None:  # the same numbers, with the float work in one parallel pass each

@@ -84,7 +84,7 @@ class NativeKernels:
     q4: object  # the int4 mode's one-position product (checked in int4.py)
     dequantize_q4: object  # an int4 weight as float32, for the long route (checked in int4.py)
     attention: object  # whole-sequence attention in bfloat16 (native/attention.c; checked in attention.py)
-    decode_step: object  # a causal GPT's whole decode step, int8 or bfloat16 (native/decode_step.c; decode_step.py)
+    decode_step: object  # a causal GPT's whole decode step: float32, int8, int4 or bfloat16 (native/decode_step.c)
     has_bf16: bool  # whether the library was built for AVX512-BF16
 
 

@@ -30,6 +30,20 @@ def _onednn(x, weight, bias):
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight^T + bias on oneDNN, whose rows do not depend on how many come together (but for a lone row:
+    see PackedLinear), where torch has it; F.linear elsewhere."""
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return _onednn(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def one_position(x: torch.Tensor) -> bool:
+    """Whether x holds one position per row: (B, 1, K) in a decode step, or (B, K) at a head, whatever B is.
+    Such rows take a decode kernel, so that a row's bits do not depend on how many rows come with it."""
+    return x.dim() == 2 or (x.dim() > 2 and x.shape[-2] == 1)
+
+
 class PackedLinear(nn.Module):
     """nn.Linear's forward over a oneDNN-packed weight. The plain weight is not kept."""
 
@@ -90,13 +104,10 @@ class GemvLinear(nn.Module):
         self.weight = nn.Parameter(linear.weight.detach().contiguous(), requires_grad=False)
         self.bias = linear.bias
         self._kernel = load_kernels().f32
-        self._big = _onednn if torch.backends.mkldnn.is_available() else F.linear  # oneDNN repacks per call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or (x.dim() > 2 and x.shape[-2] != 1):  # several positions per row: compute-bound
-            return self._big(x, self.weight, self.bias)
-        # one position per row: (B, 1, K) in a decode step, (B, K) at a head, whatever B is (a row's bits must
-        # not depend on how many rows come with it)
+        if not one_position(x):  # several positions per row: a compute-bound product (oneDNN repacks per call)
+            return onednn_linear(x, self.weight, self.bias)
         rows = x.reshape(-1, self.in_features).contiguous()  # (B, 1, K) or (B, K) -> (B, K)
         y = run_f32(self._kernel, rows, self.weight, self.bias, torch.get_num_threads())  # (B, N)
         return y.reshape(*x.shape[:-1], self.out_features)  # (B, N) -> (B, 1, N) or (B, N)
