@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import gc
 import platform
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +76,12 @@ def environment(device: torch.device) -> dict:
     except ImportError:
         env["transformers"] = None
     if device.type == "cuda":
+        try:
+            env["nvidia_smi"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem",
+                 "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError) as e:
+            env["nvidia_smi"] = f"{type(e).__name__}: {e}"
         p = torch.cuda.get_device_properties(device)
         env.update(gpu=p.name, gpu_memory_gb=p.total_memory / 2**30, compute=f"{p.major}.{p.minor}",
                    flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
@@ -122,6 +131,7 @@ def parity(device: torch.device, folder: Path) -> dict:
     for backend in ("auto", "torch"):
         tts = fastbark.Bark.from_pretrained(folder, device=str(device), backend=backend)
         dev = fastbark_tokens(tts, texts, 300)
+        out[f"{tts.backend.name} report"] = str(tts.backend)
         out[tts.backend.name] = {stage: all(np.array_equal(a, b) for a, b in zip(cpu[stage], dev[stage]))
                                  for stage in ("semantic", "coarse", "fine")}
     return out
@@ -157,7 +167,8 @@ def decode_step_ms(folder: Path, device: torch.device, dtype: str, batch: int, b
         for _ in range(3):
             cache = model.new_cache(batch)
             prefill(model, semantic_prompt(model, ids, None), cache)
-            decode_one_token(model, token, cache, 257)  # first use: graphs captured, kernels chosen
+            for pos in (300, 427):  # first use of both key lengths timed below: graphs captured, kernels chosen
+                decode_one_token(model, token, cache, pos)
             _, seconds = timed(lambda: [decode_one_token(model, token, cache, pos) for pos in range(300, 428)], device)
             best = min(best, seconds / 128 * 1000)
     return best
@@ -193,16 +204,19 @@ def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic
         fastbark_tokens(tts, texts[:1], 4)  # warm-up: kernels chosen, caches allocated
         out = fastbark_tokens(tts, texts, n_semantic)
         out["backend"] = tts.backend.name
+        out["report"] = str(tts.backend)
         n_coarse = sum(c.size for c in out["coarse"])
     else:
         out = run_transformers_on(folder, device, dtype, texts, n_semantic)
         n_coarse = out.pop("n_coarse")
+        out["backend"] = out["backend"] if device.type == "cuda" else "transformers"
     total = out["semantic_s"] + out["coarse_s"] + out["fine_s"] + out["codec_s"]
     return dict(engine=engine, backend=out.get("backend", "transformers"), dtype=dtype, batch=batch,
                 semantic_s=out["semantic_s"], coarse_s=out["coarse_s"], fine_s=out["fine_s"], codec_s=out["codec_s"],
                 total_s=total, semantic_tokens_per_s=batch * n_semantic / out["semantic_s"],
                 semantic_ms_per_step=out["semantic_s"] / n_semantic * 1000, coarse_tokens=n_coarse,
-                audio_s=out["audio_s"], rtf=out["audio_s"] / total, peak_gb=peak_gb(device))
+                audio_s=out["audio_s"], rtf=out["audio_s"] / total, peak_gb=peak_gb(device),
+                report=out.get("report"))
 
 
 @torch.no_grad()
@@ -229,15 +243,16 @@ def run_transformers_on(folder: Path, device: torch.device, dtype: str, texts: l
         return dict(semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine, codec_s=t_codec,
                     n_coarse=int(lengths.sum()), audio_s=sum(a.shape[-1] for a in audio) / 24_000)
     run(4)  # warm-up
-    return run(n_semantic)
+    attention = getattr(model.semantic.config, "_attn_implementation", None)  # its best: sdpa where it has it
+    return dict(run(n_semantic), backend=f"transformers ({attention})")
 
 
 def decode_floor(folder: Path, device: torch.device, dtype: str, bandwidth_gbs: float) -> dict:
-    """One semantic decode step's weight bytes, and the time reading them takes at the measured bandwidth."""
-    import fastbark
-    tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype)
-    c = tts.semantic_model.config  # per layer: attention in (3 d^2) and out (d^2), MLP in and out (4 d^2 each)
-    weights = (c.n_layer * 12 * c.n_embd ** 2 + c.n_embd * c.output_vocab_size) * tts.dtype.itemsize
+    """One semantic decode step's weight bytes (from the checkpoint's config), and the time reading them takes
+    at the measured bandwidth."""
+    c = json.loads((folder / "config.json").read_text())["semantic_config"]
+    d = c["hidden_size"]  # per layer: attention in (3 d^2) and out (d^2), MLP in and out (4 d^2 each)
+    weights = (c["num_layers"] * 12 * d ** 2 + d * c["output_vocab_size"]) * getattr(torch, dtype).itemsize
     return {"weight_mb": weights / 1e6, "floor_ms": weights / (bandwidth_gbs * 1e9) * 1000}
 
 
@@ -254,7 +269,43 @@ def table(results: dict) -> str:
             lines.append(f"| {size} | {r['engine']} | {r['backend']} | {r['dtype']} | {r['batch']} | {r['semantic_s']:.2f} "
                          f"| {r['coarse_s']:.2f} | {r['fine_s']:.2f} | {r['codec_s']:.2f} | {r['total_s']:.2f} | "
                          f"{r['semantic_tokens_per_s']:.0f} | {r['rtf']:.2f} | {peak} |")
+    lines += ["", "| size | decode step | ms | floor ms (weights / copy bandwidth) |", "| --- | --- | --- | --- |"]
+    for size, floor in results["floor"].items():
+        for key, ms in floor.items():
+            if key.endswith("step ms"):
+                lines.append(f"| {size} | {key[:-len(' step ms')]} | {ms if ms is None else f'{ms:.3f}'} | "
+                             f"{floor.get('floor_ms', float('nan')):.3f} |")
     return "\n".join(lines)
+
+
+def plan(device: torch.device, sizes: list[str], batches: list[int], engines: list[str]) -> list[tuple]:
+    """The measurements in the order they run, the most wanted first (a run cut short by its budget keeps
+    those): (kind, size, arguments). On a GPU: bark-small's steps and whole runs against transformers, its
+    invariance, offload and agreement; then bark (large); then the rest (plain torch at batch 16, compile,
+    the clone benchmark)."""
+    cuda = device.type == "cuda"
+    first, later, tasks = sizes[0], sizes[1:], []
+    for size in sizes:
+        main_engines = [e for e in engines if e in ("fastbark", "transformers")]
+        step_variants = [("auto", False)] + ([("torch", False)] if size == first else [])
+        tasks += [("floor", size, None)]
+        tasks += [("step", size, (backend, c, b)) for backend, c in step_variants for b in batches]
+        tasks += [("speed", size, (e, b)) for b in batches for e in main_engines]
+        if size == first:
+            tasks += [("invariance", size, None)]
+        tasks += [("speed", size, (e, batches[0])) for e in engines if e == "fastbark-offload"]
+        if size == first:
+            tasks += [("speed", size, (e, batches[0])) for e in engines if e in ("fastbark-torch", "fastbark-flash")]
+            if cuda:
+                tasks += [("agreement", size, None)]
+    for size in sizes:  # the rest: compile (its compilation is slow), plain torch at the larger sizes
+        if cuda:
+            tasks += [("step", size, ("auto", True, b)) for b in batches] if size == first else []
+        rest = [(e, b) for b in batches for e in engines if e not in ("fastbark", "transformers")]
+        tasks += [("speed", size, r) for r in rest if ("speed", size, r) not in tasks]
+        tasks += [("step", size, ("torch", False, b)) for b in batches if size in later]
+    tasks.append(("clone", None, None))
+    return tasks
 
 
 def main(argv=None) -> dict:
@@ -265,8 +316,11 @@ def main(argv=None) -> dict:
     p.add_argument("--batches", default="1,16")
     p.add_argument("--engines", help="default: fastbark,fastbark-torch,transformers,fastbark-offload,"
                                      "fastbark-flash,fastbark-compile (on the CPU: fastbark,transformers)")
+    p.add_argument("--budget-s", type=float, default=float("inf"),
+                   help="start no new measurement after this many seconds (the rest is listed as skipped)")
     p.add_argument("--out", required=True, help="folder for gpu.json and gpu.md")
     args = p.parse_args(argv)
+    t0 = time.perf_counter()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch sees no GPU here")
@@ -277,55 +331,81 @@ def main(argv=None) -> dict:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"environment": environment(device), "args": vars(args), "speed": {}, "agreement": {}, "floor": {},
-               "invariance": {}}
+               "invariance": {}, "errors": [], "skipped": []}
     results["environment"]["copy_bandwidth_gbs"] = bandwidth = copy_bandwidth_gbs(device)
+    print("environment", results["environment"], flush=True)
 
     def save() -> None:  # after every step: a run cut short by its time limit keeps what it measured
         (out_dir / "gpu.json").write_text(json.dumps(results, indent=2, default=str))
         (out_dir / "gpu.md").write_text(table(results) + "\n")
 
+    def attempt(name: str, fn):
+        """fn() or None: a failure is recorded (with the end of its traceback) and the next measurement runs."""
+        start = time.perf_counter()
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - another torch or transformers, a CUDA failure: keep the rest
+            tail = traceback.format_exc().strip().splitlines()[-6:]
+            results["errors"].append({"task": name, "error": f"{type(e).__name__}: {e}"[:400], "where": tail})
+            print("ERROR", name, f"{type(e).__name__}: {e}"[:400], *tail, sep="\n  ", flush=True)
+            return None
+        finally:
+            print(f"[{time.perf_counter() - t0:6.1f} s] {name} took {time.perf_counter() - start:.1f} s", flush=True)
+            gc.collect()  # the measurement's engines go before the next one's peak memory is read
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            save()
+
+    sizes, batches = args.sizes.split(","), [int(b) for b in args.batches.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         tiny = write_random_checkpoint("tiny", Path(tmp) / "tiny")
-        results["parity_fp32_device_vs_cpu"] = parity(device, tiny)
+        results["parity_fp32_device_vs_cpu"] = attempt("parity", lambda: parity(device, tiny))
         print("parity", results["parity_fp32_device_vs_cpu"], flush=True)
-        save()
-        try:  # making a voice from a 10 s recording (issue 19), float32 (1 s on the CPU: the script's own test)
-            import clone
-            long = device.type == "cuda"
-            results["clone"] = clone.main(["--device", str(device), "--seconds", "10" if long else "1", "--repeats",
-                                           "3" if long else "1", "--no-reference"])
-        except Exception as e:  # noqa: BLE001 - keep the other measurements
-            results["clone"] = {"error": f"{type(e).__name__}: {e}"[:300]}
-        save()
-        for size in args.sizes.split(","):
-            folder = tiny if size == "tiny" else write_random_checkpoint(size, Path(tmp) / size)
-            if device.type == "cuda":
-                results["agreement"][size] = [agreement(folder, device, d, args.tokens) for d in ("float16", "bfloat16")]
+        folders = {"tiny": tiny}
+
+        def folder(size: str) -> Path:
+            if size not in folders:
+                folders[size] = write_random_checkpoint(size, Path(tmp) / size)
+            return folders[size]
+
+        for kind, size, a in plan(device, sizes, batches, args.engines.split(",")):
+            name = " ".join(str(x) for x in (kind, size, a) if x is not None)
+            if time.perf_counter() - t0 > args.budget_s:
+                results["skipped"].append(name)
+                continue
+            if kind == "floor":
+                results["floor"][size] = attempt(name, lambda: decode_floor(folder(size), device, half, bandwidth)) or {}
+            elif kind == "step":
+                backend, compile, b = a
+                key = f"{backend}{'-compile' if compile else ''} batch {b}"
+                ms = attempt(name, lambda: decode_step_ms(folder(size), device, half, b, backend, compile))
+                results["floor"].setdefault(size, {})[key + " step ms"] = ms
+            elif kind == "speed":
+                engine, b = a
+                row = attempt(name, lambda: speed(folder(size), device, half, b, args.tokens, engine))
+                row = row or dict(engine=engine, dtype=half, batch=b, error=results["errors"][-1]["error"])
+                results["speed"].setdefault(size, []).append(row)
+                print(size, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            elif kind == "invariance":
+                results["invariance"][size] = attempt(name, lambda: invariance(device, folder(size), half))
+                print(size, "invariance", results["invariance"][size], flush=True)
+            elif kind == "agreement":
+                results["agreement"][size] = attempt(
+                    name, lambda: [agreement(folder(size), device, d, args.tokens) for d in ("float16", "bfloat16")])
                 print(size, "agreement", results["agreement"][size], flush=True)
-            results["floor"][size] = floor = decode_floor(folder, device, half, bandwidth)
-            results["invariance"][size] = invariance(device, folder, half)
-            print(size, "invariance", results["invariance"][size], flush=True)
-            variants = [("auto", False), ("torch", False)] + ([("auto", True)] if device.type == "cuda" else [])
-            for batch in map(int, args.batches.split(",")):
-                for backend, compile in variants:
-                    key = f"{backend}{'-compile' if compile else ''} batch {batch}"
-                    try:
-                        floor[key + " step ms"] = decode_step_ms(folder, device, half, batch, backend, compile)
-                    except Exception as e:  # noqa: BLE001 - keep the other measurements
-                        floor[key + " error"] = f"{type(e).__name__}: {e}"[:300]
-            print(size, "decode steps", floor, flush=True)
-            save()
-            rows = results["speed"].setdefault(size, [])
-            for batch in map(int, args.batches.split(",")):
-                for engine in args.engines.split(","):
-                    try:
-                        rows.append(speed(folder, device, half, batch, args.tokens, engine))
-                    except Exception as e:  # noqa: BLE001 - another torch or transformers: keep the other rows
-                        rows.append(dict(engine=engine, dtype=half, batch=batch, error=f"{type(e).__name__}: {e}"))
-                    print(size, {k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
-                    save()
+            elif kind == "clone":  # a voice from a 10 s recording (issue 19), float32 (1 s on the CPU)
+                def run_clone():
+                    import clone
+                    long = device.type == "cuda"
+                    return clone.main(["--device", str(device), "--seconds", "10" if long else "1",
+                                       "--repeats", "3" if long else "1", "--no-reference"])
+                results["clone"] = attempt(name, run_clone)
+            if kind == "step" or kind == "floor":
+                print(size, "decode steps", results["floor"].get(size), flush=True)
+    results["environment"]["wall_s"] = time.perf_counter() - t0
     save()
     print(table(results))
+    print("skipped:", results["skipped"] or "none", "| errors:", [e["task"] for e in results["errors"]] or "none")
     return results
 
 

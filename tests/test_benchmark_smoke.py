@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -93,7 +94,9 @@ def test_gpu_device_script_runs_on_the_cpu(tmp_path):
     results = gpu.main(["--device", "cpu", "--sizes", "tiny", "--tokens", "8", "--batches", "1,2",
                         "--out", str(tmp_path)])
     every_stage = {"semantic": True, "coarse": True, "fine": True}
-    assert results["parity_fp32_device_vs_cpu"] == {"cpu": every_stage, "torch": every_stage}
+    parity = results["parity_fp32_device_vs_cpu"]
+    assert parity["cpu"] == every_stage and parity["torch"] == every_stage and "backend cpu" in parity["cpu report"]
+    assert results["errors"] == [] and results["skipped"] == []
     assert results["invariance"]["tiny"]["equal_texts"] == 5
     floor = results["floor"]["tiny"]
     assert all(floor[f"{b} batch {n} step ms"] > 0 for b in ("auto", "torch") for n in (1, 2))
@@ -104,6 +107,22 @@ def test_gpu_device_script_runs_on_the_cpu(tmp_path):
     assert by[("fastbark", 2)]["coarse_tokens"] == by[("transformers", 2)]["coarse_tokens"]  # the same forced work
     saved = json.loads((tmp_path / "gpu.json").read_text())
     assert saved["floor"]["tiny"]["weight_mb"] > 0 and "| tiny | fastbark |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_gpu_device_script_runs_the_most_wanted_first_and_keeps_to_its_budget(tmp_path):
+    """On a GPU the script's order is bark-small's steps and whole runs against transformers first; past
+    --budget-s it starts nothing new and lists what it skipped."""
+    import gpu
+    engines = ["fastbark", "fastbark-torch", "transformers", "fastbark-offload", "fastbark-compile"]
+    tasks = gpu.plan(torch.device("cuda"), ["small", "large"], [1, 16], engines)
+    assert tasks[:2] == [("floor", "small", None), ("step", "small", ("auto", False, 1))]
+    assert tasks.index(("speed", "small", ("transformers", 16))) < tasks.index(("floor", "large", None))
+    assert tasks.index(("speed", "large", ("fastbark", 1))) < tasks.index(("step", "small", ("auto", True, 1)))
+    assert len(set(tasks)) == len(tasks) and ("speed", "large", ("fastbark-compile", 16)) in tasks
+    results = gpu.main(["--device", "cpu", "--sizes", "tiny", "--tokens", "4", "--batches", "1",
+                        "--budget-s", "0", "--out", str(tmp_path)])
+    assert results["parity_fp32_device_vs_cpu"]["cpu"]["fine"] and results["speed"] == {}
+    assert results["skipped"][0] == "floor tiny" and results["skipped"][-1] == "clone"
 
 
 def test_split_hostile_smoke():

@@ -17,9 +17,6 @@ from __future__ import annotations
 import re
 from typing import Callable, Iterator
 
-import pysbd
-
-PYSBD_LANGUAGES = set(pysbd.languages.LANGUAGE_CODES)
 NO_SPACE_LANGUAGES = ("ja", "zh")  # sentences are joined without a space
 LINE_LIMIT = 5_000  # characters handed to the segmenter at once (its rules are regexes over the whole line)
 
@@ -34,9 +31,16 @@ CLAUSE_END = re.compile(r"(?<=[,;—–、，；])\s*|(?<=[,;])(?=\S)")  # after
 SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
 
 
+def _segmenter(language: str):
+    """A new pysbd segmenter for `language` (its English rules where pysbd has none; one per call, as it keeps
+    the text it works on), imported on first use: a GPU machine without pysbd still runs short texts."""
+    import pysbd
+    return pysbd.Segmenter(language=language if language in pysbd.languages.LANGUAGE_CODES else "en", clean=False)
+
+
 def split_sentences(text: str, language: str = "en") -> Iterator[str]:
     """The sentences of `text`, in order, whitespace-normalised."""
-    segmenter = pysbd.Segmenter(language=language if language in PYSBD_LANGUAGES else "en", clean=False)
+    segmenter = _segmenter(language)
     for line in text.splitlines():
         for part in _bounded(line):
             for sentence in segmenter.segment(part):
