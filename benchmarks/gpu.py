@@ -104,21 +104,60 @@ def copy_bandwidth_gbs(device: torch.device) -> float:
 
 
 def fastbark_tokens(tts, texts: list[str], n_semantic: int) -> dict:
-    """Greedy semantic, coarse and fine tokens of `texts` (a batch), with per-stage times."""
+    """Greedy semantic, coarse and fine tokens of `texts` (a batch), with per-stage times; each stage in the
+    engine's stage context (with offload: its model on the device for that stage only)."""
     from fastbark.options import CoarseOptions, FineOptions, SemanticOptions
     from fastbark.pipeline.coarse import generate_coarse
     from fastbark.pipeline.fine import generate_fine
     from fastbark.pipeline.semantic import generate_semantic
     device = tts.device
     ids = [tts.tokenize(t) for t in texts]
-    sem, t_sem = timed(lambda: generate_semantic(tts.semantic_model, ids, None, SemanticOptions(
-        temperature=0, max_tokens=n_semantic, allow_early_stop=False)), device)
-    coarse, t_coarse = timed(lambda: generate_coarse(tts.coarse_model, sem, None, CoarseOptions(temperature=0)),
-                             device)
-    fine, t_fine = timed(lambda: generate_fine(tts.fine_model, coarse, None, FineOptions(temperature=0)), device)
+
+    def staged(name: str, fn):
+        with tts._stage(name):
+            return fn()
+    sem, t_sem = timed(lambda: staged("semantic", lambda: generate_semantic(
+        tts.semantic_model, ids, None, SemanticOptions(temperature=0, max_tokens=n_semantic,
+                                                       allow_early_stop=False))), device)
+    coarse, t_coarse = timed(lambda: staged("coarse", lambda: generate_coarse(
+        tts.coarse_model, sem, None, CoarseOptions(temperature=0))), device)
+    fine, t_fine = timed(lambda: staged("fine", lambda: generate_fine(
+        tts.fine_model, coarse, None, FineOptions(temperature=0))), device)
     audio, t_codec = timed(lambda: [tts.decode(f) for f in fine], device)
     return dict(semantic=sem, coarse=coarse, fine=fine, semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine,
                 codec_s=t_codec, audio_s=sum(len(a) for a in audio) / 24_000)
+
+
+def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10) -> dict:
+    """The kernels of one semantic decode step (batch 1, uncaptured, the attention the backend chose), from
+    torch's profiler: per step, how many kernels, their summed device time, and the 20 costliest by name.
+    Beside the captured step's time this says whether kernels' own work or their count sets it."""
+    import fastbark
+    from fastbark.backends.cuda.decoder import StaticDecoder
+    from torch.profiler import ProfilerActivity, profile
+    tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype)
+    model = tts.semantic_model
+    attention = getattr(model.decoder, "attention", "sdpa")
+    decoder = StaticDecoder(model, graphs=False, attention=attention)
+    token = torch.zeros(1, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        cache = decoder.new_cache(1, model.config.block_size)
+        for pos in range(290, 300):
+            decoder.step(token, cache, pos)
+        sync(device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for pos in range(300, 300 + steps):
+                decoder.step(token, cache, pos)
+            sync(device)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        by_name.setdefault(e.name, []).append(e.device_time)
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:20]
+    return {"attention": attention, "kernels_per_step": len(kernels) / steps,
+            "kernel_us_per_step": sum(e.device_time for e in kernels) / steps,
+            "top": [{"kernel": name[:90], "per_step": len(t) / steps, "us_per_step": sum(t) / steps} for name, t in top]}
 
 
 def parity(device: torch.device, folder: Path) -> dict:
@@ -201,8 +240,9 @@ def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic
                                             attention="flash" if engine == "fastbark-flash" else "auto",
                                             backend="torch" if engine == "fastbark-torch" else "auto",
                                             compile=engine == "fastbark-compile")
-        fastbark_tokens(tts, texts[:1], 4)  # warm-up: kernels chosen, caches allocated
+        _, first_s = timed(lambda: fastbark_tokens(tts, texts, n_semantic), device)  # graphs captured, caches made
         out = fastbark_tokens(tts, texts, n_semantic)
+        out["first_run_s"] = first_s
         out["backend"] = tts.backend.name
         out["report"] = str(tts.backend)
         n_coarse = sum(c.size for c in out["coarse"])
@@ -216,7 +256,7 @@ def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic
                 total_s=total, semantic_tokens_per_s=batch * n_semantic / out["semantic_s"],
                 semantic_ms_per_step=out["semantic_s"] / n_semantic * 1000, coarse_tokens=n_coarse,
                 audio_s=out["audio_s"], rtf=out["audio_s"] / total, peak_gb=peak_gb(device),
-                report=out.get("report"))
+                first_run_s=out.get("first_run_s"), report=out.get("report"))
 
 
 @torch.no_grad()
@@ -258,17 +298,18 @@ def decode_floor(folder: Path, device: torch.device, dtype: str, bandwidth_gbs: 
 
 def table(results: dict) -> str:
     lines = ["| size | engine | backend | dtype | batch | semantic s | coarse s | fine s | codec s | total s | "
-             "semantic tok/s | RTF | peak GB |", "| --- " * 13 + "|"]
+             "semantic tok/s | RTF | peak GB | first run s |", "| --- " * 14 + "|"]
     for size, rows in results["speed"].items():
         for r in rows:
             if "error" in r:
                 lines.append(f"| {size} | {r['engine']} | | {r['dtype']} | {r['batch']} | error: {r['error'][:80]} |"
-                             + " |" * 8)
+                             + " |" * 9)
                 continue
             peak = f"{r['peak_gb']:.2f}" if r["peak_gb"] is not None else ""
+            first = f"{r['first_run_s']:.2f}" if r.get("first_run_s") is not None else ""
             lines.append(f"| {size} | {r['engine']} | {r['backend']} | {r['dtype']} | {r['batch']} | {r['semantic_s']:.2f} "
                          f"| {r['coarse_s']:.2f} | {r['fine_s']:.2f} | {r['codec_s']:.2f} | {r['total_s']:.2f} | "
-                         f"{r['semantic_tokens_per_s']:.0f} | {r['rtf']:.2f} | {peak} |")
+                         f"{r['semantic_tokens_per_s']:.0f} | {r['rtf']:.2f} | {peak} | {first} |")
     lines += ["", "| size | decode step | ms | floor ms (weights / copy bandwidth) |", "| --- | --- | --- | --- |"]
     for size, floor in results["floor"].items():
         for key, ms in floor.items():
@@ -290,6 +331,8 @@ def plan(device: torch.device, sizes: list[str], batches: list[int], engines: li
         step_variants = [("auto", False)] + ([("torch", False)] if size == first else [])
         tasks += [("floor", size, None)]
         tasks += [("step", size, (backend, c, b)) for backend, c in step_variants for b in batches]
+        if size == first:
+            tasks += [("profile", size, None)]
         tasks += [("speed", size, (e, b)) for b in batches for e in main_engines]
         if size == first:
             tasks += [("invariance", size, None)]
@@ -331,7 +374,7 @@ def main(argv=None) -> dict:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"environment": environment(device), "args": vars(args), "speed": {}, "agreement": {}, "floor": {},
-               "invariance": {}, "errors": [], "skipped": []}
+               "invariance": {}, "profile": None, "errors": [], "skipped": []}
     results["environment"]["copy_bandwidth_gbs"] = bandwidth = copy_bandwidth_gbs(device)
     print("environment", results["environment"], flush=True)
 
@@ -386,6 +429,9 @@ def main(argv=None) -> dict:
                 row = row or dict(engine=engine, dtype=half, batch=b, error=results["errors"][-1]["error"])
                 results["speed"].setdefault(size, []).append(row)
                 print(size, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            elif kind == "profile":
+                results["profile"] = attempt(name, lambda: step_profile(folder(size), device, half))
+                print(size, "step profile", results["profile"], flush=True)
             elif kind == "invariance":
                 results["invariance"][size] = attempt(name, lambda: invariance(device, folder(size), half))
                 print(size, "invariance", results["invariance"][size], flush=True)

@@ -22,16 +22,17 @@ GREEDY = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, 
 TEXTS = ["the dog is cute", "Hello world [laughs] ♪", "café naïve"]
 
 
-def cuda_on_cpu(hub_dir, rows: int = 16) -> fastbark.Bark:
+def cuda_on_cpu(hub_dir, rows: int = 16, attention: str = "sdpa", **engine_options) -> fastbark.Bark:
     """An engine whose models run the CUDA backend's code on the CPU, uncaptured."""
     parts = load_parts(hub_dir, torch.device("cpu"), torch.float32)
-    options = EngineOptions()
+    options = EngineOptions(**engine_options)
 
     class Backend(CudaBackend):  # `rows`: a batch of 3 pads to 4 with rows=4
         def prepare(self, models):
             fallbacks = super().prepare(models)
             for model in (models.semantic, models.coarse):
-                model.use_kernels(model.layers[0].attn.kernel, None, StaticDecoder(model, graphs=False, rows=rows))
+                model.use_kernels(model.layers[0].attn.kernel, None,
+                                  StaticDecoder(model, graphs=False, rows=rows, attention=attention))
             return fallbacks
     return fastbark.Bark(parts, options, backend=Backend(options, graphs=False))
 
@@ -149,6 +150,32 @@ def test_graphs_are_dropped_when_the_weights_move():
     model.lm_head.weight.data = model.lm_head.weight.data.clone()
     decoder.new_cache(1, 16)
     assert not slab.graphs
+
+
+@pytest.mark.parametrize("attention", ["matmul", "sdpa-math"])
+def test_every_step_attention_the_gpu_may_choose_gives_the_same_tokens(hub_dir, torch_tts, attention):
+    """The one-query attentions `choose_attention` times on a GPU (those that run on a CPU: two batched
+    products around a float32 softmax, and SDPA held to its math kernel) give the plain backend's greedy
+    tokens, over padded rows and carried coarse windows."""
+    tts = cuda_on_cpu(hub_dir, rows=4, attention=attention)
+    got = tts.generate(TEXTS, max_semantic_tokens=48, **GREEDY)
+    want = torch_tts.generate(TEXTS, max_semantic_tokens=48, **GREEDY)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.semantic_tokens, w.semantic_tokens)
+        np.testing.assert_array_equal(g.fine_tokens, w.fine_tokens)
+    assert tts.semantic_model.decoder.attention == attention
+
+
+def test_a_named_whole_sequence_kernel_keeps_the_backends_decoder(hub_dir):
+    """attention="math" (one SDPA kernel for prefills and fine passes) swaps that kernel only: the CUDA
+    backend's decoder stays (it once fell back to the plain blocks, 5x slower on a GPU)."""
+    options = EngineOptions(attention="math")
+    parts = load_parts(hub_dir, torch.device("cpu"), torch.float32)
+    tts = fastbark.Bark(parts, options, backend=CudaBackend(options, graphs=False))
+    for model in (tts.semantic_model, tts.coarse_model):
+        assert isinstance(model.decoder, StaticDecoder)
+    assert tts.backend.models["semantic"].whole_attention == "math"
+    assert tts.backend.models["semantic"].decode_step == "static"
 
 
 def test_the_step_compiles_as_one_graph_and_gives_the_same_tokens(torch_tts):

@@ -8,6 +8,10 @@
   where it fails, the steps run uncaptured (or uncompiled) and the report says why.
 - whole-sequence attention (prefills, fine passes): SDPA, which picks FlashAttention-2, cuDNN or the
   memory-efficient kernel for the dtype and shapes; the report names its choice (`sdpa_choice`).
+- the decode step's one-query attention: where graphs are captured (not compiled, not offloaded), each of
+  `decoder.ATTENTIONS` (SDPA as dispatched, held to its efficient, cuDNN or math kernel, or two batched
+  products) is timed in a captured step of the real model and the fastest kept (`choose_attention`; the
+  report lists the times).
 - half precision: float16 and bfloat16 weights and caches; LayerNorm statistics and the softmax of
   attention are float32 inside torch's CUDA kernels, and sampling tempers and filters the logits in float32.
 - `offload.py`: CPU offload (`offload=True`): each GPT on the GPU for its stage only.
@@ -21,7 +25,7 @@ from torch.nn.attention import SDPBackend
 from ...models.gpt import AttentionKernel
 from ..base import Backend, Models
 from ...constants import FINE_WINDOW, MAX_TEXT_TOKENS
-from .decoder import KEY_BUCKET, StaticDecoder, capture_fails
+from .decoder import KEY_BUCKET, StaticDecoder, capture_fails, choose_attention
 
 PROMPT = MAX_TEXT_TOKENS + 1  # the semantic prompt: 256 text positions and the infer token
 
@@ -78,7 +82,14 @@ class CudaBackend(Backend):
                 model.use_kernels(ReportedSdpa(sdpa_choice(*shape, FINE_WINDOW, FINE_WINDOW), ""))
                 continue
             # prefills: causal over a prompt (257 positions for the semantic stage); steps: one query, masked keys
-            attention = ReportedSdpa(sdpa_choice(*shape, PROMPT, PROMPT, causal=True),
-                                     "masked " + sdpa_choice(*shape, 1, KEY_BUCKET, masked=True))
-            model.use_kernels(attention, None, StaticDecoder(model, graphs=graphs, compile=compile))
+            one_query, step_attention = "masked " + sdpa_choice(*shape, 1, KEY_BUCKET, masked=True), "sdpa"
+            on_gpu = model.position_embeds_layer.weight.device.type == "cuda"  # not with offload: in CPU memory now
+            if graphs and not compile and on_gpu:  # the captured step with each attention kernel, timed; the fastest kept
+                step_attention, times = choose_attention(model)
+                self.choices.append(f"{model.config.n_layer} layers x {c.n_embd} one-query attention: "
+                                    f"{step_attention} ({times})")
+                one_query = step_attention if step_attention != "sdpa" else one_query
+            attention = ReportedSdpa(sdpa_choice(*shape, PROMPT, PROMPT, causal=True), one_query)
+            model.use_kernels(attention, None, StaticDecoder(model, graphs=graphs, compile=compile,
+                                                              attention=step_attention))
         return fallbacks

@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ...models.gpt import CausalGPT, GPTConfig, KVCache
 
@@ -35,21 +36,54 @@ KEY_BUCKET = 128  # a step attends to the cache's first n_keys positions, n_keys
 DECODE_ROWS = 16  # decode steps run on a multiple of this many rows: batches up to 16 are one GEMM shape
 
 
+def attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """One query per row over n keys: q (R, H, 1, hd), k and v (R, H, n, hd), bias (1, 1, 1, n) additive (0 for
+    the keys written so far, -inf after) -> (R, H, 1, hd), on the kernel SDPA's dispatcher picks."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The same attention as two batched products around a float32 softmax (no fused kernel)."""
+    scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(q.shape[-1])) + bias  # (R, H, 1, n)
+    return scores.softmax(-1).to(v.dtype) @ v  # (R, H, 1, n) @ (R, H, n, hd) -> (R, H, 1, hd)
+
+
+def sdpa_with(backend: SDPBackend) -> Callable:
+    """SDPA held to one of its kernels (where that kernel cannot take the inputs, the call fails)."""
+    def attend(q, k, v, bias):
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return attend
+
+
+# The step's one-query attentions, by the name the report gives; on a GPU `choose_attention` times each
+# captured step and keeps the fastest (kernels per call and their fixed costs, not bytes, set a decode
+# step's time at these sizes).
+ATTENTIONS: dict[str, Callable] = {
+    "sdpa": attend_sdpa,
+    "sdpa-efficient": sdpa_with(SDPBackend.EFFICIENT_ATTENTION),
+    "sdpa-cudnn": sdpa_with(SDPBackend.CUDNN_ATTENTION),
+    "sdpa-math": sdpa_with(SDPBackend.MATH),
+    "matmul": attend_matmul,
+}
+
+
 def token_step(model: CausalGPT, token: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               n_keys: int) -> torch.Tensor:
+               n_keys: int, attend: Callable = attend_sdpa) -> torch.Tensor:
     """token (R,) int64 at position pos ((1,) int64, on the device) -> next logits (R, V). Writes the new keys
     and values at pos into k and v (n_layer, R, H, max_len, hd); attends to the first n_keys positions,
-    those after pos masked out."""
+    those after pos masked out (one additive mask for every layer)."""
     config = model.config
     R, C, H = token.shape[0], config.n_embd, config.n_head
     x = (model.input_embeds_layer(token) + model.position_embeds_layer(pos))[:, None]  # (R, C) -> (R, 1, C)
-    visible = (torch.arange(n_keys, device=token.device) <= pos).view(1, 1, 1, n_keys)  # the keys written so far
+    keys = torch.arange(n_keys, device=token.device)
+    bias = torch.zeros(1, 1, 1, n_keys, dtype=x.dtype, device=x.device).masked_fill(keys > pos, float("-inf"))
     for i, block in enumerate(model.layers):
         qkv = block.attn.att_proj(block.layernorm_1(x))  # (R, 1, 3C)
         q, k_new, v_new = qkv.view(R, 1, 3, H, C // H).permute(2, 0, 3, 1, 4)  # (R, 1, 3C) -> 3 x (R, H, 1, hd)
         k[i].index_copy_(2, pos, k_new)  # k[i]: (R, H, max_len, hd), position pos
         v[i].index_copy_(2, pos, v_new)
-        y = F.scaled_dot_product_attention(q, k[i, :, :, :n_keys], v[i, :, :, :n_keys], attn_mask=visible)
+        y = attend(q, k[i, :, :, :n_keys], v[i, :, :, :n_keys], bias)  # (R, H, 1, hd)
         x = x + block.attn.out_proj(y.transpose(1, 2).reshape(R, 1, C))  # (R, H, 1, hd) -> (R, 1, C)
         x = x + block.mlp(block.layernorm_2(x))
     return model.lm_head(model.layernorm_final(x[:, 0]))  # (R, V)
@@ -111,10 +145,12 @@ class StaticDecoder:
     step as `token_step`, replayed from a CUDA graph per (cache, n_keys) where `graphs`, compiled with
     `torch.compile(fullgraph=True)` where `compile`."""
 
-    def __init__(self, model: CausalGPT, *, graphs: bool, compile: bool = False, rows: int = DECODE_ROWS):
-        self.model, self.graphs, self.rows = model, graphs, rows
+    def __init__(self, model: CausalGPT, *, graphs: bool, compile: bool = False, rows: int = DECODE_ROWS,
+                 attention: str = "sdpa"):
+        self.model, self.graphs, self.rows, self.attention = model, graphs, rows, attention
         self.kind = ("cuda-graph" if graphs else "static") + ("+compiled" if compile else "")
         self._step = torch.compile(token_step, fullgraph=True, dynamic=True) if compile else token_step
+        self._attend = ATTENTIONS[attention]
         self._slabs: list[Slab] = []
         self._weights: tuple[int, ...] = ()  # the parameters' addresses when the graphs were captured
 
@@ -149,7 +185,7 @@ class StaticDecoder:
         n_keys = min(slab.max_len, math.ceil((pos + 1) / KEY_BUCKET) * KEY_BUCKET)
 
         def run() -> torch.Tensor:
-            return self._step(self.model, slab.token, slab.pos, slab.k, slab.v, n_keys)
+            return self._step(self.model, slab.token, slab.pos, slab.k, slab.v, n_keys, self._attend)
         if not self.graphs:
             return run()[:batch]
         if n_keys not in slab.graphs:
@@ -157,6 +193,53 @@ class StaticDecoder:
         graph, out = slab.graphs[n_keys]
         graph.replay()
         return out[:batch].clone()  # the graph's output is overwritten by its next replay
+
+
+def time_step(decoder: StaticDecoder, n_keys: int, replays: int = 30) -> float:
+    """Milliseconds per captured decode step over a full slab (`decoder.rows` rows) attending to n_keys keys:
+    the median of 3 rounds of `replays` replays, timed with CUDA events."""
+    model, device = decoder.model, decoder.model.position_embeds_layer.weight.device
+    cache = decoder.new_cache(decoder.rows, model.config.block_size)
+    token = torch.zeros(decoder.rows, dtype=torch.long, device=device)
+    decoder.step(token, cache, n_keys - 1)  # captured here
+    graph = cache.slab.graphs[n_keys][0]
+    times = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / replays)
+    return sorted(times)[1]
+
+
+def choose_attention(model: CausalGPT, compile: bool = False) -> tuple[str, str]:
+    """The fastest one-query attention for this model's captured decode step (on a GPU), by timing each of
+    ATTENTIONS at the cache's full length; and what was measured, for the report. A kernel that cannot
+    run (or gives other logits) is left out."""
+    n_keys, times = model.config.block_size, {}
+    with torch.inference_mode():
+        reference = None
+        for name in ATTENTIONS:
+            try:
+                decoder = StaticDecoder(model, graphs=True, compile=compile, attention=name)
+                times[name] = time_step(decoder, n_keys)
+                logits = decoder._slabs[0].graphs[n_keys][1].float()
+                if reference is None:
+                    reference = logits
+                elif not torch.allclose(logits, reference, rtol=0.05, atol=0.05):
+                    del times[name]
+            except Exception:  # noqa: BLE001 - a kernel this GPU, dtype or torch lacks: not a candidate
+                times.pop(name, None)
+            finally:
+                decoder = None
+                torch.cuda.empty_cache()
+    if not times:
+        return "sdpa", "none could be timed"
+    best = min(times, key=times.get)
+    return best, ", ".join(f"{n} {t:.3f} ms" for n, t in sorted(times.items(), key=lambda kv: kv[1]))
 
 
 @functools.cache
