@@ -67,3 +67,23 @@ def test_stage_methods_offload_too(hub_dir):
     assert spy.calls[:3] == [("semantic", "device"), ("coarse", "device"), ("semantic", "cpu")]
     tts.coarse_to_fine(tts.semantic_to_coarse(semantic, seed=2), seed=2)
     assert spy.on_device() == []
+
+
+def test_a_model_leaving_the_device_takes_its_kept_caches_with_it(hub_dir):
+    """The CUDA backend keeps each decoder's static caches for reuse (16 rows x 1024 positions: 0.6 GB for
+    bark-small in half precision). With offload they go when their model leaves the device, so the stage
+    after holds neither; without offload they stay, for the next generation."""
+    from fastbark.backends.cuda import CudaBackend
+    for offload in (True, False):
+        parts = load_parts(hub_dir, torch.device("cpu"), torch.float32)
+        options = EngineOptions()
+        spy = Spy({"semantic": parts.semantic, "coarse": parts.coarse, "fine": parts.fine}, "cpu") if offload else None
+        tts = fastbark.Bark(parts, options, backend=CudaBackend(options, graphs=False), offload=spy)
+        kept = {}
+
+        def progress(p):
+            if p.stage in ("coarse", "fine") and p.done == 0:
+                kept[p.stage] = len(tts.semantic_model.decoder._slabs)
+        tts.generate("the dog", seed=1, max_semantic_tokens=8, progress=progress)
+        assert kept == ({"coarse": 0, "fine": 0} if offload else {"coarse": 1, "fine": 1})
+        assert len(tts.coarse_model.decoder._slabs) == (0 if offload else 1)

@@ -97,6 +97,9 @@ class Decoder(Protocol):
     def step(self, token: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
         """token ids (B,) at position `pos` -> next logits (B, V)."""
 
+    def release(self) -> None:
+        """Free the caches (and whatever is kept with them) that no generation is using."""
+
 
 LinearFactory = Callable[[nn.Module], "nn.Module | None"]  # seam: a replacement for a linear layer, or None
 
@@ -219,6 +222,11 @@ class CausalGPT(GPT):
         `decoder` (None: the model's own)."""
         super().use_kernels(attention)
         self.decode_step, self.decoder = decode_step, decoder
+
+    def release_caches(self) -> None:
+        """Free the decoder's kept caches that no generation is using (offload: the model leaves the device)."""
+        if self.decoder is not None:
+            self.decoder.release()
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         if self.decoder is not None:

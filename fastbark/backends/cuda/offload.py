@@ -3,8 +3,8 @@
 `Offload.stage(name)` is a context: on entry the stage's model is on the device (already there if it
 was prefetched), and the model of the stage that usually follows (semantic -> coarse -> fine) starts
 copying on a side stream, so that its transfer overlaps this stage's work; on exit the stage's
-device copy is dropped (its pinned CPU copy stays). At most two GPTs are on the device at once:
-the one running and the one arriving. transformers' `enable_cpu_offload` moves them one after the
+device copy is dropped (its pinned CPU copy stays), and so are the KV caches its decoder kept. At
+most two GPTs are on the device at once: the one running and the one arriving. transformers' `enable_cpu_offload` moves them one after the
 other, with nothing overlapped.
 
 The moves go through `move(name, where)` only, so a test on the CPU can record their order.
@@ -17,6 +17,8 @@ from typing import Iterator
 
 import torch
 from torch import nn
+
+from ...models.gpt import CausalGPT
 
 NEXT = {"semantic": "coarse", "coarse": "fine", "fine": None}  # the stage that usually follows
 
@@ -40,6 +42,8 @@ class Offload:
         if where == "cpu":
             for key, tensor in _tensors(model):
                 tensor.data = self._home[name][key]
+            if isinstance(model, CausalGPT):
+                model.release_caches()  # its decoder's KV caches leave the device with it
             self._events.pop(name, None)
             return
         with torch.cuda.stream(self._side) if self._side is not None else contextlib.nullcontext():
