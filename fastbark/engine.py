@@ -13,6 +13,7 @@ import torch
 
 from .backends import BackendReport, select
 from .backends.base import Backend, Models
+from .backends.cuda import deterministic_convolutions
 from .backends.cuda.offload import Offload
 from .constants import CODEBOOK_SIZE, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS, SEMANTIC_VOCAB_SIZE
 from .errors import BadInput
@@ -206,7 +207,8 @@ class Bark:
             return np.zeros(0, dtype=np.float32)
         codes = torch.from_numpy(fine).to(self.codec.quantizer.layers[0].codebook.embed.device)[None]  # (1, 8, T)
         model = self.vocos() if decoder == "vocos" else self.codec
-        return model(codes)[0].float().cpu().numpy()
+        with deterministic_convolutions(self.device):  # the same codes, the same audio bits, call after call
+            return model(codes)[0].float().cpu().numpy()
 
     def vocos(self) -> Vocos:
         """The Vocos decoder, loaded at first use (from `vocos=` of from_pretrained, else the hub's)."""

@@ -19,6 +19,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch.nn.attention import SDPBackend
 
@@ -46,6 +49,24 @@ def sdpa_choice(device: torch.device, dtype: torch.dtype, n_head: int, head_dim:
     except (AttributeError, IndexError, RuntimeError, TypeError, ValueError):
         return "sdpa"
     return f"sdpa-{SDPA_NAMES.get(choice, choice.name.lower())}"
+
+
+@contextlib.contextmanager
+def deterministic_convolutions(device: torch.device) -> Iterator[None]:
+    """A context in which cuDNN picks deterministic convolution algorithms on a CUDA device (nothing
+    elsewhere): a transposed convolution, as in EnCodec's decoder, runs cuDNN's backward-data algorithms,
+    some of which add with atomics in any order, so the same codes could give audio that differs in its
+    last bits from one call to the next. Only `deterministic` and `benchmark` change, and come back after."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
 
 
 class ReportedSdpa(AttentionKernel):
