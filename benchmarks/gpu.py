@@ -323,16 +323,15 @@ def table(results: dict) -> str:
 
 def plan(device: torch.device, sizes: list[str], batches: list[int], engines: list[str]) -> list[tuple]:
     """The measurements in the order they run, the most wanted first (a run cut short by its budget keeps
-    those): (kind, size, arguments). On a GPU: bark-small's steps and whole runs against transformers, its
-    invariance, offload and agreement; then bark (large); then the rest (plain torch at batch 16, compile,
-    the clone benchmark)."""
+    those): (kind, size, arguments). On a GPU: bark-small's steps, profile and whole runs against
+    transformers, its invariance, offload and compiled step; then bark (large)'s; then the rest (plain
+    torch at batch 16, the other engines at the larger sizes, the clone benchmark)."""
     cuda = device.type == "cuda"
-    first, later, tasks = sizes[0], sizes[1:], []
+    first, tasks = sizes[0], []
     for size in sizes:
         main_engines = [e for e in engines if e in ("fastbark", "transformers")]
-        step_variants = [("auto", False)] + ([("torch", False)] if size == first else [])
         tasks += [("floor", size, None)]
-        tasks += [("step", size, (backend, c, b)) for backend, c in step_variants for b in batches]
+        tasks += [("step", size, ("auto", False, b)) for b in batches]
         if size == first:
             tasks += [("profile", size, None)]
         tasks += [("speed", size, (e, b)) for b in batches for e in main_engines]
@@ -340,15 +339,18 @@ def plan(device: torch.device, sizes: list[str], batches: list[int], engines: li
             tasks += [("invariance", size, None)]
         tasks += [("speed", size, (e, batches[0])) for e in engines if e == "fastbark-offload"]
         if size == first:
-            tasks += [("speed", size, (e, batches[0])) for e in engines if e in ("fastbark-torch", "fastbark-flash")]
+            if cuda:
+                tasks += [("step", size, ("auto", True, batches[0]))]
+            tasks += [("speed", size, (e, batches[0])) for e in engines
+                      if e in ("fastbark-compile", "fastbark-flash", "fastbark-torch")]
+            tasks += [("step", size, ("torch", False, b)) for b in batches]
             if cuda:
                 tasks += [("agreement", size, None)]
-    for size in sizes:  # the rest: compile (its compilation is slow), plain torch at the larger sizes
-        if cuda:
-            tasks += [("step", size, ("auto", True, b)) for b in batches] if size == first else []
-        rest = [(e, b) for b in batches for e in engines if e not in ("fastbark", "transformers")]
-        tasks += [("speed", size, r) for r in rest if ("speed", size, r) not in tasks]
-        tasks += [("step", size, ("torch", False, b)) for b in batches if size in later]
+    for size in sizes:  # the rest
+        rest = [("speed", size, (e, b)) for b in batches for e in engines if e not in ("fastbark", "transformers")]
+        rest += [("step", size, ("torch", False, b)) for b in batches]
+        rest += [("step", size, ("auto", True, b)) for b in batches] if cuda else []
+        tasks += [t for t in rest if t not in tasks]
     tasks.append(("clone", None, None))
     return tasks
 
