@@ -2,8 +2,8 @@
 position from a device tensor, so that one CUDA graph replays it at every position.
 
 `token_step` is the whole step as one pure function of tensors (gpt-fast's `decode_one_token`): the token
-and position embeddings, every block (the new keys and values written into the cache at `pos` with
-`index_copy_`), and the head. Nothing in it depends on a host value but the cache length it attends to,
+and position embeddings, every block (the new keys and values written together into the cache at `pos`:
+one `index_copy_` where captured, one `index_put_` where compiled), and the head. Nothing in it depends on a host value but the cache length it attends to,
 `n_keys` (the position rounded up to `KEY_BUCKET`; later keys are masked), so one graph serves
 `KEY_BUCKET` positions and a stage needs at most 1024 / 128 = 8 graphs per cache.
 
@@ -68,33 +68,30 @@ ATTENTIONS: dict[str, Callable] = {
 }
 
 
-def write_by_index_copy(k: torch.Tensor, v: torch.Tensor, i: int, pos: torch.Tensor, k_new: torch.Tensor,
-                        v_new: torch.Tensor) -> None:
-    """Layer i's new keys and values (R, H, 1, hd) into the caches (n_layer, R, H, max_len, hd) at pos: two
-    kernels, through views of layer i (the captured steps)."""
-    k[i].index_copy_(2, pos, k_new)  # k[i]: (R, H, max_len, hd), position pos
-    v[i].index_copy_(2, pos, v_new)
+def write_by_index_copy(kv: torch.Tensor, i: int, pos: torch.Tensor, kv_new: torch.Tensor) -> None:
+    """Layer i's new keys and values kv_new (2, R, H, 1, hd) into the cache kv (n_layer, 2, R, H, max_len, hd)
+    at pos: one kernel for both, through layer i's view (the captured steps)."""
+    kv[i].index_copy_(3, pos, kv_new)  # kv[i]: (2, R, H, max_len, hd), position pos
 
 
-def write_by_index_put(k: torch.Tensor, v: torch.Tensor, i: int, pos: torch.Tensor, k_new: torch.Tensor,
-                       v_new: torch.Tensor) -> None:
-    """The same write as one `index_put_` per cache with an index tensor for every dimension but the last,
-    into the whole cache, not into a view of it: torch.compile then writes those entries in place. Through a
-    view, it copies every layer's whole cache each step (seen in its generated code: 4.0 ms a step against
-    0.62 ms on an H200)."""
-    L, R, H = k.shape[:3]
-    layer = torch.arange(L, device=k.device)[i].view(1, 1)  # (1, 1), broadcast over (R, H)
-    rows = torch.arange(R, device=k.device).view(R, 1)
-    heads = torch.arange(H, device=k.device).view(1, H)
-    k.index_put_((layer, rows, heads, pos.view(1, 1)), k_new[:, :, 0])  # values (R, H, hd)
-    v.index_put_((layer, rows, heads, pos.view(1, 1)), v_new[:, :, 0])
+def write_by_index_put(kv: torch.Tensor, i: int, pos: torch.Tensor, kv_new: torch.Tensor) -> None:
+    """The same write as one `index_put_` with an index tensor for every dimension but the last, into the
+    whole cache, not into a view of it: torch.compile then writes those entries in place. Through a view,
+    its code passes over every layer's whole cache each step (4.0 ms a step against 0.62 ms on an H200)."""
+    L, _, R, H = kv.shape[:4]
+    layer = torch.arange(L, device=kv.device)[i].view(1, 1, 1)  # (1, 1, 1), broadcast over (2, R, H)
+    which = torch.arange(2, device=kv.device).view(2, 1, 1)  # keys, values
+    rows = torch.arange(R, device=kv.device).view(1, R, 1)
+    heads = torch.arange(H, device=kv.device).view(1, 1, H)
+    kv.index_put_((layer, which, rows, heads, pos.view(1, 1, 1)), kv_new[:, :, :, 0])  # values (2, R, H, hd)
 
 
-def token_step(model: CausalGPT, token: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               n_keys: int, attend: Callable = attend_sdpa, write: Callable = write_by_index_copy) -> torch.Tensor:
+def token_step(model: CausalGPT, token: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor, n_keys: int,
+               attend: Callable = attend_sdpa, write: Callable = write_by_index_copy) -> torch.Tensor:
     """token (R,) int64 at position pos ((1,) int64, on the device) -> next logits (R, V). Writes the new keys
-    and values at pos into k and v (n_layer, R, H, max_len, hd) with `write`; attends to the first n_keys
-    positions, those after pos masked out (one additive mask for every layer)."""
+    and values at pos into the cache kv (n_layer, 2, R, H, max_len, hd; keys at [:, 0], values at [:, 1])
+    with `write`; attends to the first n_keys positions, those after pos masked out (one additive mask for
+    every layer)."""
     config = model.config
     R, C, H = token.shape[0], config.n_embd, config.n_head
     x = (model.input_embeds_layer(token) + model.position_embeds_layer(pos))[:, None]  # (R, C) -> (R, 1, C)
@@ -102,24 +99,25 @@ def token_step(model: CausalGPT, token: torch.Tensor, pos: torch.Tensor, k: torc
     bias = torch.zeros(1, 1, 1, n_keys, dtype=x.dtype, device=x.device).masked_fill(keys > pos, float("-inf"))
     for i, block in enumerate(model.layers):
         qkv = block.attn.att_proj(block.layernorm_1(x))  # (R, 1, 3C)
-        q, k_new, v_new = qkv.view(R, 1, 3, H, C // H).permute(2, 0, 3, 1, 4)  # (R, 1, 3C) -> 3 x (R, H, 1, hd)
-        write(k, v, i, pos, k_new, v_new)
-        y = attend(q, k[i, :, :, :n_keys], v[i, :, :, :n_keys], bias)  # (R, H, 1, hd)
+        qkv = qkv.view(R, 1, 3, H, C // H).permute(2, 0, 3, 1, 4)  # (R, 1, 3C) -> (3, R, H, 1, hd)
+        write(kv, i, pos, qkv[1:])  # the new keys and values, (2, R, H, 1, hd)
+        y = attend(qkv[0], kv[i, 0, :, :, :n_keys], kv[i, 1, :, :, :n_keys], bias)  # (R, H, 1, hd)
         x = x + block.attn.out_proj(y.transpose(1, 2).reshape(R, 1, C))  # (R, H, 1, hd) -> (R, 1, C)
         x = x + block.mlp(block.layernorm_2(x))
     return model.lm_head(model.layernorm_final(x[:, 0]))  # (R, V)
 
 
 class Slab:
-    """One static cache and the step's static inputs: keys and values (n_layer, rows, H, max_len, hd), the
-    tokens (rows,) and the position (1,); and the graphs captured over them, by n_keys."""
+    """One static cache and the step's static inputs: keys and values in one tensor kv (n_layer, 2, rows, H,
+    max_len, hd), so that a step writes both with one kernel, and k and v its views (n_layer, rows, H,
+    max_len, hd); the tokens (rows,) and the position (1,); and the graphs captured over them, by n_keys."""
 
     def __init__(self, model: CausalGPT, rows: int, max_len: int):
         c, w = model.config, model.position_embeds_layer.weight
-        shape = (c.n_layer, rows, c.n_head, max_len, c.n_embd // c.n_head)
+        shape = (c.n_layer, 2, rows, c.n_head, max_len, c.n_embd // c.n_head)
         self.rows, self.max_len = rows, max_len
-        self.k = torch.zeros(shape, device=w.device, dtype=w.dtype)
-        self.v = torch.zeros(shape, device=w.device, dtype=w.dtype)
+        self.kv = torch.zeros(shape, device=w.device, dtype=w.dtype)
+        self.k, self.v = self.kv[:, 0], self.kv[:, 1]  # (n_layer, rows, H, max_len, hd) each
         self.token = torch.zeros(rows, dtype=torch.long, device=w.device)
         self.pos = torch.zeros(1, dtype=torch.long, device=w.device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -213,11 +211,11 @@ class StaticDecoder:
         n_keys = min(slab.max_len, math.ceil((pos + 1) / KEY_BUCKET) * KEY_BUCKET)
 
         def run() -> torch.Tensor:
-            return self._step(self.model, slab.token, slab.pos, slab.k, slab.v, n_keys, self._attend, self._write)
+            return self._step(self.model, slab.token, slab.pos, slab.kv, n_keys, self._attend, self._write)
         if not self.graphs:
             return run()[:batch]
         if n_keys not in slab.graphs:
-            slab.graphs[n_keys] = capture(run, slab.k.device)
+            slab.graphs[n_keys] = capture(run, slab.kv.device)
         graph, out = slab.graphs[n_keys]
         graph.replay()
         return out[:batch].clone()  # the graph's output is overwritten by its next replay
@@ -231,8 +229,7 @@ def time_step(decoder: StaticDecoder, n_keys: int, replays: int = 30) -> float:
     model, device = decoder.model, decoder.model.position_embeds_layer.weight.device
     cache = decoder.new_cache(decoder.rows, model.config.block_size)
     generator = torch.Generator(device).manual_seed(0)
-    cache.slab.k.normal_(generator=generator)
-    cache.slab.v.normal_(generator=generator)
+    cache.slab.kv.normal_(generator=generator)
     token = torch.arange(decoder.rows, device=device)
     decoder.step(token, cache, n_keys - 64)  # captured here
     graph = cache.slab.graphs[n_keys][0]
