@@ -178,18 +178,25 @@ def parity(device: torch.device, folder: Path) -> dict:
 
 def invariance(device: torch.device, folder: Path, dtype: str) -> dict:
     """Sampled and seeded, the default backend in `dtype`: each of 5 texts alone and in one batch, every
-    stage's tokens and the audio compared (the server's promise); per stage, how many texts were equal."""
+    stage's tokens and the audio compared (the server's promise); per stage, how many texts were equal;
+    and each text alone a second time, to tell run-to-run nondeterminism from a batch's influence."""
     import fastbark
     tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype)
     texts = batch_texts(5)
     kwargs = dict(seed=[101 + i for i in range(5)], max_semantic_tokens=96)
     together = tts.generate(texts, **kwargs)
     alone = [tts.generate(t, seed=s, max_semantic_tokens=96) for t, s in zip(texts, kwargs["seed"])]
+    again = [tts.generate(t, seed=s, max_semantic_tokens=96) for t, s in zip(texts, kwargs["seed"])]
     fields = ("semantic_tokens", "coarse_tokens", "fine_tokens", "audio")
-    equal = {f: [bool(np.array_equal(getattr(a, f), getattr(b, f))) for a, b in zip(together, alone)] for f in fields}
+
+    def equal(xs, ys) -> dict[str, list[bool]]:
+        return {f: [bool(np.array_equal(getattr(a, f), getattr(b, f))) for a, b in zip(xs, ys)] for f in fields}
+    batched, repeated = equal(together, alone), equal(alone, again)
     return {"backend": tts.backend.name, "dtype": dtype, "texts": len(texts),
-            "equal_texts": sum(all(e) for e in zip(*equal.values())),
-            "equal_per_stage": {f: sum(e) for f, e in equal.items()}}
+            "equal_texts": sum(all(e) for e in zip(*batched.values())),
+            "equal_per_stage": {f: sum(e) for f, e in batched.items()},
+            # each text alone twice: a difference here is run-to-run nondeterminism, not the batch
+            "repeat_equal_per_stage": {f: sum(e) for f, e in repeated.items()}}
 
 
 def decode_step_ms(folder: Path, device: torch.device, dtype: str, batch: int, backend: str,

@@ -98,6 +98,7 @@ def test_gpu_device_script_runs_on_the_cpu(tmp_path):
     assert parity["cpu"] == every_stage and parity["torch"] == every_stage and "backend cpu" in parity["cpu report"]
     assert results["errors"] == [] and results["skipped"] == []
     assert results["invariance"]["tiny"]["equal_texts"] == 5
+    assert set(results["invariance"]["tiny"]["repeat_equal_per_stage"].values()) == {5}
     floor = results["floor"]["tiny"]
     assert all(floor[f"{b} batch {n} step ms"] > 0 for b in ("auto", "torch") for n in (1, 2))
     rows = results["speed"]["tiny"]
