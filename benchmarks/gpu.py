@@ -8,6 +8,7 @@ It writes `gpu.json` and `gpu.md` (a table) into `--out`.
     python benchmarks/gpu.py --device cpu --sizes tiny --tokens 8 --batches 1,2 --out /tmp/g   # the smoke run
 
 What it measures:
+- `fastbark doctor` on the machine (torch's build, the GPUs, what each dtype would run);
 - parity: float32 greedy tokens on the device, with the default backend (on CUDA: the CUDA backend, its
   steps replayed from CUDA graphs) and with plain torch, equal the CPU's (tiny model, batch 2, 300 semantic
   tokens, all three stages); float16 and bfloat16 greedy semantic tokens against float32 at each size
@@ -359,7 +360,7 @@ def plan(device: torch.device, sizes: list[str], batches: list[int], engines: li
         rest += [("step", size, ("auto", True, b)) for b in batches] if cuda else []
         tasks += [t for t in rest if t not in tasks]
     tasks.append(("clone", None, None))
-    return tasks
+    return [("doctor", None, None)] + tasks
 
 
 def main(argv=None) -> dict:
@@ -450,6 +451,12 @@ def main(argv=None) -> dict:
                 results["agreement"][size] = attempt(
                     name, lambda: [agreement(folder(size), device, d, args.tokens) for d in ("float16", "bfloat16")])
                 print(size, "agreement", results["agreement"][size], flush=True)
+            elif kind == "doctor":  # what `fastbark doctor` says on this machine (tiny models through select())
+                def run_doctor():
+                    from fastbark.doctor import diagnose
+                    return str(diagnose([device.type]))
+                results["doctor"] = attempt(name, run_doctor)
+                print(results["doctor"], flush=True)
             elif kind == "clone":  # a voice from a 10 s recording (issue 19), float32 (1 s on the CPU)
                 def run_clone():
                     import clone

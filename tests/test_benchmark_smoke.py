@@ -97,6 +97,7 @@ def test_gpu_device_script_runs_on_the_cpu(tmp_path):
     parity = results["parity_fp32_device_vs_cpu"]
     assert parity["cpu"] == every_stage and parity["torch"] == every_stage and "backend cpu" in parity["cpu report"]
     assert results["errors"] == [] and results["skipped"] == []
+    assert "backend cpu" in results["doctor"]
     assert results["invariance"]["tiny"]["equal_texts"] == 5
     assert set(results["invariance"]["tiny"]["repeat_equal_per_stage"].values()) == {5}
     floor = results["floor"]["tiny"]
@@ -116,7 +117,7 @@ def test_gpu_device_script_runs_the_most_wanted_first_and_keeps_to_its_budget(tm
     import gpu
     engines = ["fastbark", "fastbark-torch", "transformers", "fastbark-offload", "fastbark-compile"]
     tasks = gpu.plan(torch.device("cuda"), ["small", "large"], [1, 16], engines)
-    assert tasks[:2] == [("floor", "small", None), ("step", "small", ("auto", False, 1))]
+    assert tasks[:3] == [("doctor", None, None), ("floor", "small", None), ("step", "small", ("auto", False, 1))]
     assert tasks.index(("speed", "small", ("transformers", 16))) < tasks.index(("floor", "large", None))
     assert tasks.index(("step", "small", ("auto", True, 1))) < tasks.index(("floor", "large", None))
     assert tasks.index(("speed", "large", ("fastbark", 1))) < tasks.index(("speed", "large", ("fastbark-torch", 1)))
@@ -124,7 +125,7 @@ def test_gpu_device_script_runs_the_most_wanted_first_and_keeps_to_its_budget(tm
     results = gpu.main(["--device", "cpu", "--sizes", "tiny", "--tokens", "4", "--batches", "1",
                         "--budget-s", "0", "--out", str(tmp_path)])
     assert results["parity_fp32_device_vs_cpu"]["cpu"]["fine"] and results["speed"] == {}
-    assert results["skipped"][0] == "floor tiny" and results["skipped"][-1] == "clone"
+    assert results["skipped"][0] == "doctor" and results["skipped"][-1] == "clone"
 
 
 def test_split_hostile_smoke():
