@@ -26,8 +26,8 @@ What it measures:
 from __future__ import annotations
 
 import argparse
-import json
 import gc
+import json
 import platform
 import subprocess
 import sys
@@ -202,8 +202,8 @@ def invariance(device: torch.device, folder: Path, dtype: str) -> dict:
 
 def decode_step_ms(folder: Path, device: torch.device, dtype: str, batch: int, backend: str,
                    compile: bool = False) -> float:
-    """Milliseconds per semantic decode step at positions 300..427 (attending to 384 keys), best of 3 runs
-    of 128 steps, the prefill excluded."""
+    """Milliseconds per semantic decode step at positions 300..427 (attending to 384 keys, then 512), best
+    of 3 runs of 128 steps, the prefill excluded."""
     import fastbark
     from fastbark.pipeline.decoding import decode_one_token, prefill
     from fastbark.pipeline.semantic import semantic_prompt
@@ -297,7 +297,7 @@ def run_transformers_on(folder: Path, device: torch.device, dtype: str, texts: l
     return dict(run(n_semantic), backend=f"transformers ({attention})")
 
 
-def decode_floor(folder: Path, device: torch.device, dtype: str, bandwidth_gbs: float) -> dict:
+def decode_floor(folder: Path, dtype: str, bandwidth_gbs: float) -> dict:
     """One semantic decode step's weight bytes (from the checkpoint's config), and the time reading them takes
     at the measured bandwidth."""
     c = json.loads((folder / "config.json").read_text())["semantic_config"]
@@ -429,7 +429,7 @@ def main(argv=None) -> dict:
                 results["skipped"].append(name)
                 continue
             if kind == "floor":
-                results["floor"][size] = attempt(name, lambda: decode_floor(folder(size), device, half, bandwidth)) or {}
+                results["floor"][size] = attempt(name, lambda: decode_floor(folder(size), half, bandwidth)) or {}
             elif kind == "step":
                 backend, compile, b = a
                 key = f"{backend}{'-compile' if compile else ''} batch {b}"

@@ -104,8 +104,8 @@ class CudaBackend(Backend):
                 continue
             # prefills: causal over a prompt (257 positions for the semantic stage); steps: one query, masked keys
             one_query, step_attention = "masked " + sdpa_choice(*shape, 1, KEY_BUCKET, masked=True), "sdpa"
-            on_gpu = model.position_embeds_layer.weight.device.type == "cuda"  # not with offload: in CPU memory now
-            if graphs and not compile and on_gpu:  # the captured step with each attention kernel, timed; the fastest kept
+            on_gpu = model.position_embeds_layer.weight.device.type == "cuda"  # with offload: in CPU memory now
+            if graphs and not compile and on_gpu:  # each attention timed in a captured step; the fastest kept
                 step_attention, times = choose_attention(model)
                 self.choices.append(f"{model.config.n_layer} layers x {c.n_embd} one-query attention: "
                                     f"{step_attention} ({times})")

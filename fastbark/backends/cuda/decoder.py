@@ -3,9 +3,10 @@ position from a device tensor, so that one CUDA graph replays it at every positi
 
 `token_step` is the whole step as one pure function of tensors (gpt-fast's `decode_one_token`): the token
 and position embeddings, every block (the new keys and values written together into the cache at `pos`:
-one `index_copy_` where captured, one `index_put_` where compiled), and the head. Nothing in it depends on a host value but the cache length it attends to,
-`n_keys` (the position rounded up to `KEY_BUCKET`; later keys are masked), so one graph serves
-`KEY_BUCKET` positions and a stage needs at most 1024 / 128 = 8 graphs per cache.
+one `index_copy_` where captured, one `index_put_` where compiled), and the head. Nothing in it depends
+on a host value but the cache length it attends to, `n_keys` (the position rounded up to `KEY_BUCKET`;
+later keys are masked), so one graph serves `KEY_BUCKET` positions and a stage needs at most
+1024 / 128 = 8 graphs per cache.
 
 `StaticDecoder` (a `models.gpt.Decoder`) owns the caches ("slabs"): each is allocated once for a number of
 rows rounded up to a multiple of `rows` and reused by later generations, so a graph captured over it stays
@@ -221,18 +222,18 @@ class StaticDecoder:
         return out[:batch].clone()  # the graph's output is overwritten by its next replay
 
 
-def time_step(decoder: StaticDecoder, n_keys: int, replays: int = 30) -> float:
-    """Milliseconds per captured decode step over a full slab (`decoder.rows` rows) attending to n_keys keys:
-    the median of 3 rounds of `replays` replays, timed with CUDA events. The cache holds the same random
-    numbers for every decoder (seeded), and the step runs 64 positions before the end of its keys, so a way
-    that attended to the masked keys would give other logits."""
+def time_step(decoder: StaticDecoder, n_keys: int, replays: int = 30) -> tuple[float, torch.Tensor]:
+    """Milliseconds per captured decode step over a full slab (`decoder.rows` rows) attending to n_keys keys
+    (the median of 3 rounds of `replays` replays, timed with CUDA events), and the step's logits. The cache
+    holds the same random numbers for every decoder (seeded), and the step runs 64 positions before the end
+    of its keys, so a way that attended to the masked keys would give other logits."""
     model, device = decoder.model, decoder.model.position_embeds_layer.weight.device
     cache = decoder.new_cache(decoder.rows, model.config.block_size)
     generator = torch.Generator(device).manual_seed(0)
     cache.slab.kv.normal_(generator=generator)
     token = torch.arange(decoder.rows, device=device)
     decoder.step(token, cache, n_keys - 64)  # captured here
-    graph = cache.slab.graphs[n_keys][0]
+    graph, logits = cache.slab.graphs[n_keys]
     times = []
     for _ in range(3):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -242,10 +243,10 @@ def time_step(decoder: StaticDecoder, n_keys: int, replays: int = 30) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / replays)
-    return sorted(times)[1]
+    return sorted(times)[1], logits
 
 
-def choose_attention(model: CausalGPT, compile: bool = False) -> tuple[str, str]:
+def choose_attention(model: CausalGPT) -> tuple[str, str]:
     """The fastest one-query attention for this model's captured decode step (on a GPU), by timing each of
     ATTENTIONS at the cache's full length; and what was measured, for the report. A kernel that cannot
     run, or gives logits other than the first way's (SDPA as dispatched) on the same cache, is left out."""
@@ -254,9 +255,9 @@ def choose_attention(model: CausalGPT, compile: bool = False) -> tuple[str, str]
         reference = None
         for name in ATTENTIONS:
             try:
-                decoder = StaticDecoder(model, graphs=True, compile=compile, attention=name)
-                times[name] = time_step(decoder, n_keys)
-                logits = decoder._slabs[0].graphs[n_keys][1].float()
+                decoder = StaticDecoder(model, graphs=True, attention=name)
+                times[name], logits = time_step(decoder, n_keys)
+                logits = logits.float()
                 if reference is None:
                     reference = logits
                 elif not torch.allclose(logits, reference, rtol=0.05, atol=0.05):

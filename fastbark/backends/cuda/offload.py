@@ -4,8 +4,8 @@
 was prefetched), and the model of the stage that usually follows (semantic -> coarse -> fine) starts
 copying on a side stream, so that its transfer overlaps this stage's work; on exit the stage's
 device copy is dropped (its pinned CPU copy stays), and so are the KV caches its decoder kept. At
-most two GPTs are on the device at once: the one running and the one arriving. transformers' `enable_cpu_offload` moves them one after the
-other, with nothing overlapped.
+most two GPTs are on the device at once: the one running and the one arriving. transformers'
+`enable_cpu_offload` moves them one after the other, with nothing overlapped.
 
 The moves go through `move(name, where)` only, so a test on the CPU can record their order.
 """
