@@ -71,11 +71,11 @@ def peak_gb(device: torch.device) -> float | None:
 def environment(device: torch.device) -> dict:
     env = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
            "date": time.strftime("%Y-%m-%d"), "device": str(device)}
-    try:
-        import transformers
-        env["transformers"] = transformers.__version__
-    except ImportError:
-        env["transformers"] = None
+    for package in ("transformers", "triton"):
+        try:
+            env[package] = __import__(package).__version__
+        except ImportError:
+            env[package] = None
     if device.type == "cuda":
         try:
             env["nvidia_smi"] = subprocess.run(
@@ -138,8 +138,9 @@ def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10
     from torch.profiler import ProfilerActivity, profile
     tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype)
     model = tts.semantic_model
-    attention = getattr(model.decoder, "attention", "sdpa")
-    decoder = StaticDecoder(model, graphs=False, attention=attention)
+    chosen = model.decoder  # the step the backend chose: its attention, or the fused kernels' tiles
+    attention, tiles = getattr(chosen, "attention", "sdpa"), getattr(chosen, "tiles", None)
+    decoder = StaticDecoder(model, graphs=False, attention=attention, tiles=tiles)
     token = torch.zeros(1, dtype=torch.long, device=device)
     with torch.inference_mode():
         cache = decoder.new_cache(1, model.config.block_size)
@@ -156,9 +157,38 @@ def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10
     for e in kernels:
         by_name.setdefault(e.name, []).append(e.device_time)
     top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:20]
-    return {"attention": attention, "kernels_per_step": len(kernels) / steps,
+    return {"attention": attention, "tiles": tiles and tiles.name, "kernels_per_step": len(kernels) / steps,
             "kernel_us_per_step": sum(e.device_time for e in kernels) / steps,
             "top": [{"kernel": name[:90], "per_step": len(t) / steps, "us_per_step": sum(t) / steps} for name, t in top]}
+
+
+def fused_check(folder: Path, device: torch.device, dtype: str) -> dict:
+    """The fused Triton step (backends/cuda/fused.py) against the torch step on the real semantic model, a
+    random cache of 16 rows at position 500: for each of its tiles, the largest logit difference, whether
+    the cache writes agree, and whether row 3 alone (a one-row cache) has the bits it has among 16 rows."""
+    import fastbark
+    from fastbark.backends.cuda import fused
+    from fastbark.backends.cuda.decoder import token_step
+    model = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype, backend="torch").semantic_model
+    c = model.config
+    shape = (c.n_layer, 2, 16, c.n_head, c.block_size, c.n_embd // c.n_head)
+    generator = torch.Generator(device).manual_seed(0)
+    cache = torch.randn(shape, generator=generator, device=device).to(getattr(torch, dtype))
+    token = torch.randint(0, c.input_vocab_size, (16,), generator=generator, device=device)
+    pos = torch.tensor([500], device=device)
+    out = {"why_not": fused.supports(model)}
+    with torch.inference_mode():
+        kv = cache.clone()
+        want = token_step(model, token, pos, kv, 512).float()
+        for tiles in fused.TILES:
+            got_kv, alone = cache.clone(), cache[:, :, 3:4].clone()
+            got = fused.token_step(model, token, pos, got_kv, tiles)
+            one = fused.token_step(model, token[3:4], pos, alone, tiles)
+            out[tiles.name] = {"max_logit_diff": (got.float() - want).abs().max().item(),
+                               "max_cache_diff": (got_kv.float() - kv.float()).abs().max().item(),
+                               "row_alone_equal": bool(torch.equal(got[3], one[0])
+                                                       and torch.equal(got_kv[:, :, 3], alone[:, :, 0]))}
+    return out
 
 
 def parity(device: torch.device, folder: Path) -> dict:
@@ -201,9 +231,9 @@ def invariance(device: torch.device, folder: Path, dtype: str) -> dict:
 
 
 def decode_step_ms(folder: Path, device: torch.device, dtype: str, batch: int, backend: str,
-                   compile: bool = False) -> float:
+                   compile: bool = False) -> tuple[float, list[str]]:
     """Milliseconds per semantic decode step at positions 300..427 (attending to 384 keys, then 512), best
-    of 3 runs of 128 steps, the prefill excluded."""
+    of 3 runs of 128 steps, the prefill excluded; and the backend's measured choices (which step ran)."""
     import fastbark
     from fastbark.pipeline.decoding import decode_one_token, prefill
     from fastbark.pipeline.semantic import semantic_prompt
@@ -220,7 +250,7 @@ def decode_step_ms(folder: Path, device: torch.device, dtype: str, batch: int, b
                 decode_one_token(model, token, cache, pos)
             _, seconds = timed(lambda: [decode_one_token(model, token, cache, pos) for pos in range(300, 428)], device)
             best = min(best, seconds / 128 * 1000)
-    return best
+    return best, list(tts.backend.measured)
 
 
 def agreement(folder: Path, device: torch.device, dtype: str, n_semantic: int) -> dict:
@@ -339,6 +369,8 @@ def plan(device: torch.device, sizes: list[str], batches: list[int], engines: li
     for size in sizes:
         main_engines = [e for e in engines if e in ("fastbark", "transformers")]
         tasks += [("floor", size, None)]
+        if size == first and cuda:
+            tasks += [("fused", size, None)]
         tasks += [("step", size, ("auto", False, b)) for b in batches]
         if size == first:
             tasks += [("profile", size, None)]
@@ -433,14 +465,19 @@ def main(argv=None) -> dict:
             elif kind == "step":
                 backend, compile, b = a
                 key = f"{backend}{'-compile' if compile else ''} batch {b}"
-                ms = attempt(name, lambda: decode_step_ms(folder(size), device, half, b, backend, compile))
+                ms, choices = attempt(name, lambda: decode_step_ms(folder(size), device, half, b, backend, compile)
+                                      ) or (None, None)
                 results["floor"].setdefault(size, {})[key + " step ms"] = ms
+                results["floor"][size][key + " choices"] = choices
             elif kind == "speed":
                 engine, b = a
                 row = attempt(name, lambda: speed(folder(size), device, half, b, args.tokens, engine))
                 row = row or dict(engine=engine, dtype=half, batch=b, error=results["errors"][-1]["error"])
                 results["speed"].setdefault(size, []).append(row)
                 print(size, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            elif kind == "fused":
+                results["fused"] = attempt(name, lambda: fused_check(folder(size), device, half))
+                print(size, "fused step", results["fused"], flush=True)
             elif kind == "profile":
                 results["profile"] = attempt(name, lambda: step_profile(folder(size), device, half))
                 print(size, "step profile", results["profile"], flush=True)

@@ -117,7 +117,8 @@ def test_gpu_device_script_runs_the_most_wanted_first_and_keeps_to_its_budget(tm
     import gpu
     engines = ["fastbark", "fastbark-torch", "transformers", "fastbark-offload", "fastbark-compile"]
     tasks = gpu.plan(torch.device("cuda"), ["small", "large"], [1, 16], engines)
-    assert tasks[:3] == [("doctor", None, None), ("floor", "small", None), ("step", "small", ("auto", False, 1))]
+    assert tasks[:4] == [("doctor", None, None), ("floor", "small", None), ("fused", "small", None),
+                         ("step", "small", ("auto", False, 1))]
     assert tasks.index(("speed", "small", ("transformers", 16))) < tasks.index(("floor", "large", None))
     assert tasks.index(("step", "small", ("auto", True, 1))) < tasks.index(("floor", "large", None))
     assert tasks.index(("speed", "large", ("fastbark", 1))) < tasks.index(("speed", "large", ("fastbark-torch", 1)))

@@ -28,7 +28,7 @@ from torch.nn.attention import SDPBackend
 from ...models.gpt import AttentionKernel
 from ..base import Backend, Models
 from ...constants import FINE_WINDOW, MAX_TEXT_TOKENS
-from .decoder import KEY_BUCKET, StaticDecoder, capture_fails, choose_attention
+from .decoder import KEY_BUCKET, StaticDecoder, capture_fails, choose_step
 
 PROMPT = MAX_TEXT_TOKENS + 1  # the semantic prompt: 256 text positions and the infer token
 
@@ -103,14 +103,12 @@ class CudaBackend(Backend):
                 model.use_kernels(ReportedSdpa(sdpa_choice(*shape, FINE_WINDOW, FINE_WINDOW), ""))
                 continue
             # prefills: causal over a prompt (257 positions for the semantic stage); steps: one query, masked keys
-            one_query, step_attention = "masked " + sdpa_choice(*shape, 1, KEY_BUCKET, masked=True), "sdpa"
+            one_query, keywords = "masked " + sdpa_choice(*shape, 1, KEY_BUCKET, masked=True), {}
             on_gpu = model.position_embeds_layer.weight.device.type == "cuda"  # with offload: in CPU memory now
-            if graphs and not compile and on_gpu:  # each attention timed in a captured step; the fastest kept
-                step_attention, times = choose_attention(model)
-                self.choices.append(f"{model.config.n_layer} layers x {c.n_embd} one-query attention: "
-                                    f"{step_attention} ({times})")
-                one_query = step_attention if step_attention != "sdpa" else one_query
+            if graphs and not compile and on_gpu:  # each candidate step timed captured; the fastest kept
+                name, keywords, times = choose_step(model)
+                self.choices.append(f"{model.config.n_layer} layers x {c.n_embd} decode step: {name} ({times})")
+                one_query = name if name != "sdpa" else one_query
             attention = ReportedSdpa(sdpa_choice(*shape, PROMPT, PROMPT, causal=True), one_query)
-            model.use_kernels(attention, None, StaticDecoder(model, graphs=graphs, compile=compile,
-                                                              attention=step_attention))
+            model.use_kernels(attention, None, StaticDecoder(model, graphs=graphs, compile=compile, **keywords))
         return fallbacks

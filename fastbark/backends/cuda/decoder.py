@@ -25,13 +25,16 @@ import functools
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ...models.gpt import CausalGPT, GPTConfig, KVCache
+
+if TYPE_CHECKING:
+    from .fused import Tiles
 
 KEY_BUCKET = 128  # a step attends to the cache's first n_keys positions, n_keys = position + 1 rounded up to this
 DECODE_ROWS = 16  # decode steps run on a multiple of this many rows: batches up to 16 are one GEMM shape
@@ -121,7 +124,7 @@ class Slab:
         self.k, self.v = self.kv[:, 0], self.kv[:, 1]  # (n_layer, rows, H, max_len, hd) each
         self.token = torch.zeros(rows, dtype=torch.long, device=w.device)
         self.pos = torch.zeros(1, dtype=torch.long, device=w.device)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # by StaticDecoder.runner's key
         self.users: weakref.WeakSet[StaticCache] = weakref.WeakSet()  # the caches viewing it; free when none
 
     def view(self, batch: int) -> "StaticCache":
@@ -166,9 +169,12 @@ class StaticDecoder:
     `torch.compile(fullgraph=True)` where `compile`."""
 
     def __init__(self, model: CausalGPT, *, graphs: bool, compile: bool = False, rows: int = DECODE_ROWS,
-                 attention: str = "sdpa"):
-        self.model, self.graphs, self.rows, self.attention = model, graphs, rows, attention
-        self.kind = ("cuda-graph" if graphs else "static") + ("+compiled" if compile else "")
+                 attention: str = "sdpa", tiles: "Tiles | None" = None):
+        """`tiles`: the step as fused Triton kernels with these block sizes (`fused.py`) in place of
+        `token_step` (then `attention` and `compile` are unused)."""
+        self.model, self.graphs, self.rows, self.attention, self.tiles = model, graphs, rows, attention, tiles
+        self.kind = ("cuda-graph" if graphs else "static") + (
+            "+triton" if tiles is not None else "+compiled" if compile else "")
         self._step = torch.compile(token_step, fullgraph=True, dynamic=True) if compile else token_step
         self._attend = ATTENTIONS[attention]
         self._write = write_by_index_put if compile else write_by_index_copy  # see write_by_index_put
@@ -205,19 +211,31 @@ class StaticDecoder:
                 for b in range(embeds.shape[0])]  # each (1, V)
         return torch.cat(rows)  # (B, V)
 
+    def runner(self, slab: Slab, batch: int, pos: int) -> tuple[tuple[int, int], Callable[[], torch.Tensor]]:
+        """The step of `batch` rows at `pos` over `slab`, as a function of the slab's static tensors, and the key
+        of its graph: (rows run, keys attended). `token_step` runs every row of the slab and attends to
+        n_keys, the position rounded up to KEY_BUCKET. The fused kernels run the batch's rows rounded up to
+        a power of two (a row's bits do not depend on how many run) and read the position themselves, so
+        one graph serves every position."""
+        if self.tiles is not None:
+            from .fused import token_step as fused_step  # Triton: imported where it is chosen
+            rows = min(slab.rows, 1 << (batch - 1).bit_length())
+            return (rows, slab.max_len), lambda: fused_step(self.model, slab.token[:rows], slab.pos, slab.kv,
+                                                            self.tiles)
+        n_keys = min(slab.max_len, math.ceil((pos + 1) / KEY_BUCKET) * KEY_BUCKET)
+        return (slab.rows, n_keys), lambda: self._step(self.model, slab.token, slab.pos, slab.kv, n_keys,
+                                                       self._attend, self._write)
+
     def step(self, token: torch.Tensor, cache: StaticCache, pos: int) -> torch.Tensor:
         slab, batch = cache.slab, token.shape[0]
         slab.token[:batch].copy_(token)  # device to device, no host sync
         slab.pos.fill_(pos)  # a kernel with the value as its argument, no copy from the host
-        n_keys = min(slab.max_len, math.ceil((pos + 1) / KEY_BUCKET) * KEY_BUCKET)
-
-        def run() -> torch.Tensor:
-            return self._step(self.model, slab.token, slab.pos, slab.kv, n_keys, self._attend, self._write)
+        key, run = self.runner(slab, batch, pos)
         if not self.graphs:
             return run()[:batch]
-        if n_keys not in slab.graphs:
-            slab.graphs[n_keys] = capture(run, slab.kv.device)
-        graph, out = slab.graphs[n_keys]
+        if key not in slab.graphs:
+            slab.graphs[key] = capture(run, slab.kv.device)
+        graph, out = slab.graphs[key]
         graph.replay()
         return out[:batch].clone()  # the graph's output is overwritten by its next replay
 
@@ -233,7 +251,8 @@ def time_step(decoder: StaticDecoder, n_keys: int, replays: int = 30) -> tuple[f
     cache.slab.kv.normal_(generator=generator)
     token = torch.arange(decoder.rows, device=device)
     decoder.step(token, cache, n_keys - 64)  # captured here
-    graph, logits = cache.slab.graphs[n_keys]
+    key, _ = decoder.runner(cache.slab, decoder.rows, n_keys - 64)
+    graph, logits = cache.slab.graphs[key]
     times = []
     for _ in range(3):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -246,31 +265,56 @@ def time_step(decoder: StaticDecoder, n_keys: int, replays: int = 30) -> tuple[f
     return sorted(times)[1], logits
 
 
-def choose_attention(model: CausalGPT) -> tuple[str, str]:
-    """The fastest one-query attention for this model's captured decode step (on a GPU), by timing each of
-    ATTENTIONS at the cache's full length; and what was measured, for the report. A kernel that cannot
-    run, or gives logits other than the first way's (SDPA as dispatched) on the same cache, is left out."""
-    n_keys, times = model.config.block_size, {}
+def step_candidates(model: CausalGPT) -> tuple[dict[str, dict], str | None]:
+    """The decode steps `choose_step` times, by name, as StaticDecoder's keywords: `token_step` with each of
+    ATTENTIONS, and in half precision the fused Triton kernels with each of their `TILES`; and why the fused
+    kernels are not among them, if they are not."""
+    candidates: dict[str, dict] = {name: {"attention": name} for name in ATTENTIONS}
+    if model.position_embeds_layer.weight.dtype not in (torch.float16, torch.bfloat16):
+        return candidates, "fused Triton step: half precision only"
+    try:
+        from . import fused
+    except ImportError as e:  # a torch build without Triton
+        return candidates, f"fused Triton step: {e}"
+    why = fused.supports(model)
+    if why:
+        return candidates, f"fused Triton step: {why}"
+    candidates.update({tiles.name: {"tiles": tiles} for tiles in fused.TILES})
+    return candidates, None
+
+
+def choose_step(model: CausalGPT) -> tuple[str, dict, str]:
+    """The fastest captured decode step for this model (on a GPU) among `step_candidates`, each timed over a
+    full slab at the cache's full length: its name, its StaticDecoder keywords, and what was measured, for
+    the report. A step that cannot run, or gives logits other than the first candidate's (SDPA as
+    dispatched) on the same cache, is left out."""
+    n_keys, times, failed = model.config.block_size, {}, {}
+    candidates, why_not = step_candidates(model)
     with torch.inference_mode():
         reference = None
-        for name in ATTENTIONS:
+        for name, keywords in candidates.items():
+            decoder = None
             try:
-                decoder = StaticDecoder(model, graphs=True, attention=name)
+                decoder = StaticDecoder(model, graphs=True, **keywords)
                 times[name], logits = time_step(decoder, n_keys)
                 logits = logits.float()
                 if reference is None:
                     reference = logits
                 elif not torch.allclose(logits, reference, rtol=0.05, atol=0.05):
+                    failed[name] = f"logits differ by {(logits - reference).abs().max().item():.3g}"
                     del times[name]
-            except Exception:  # noqa: BLE001 - a kernel this GPU, dtype or torch lacks: not a candidate
+            except Exception as e:  # noqa: BLE001 - a kernel this GPU, dtype or torch lacks: not a candidate
                 times.pop(name, None)
+                failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]
             finally:
                 decoder = None
                 torch.cuda.empty_cache()
+    notes = [f"{n} refused ({why})" for n, why in failed.items()] + ([why_not] if why_not else [])
     if not times:
-        return "sdpa", "none could be timed"
+        return "sdpa", candidates["sdpa"], "; ".join(["none could be timed"] + notes)
     best = min(times, key=times.get)
-    return best, ", ".join(f"{n} {t:.3f} ms" for n, t in sorted(times.items(), key=lambda kv: kv[1]))
+    measured = ", ".join(f"{n} {t:.3f} ms" for n, t in sorted(times.items(), key=lambda kv: kv[1]))
+    return best, candidates[best], "; ".join([measured] + notes)
 
 
 @functools.cache
