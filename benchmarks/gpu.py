@@ -129,10 +129,11 @@ def fastbark_tokens(tts, texts: list[str], n_semantic: int) -> dict:
                 codec_s=t_codec, audio_s=sum(len(a) for a in audio) / 24_000)
 
 
-def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10) -> dict:
-    """The kernels of one semantic decode step (batch 1, uncaptured, the attention the backend chose), from
-    torch's profiler: per step, how many kernels, their summed device time, and the 20 costliest by name.
-    Beside the captured step's time this says whether kernels' own work or their count sets it."""
+def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10, fused: bool = False) -> dict:
+    """The kernels of one semantic decode step (batch 1, uncaptured: the step the backend chose, or with
+    `fused` the fused Triton step with its first tiles), from torch's profiler: per step, how many kernels,
+    their summed device time, and the 20 costliest by name. Beside the captured step's time this says
+    whether kernels' own work or their count sets it."""
     import fastbark
     from fastbark.backends.cuda.decoder import StaticDecoder
     from torch.profiler import ProfilerActivity, profile
@@ -140,6 +141,9 @@ def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10
     model = tts.semantic_model
     chosen = model.decoder  # the step the backend chose: its attention, or the fused kernels' tiles
     attention, tiles = getattr(chosen, "attention", "sdpa"), getattr(chosen, "tiles", None)
+    if fused:
+        from fastbark.backends.cuda.fused import TILES
+        tiles = TILES[0]
     decoder = StaticDecoder(model, graphs=False, attention=attention, tiles=tiles)
     token = torch.zeros(1, dtype=torch.long, device=device)
     with torch.inference_mode():
@@ -160,6 +164,49 @@ def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10
     return {"attention": attention, "tiles": tiles and tiles.name, "kernels_per_step": len(kernels) / steps,
             "kernel_us_per_step": sum(e.device_time for e in kernels) / steps,
             "top": [{"kernel": name[:90], "per_step": len(t) / steps, "us_per_step": sum(t) / steps} for name, t in top]}
+
+
+def repeats(device: torch.device, folder: Path, dtype: str, runs: int = 3) -> dict:
+    """Run-to-run determinism: each of 5 sampled, seeded texts alone, `runs` times, with the default backend,
+    with the CUDA backend's steps uncaptured (no graphs), and with plain torch. Per configuration: per stage,
+    how many texts gave the same result every time; and where the first text that did not first differed
+    (stage, and position in that stage's flattened tokens)."""
+    import fastbark
+    from fastbark import EngineOptions
+    from fastbark.backends.cuda import CudaBackend
+    from fastbark.loading.layouts import load_parts
+    texts, seeds = batch_texts(5), [101 + i for i in range(5)]
+    fields = ("semantic_tokens", "coarse_tokens", "fine_tokens", "audio")
+    out = {}
+    for config in ("auto", "no-graphs", "torch"):
+        if config == "no-graphs":
+            options = EngineOptions(device=str(device), dtype=dtype)
+            parts = load_parts(folder, options.torch_device, options.torch_dtype)
+            tts = fastbark.Bark(parts, options, backend=CudaBackend(options, graphs=False))
+        else:
+            tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype, backend=config)
+        results = [[tts.generate(t, seed=s, max_semantic_tokens=96) for t, s in zip(texts, seeds)]
+                   for _ in range(runs)]
+        same = {f: [all(np.array_equal(getattr(results[0][i], f), getattr(r[i], f)) for r in results[1:])
+                    for i in range(len(texts))] for f in fields}
+        first = None
+        for i in range(len(texts)):
+            for f in fields:
+                if not same[f][i]:
+                    other = next(r[i] for r in results[1:] if not np.array_equal(getattr(results[0][i], f),
+                                                                                    getattr(r[i], f)))
+                    a, b = np.ravel(getattr(results[0][i], f)), np.ravel(getattr(other, f))
+                    n = min(len(a), len(b))
+                    where = np.flatnonzero(a[:n] != b[:n])
+                    first = {"text": i, "stage": f, "lengths": [len(a), len(b)],
+                             "position": int(where[0]) if len(where) else n}
+                    break
+            if first:
+                break
+        out[config] = {"backend": str(tts.backend).splitlines()[0], "same_per_stage": {f: sum(v) for f, v in same.items()},
+                       "first_difference": first}
+        del tts
+    return out
 
 
 def fused_check(folder: Path, device: torch.device, dtype: str) -> dict:
@@ -373,10 +420,10 @@ def plan(device: torch.device, sizes: list[str], batches: list[int], engines: li
             tasks += [("fused", size, None)]
         tasks += [("step", size, ("auto", False, b)) for b in batches]
         if size == first:
-            tasks += [("profile", size, None)]
+            tasks += [("profile", size, None)] + ([("profile-fused", size, None)] if cuda else [])
         tasks += [("speed", size, (e, b)) for b in batches for e in main_engines]
         if size == first:
-            tasks += [("invariance", size, None)]
+            tasks += [("invariance", size, None), ("repeats", size, None)]
         tasks += [("speed", size, (e, batches[0])) for e in engines if e == "fastbark-offload"]
         if size == first:
             if cuda:
@@ -481,6 +528,12 @@ def main(argv=None) -> dict:
             elif kind == "profile":
                 results["profile"] = attempt(name, lambda: step_profile(folder(size), device, half))
                 print(size, "step profile", results["profile"], flush=True)
+            elif kind == "profile-fused":
+                results["profile_fused"] = attempt(name, lambda: step_profile(folder(size), device, half, fused=True))
+                print(size, "fused step profile", results["profile_fused"], flush=True)
+            elif kind == "repeats":
+                results["repeats"] = attempt(name, lambda: repeats(device, folder(size), half))
+                print(size, "repeats", results["repeats"], flush=True)
             elif kind == "invariance":
                 results["invariance"][size] = attempt(name, lambda: invariance(device, folder(size), half))
                 print(size, "invariance", results["invariance"][size], flush=True)

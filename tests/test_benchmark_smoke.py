@@ -99,6 +99,10 @@ def test_gpu_device_script_runs_on_the_cpu(tmp_path):
     assert results["errors"] == [] and results["skipped"] == []
     assert "backend cpu" in results["doctor"]
     assert results["invariance"]["tiny"]["equal_texts"] == 5
+    for config in ("auto", "no-graphs", "torch"):  # on the CPU every run repeats the last bit for bit
+        assert results["repeats"][config]["same_per_stage"] == dict.fromkeys(
+            ("semantic_tokens", "coarse_tokens", "fine_tokens", "audio"), 5)
+        assert results["repeats"][config]["first_difference"] is None
     assert set(results["invariance"]["tiny"]["repeat_equal_per_stage"].values()) == {5}
     floor = results["floor"]["tiny"]
     assert all(floor[f"{b} batch {n} step ms"] > 0 for b in ("auto", "torch") for n in (1, 2))

@@ -155,7 +155,7 @@ def test_graphs_are_dropped_when_the_weights_move():
 
 @pytest.mark.parametrize("attention", ["matmul", "sdpa-math"])
 def test_every_step_attention_the_gpu_may_choose_gives_the_same_tokens(hub_dir, torch_tts, attention):
-    """The one-query attentions `choose_attention` times on a GPU (those that run on a CPU: two batched
+    """The one-query attentions `choose_step` times on a GPU (those that run on a CPU: two batched
     products around a float32 softmax, and SDPA held to its math kernel) give the plain backend's greedy
     tokens, over padded rows and carried coarse windows."""
     tts = cuda_on_cpu(hub_dir, rows=4, attention=attention)

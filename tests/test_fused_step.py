@@ -43,15 +43,17 @@ def random_cache(model: CausalGPT, rows: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("pos", [0, 70, 200])
-def test_logits_and_cache_writes_match_the_torch_step(dtype, tolerance, bias, pos):
-    """pos 0 attends to the new key only; 70 and 200 end inside a block of keys (64 a block), so the masked
-    keys after pos, which hold random numbers, must not count."""
+@pytest.mark.parametrize("pos, tiles", [(0, fused.Tiles()), (70, fused.Tiles()), (200, fused.Tiles(n=16, k=16, keys=32)),
+                                        (128, fused.Tiles(n=16, k=16, keys=32, split=2))])
+def test_logits_and_cache_writes_match_the_torch_step(dtype, tolerance, bias, pos, tiles):
+    """pos 0 attends to the new key only; 70 and 200 end inside a chunk of keys, so the keys after pos, which
+    hold random numbers, must not count; 128 starts a chunk. Small `k` tiles split every product's inputs
+    4 or 2 ways."""
     model = tiny_model(bias, dtype)
     kv_fused, kv_torch = random_cache(model, 3), random_cache(model, 3)
     token, position = torch.tensor([1, 7, 30]), torch.tensor([pos])
     with torch.inference_mode():
-        got = fused.token_step(model, token, position, kv_fused, fused.Tiles())
+        got = fused.token_step(model, token, position, kv_fused, tiles)
         want = token_step(model, token, position, kv_torch, 256)
     assert got.dtype == want.dtype and got.shape == want.shape == (3, 40)
     torch.testing.assert_close(got.float(), want.float(), rtol=tolerance, atol=tolerance)
@@ -79,8 +81,8 @@ def test_a_rows_bits_do_not_depend_on_its_companions_or_the_row_count(tiles):
 
 
 def test_greedy_semantic_tokens_equal_the_plain_decoders(hub_dir):
-    """Through the pipeline: a StaticDecoder on the fused step, rows 2 of a slab of 4 (run as 2, a power of
-    two), gives the tokens of the plain backend's decode, float32."""
+    """Through the pipeline: a StaticDecoder on the fused step gives the tokens of the plain backend's decode,
+    float32, for two texts; a slab made for 3 rows (4, a power of two) runs 2 rows for 2 texts."""
     import fastbark
     tts = fastbark.Bark.from_pretrained(hub_dir, backend="torch")
     model = tts.semantic_model
@@ -91,7 +93,7 @@ def test_greedy_semantic_tokens_equal_the_plain_decoders(hub_dir):
     model.use_kernels(model.layers[0].attn.kernel, None, decoder)
     try:
         got = generate_semantic(model, ids, None, options)
-        cache = decoder.new_cache(2, 1024)
+        cache = decoder.new_cache(3, 1024)
         assert decoder.runner(cache.slab, 2, 10)[0] == (2, 1024)  # two rows run of the slab's four
         assert decoder.runner(cache.slab, 3, 10)[0] == (4, 1024)
         assert decoder.kind == "static+triton"
@@ -112,3 +114,26 @@ def test_the_candidates_a_gpu_times():
     swapped = tiny_model(True, torch.float16)
     swapped.layers[0].mlp.in_proj = torch.nn.Sequential(swapped.layers[0].mlp.in_proj)
     assert fused.supports(swapped) == "its linear layers are not plain contiguous nn.Linear"
+
+
+def test_a_fused_steps_caches_hold_only_the_batchs_rows():
+    """The torch step pads a slab to 16 rows (one GEMM shape for every batch); the fused step's rows are
+    independent, so its slab holds the batch rounded up to a power of two."""
+    model = tiny_model(True, torch.float16)
+    fused_decoder = StaticDecoder(model, graphs=False, tiles=fused.Tiles())
+    torch_decoder = StaticDecoder(model, graphs=False)
+    assert [fused_decoder.rows_for(b) for b in (1, 3, 16, 17)] == [1, 4, 16, 32]
+    assert [torch_decoder.rows_for(b) for b in (1, 3, 16, 17)] == [16, 16, 16, 32]
+    assert fused_decoder.new_cache(1, 256).slab.kv.shape[2] == 1
+
+
+def test_offload_takes_the_fused_step_only_where_it_runs():
+    """With offload no step can be timed (the models are in CPU memory): the fused step is taken where its
+    captured check passes; here (no CUDA) it cannot be captured, and the reason is given."""
+    from fastbark import EngineOptions
+    from fastbark.backends.cuda import CudaBackend
+    backend = CudaBackend(EngineOptions(dtype="float16"), graphs=False)
+    keywords, why = backend.offload_step(tiny_model(True, torch.float32))
+    assert keywords == {} and why == "fused Triton step: half precision only"
+    keywords, why = backend.offload_step(tiny_model(True, torch.float16))
+    assert keywords == {} and why.startswith("fused Triton step: ")

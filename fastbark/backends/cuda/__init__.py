@@ -8,10 +8,12 @@
   where it fails, the steps run uncaptured (or uncompiled) and the report says why.
 - whole-sequence attention (prefills, fine passes): SDPA, which picks FlashAttention-2, cuDNN or the
   memory-efficient kernel for the dtype and shapes; the report names its choice (`sdpa_choice`).
-- the decode step's one-query attention: where graphs are captured (not compiled, not offloaded), each of
+- the decode step: where graphs are captured (not compiled, not offloaded), `token_step` with each of
   `decoder.ATTENTIONS` (SDPA as dispatched, held to its efficient, cuDNN or math kernel, or two batched
-  products) is timed in a captured step of the real model and the fastest kept (`choose_attention`; the
-  report lists the times).
+  products) and, in half precision, the fused Triton kernels of `fused.py` with each of their tiles, are
+  timed in a captured step of the real model, and the fastest kept (`choose_step`; the report lists the
+  times). With offload the models are in CPU memory when the backend is prepared: the fused step runs
+  where it can (its caches hold only the batch's rows), else `token_step` with SDPA.
 - half precision: float16 and bfloat16 weights and caches; LayerNorm statistics and the softmax of
   attention are float32 inside torch's CUDA kernels, and sampling tempers and filters the logits in float32.
 - `offload.py`: CPU offload (`offload=True`): each GPT on the GPU for its stage only.
@@ -28,7 +30,7 @@ from torch.nn.attention import SDPBackend
 from ...models.gpt import AttentionKernel
 from ..base import Backend, Models
 from ...constants import FINE_WINDOW, MAX_TEXT_TOKENS
-from .decoder import KEY_BUCKET, StaticDecoder, capture_fails, choose_step
+from .decoder import DECODE_ROWS, KEY_BUCKET, StaticDecoder, capture_fails, choose_step, step_candidates
 
 PROMPT = MAX_TEXT_TOKENS + 1  # the semantic prompt: 256 text positions and the infer token
 
@@ -109,6 +111,24 @@ class CudaBackend(Backend):
                 name, keywords, times = choose_step(model)
                 self.choices.append(f"{model.config.n_layer} layers x {c.n_embd} decode step: {name} ({times})")
                 one_query = name if name != "sdpa" else one_query
+            elif graphs and not compile:  # offload: the fused step, whose caches hold only the batch's rows
+                keywords, why_not = self.offload_step(model)
+                if why_not:
+                    fallbacks.append(f"offload, {why_not}; the torch step, caches of {DECODE_ROWS} rows")
+                else:
+                    one_query = keywords["tiles"].name
             attention = ReportedSdpa(sdpa_choice(*shape, PROMPT, PROMPT, causal=True), one_query)
             model.use_kernels(attention, None, StaticDecoder(model, graphs=graphs, compile=compile, **keywords))
         return fallbacks
+
+    def offload_step(self, model) -> tuple[dict, str | None]:
+        """With offload the models are in CPU memory now, so no step can be timed on them: the fused Triton
+        step (fused.py) with its first tiles, where it runs here (checked on a tiny model). Its caches hold
+        a batch's rows rounded up to a power of two, where the torch step's hold 16 (0.6 GB for bark-small's
+        1024 positions, against its 0.4 GB of weights): offload is for memory."""
+        candidates, why_not = step_candidates(model)
+        tiles = next((k["tiles"] for k in candidates.values() if "tiles" in k), None)
+        if tiles is None:
+            return {}, why_not
+        failure = capture_fails(self.options.torch_device, self.options.torch_dtype, False, tiles)
+        return ({}, f"fused Triton step: {failure}") if failure else ({"tiles": tiles}, None)

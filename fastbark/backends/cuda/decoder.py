@@ -60,7 +60,7 @@ def sdpa_with(backend: SDPBackend) -> Callable:
     return attend
 
 
-# The step's one-query attentions, by the name the report gives; on a GPU `choose_attention` times each
+# The step's one-query attentions, by the name the report gives; on a GPU `choose_step` times each
 # captured step and keeps the fastest (kernels per call and their fixed costs, not bytes, set a decode
 # step's time at these sizes).
 ATTENTIONS: dict[str, Callable] = {
@@ -183,12 +183,20 @@ class StaticDecoder:
 
     def new_cache(self, batch: int, max_len: int) -> StaticCache:
         self._check_weights()
-        rows = math.ceil(batch / self.rows) * self.rows
+        rows = self.rows_for(batch)
         slab = next((s for s in self._slabs if s.rows == rows and s.max_len == max_len and not s.users), None)
         if slab is None:
             slab = Slab(self.model, rows, max_len)
             self._slabs.append(slab)
         return slab.view(batch)
+
+    def rows_for(self, batch: int) -> int:
+        """The rows a batch's steps run: `token_step` pads to a multiple of `rows` (one GEMM shape for every
+        batch up to it), the fused kernels to a power of two (a row's bits do not depend on the others), so
+        a slab holds only the rows a batch needs (for one text: 1 row, not 16)."""
+        if self.tiles is not None:
+            return 1 << (batch - 1).bit_length()
+        return math.ceil(batch / self.rows) * self.rows
 
     def release(self) -> None:
         """Drop the slabs no cache views, and their graphs. Offload calls it when the model leaves the device:
@@ -219,7 +227,7 @@ class StaticDecoder:
         one graph serves every position."""
         if self.tiles is not None:
             from .fused import token_step as fused_step  # Triton: imported where it is chosen
-            rows = min(slab.rows, 1 << (batch - 1).bit_length())
+            rows = min(slab.rows, self.rows_for(batch))
             return (rows, slab.max_len), lambda: fused_step(self.model, slab.token[:rows], slab.pos, slab.kv,
                                                             self.tiles)
         n_keys = min(slab.max_len, math.ceil((pos + 1) / KEY_BUCKET) * KEY_BUCKET)
@@ -240,19 +248,19 @@ class StaticDecoder:
         return out[:batch].clone()  # the graph's output is overwritten by its next replay
 
 
-def time_step(decoder: StaticDecoder, n_keys: int, replays: int = 30) -> tuple[float, torch.Tensor]:
-    """Milliseconds per captured decode step over a full slab (`decoder.rows` rows) attending to n_keys keys
-    (the median of 3 rounds of `replays` replays, timed with CUDA events), and the step's logits. The cache
-    holds the same random numbers for every decoder (seeded), and the step runs 64 positions before the end
-    of its keys, so a way that attended to the masked keys would give other logits."""
+def time_step(decoder: StaticDecoder, n_keys: int, batch: int, replays: int = 30) -> tuple[float, torch.Tensor]:
+    """Milliseconds per captured decode step of `batch` rows attending to n_keys keys (the median of 3 rounds
+    of `replays` replays, timed with CUDA events), and the step's logits (batch, V). The cache holds the same
+    random numbers for every decoder (seeded), and the step runs 64 positions before the end of its keys, so
+    a way that attended to the masked keys would give other logits."""
     model, device = decoder.model, decoder.model.position_embeds_layer.weight.device
-    cache = decoder.new_cache(decoder.rows, model.config.block_size)
+    cache = decoder.new_cache(batch, model.config.block_size)
     generator = torch.Generator(device).manual_seed(0)
     cache.slab.kv.normal_(generator=generator)
-    token = torch.arange(decoder.rows, device=device)
-    decoder.step(token, cache, n_keys - 64)  # captured here
-    key, _ = decoder.runner(cache.slab, decoder.rows, n_keys - 64)
-    graph, logits = cache.slab.graphs[key]
+    token = torch.arange(batch, device=device)
+    logits = decoder.step(token, cache, n_keys - 64)  # captured here
+    key, _ = decoder.runner(cache.slab, batch, n_keys - 64)
+    graph, _ = cache.slab.graphs[key]
     times = []
     for _ in range(3):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -284,10 +292,11 @@ def step_candidates(model: CausalGPT) -> tuple[dict[str, dict], str | None]:
 
 
 def choose_step(model: CausalGPT) -> tuple[str, dict, str]:
-    """The fastest captured decode step for this model (on a GPU) among `step_candidates`, each timed over a
-    full slab at the cache's full length: its name, its StaticDecoder keywords, and what was measured, for
-    the report. A step that cannot run, or gives logits other than the first candidate's (SDPA as
-    dispatched) on the same cache, is left out."""
+    """The fastest captured decode step for this model (on a GPU) among `step_candidates`: each is timed at
+    the cache's full length for one row and for `DECODE_ROWS` rows, and the least sum of the two wins (a
+    row's bits must not depend on its batch, so one step serves every batch). Returns its name, its
+    StaticDecoder keywords, and what was measured, for the report. A step that cannot run, or gives logits
+    other than the first candidate's (SDPA as dispatched) on the same cache, is left out."""
     n_keys, times, failed = model.config.block_size, {}, {}
     candidates, why_not = step_candidates(model)
     with torch.inference_mode():
@@ -296,7 +305,9 @@ def choose_step(model: CausalGPT) -> tuple[str, dict, str]:
             decoder = None
             try:
                 decoder = StaticDecoder(model, graphs=True, **keywords)
-                times[name], logits = time_step(decoder, n_keys)
+                one, _ = time_step(decoder, n_keys, 1)
+                full, logits = time_step(decoder, n_keys, DECODE_ROWS)
+                times[name] = (one, full)
                 logits = logits.float()
                 if reference is None:
                     reference = logits
@@ -312,16 +323,18 @@ def choose_step(model: CausalGPT) -> tuple[str, dict, str]:
     notes = [f"{n} refused ({why})" for n, why in failed.items()] + ([why_not] if why_not else [])
     if not times:
         return "sdpa", candidates["sdpa"], "; ".join(["none could be timed"] + notes)
-    best = min(times, key=times.get)
-    measured = ", ".join(f"{n} {t:.3f} ms" for n, t in sorted(times.items(), key=lambda kv: kv[1]))
-    return best, candidates[best], "; ".join([measured] + notes)
+    best = min(times, key=lambda n: sum(times[n]))
+    measured = ", ".join(f"{n} {one:.3f}/{full:.3f} ms" for n, (one, full)
+                         in sorted(times.items(), key=lambda kv: sum(kv[1])))
+    return best, candidates[best], "; ".join([f"ms at 1/{DECODE_ROWS} rows: {measured}"] + notes)
 
 
 @functools.cache
-def capture_fails(device: torch.device, dtype: torch.dtype, compile: bool) -> str | None:
-    """Why the decode step cannot be captured (and compiled, if `compile`) on this device in this dtype, or
-    None where it can: a tiny random model's captured steps must give the uncaptured steps' logits. Checked
-    once per (device, dtype, compile), as the CPU backend checks its C kernels."""
+def capture_fails(device: torch.device, dtype: torch.dtype, compile: bool, tiles: "Tiles | None" = None) -> str | None:
+    """Why the decode step cannot be captured (and compiled, if `compile`; as the fused kernels, if `tiles`)
+    on this device in this dtype, or None where it can: a tiny random model's captured steps must give the
+    logits of the uncaptured torch step. Checked once per (device, dtype, compile, tiles), as the CPU backend
+    checks its C kernels."""
     config = GPTConfig(n_layer=2, n_head=2, n_embd=64, input_vocab_size=32, output_vocab_size=32, block_size=256,
                        bias=True)
     try:
@@ -330,7 +343,8 @@ def capture_fails(device: torch.device, dtype: torch.dtype, compile: bool) -> st
             model = CausalGPT(config).eval().to(device, dtype)
             logits = []
             for graphs in (False, True):
-                decoder = StaticDecoder(model, graphs=graphs, compile=compile and graphs, rows=2)
+                decoder = StaticDecoder(model, graphs=graphs, compile=compile and graphs, rows=2,
+                                        tiles=tiles if graphs else None)
                 cache = decoder.new_cache(2, config.block_size)
                 decoder.prefill(model.input_embeds_layer(torch.arange(10, device=device).view(2, 5)), cache)
                 token = torch.tensor([3, 4], device=device)

@@ -1,23 +1,29 @@
-"""The decode step as five Triton kernels per block, in place of ~14 torch kernels (cuBLAS GEMMs, LayerNorms,
-adds, GELU, the cache write and SDPA): on an H200 a bark-small step is 168 kernels whose fixed costs, not the
-185 MB of weights, set its time (0.62 ms against a 0.05 ms bandwidth floor; benchmarks/RESULTS.md, section 41).
+"""The decode step as Triton kernels, 8 a block, in place of ~13 torch kernels (cuBLAS GEMMs and their
+split-K reductions, LayerNorms, adds, GELU, the cache write, SDPA): on an H200 a bark-small step is 156
+kernels whose fixed costs, not the 185 MB of weights, set its time (0.59 ms against a 0.05 ms bandwidth
+floor; benchmarks/RESULTS.md).
 
-Per block, for R rows (R <= 16 is one tile of rows; the weights are read once per tile):
-1. `linear`: LayerNorm 1 (statistics in float32) folded into the q/k/v product's loads;
-2. `attend`: the one-query attention of each (row, head) over the keys before `pos` (read from a device
-   tensor, so one graph serves every position), with the new key and value from q/k/v, which it then writes
-   into the cache at `pos`;
-3. `linear` with the residual added: the attention's out_proj;
-4. `linear`: LayerNorm 2 folded in, and the exact (erf) GELU on the product;
-5. `linear` with the residual added: the MLP's out_proj.
-Then one kernel embeds the tokens (token + position) before the blocks, and one `linear` is the final
-LayerNorm and the head after them: 5 x n_layer + 2 kernels a step.
+Per block, for R rows (a product reads its weights once per 16 rows):
+1. `_linear`: the q/k/v product of the normalised rows, which also writes the new keys and values into the
+   cache at `pos` (read from a device tensor, so that one graph serves every position);
+2. `_attend`: each (row, head, chunk of `Tiles.keys` cached positions) attends to the keys of its chunk up to
+   pos: a partial softmax (its maximum, its sum, its weighted values) in float32;
+3. `_combine`: each (row, head) merges its chunks' partials in a fixed order;
+4. `_linear`: the attention's out_proj, its inputs split `Tiles.split` ways into float32 partial sums (more
+   programs over few columns);
+5. `_residual_norm`: one program a row sums the partials, adds the bias and the residual, and normalises
+   (LayerNorm 2, statistics in float32, the row whole in one block);
+6. `_linear`: the MLP's in_proj with the exact (erf) GELU;
+7. `_linear`: the MLP's out_proj, split as in 4;
+8. `_residual_norm`: as 5, with the next block's LayerNorm 1 (the final LayerNorm after the last block).
+Before the blocks, `_embed_norm` adds the token's and the position's embeddings and normalises; after them,
+`_linear` is the head: 8 x n_layer + 2 kernels a step (98 for bark-small).
 
-Every row's numbers are computed by the same instructions in the same order whatever the other rows hold
-and however many rows run (rows are never reduced together), so the step keeps a row's bits whatever its
-batch without padding to a fixed row count. Products accumulate in float32 from half-precision inputs
-(as cuBLAS does); the LayerNorm's output, the products' outputs and the residual stream are rounded to the
-model's dtype where torch's step rounds them. The numbers are close to, not equal to, the torch step's.
+Every row's numbers come from the same instructions in the same order whatever the other rows hold and
+however many rows run (rows are never summed together), so the step keeps a row's bits whatever its batch
+without padding to a fixed row count. Products sum in float32 from half-precision inputs (as cuBLAS does);
+LayerNorm outputs, products and the residual stream are rounded to the model's dtype where torch's step
+rounds them. The numbers are close to, not equal to, the torch step's (other summation orders).
 
 `Tiles` are the kernels' block sizes; on a GPU the backend times candidates in a captured step (see
 `decoder.choose_step`). On a CPU, Triton's interpreter (TRITON_INTERPRET=1) runs these same kernels in the
@@ -40,127 +46,156 @@ ROW_TILE = 16  # rows per program of a product: the smallest M of a tensor-core 
 
 @dataclass(frozen=True)
 class Tiles:
-    """Block sizes: `n` output columns and `k` inputs per step of a product, with `warps`; `keys` cached
-    positions per step of the attention, with `attend_warps`."""
+    """Block sizes: `n` output columns and `k` inputs per step of a product, with `warps`; `split`: the ways the
+    inputs of out_proj and the MLP's out_proj are split; `keys`: cached positions per attention program."""
     n: int = 32
     k: int = 128
     warps: int = 4
-    keys: int = 64
-    attend_warps: int = 2
+    split: int = 4
+    keys: int = 128
 
     @property
     def name(self) -> str:
-        return f"triton-n{self.n}k{self.k}w{self.warps}-t{self.keys}w{self.attend_warps}"
+        return f"triton-n{self.n}k{self.k}w{self.warps}s{self.split}t{self.keys}"
 
 
-# The candidates a GPU times (decoder.choose_step): narrow column blocks give more programs over the few
-# columns of a decode product (out_proj: 768), wide ones fewer, longer reads.
-TILES = (Tiles(), Tiles(n=16, k=128), Tiles(n=64, k=64), Tiles(n=32, k=64, warps=2, keys=32))
+# The candidates a GPU times (decoder.choose_step): narrow column blocks and more splits give more programs
+# over the few columns of a decode product (out_proj: 768 columns), wide ones fewer, longer reads.
+TILES = (Tiles(), Tiles(n=16, keys=64), Tiles(n=64, k=64, split=2), Tiles(n=32, k=64, warps=2, split=8, keys=64))
 
 
 @triton.jit
-def _embed(token_ptr, pos_ptr, wte_ptr, wpe_ptr, out_ptr, C: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[r] = wte[token[r]] + wpe[pos]: one program per row."""
+def _norm_store(x, cols, ok, g_ptr, beta_ptr, out_ptr, C, eps, NORM_BIAS: tl.constexpr):
+    """LayerNorm of one row x (BLOCK_C,) whose first C entries are real (`ok`), stored at out_ptr + cols in
+    out_ptr's dtype: mean, then the biased variance around it, in float32."""
+    xf = tl.where(ok, x.to(tl.float32), 0.0)
+    mean = tl.sum(xf, axis=0) / C
+    d = tl.where(ok, xf - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / C + eps)
+    y = d * rstd * tl.load(g_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    if NORM_BIAS:
+        y += tl.load(beta_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _embed_norm(token_ptr, pos_ptr, wte_ptr, wpe_ptr, g_ptr, beta_ptr, x_ptr, xn_ptr, C, eps,
+                NORM_BIAS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Program r: x[r] = wte[token[r]] + wpe[pos], and xn[r] = LayerNorm(x[r])."""
     r = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
-    mask = cols < C
+    ok = cols < C
     token = tl.load(token_ptr + r)
     pos = tl.load(pos_ptr)
-    e = tl.load(wte_ptr + token * C + cols, mask=mask, other=0.0) + tl.load(wpe_ptr + pos * C + cols, mask=mask,
-                                                                            other=0.0)
-    tl.store(out_ptr + r * C + cols, e, mask=mask)
+    x = tl.load(wte_ptr + token * C + cols, mask=ok, other=0.0) + tl.load(wpe_ptr + pos * C + cols, mask=ok,
+                                                                          other=0.0)
+    tl.store(x_ptr + r * C + cols, x, mask=ok)
+    _norm_store(x, cols, ok, g_ptr, beta_ptr, xn_ptr + r * C, C, eps, NORM_BIAS)
 
 
 @triton.jit
-def _linear(x_ptr, g_ptr, beta_ptr, w_ptr, b_ptr, res_ptr, y_ptr, R, K, N, eps,
-            NORM: tl.constexpr, NORM_BIAS: tl.constexpr, BIAS: tl.constexpr,
-            GELU: tl.constexpr, RESIDUAL: tl.constexpr, PRECISION: tl.constexpr,
+def _residual_norm(part_ptr, b_ptr, x_ptr, g_ptr, beta_ptr, xn_ptr, R, C, eps, SPLIT: tl.constexpr,
+                   BIAS: tl.constexpr, NORM_BIAS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Program r: the product of row r is the sum of its SPLIT float32 partials (part: (SPLIT, R, C)) plus the
+    bias, rounded to the model's dtype; x[r] += it, in place; xn[r] = LayerNorm(x[r])."""
+    r = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_C)
+    ok = cols < C
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for s in tl.static_range(SPLIT):  # in a fixed order
+        acc += tl.load(part_ptr + (s * R + r) * C + cols, mask=ok, other=0.0)
+    if BIAS:
+        acc += tl.load(b_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    dtype = x_ptr.dtype.element_ty
+    x = (tl.load(x_ptr + r * C + cols, mask=ok, other=0.0).to(tl.float32) + acc.to(dtype).to(tl.float32)).to(dtype)
+    tl.store(x_ptr + r * C + cols, x, mask=ok)
+    _norm_store(x, cols, ok, g_ptr, beta_ptr, xn_ptr + r * C, C, eps, NORM_BIAS)
+
+
+@triton.jit
+def _linear(x_ptr, w_ptr, b_ptr, out_ptr, kv_ptr, pos_ptr, R, K, N, k_per_split, s_kind, s_row, s_head, s_pos,
+            HD: tl.constexpr, BIAS: tl.constexpr, GELU: tl.constexpr, PARTIAL: tl.constexpr,
+            STORE_KV: tl.constexpr, PRECISION: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """y (R, N) = [res +] [gelu] ([LayerNorm(x)] (R, K) @ w.T (K, N) [+ b]); w is nn.Linear's (N, K). The
-    sizes are arguments, not constants, so that one compiled kernel serves every layer of every model.
-    Program (j, i): columns j*BLOCK_N.., rows i*BLOCK_M..; the LayerNorm's statistics are computed by each
-    program over its rows (x is a few kilobytes, read from L2)."""
+    """x (R, K) @ w.T (K, N), w being nn.Linear's (N, K). Program (j, i, s): columns j*BLOCK_N.., rows
+    i*BLOCK_M.., inputs s*k_per_split... PARTIAL: the float32 sums go to out (SPLIT, R, N) as they are.
+    Otherwise out (R, N) = [gelu](x @ w.T [+ b]) in the model's dtype; with STORE_KV (the q/k/v product,
+    N = 3C) its key and value columns are also written into the cache of one layer (kv: (2, rows, H, max_len,
+    HD) by its strides) at the position pos."""
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok, col_ok = rows < R, cols < N
-    dtype = w_ptr.dtype.element_ty
-    mean = tl.zeros([BLOCK_M], dtype=tl.float32)
-    rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if NORM:  # two passes over x: the mean, then the variance around it (as torch's LayerNorm, biased)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            xk = tl.load(x_ptr + rows[:, None] * K + ks[None, :], mask=row_ok[:, None] & (ks < K)[None, :],
-                         other=0.0).to(tl.float32)
-            mean += tl.sum(xk, axis=1)
-        mean = mean / K
-        var = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            ok = row_ok[:, None] & (ks < K)[None, :]
-            xk = tl.load(x_ptr + rows[:, None] * K + ks[None, :], mask=ok, other=0.0).to(tl.float32)
-            d = tl.where(ok, xk - mean[:, None], 0.0)
-            var += tl.sum(d * d, axis=1)
-        rstd = 1.0 / tl.sqrt(var / K + eps)
+    k_first = tl.program_id(2) * k_per_split
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_first, k_first + k_per_split, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
         xk = tl.load(x_ptr + rows[:, None] * K + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if NORM:
-            g = tl.load(g_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-            xn = (xk.to(tl.float32) - mean[:, None]) * rstd[:, None] * g[None, :]
-            if NORM_BIAS:
-                xn += tl.load(beta_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)[None, :]
-            xk = xn.to(dtype)  # torch's LayerNorm returns the model's dtype
         w = tl.load(w_ptr + cols[:, None] * K + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         acc += tl.dot(xk, tl.trans(w), input_precision=PRECISION)  # (M, BK) @ (BK, BN), float32 sums
-    if BIAS:
-        acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    y = acc.to(dtype)  # the product, rounded as torch's linear rounds it
-    if GELU:
-        h = y.to(tl.float32)
-        y = (0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))).to(dtype)
-    out = rows[:, None] * N + cols[None, :]
     ok = row_ok[:, None] & col_ok[None, :]
-    if RESIDUAL:
-        y = (tl.load(res_ptr + out, mask=ok, other=0.0).to(tl.float32) + y.to(tl.float32)).to(dtype)
-    tl.store(y_ptr + out, y, mask=ok)
+    if PARTIAL:
+        tl.store(out_ptr + (tl.program_id(2) * R + rows[:, None]) * N + cols[None, :], acc, mask=ok)
+    else:
+        if BIAS:
+            acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        dtype = w_ptr.dtype.element_ty
+        y = acc.to(dtype)  # the product, rounded as torch's linear rounds it
+        if GELU:
+            h = y.to(tl.float32)
+            y = (0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))).to(dtype)
+        tl.store(out_ptr + rows[:, None] * N + cols[None, :], y, mask=ok)
+        if STORE_KV:  # columns C.. are the keys, 2C.. the values; C = N / 3
+            C = N // 3
+            j = tl.where(cols >= C, cols - C, 0)
+            kind, head, d = j // C, (j % C) // HD, j % HD
+            pos = tl.load(pos_ptr)
+            where = kv_ptr + kind * s_kind + head * s_head + pos * s_pos + d  # (BLOCK_N,)
+            tl.store(where[None, :] + rows[:, None] * s_row, y, mask=ok & (cols >= C)[None, :])
 
 
 @triton.jit
-def _attend(qkv_ptr, kv_ptr, y_ptr, pos_ptr, s_kind, s_row, s_head, s_pos, scale,
+def _attend(qkv_ptr, kv_ptr, part_ptr, pos_ptr, s_kind, s_row, s_head, s_pos, scale, S,
             H: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Program (r, h): row r's query of head h (from qkv (R, 3C)) over the cached keys 0..pos-1 of one layer's
-    cache (kv: (2, rows, H, max_len, HD) by its strides) and the new key (from qkv), by an online softmax in
-    float32; y (R, C) gets the result, and the cache the new key and value at pos."""
-    r, h = tl.program_id(0), tl.program_id(1)
+    """Program (r, h, s): row r's query of head h (from qkv (R, 3C)) over the cached keys of chunk s
+    (positions s*BLOCK_T.. up to pos, the new key included: the q/k/v product wrote it) of one layer's cache
+    (kv: (2, rows, H, max_len, HD) by its strides). Its partial, in float32, to part (R, H, S, HD + 2): the
+    exp-weighted values, the chunk's maximum score and its sum of exp(score - maximum). A chunk past pos
+    leaves (0, -inf, 0)."""
+    r, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     C: tl.constexpr = H * HD
     d = tl.arange(0, HD)
-    new = qkv_ptr + r * 3 * C + h * HD + d
-    q = tl.load(new).to(tl.float32)
-    k_new = tl.load(new + C)
-    v_new = tl.load(new + 2 * C)
+    q = tl.load(qkv_ptr + r * 3 * C + h * HD + d).to(tl.float32)
     pos = tl.load(pos_ptr).to(tl.int32)
-    keys = kv_ptr + r * s_row + h * s_head
-    values = keys + s_kind
-    m = tl.sum(q * k_new.to(tl.float32), axis=0) * scale  # the running maximum, from the new key's score
-    total = m * 0.0 + 1.0  # the running sum of exp(score - m): the new key's term
-    acc = v_new.to(tl.float32)
-    for t0 in range(0, pos, BLOCK_T):
-        ts = t0 + tl.arange(0, BLOCK_T)
-        t_ok = ts < pos
-        k = tl.load(keys + ts[:, None] * s_pos + d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
-        s = tl.where(t_ok, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))  # (BLOCK_T,)
-        m_next = tl.maximum(m, tl.max(s, axis=0))
-        shrink = tl.exp(m - m_next)
-        p = tl.exp(s - m_next)
-        v = tl.load(values + ts[:, None] * s_pos + d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
-        acc = acc * shrink + tl.sum(p[:, None] * v, axis=0)
-        total = total * shrink + tl.sum(p, axis=0)
-        m = m_next
-    tl.store(y_ptr + r * C + h * HD + d, (acc / total).to(k_new.dtype))
-    tl.store(keys + pos * s_pos + d, k_new)
-    tl.store(values + pos * s_pos + d, v_new)
+    ts = s * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = ts <= pos
+    keys = kv_ptr + r * s_row + h * s_head + ts[:, None] * s_pos + d[None, :]  # (BLOCK_T, HD)
+    k = tl.load(keys, mask=t_ok[:, None], other=0.0).to(tl.float32)
+    v = tl.load(keys + s_kind, mask=t_ok[:, None], other=0.0).to(tl.float32)
+    scores = tl.where(t_ok, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))  # (BLOCK_T,)
+    m = tl.max(scores, axis=0)
+    p = tl.exp(scores - tl.where(m == float("-inf"), 0.0, m))  # an empty chunk: all zero
+    out = part_ptr + ((r * H + h) * S + s) * (HD + 2)
+    tl.store(out + d, tl.sum(p[:, None] * v, axis=0))
+    tl.store(out + HD, m)
+    tl.store(out + HD + 1, tl.sum(p, axis=0))
+
+
+@triton.jit
+def _combine(part_ptr, y_ptr, S, H: tl.constexpr, HD: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Program (r, h): the attention of row r, head h, from its S chunks' partials, in chunk order, to
+    y (R, C) in the model's dtype."""
+    r, h = tl.program_id(0), tl.program_id(1)
+    d = tl.arange(0, HD)
+    ss = tl.arange(0, BLOCK_S)
+    s_ok = ss < S
+    base = part_ptr + (r * H + h) * S * (HD + 2) + ss * (HD + 2)  # (BLOCK_S,)
+    m = tl.load(base + HD, mask=s_ok, other=float("-inf"))
+    total = tl.load(base + HD + 1, mask=s_ok, other=0.0)
+    weight = tl.exp(m - tl.max(m, axis=0))  # chunk 0 holds key 0, so the maximum is finite; empty chunks: 0
+    acc = tl.load(base[:, None] + d[None, :], mask=s_ok[:, None], other=0.0)  # (BLOCK_S, HD)
+    y = tl.sum(weight[:, None] * acc, axis=0) / tl.sum(weight * total, axis=0)
+    tl.store(y_ptr + r * (H * HD) + h * HD + d, y.to(y_ptr.dtype.element_ty))
 
 
 def supports(model: CausalGPT) -> str | None:
@@ -177,21 +212,68 @@ def supports(model: CausalGPT) -> str | None:
     return None
 
 
-def linear(x: torch.Tensor, layer: torch.nn.Linear, tiles: Tiles, norm: torch.nn.LayerNorm | None = None,
-           gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """x (R, K) -> (R, N): [residual +] [gelu] (layer([norm](x))), one kernel."""
-    R, K = x.shape
-    N = layer.out_features
-    y = torch.empty(R, N, device=x.device, dtype=layer.weight.dtype)
-    w, b = layer.weight, layer.bias
-    precision = "ieee" if w.dtype == torch.float32 else None  # float32 inputs: exact products, not TF32
-    grid = (triton.cdiv(N, tiles.n), triton.cdiv(R, ROW_TILE))
-    _linear[grid](x, norm.weight if norm is not None else w, norm.bias if norm is not None and norm.bias is not None
-                  else w, w, b if b is not None else w, residual if residual is not None else y, y, R, K, N,
-                  norm.eps if norm is not None else 0.0, NORM=norm is not None, NORM_BIAS=norm is not None and norm.bias is not None,
-                  BIAS=b is not None, GELU=gelu, RESIDUAL=residual is not None, PRECISION=precision,
-                  BLOCK_M=ROW_TILE, BLOCK_N=tiles.n, BLOCK_K=tiles.k, num_warps=tiles.warps)
-    return y
+class Step:
+    """The buffers and launches of one decode step over R rows (all allocated per call: inside a CUDA graph
+    they come from the graph's own memory pool)."""
+
+    def __init__(self, model: CausalGPT, kv: torch.Tensor, R: int, tiles: Tiles):
+        c = model.config
+        self.model, self.kv, self.R, self.tiles = model, kv, R, tiles
+        self.C, self.H, self.hd = c.n_embd, c.n_head, c.n_embd // c.n_head
+        self.S = triton.cdiv(kv.shape[4], tiles.keys)  # chunks of the cache's positions
+        self.strides = kv.stride()[1:5]  # kv[i]: (2, rows, H, max_len, hd), the last stride 1
+        dev, dtype = kv.device, kv.dtype
+        self.x = torch.empty(R, self.C, device=dev, dtype=dtype)  # the residual stream
+        self.xn = torch.empty(R, self.C, device=dev, dtype=dtype)  # its LayerNorm
+        self.y = torch.empty(R, self.C, device=dev, dtype=dtype)  # the attention's output
+        self.qkv = torch.empty(R, 3 * self.C, device=dev, dtype=dtype)
+        self.h = torch.empty(R, 4 * self.C, device=dev, dtype=dtype)  # the MLP's hidden layer
+        self.parts = torch.empty(tiles.split, R, self.C, device=dev, dtype=torch.float32)
+        self.scores = torch.empty(R, self.H, self.S, self.hd + 2, device=dev, dtype=torch.float32)
+
+    def linear(self, x: torch.Tensor, layer: torch.nn.Linear, out: torch.Tensor, *, pos: torch.Tensor | None = None,
+               kv: torch.Tensor | None = None, gelu: bool = False, split: int = 1) -> None:
+        """out = [gelu](layer(x)); with split > 1 the float32 partial sums (no bias) into out (split, R, N);
+        with kv, the key and value columns also into that layer's cache at pos."""
+        t, (K, N) = self.tiles, (layer.in_features, layer.out_features)
+        w, b = layer.weight, layer.bias
+        per_split = triton.cdiv(triton.cdiv(K, split), t.k) * t.k
+        grid = (triton.cdiv(N, t.n), triton.cdiv(self.R, ROW_TILE), split)
+        strides = self.strides if kv is not None else (0, 0, 0, 0)
+        _linear[grid](x, w, b if b is not None else w, out, kv if kv is not None else out,
+                      pos if pos is not None else out, self.R, K, N, per_split, *strides,
+                      HD=self.hd, BIAS=b is not None, GELU=gelu, PARTIAL=split > 1, STORE_KV=kv is not None,
+                      PRECISION="ieee" if w.dtype == torch.float32 else None,  # float32: exact, not TF32
+                      BLOCK_M=ROW_TILE, BLOCK_N=t.n, BLOCK_K=t.k, num_warps=t.warps)
+
+    def residual_norm(self, layer: torch.nn.Linear, norm: torch.nn.LayerNorm) -> None:
+        """x += the split product of `layer` (in self.parts) and its bias; xn = norm(x)."""
+        b = layer.bias
+        _residual_norm[(self.R,)](self.parts, b if b is not None else self.x, self.x, norm.weight,
+                                  norm.bias if norm.bias is not None else norm.weight, self.xn, self.R, self.C,
+                                  norm.eps, SPLIT=self.tiles.split, BIAS=b is not None,
+                                  NORM_BIAS=norm.bias is not None, BLOCK_C=triton.next_power_of_2(self.C))
+
+    def __call__(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        m, t, R, H, hd = self.model, self.tiles, self.R, self.H, self.hd
+        norm = m.layers[0].layernorm_1
+        _embed_norm[(R,)](token, pos, m.input_embeds_layer.weight, m.position_embeds_layer.weight, norm.weight,
+                          norm.bias if norm.bias is not None else norm.weight, self.x, self.xn, self.C, norm.eps,
+                          NORM_BIAS=norm.bias is not None, BLOCK_C=triton.next_power_of_2(self.C))
+        for i, block in enumerate(m.layers):
+            self.linear(self.xn, block.attn.att_proj, self.qkv, pos=pos, kv=self.kv[i])
+            _attend[(R, H, self.S)](self.qkv, self.kv[i], self.scores, pos, *self.strides, 1.0 / math.sqrt(hd),
+                                    self.S, H=H, HD=hd, BLOCK_T=t.keys, num_warps=4)
+            _combine[(R, H)](self.scores, self.y, self.S, H=H, HD=hd, BLOCK_S=triton.next_power_of_2(self.S))
+            self.linear(self.y, block.attn.out_proj, self.parts, split=t.split)
+            self.residual_norm(block.attn.out_proj, block.layernorm_2)
+            self.linear(self.xn, block.mlp.in_proj, self.h, gelu=True)
+            self.linear(self.h, block.mlp.out_proj, self.parts, split=t.split)
+            following = m.layers[i + 1].layernorm_1 if i + 1 < len(m.layers) else m.layernorm_final
+            self.residual_norm(block.mlp.out_proj, following)
+        logits = torch.empty(R, m.lm_head.out_features, device=self.x.device, dtype=self.x.dtype)
+        self.linear(self.xn, m.lm_head, logits)
+        return logits  # (R, V)
 
 
 def token_step(model: CausalGPT, token: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor,
@@ -199,19 +281,4 @@ def token_step(model: CausalGPT, token: torch.Tensor, pos: torch.Tensor, kv: tor
     """token (R,) int64 at position pos ((1,) int64, on the device) -> next logits (R, V), writing the new keys
     and values at pos into the cache kv (n_layer, 2, rows >= R, H, max_len, hd). The same contract as
     `decoder.token_step`, without its key count: the kernels read pos."""
-    c = model.config
-    R, C, H = token.shape[0], c.n_embd, c.n_head
-    hd = C // H
-    x = torch.empty(R, C, device=token.device, dtype=kv.dtype)
-    _embed[(R,)](token, pos, model.input_embeds_layer.weight, model.position_embeds_layer.weight, x,
-                 C=C, BLOCK_C=triton.next_power_of_2(C))
-    s_kind, s_row, s_head, s_pos = kv.stride()[1:5]  # kv[i]: (2, rows, H, max_len, hd), the last stride 1
-    for i, block in enumerate(model.layers):
-        qkv = linear(x, block.attn.att_proj, tiles, norm=block.layernorm_1)  # (R, 3C)
-        y = torch.empty(R, C, device=x.device, dtype=x.dtype)
-        _attend[(R, H)](qkv, kv[i], y, pos, s_kind, s_row, s_head, s_pos, 1.0 / math.sqrt(hd), H=H, HD=hd,
-                        BLOCK_T=tiles.keys, num_warps=tiles.attend_warps)
-        x = linear(y, block.attn.out_proj, tiles, residual=x)
-        h = linear(x, block.mlp.in_proj, tiles, norm=block.layernorm_2, gelu=True)  # (R, 4C)
-        x = linear(h, block.mlp.out_proj, tiles, residual=x)
-    return linear(x, model.lm_head, tiles, norm=model.layernorm_final)  # (R, V)
+    return Step(model, kv, token.shape[0], tiles)(token, pos)
