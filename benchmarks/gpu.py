@@ -26,6 +26,7 @@ What it measures:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
@@ -106,7 +107,8 @@ def copy_bandwidth_gbs(device: torch.device) -> float:
 
 def fastbark_tokens(tts, texts: list[str], n_semantic: int) -> dict:
     """Greedy semantic, coarse and fine tokens of `texts` (a batch), with per-stage times; each stage in the
-    engine's stage context (with offload: its model on the device for that stage only)."""
+    engine's stage context (with offload: its model on the device for that stage only). On CUDA also the
+    memory: allocated before the run (what the engine keeps between runs), and each stage's peak."""
     from fastbark.options import CoarseOptions, FineOptions, SemanticOptions
     from fastbark.pipeline.coarse import generate_coarse
     from fastbark.pipeline.fine import generate_fine
@@ -114,9 +116,16 @@ def fastbark_tokens(tts, texts: list[str], n_semantic: int) -> dict:
     device = tts.device
     ids = [tts.tokenize(t) for t in texts]
 
+    memory = {"kept_gb": torch.cuda.memory_allocated(device) / 2**30} if device.type == "cuda" else {}
+
     def staged(name: str, fn):
-        with tts._stage(name):
-            return fn()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with tts._stage(name) if name != "codec" else contextlib.nullcontext():  # the codec is not offloaded
+            out = fn()
+        if device.type == "cuda":
+            memory[f"{name}_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        return out
     sem, t_sem = timed(lambda: staged("semantic", lambda: generate_semantic(
         tts.semantic_model, ids, None, SemanticOptions(temperature=0, max_tokens=n_semantic,
                                                        allow_early_stop=False))), device)
@@ -124,9 +133,9 @@ def fastbark_tokens(tts, texts: list[str], n_semantic: int) -> dict:
         tts.coarse_model, sem, None, CoarseOptions(temperature=0))), device)
     fine, t_fine = timed(lambda: staged("fine", lambda: generate_fine(
         tts.fine_model, coarse, None, FineOptions(temperature=0))), device)
-    audio, t_codec = timed(lambda: [tts.decode(f) for f in fine], device)
+    audio, t_codec = timed(lambda: staged("codec", lambda: [tts.decode(f) for f in fine]), device)
     return dict(semantic=sem, coarse=coarse, fine=fine, semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine,
-                codec_s=t_codec, audio_s=sum(len(a) for a in audio) / 24_000)
+                codec_s=t_codec, audio_s=sum(len(a) for a in audio) / 24_000, memory=memory)
 
 
 def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10, fused: bool = False) -> dict:
@@ -328,7 +337,9 @@ def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic
                                             backend="torch" if engine == "fastbark-torch" else "auto",
                                             compile=engine == "fastbark-compile")
         _, first_s = timed(lambda: fastbark_tokens(tts, texts, n_semantic), device)  # graphs captured, caches made
-        out = fastbark_tokens(tts, texts, n_semantic)
+        load_peak = peak_gb(device)  # the engine's load and first run
+        out = fastbark_tokens(tts, texts, n_semantic)  # its stages reset the peak: the greatest is kept below
+        out["peak_gb"] = max([load_peak] + list(out["memory"].values())) if load_peak is not None else None
         out["first_run_s"] = first_s
         out["backend"] = tts.backend.name
         out["report"] = str(tts.backend)
@@ -342,8 +353,8 @@ def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic
                 semantic_s=out["semantic_s"], coarse_s=out["coarse_s"], fine_s=out["fine_s"], codec_s=out["codec_s"],
                 total_s=total, semantic_tokens_per_s=batch * n_semantic / out["semantic_s"],
                 semantic_ms_per_step=out["semantic_s"] / n_semantic * 1000, coarse_tokens=n_coarse,
-                audio_s=out["audio_s"], rtf=out["audio_s"] / total, peak_gb=peak_gb(device),
-                first_run_s=out.get("first_run_s"), report=out.get("report"))
+                audio_s=out["audio_s"], rtf=out["audio_s"] / total, peak_gb=out.get("peak_gb", peak_gb(device)),
+                memory=out.get("memory"), first_run_s=out.get("first_run_s"), report=out.get("report"))
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import fastbark
 from fastbark import BadInput, EngineOptions
 from fastbark.backends.cuda import CudaBackend, sdpa_choice
 from fastbark.backends.cuda.decoder import KEY_BUCKET, StaticCache, StaticDecoder
+from fastbark.backends.cuda.passes import CapturedPasses
 from fastbark.loading.layouts import load_parts
 from fastbark.models.gpt import CausalGPT, GPTConfig
 from fastbark.options import CoarseOptions, SemanticOptions
@@ -23,7 +24,8 @@ GREEDY = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, 
 TEXTS = ["the dog is cute", "Hello world [laughs] ♪", "café naïve"]
 
 
-def cuda_on_cpu(hub_dir, rows: int = 16, attention: str = "sdpa", **engine_options) -> fastbark.Bark:
+def cuda_on_cpu(hub_dir, rows: int = 16, attention: str = "sdpa", scratch_prefills: bool = False,
+                **engine_options) -> fastbark.Bark:
     """An engine whose models run the CUDA backend's code on the CPU, uncaptured."""
     parts = load_parts(hub_dir, torch.device("cpu"), torch.float32)
     options = EngineOptions(**engine_options)
@@ -33,7 +35,8 @@ def cuda_on_cpu(hub_dir, rows: int = 16, attention: str = "sdpa", **engine_optio
             fallbacks = super().prepare(models)
             for model in (models.semantic, models.coarse):
                 model.use_kernels(model.layers[0].attn.kernel, None,
-                                  StaticDecoder(model, graphs=False, rows=rows, attention=attention))
+                                  StaticDecoder(model, graphs=False, rows=rows, attention=attention,
+                                                scratch_prefills=scratch_prefills))
             return fallbacks
     return fastbark.Bark(parts, options, backend=Backend(options, graphs=False))
 
@@ -73,11 +76,14 @@ def test_greedy_tokens_equal_the_plain_backends_in_every_stage(static_tts, torch
         np.testing.assert_array_equal(g.fine_tokens, w.fine_tokens)
 
 
+@pytest.mark.parametrize("scratch_prefills", [False, True])
 @pytest.mark.parametrize("voice", [None, "announcer"])
-def test_carried_and_fresh_coarse_windows_over_padded_rows(hub_dir, torch_tts, voice):
+def test_carried_and_fresh_coarse_windows_over_padded_rows(hub_dir, torch_tts, voice, scratch_prefills):
     """Long enough for windows whose prompt is carried in the cache and windows prefilled afresh; three
-    rows of different lengths in slabs of 4 rows (one padding row; rows leave as they finish)."""
-    static = cuda_on_cpu(hub_dir, rows=4)
+    rows of different lengths in slabs of 4 rows (one padding row; rows leave as they finish). With
+    `scratch_prefills` each row's prefill runs in a one-row scratch cache (on a GPU: a graph per prompt
+    length) and is copied into its row."""
+    static = cuda_on_cpu(hub_dir, rows=4, scratch_prefills=scratch_prefills)
     rng = np.random.default_rng(5)
     semantic = [rng.integers(0, 10_000, n) for n in (500, 380, 90)]
     options = CoarseOptions(temperature=0)
@@ -177,6 +183,30 @@ def test_a_named_whole_sequence_kernel_keeps_the_backends_decoder(hub_dir):
         assert isinstance(model.decoder, StaticDecoder)
     assert tts.backend.models["semantic"].whole_attention == "math"
     assert tts.backend.models["semantic"].decode_step == "static"
+    assert isinstance(tts.fine_model.passes, CapturedPasses)  # the fine model's passes stay too
+    assert tts.backend.models["fine"].window_passes == "whole" and "window passes whole" in str(tts.backend)
+
+
+def test_fine_passes_compute_the_whole_window_and_slice_the_start(torch_tts):
+    """A text's fine pass runs over every position (one CUDA graph per codebook serves every start) and
+    the start is cut after: the logits the model gives for that start."""
+    model = torch_tts.fine_model
+    passes = CapturedPasses(model, graphs=False)
+    codes = torch.randint(0, 1024, (1, 1024, 8), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for start in (0, 256, 1000):
+            got, want = passes(codes, 3, start), model(codes, 3, start)
+            assert got.shape == want.shape == (1, 1024 - start, want.shape[-1])
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert passes.check() is None  # nothing captured, nothing to check
+
+
+def test_fine_passes_that_cannot_be_captured_say_why(torch_tts):
+    """On a machine where a pass cannot be captured (here: no CUDA), the check names the failure, keeps no
+    graph, and the backend then runs the passes uncaptured."""
+    passes = CapturedPasses(torch_tts.fine_model, graphs=True)
+    why = passes.check()
+    assert why and why.split(":")[0].endswith("Error") and passes._graphs == {}
 
 
 def test_the_step_compiles_as_one_graph_and_gives_the_same_tokens(torch_tts):

@@ -36,6 +36,6 @@ def select(options: EngineOptions, models: Models, backend: Backend | None = Non
             if isinstance(model, CausalGPT):
                 model.use_kernels(kernel, model.decode_step, model.decoder)  # only the passes' kernel changes
             else:
-                model.use_kernels(kernel)
+                model.use_kernels(kernel, model.passes)
     measured = tuple(dict.fromkeys(map(str, backend.choices)))  # a shape shared by two models: once
     return describe(backend.name, options, models, tuple(fallbacks), measured)

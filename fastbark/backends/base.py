@@ -39,6 +39,7 @@ class ModelReport:
     decode_step: str  # blocks (in torch), fused-c, cuda-graph (+compiled) or static; "" for the fine model
     whole_attention: str  # sdpa, sdpa-<kernel SDPA picks> or bf16-c: prefills and fine passes
     one_query_attention: str  # sdpa, masked sdpa-<kernel> or matmul: a step's attention over the cache; "" for fine
+    window_passes: str = ""  # the fine model's passes where a backend runs them (cuda-graph); "" otherwise
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class BackendReport:
         for name, m in self.models.items():
             linears = ", ".join(f"{n} {kind}" for kind, n in sorted(m.linears.items()))
             step = f"; decode step {m.decode_step}, one-query attention {m.one_query_attention}" if m.decode_step else ""
-            lines.append(f"  {name}: linear layers {linears}; whole-sequence attention {m.whole_attention}{step}")
+            passes = f"; window passes {m.window_passes}" if m.window_passes else ""
+            lines.append(f"  {name}: linear layers {linears}; whole-sequence attention {m.whole_attention}{step}{passes}")
         lines += [f"  measured: {m}" for m in self.measured]
         lines += [f"  fallback: {f}" for f in self.fallbacks]
         return "\n".join(lines)
@@ -79,8 +81,9 @@ def describe(name: str, options: EngineOptions, models: Models, fallbacks: tuple
         step = "blocks"
         if causal and (model.decoder or model.decode_step):
             step = getattr(model.decoder or model.decode_step, "kind", "custom")
+        passes = getattr(getattr(model, "passes", None), "kind", "")
         reports[key] = ModelReport(dict(kinds), step if causal else "", kernel.whole_kind,
-                                   kernel.one_query_kind if causal else "")
+                                   kernel.one_query_kind if causal else "", passes)
     return BackendReport(name, options, reports, fallbacks, measured)
 
 

@@ -82,6 +82,16 @@ class DecodeStep(Protocol):
     def __call__(self, x: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor: ...
 
 
+class WindowPasses(Protocol):
+    """Seam: the fine GPT's passes over a window, codes (B, T, n_codes_total) -> logits (B, T - start, V) of
+    `codebook`, in place of `FineGPT.forward` (backends/cuda: one text's pass replayed from a CUDA graph).
+    `kind` names it in the backend's report."""
+
+    kind: str
+
+    def __call__(self, codes: torch.Tensor, codebook: int, start: int) -> torch.Tensor: ...
+
+
 class Decoder(Protocol):
     """Seam: how a causal GPT runs over its KV cache, from the cache's making to the logits, in place of the
     model's own code (backends/cuda: static caches and a step captured as a CUDA graph). `kind` names it
@@ -274,6 +284,17 @@ class FineGPT(GPT):
         self.lm_heads = nn.ModuleList(
             nn.Linear(config.n_embd, config.output_vocab_size, bias=False) for _ in range(n_heads)
         )
+
+    passes: "WindowPasses | None" = None  # None: the model's own forward; set through use_kernels
+
+    def use_kernels(self, attention: AttentionKernel | None = None, passes: "WindowPasses | None" = None) -> None:
+        """Also run the pipeline's window passes (`logits`) with `passes` (None: the model's forward)."""
+        super().use_kernels(attention)
+        self.passes = passes
+
+    def logits(self, codes: torch.Tensor, codebook: int, start: int = 0) -> torch.Tensor:
+        """What the pipeline calls: `forward`, or the backend's `passes` in its place."""
+        return self.passes(codes, codebook, start) if self.passes is not None else self(codes, codebook, start)
 
     def tie_weights(self) -> None:
         """lm_heads[i] shares its weight with input_embeds_layers[i + n_codes_given], as in the checkpoints."""

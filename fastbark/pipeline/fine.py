@@ -75,7 +75,7 @@ def _window(model: FineGPT, inputs: list[torch.Tensor], rows: list[int], offset:
     window = torch.stack([inputs[i][s: s + FINE_WINDOW] for i, s in zip(rows, starts)])  # (B, 1024, 8)
     rel = min(rels)  # logits from the earliest position any row still predicts
     for k in range(N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS):
-        logits = model(window, k, start=rel)[..., :CODEBOOK_SIZE]  # (B, 1024 - rel, 1024)
+        logits = model.logits(window, k, start=rel)[..., :CODEBOOK_SIZE]  # (B, 1024 - rel, 1024)
         if k == N_COARSE_CODEBOOKS:  # the window's first pass
             check_finite(logits, "fine")
         if is_greedy(options.temperature):

@@ -6,6 +6,10 @@
   with `compile=True` the step is `torch.compile(fullgraph=True)`'d first (fused elementwise kernels).
   Capture (and compilation) is checked once per device and dtype on a tiny model (`capture_fails`):
   where it fails, the steps run uncaptured (or uncompiled) and the report says why.
+- prefills, one row at a time (a row's numbers must not depend on its batch): each into a one-row scratch
+  cache, replayed from one CUDA graph per prompt length, then copied into its row (not with offload).
+- `passes.py`: the fine stage's passes, one text at a time, replayed from one CUDA graph per codebook
+  (checked against the uncaptured pass on the real model when the backend is prepared; not with offload).
 - whole-sequence attention (prefills, fine passes): SDPA, which picks FlashAttention-2, cuDNN or the
   memory-efficient kernel for the dtype and shapes; the report names its choice (`sdpa_choice`).
 - the decode step: where graphs are captured (not compiled, not offloaded), `token_step` with each of
@@ -31,6 +35,7 @@ from ...models.gpt import AttentionKernel
 from ..base import Backend, Models
 from ...constants import FINE_WINDOW, MAX_TEXT_TOKENS
 from .decoder import DECODE_ROWS, KEY_BUCKET, StaticDecoder, capture_fails, choose_step, step_candidates
+from .passes import CapturedPasses
 
 PROMPT = MAX_TEXT_TOKENS + 1  # the semantic prompt: 256 text positions and the infer token
 
@@ -101,8 +106,13 @@ class CudaBackend(Backend):
         for model in models:
             c = model.config
             shape = (o.torch_device, o.torch_dtype, c.n_head, c.n_embd // c.n_head)
-            if model is models.fine:  # 1024-frame non-causal passes
-                model.use_kernels(ReportedSdpa(sdpa_choice(*shape, FINE_WINDOW, FINE_WINDOW), ""))
+            if model is models.fine:  # 1024-frame non-causal passes, one text at a time: captured as graphs
+                passes = CapturedPasses(model, graphs=graphs and not o.offload)
+                failure = passes.check()
+                if failure:
+                    fallbacks.append(f"fine passes as CUDA graphs: {failure}; the passes launched kernel by kernel")
+                    passes = CapturedPasses(model, graphs=False)
+                model.use_kernels(ReportedSdpa(sdpa_choice(*shape, FINE_WINDOW, FINE_WINDOW), ""), passes)
                 continue
             # prefills: causal over a prompt (257 positions for the semantic stage); steps: one query, masked keys
             one_query, keywords = "masked " + sdpa_choice(*shape, 1, KEY_BUCKET, masked=True), {}
@@ -118,7 +128,8 @@ class CudaBackend(Backend):
                 else:
                     one_query = keywords["tiles"].name
             attention = ReportedSdpa(sdpa_choice(*shape, PROMPT, PROMPT, causal=True), one_query)
-            model.use_kernels(attention, None, StaticDecoder(model, graphs=graphs, compile=compile, **keywords))
+            model.use_kernels(attention, None, StaticDecoder(model, graphs=graphs, compile=compile,
+                                                              scratch_prefills=graphs and not o.offload, **keywords))
         return fallbacks
 
     def offload_step(self, model) -> tuple[dict, str | None]:

@@ -147,10 +147,12 @@ class StaticCache(KVCache):
         return self.slab.view(n)
 
 
-def capture(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+def capture(fn: Callable[[], torch.Tensor], device: torch.device,
+            pool: tuple | None = None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """A CUDA graph of `fn` (which reads and writes only static tensors) and its static output. `fn` runs
     twice first on a side stream (cuBLAS handles, workspaces, a compiled step's tuning), which is harmless:
-    a step writes the same keys at the same position each time it runs."""
+    a step writes the same keys at the same position each time it runs. `pool`: another graph's memory
+    pool to share (graphs replayed one after another, whose outputs are copied before the next runs)."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
@@ -158,7 +160,7 @@ def capture(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch
             fn()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         out = fn()
     return graph, out
 
@@ -169,10 +171,15 @@ class StaticDecoder:
     `torch.compile(fullgraph=True)` where `compile`."""
 
     def __init__(self, model: CausalGPT, *, graphs: bool, compile: bool = False, rows: int = DECODE_ROWS,
-                 attention: str = "sdpa", tiles: "Tiles | None" = None):
+                 attention: str = "sdpa", tiles: "Tiles | None" = None, scratch_prefills: bool = False):
         """`tiles`: the step as fused Triton kernels with these block sizes (`fused.py`) in place of
-        `token_step` (then `attention` and `compile` are unused)."""
+        `token_step` (then `attention` and `compile` are unused). `scratch_prefills`: each row's prefill
+        runs into a one-row scratch cache, then is copied into its row (`prefill`): captured as one CUDA
+        graph per prompt length where `graphs`."""
         self.model, self.graphs, self.rows, self.attention, self.tiles = model, graphs, rows, attention, tiles
+        self.scratch_prefills = scratch_prefills
+        self._prefills: dict[tuple[int, int], tuple] = {}  # (T, max_len) -> scratch, input, graph, output
+        self._pool = None  # the prefill graphs' shared memory pool (they run one after another)
         self.kind = ("cuda-graph" if graphs else "static") + (
             "+triton" if tiles is not None else "+compiled" if compile else "")
         self._step = torch.compile(token_step, fullgraph=True, dynamic=True) if compile else token_step
@@ -203,6 +210,8 @@ class StaticDecoder:
         a slab (16 rows x 1024 positions: 0.6 GB for bark-small in half precision, 1.6 GB for bark) would
         otherwise stay on the GPU beside the next stage's model, and its graphs read weights that moved."""
         self._slabs = [s for s in self._slabs if s.users]
+        self._prefills.clear()  # the scratch caches and their graphs
+        self._pool = None
 
     def _check_weights(self) -> None:
         """A graph reads the parameters at their addresses when it was captured: if they have moved (offload
@@ -211,13 +220,46 @@ class StaticDecoder:
         if weights != self._weights:
             for slab in self._slabs:
                 slab.graphs.clear()
+            self._prefills.clear()
+            self._pool = None
             self._weights = weights
 
     def prefill(self, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One row at a time: a row's prefill is then the same computation whatever its batch."""
-        rows = [self.model(embeds[b: b + 1], KVCache(cache.k[:, b: b + 1], cache.v[:, b: b + 1]), 0)
-                for b in range(embeds.shape[0])]  # each (1, V)
+        if self.scratch_prefills and isinstance(cache, StaticCache):
+            rows = [self._prefill_row(embeds[b: b + 1], cache, b) for b in range(embeds.shape[0])]
+        else:
+            rows = [self.model(embeds[b: b + 1], KVCache(cache.k[:, b: b + 1], cache.v[:, b: b + 1]), 0)
+                    for b in range(embeds.shape[0])]  # each (1, V)
         return torch.cat(rows)  # (B, V)
+
+    def _prefill_row(self, embeds: torch.Tensor, cache: "StaticCache", b: int) -> torch.Tensor:
+        """embeds (1, T, C) into a one-row scratch cache of the slab's length (its graph, per T, replayed
+        where `graphs`), then its T positions copied into row b of the cache -> the logits (1, V). At a
+        batch of 16, one-row prefills launched kernel by kernel cost about what the decode steps cost."""
+        T, max_len = embeds.shape[1], cache.slab.max_len
+        key = (T, max_len)
+        if key not in self._prefills:
+            scratch = Slab(self.model, 1, max_len)
+            static = embeds.clone()
+
+            def run() -> torch.Tensor:
+                return self.model(static, KVCache(scratch.k, scratch.v), 0)  # (1, V)
+            if self.graphs:
+                graph, out = capture(run, embeds.device, self._pool)
+                self._pool = self._pool or graph.pool()
+            else:
+                graph, out = None, None
+            self._prefills[key] = scratch, static, graph, (out if graph is not None else run)
+        scratch, static, graph, out = self._prefills[key]
+        static.copy_(embeds)
+        if graph is not None:
+            graph.replay()
+            logits = out.clone()  # overwritten by the next replay
+        else:
+            logits = out()
+        cache.slab.kv[:, :, b, :, :T] = scratch.kv[:, :, 0, :, :T]  # (n_layer, 2, H, T, hd): row b of the view
+        return logits
 
     def runner(self, slab: Slab, batch: int, pos: int) -> tuple[tuple[int, int], Callable[[], torch.Tensor]]:
         """The step of `batch` rows at `pos` over `slab`, as a function of the slab's static tensors, and the key
@@ -332,8 +374,8 @@ def choose_step(model: CausalGPT) -> tuple[str, dict, str]:
 @functools.cache
 def capture_fails(device: torch.device, dtype: torch.dtype, compile: bool, tiles: "Tiles | None" = None) -> str | None:
     """Why the decode step cannot be captured (and compiled, if `compile`; as the fused kernels, if `tiles`)
-    on this device in this dtype, or None where it can: a tiny random model's captured steps must give the
-    logits of the uncaptured torch step. Checked once per (device, dtype, compile, tiles), as the CPU backend
+    on this device in this dtype, or None where it can: a tiny random model's captured prefills and steps
+    must give the logits of the uncaptured ones. Checked once per (device, dtype, compile, tiles), as the CPU backend
     checks its C kernels."""
     config = GPTConfig(n_layer=2, n_head=2, n_embd=64, input_vocab_size=32, output_vocab_size=32, block_size=256,
                        bias=True)
@@ -344,11 +386,12 @@ def capture_fails(device: torch.device, dtype: torch.dtype, compile: bool, tiles
             logits = []
             for graphs in (False, True):
                 decoder = StaticDecoder(model, graphs=graphs, compile=compile and graphs, rows=2,
-                                        tiles=tiles if graphs else None)
+                                        tiles=tiles if graphs else None, scratch_prefills=graphs)
                 cache = decoder.new_cache(2, config.block_size)
-                decoder.prefill(model.input_embeds_layer(torch.arange(10, device=device).view(2, 5)), cache)
+                first = decoder.prefill(model.input_embeds_layer(torch.arange(10, device=device).view(2, 5)), cache)
                 token = torch.tensor([3, 4], device=device)
-                logits.append(torch.stack([decoder.step(token, cache, pos) for pos in (5, 6, 130)]).float())
+                steps = [decoder.step(token, cache, pos) for pos in (5, 6, 130)]
+                logits.append(torch.stack([first] + steps).float())  # (4, 2, V)
             if not torch.allclose(logits[0], logits[1], rtol=0.02, atol=0.02):
                 return "its logits differ from the uncaptured step's"
     except Exception as e:  # noqa: BLE001 - any failure means: run the steps uncaptured, and say why
