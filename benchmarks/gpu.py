@@ -419,9 +419,10 @@ def table(results: dict) -> str:
 
 def plan(device: torch.device, sizes: list[str], batches: list[int], engines: list[str]) -> list[tuple]:
     """The measurements in the order they run, the most wanted first (a run cut short by its budget keeps
-    those): (kind, size, arguments). On a GPU: bark-small's steps, profile and whole runs against
-    transformers, its invariance, offload and compiled step; then bark (large)'s; then the rest (plain
-    torch at batch 16, the other engines at the larger sizes, the clone benchmark)."""
+    those): (kind, size, arguments). On a GPU, for each size in turn: the decode steps, the whole runs of
+    fastbark and transformers, offload (and for the first size the fused step's check, the profiles and
+    batch invariance); then the first size's float16 / bfloat16 agreement, run-to-run repeats and the
+    compiled step; then the rest (the other engines, plain torch's steps, the clone benchmark)."""
     cuda = device.type == "cuda"
     first, tasks = sizes[0], []
     for size in sizes:
@@ -434,16 +435,14 @@ def plan(device: torch.device, sizes: list[str], batches: list[int], engines: li
             tasks += [("profile", size, None)] + ([("profile-fused", size, None)] if cuda else [])
         tasks += [("speed", size, (e, b)) for b in batches for e in main_engines]
         if size == first:
-            tasks += [("invariance", size, None), ("repeats", size, None)]
+            tasks += [("invariance", size, None)]
         tasks += [("speed", size, (e, batches[0])) for e in engines if e == "fastbark-offload"]
-        if size == first:
-            if cuda:
-                tasks += [("step", size, ("auto", True, batches[0]))]
-            tasks += [("speed", size, (e, batches[0])) for e in engines
-                      if e in ("fastbark-compile", "fastbark-flash", "fastbark-torch")]
-            tasks += [("step", size, ("torch", False, b)) for b in batches]
-            if cuda:
-                tasks += [("agreement", size, None)]
+    tasks += [("agreement", first, None)] if cuda else []
+    tasks += [("repeats", first, None)]
+    tasks += [("step", first, ("auto", True, batches[0]))] if cuda else []
+    tasks += [("speed", first, (e, batches[0])) for e in engines
+              if e in ("fastbark-compile", "fastbark-flash", "fastbark-torch")]
+    tasks += [("step", first, ("torch", False, b)) for b in batches]
     for size in sizes:  # the rest
         rest = [("speed", size, (e, b)) for b in batches for e in engines if e not in ("fastbark", "transformers")]
         rest += [("step", size, ("torch", False, b)) for b in batches]

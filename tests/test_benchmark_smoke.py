@@ -116,15 +116,18 @@ def test_gpu_device_script_runs_on_the_cpu(tmp_path):
 
 
 def test_gpu_device_script_runs_the_most_wanted_first_and_keeps_to_its_budget(tmp_path):
-    """On a GPU the script's order is bark-small's steps and whole runs against transformers first; past
-    --budget-s it starts nothing new and lists what it skipped."""
+    """On a GPU the script's order is each size's steps, whole runs against transformers and offload first,
+    then the first size's agreement, repeats and compiled step; past --budget-s it starts nothing new and
+    lists what it skipped."""
     import gpu
     engines = ["fastbark", "fastbark-torch", "transformers", "fastbark-offload", "fastbark-compile"]
     tasks = gpu.plan(torch.device("cuda"), ["small", "large"], [1, 16], engines)
     assert tasks[:4] == [("doctor", None, None), ("floor", "small", None), ("fused", "small", None),
                          ("step", "small", ("auto", False, 1))]
     assert tasks.index(("speed", "small", ("transformers", 16))) < tasks.index(("floor", "large", None))
-    assert tasks.index(("step", "small", ("auto", True, 1))) < tasks.index(("floor", "large", None))
+    assert tasks.index(("speed", "large", ("transformers", 16))) < tasks.index(("repeats", "small", None))
+    assert tasks.index(("speed", "large", ("fastbark-offload", 1))) < tasks.index(("agreement", "small", None))
+    assert tasks.index(("agreement", "small", None)) < tasks.index(("step", "small", ("auto", True, 1)))
     assert tasks.index(("speed", "large", ("fastbark", 1))) < tasks.index(("speed", "large", ("fastbark-torch", 1)))
     assert len(set(tasks)) == len(tasks) and ("speed", "large", ("fastbark-compile", 16)) in tasks
     results = gpu.main(["--device", "cpu", "--sizes", "tiny", "--tokens", "4", "--batches", "1",

@@ -178,7 +178,8 @@ class StaticDecoder:
         graph per prompt length where `graphs`."""
         self.model, self.graphs, self.rows, self.attention, self.tiles = model, graphs, rows, attention, tiles
         self.scratch_prefills = scratch_prefills
-        self._prefills: dict[tuple[int, int], tuple] = {}  # (T, max_len) -> scratch, input, graph, output
+        self._scratch: dict[int, Slab] = {}  # one-row caches by length, for the prefills
+        self._prefills: dict[tuple[int, int], tuple] = {}  # (T, max_len) -> the input, replay (or None), output
         self._pool = None  # the prefill graphs' shared memory pool (they run one after another)
         self.kind = ("cuda-graph" if graphs else "static") + (
             "+triton" if tiles is not None else "+compiled" if compile else "")
@@ -211,6 +212,7 @@ class StaticDecoder:
         otherwise stay on the GPU beside the next stage's model, and its graphs read weights that moved."""
         self._slabs = [s for s in self._slabs if s.users]
         self._prefills.clear()  # the scratch caches and their graphs
+        self._scratch.clear()
         self._pool = None
 
     def _check_weights(self) -> None:
@@ -238,9 +240,10 @@ class StaticDecoder:
         where `graphs`), then its T positions copied into row b of the cache -> the logits (1, V). At a
         batch of 16, one-row prefills launched kernel by kernel cost about what the decode steps cost."""
         T, max_len = embeds.shape[1], cache.slab.max_len
-        key = (T, max_len)
-        if key not in self._prefills:
-            scratch = Slab(self.model, 1, max_len)
+        if max_len not in self._scratch:
+            self._scratch[max_len] = Slab(self.model, 1, max_len)
+        scratch = self._scratch[max_len]
+        if (T, max_len) not in self._prefills:
             static = embeds.clone()
 
             def run() -> torch.Tensor:
@@ -248,13 +251,13 @@ class StaticDecoder:
             if self.graphs:
                 graph, out = capture(run, embeds.device, self._pool)
                 self._pool = self._pool or graph.pool()
+                self._prefills[T, max_len] = static, graph.replay, out
             else:
-                graph, out = None, None
-            self._prefills[key] = scratch, static, graph, (out if graph is not None else run)
-        scratch, static, graph, out = self._prefills[key]
+                self._prefills[T, max_len] = static, None, run
+        static, replay, out = self._prefills[T, max_len]
         static.copy_(embeds)
-        if graph is not None:
-            graph.replay()
+        if replay is not None:
+            replay()
             logits = out.clone()  # overwritten by the next replay
         else:
             logits = out()
