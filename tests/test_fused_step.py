@@ -138,3 +138,23 @@ def test_offload_takes_the_fused_step_only_where_it_runs():
     assert keywords == {} and why == "fused Triton step: half precision only"
     keywords, why = backend.offload_step(tiny_model(True, torch.float16))
     assert keywords == {} and why.startswith("fused Triton step: ")
+
+
+def test_a_step_choice_measured_before_is_not_measured_again(tmp_path):
+    """Timing every candidate takes seconds at each engine's making on a GPU: the choice is kept per GPU and
+    software (`ChoiceCache`), and read back, with the times it was made from, without timing anything (here,
+    on a CPU, where timing cannot run at all). A kept choice that is no longer a candidate is measured again."""
+    from fastbark.backends.cpu.choice import STEP_LABEL, Choice, ChoiceCache
+    from fastbark.backends.cuda.decoder import choose_step
+    model = tiny_model(True, torch.float16)
+    cache = ChoiceCache(tmp_path, ["a GPU"])
+    key = "decode step 2x64x40 torch.float16"
+    tiles = fused.TILES[1]
+    cache.put(key, Choice((2, 64, 40), tiles.name, {tiles.name: 0.25, "sdpa": 0.5}, {}, STEP_LABEL))
+    name, keywords, report = choose_step(model, ChoiceCache(tmp_path, ["a GPU"]))  # read from the file
+    assert (name, keywords) == (tiles.name, {"tiles": tiles})
+    assert report == f"measured earlier on this GPU, ms at 1 + 16 rows: {tiles.name} 0.250 ms, sdpa 0.500 ms"
+    cache.put(key, Choice((2, 64, 40), "triton-gone", {"triton-gone": 0.1}, {}, STEP_LABEL))
+    name, keywords, report = choose_step(model, cache)
+    assert name == "sdpa" and report.startswith("none could be timed")  # measured again: no GPU here
+    assert cache.get(key).chosen == "triton-gone"  # and nothing measured, nothing kept

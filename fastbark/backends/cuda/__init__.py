@@ -26,6 +26,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -33,6 +35,8 @@ from torch.nn.attention import SDPBackend
 
 from ...models.gpt import AttentionKernel
 from ..base import Backend, Models
+from ..cpu.choice import ChoiceCache
+from ..cpu.library import cache_dir
 from ...constants import FINE_WINDOW, MAX_TEXT_TOKENS
 from .decoder import DECODE_ROWS, KEY_BUCKET, StaticDecoder, capture_fails, choose_step, step_candidates
 from .passes import CapturedPasses
@@ -76,6 +80,19 @@ def deterministic_convolutions(device: torch.device) -> Iterator[None]:
         cudnn.deterministic, cudnn.benchmark = saved
 
 
+def gpu_key(device: torch.device) -> list[str]:
+    """What a measured step choice depends on: the GPU, torch, CUDA, Triton, and this backend's code."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "no triton"
+    name, capability = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
+    code = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(Path(__file__).parent.glob("*.py"))))
+    return ["cuda", name, str(capability), torch.__version__, str(torch.version.cuda), triton_version,
+            code.hexdigest()[:16]]
+
+
 class ReportedSdpa(AttentionKernel):
     """The models' own SDPA, with the kernel torch's dispatcher picks for them named in the report."""
 
@@ -86,11 +103,18 @@ class ReportedSdpa(AttentionKernel):
 class CudaBackend(Backend):
     name = "cuda"
 
-    def __init__(self, options, graphs: bool | None = None):
+    def __init__(self, options, graphs: bool | None = None, choice_cache: ChoiceCache | None = None):
         """`graphs`: capture the decode steps as CUDA graphs (default: on a CUDA device). The tests run the
-        backend on the CPU with `graphs=False`: the same step, uncaptured."""
+        backend on the CPU with `graphs=False`: the same step, uncaptured. `choice_cache`: where the measured
+        step choices are kept (default: beside the CPU backend's, one file per GPU and software)."""
         super().__init__(options)
         self.graphs = options.torch_device.type == "cuda" if graphs is None else graphs
+        self._choice_cache = choice_cache
+
+    def choice_cache(self) -> ChoiceCache:
+        if self._choice_cache is None:
+            self._choice_cache = ChoiceCache(cache_dir(), gpu_key(self.options.torch_device))
+        return self._choice_cache
 
     def prepare(self, models: Models) -> list[str]:
         o, fallbacks = self.options, []
@@ -118,7 +142,7 @@ class CudaBackend(Backend):
             one_query, keywords = "masked " + sdpa_choice(*shape, 1, KEY_BUCKET, masked=True), {}
             on_gpu = model.position_embeds_layer.weight.device.type == "cuda"  # with offload: in CPU memory now
             if graphs and not compile and on_gpu:  # each candidate step timed captured; the fastest kept
-                name, keywords, times = choose_step(model)
+                name, keywords, times = choose_step(model, self.choice_cache())
                 self.choices.append(f"{model.config.n_layer} layers x {c.n_embd} decode step: {name} ({times})")
                 one_query = name if name != "sdpa" else one_query
             elif graphs and not compile:  # offload: the fused step, whose caches hold only the batch's rows

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ...models.gpt import CausalGPT, GPTConfig, KVCache
+from ..cpu.choice import STEP_LABEL, Choice, ChoiceCache
 
 if TYPE_CHECKING:
     from .fused import Tiles
@@ -336,14 +337,23 @@ def step_candidates(model: CausalGPT) -> tuple[dict[str, dict], str | None]:
     return candidates, None
 
 
-def choose_step(model: CausalGPT) -> tuple[str, dict, str]:
+def choose_step(model: CausalGPT, cache: ChoiceCache | None = None) -> tuple[str, dict, str]:
     """The fastest captured decode step for this model (on a GPU) among `step_candidates`: each is timed at
     the cache's full length for one row and for `DECODE_ROWS` rows, and the least sum of the two wins (a
     row's bits must not depend on its batch, so one step serves every batch). Returns its name, its
     StaticDecoder keywords, and what was measured, for the report. A step that cannot run, or gives logits
-    other than the first candidate's (SDPA as dispatched) on the same cache, is left out."""
-    n_keys, times, failed = model.config.block_size, {}, {}
+    other than the first candidate's (SDPA as dispatched) on the same cache, is left out. With `cache`
+    (kept per GPU, torch, CUDA, Triton and this backend's code), a shape measured before is not measured
+    again: timing every candidate takes seconds at each engine's making."""
+    c = model.config
+    key = f"decode step {c.n_layer}x{c.n_embd}x{c.output_vocab_size} {model.position_embeds_layer.weight.dtype}"
+    n_keys, times, failed = c.block_size, {}, {}
     candidates, why_not = step_candidates(model)
+    earlier = cache.get(key) if cache is not None else None
+    if earlier is not None and earlier.chosen in candidates:
+        measured = ", ".join(f"{n} {ms:.3f} ms" for n, ms in sorted(earlier.ms.items(), key=lambda kv: kv[1]))
+        return earlier.chosen, candidates[earlier.chosen], f"measured earlier on this GPU, ms at 1 + {DECODE_ROWS} " \
+            f"rows: {measured}"
     with torch.inference_mode():
         reference = None
         for name, keywords in candidates.items():
@@ -369,6 +379,9 @@ def choose_step(model: CausalGPT) -> tuple[str, dict, str]:
     if not times:
         return "sdpa", candidates["sdpa"], "; ".join(["none could be timed"] + notes)
     best = min(times, key=lambda n: sum(times[n]))
+    if cache is not None:
+        cache.put(key, Choice((c.n_layer, c.n_embd, c.output_vocab_size), best,
+                              {n: sum(t) for n, t in times.items()}, failed, STEP_LABEL))
     measured = ", ".join(f"{n} {one:.3f}/{full:.3f} ms" for n, (one, full)
                          in sorted(times.items(), key=lambda kv: sum(kv[1])))
     return best, candidates[best], "; ".join([f"ms at 1/{DECODE_ROWS} rows: {measured}"] + notes)
