@@ -1,8 +1,16 @@
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # the CUDA backend's Triton kernels run on CPU tensors in Triton's interpreter (tests/test_fused_step.py).
+    # Triton reads this when a kernel is decorated, its own library's included: before any module imports
+    # Triton (some test modules' imports do, through transformers or torch), so here, first.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # fidelity.measure for the bounds

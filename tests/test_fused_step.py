@@ -2,23 +2,18 @@
 Triton's interpreter: the same logits and cache writes as the torch step it replaces (float32 closely,
 float16 within half precision's rounding), a row's bits whatever its companions and however many rows
 run, the greedy tokens of the plain backend through the pipeline, and the candidates a GPU would time.
-Its speed is measured by benchmarks/gpu.py on a GPU."""
+Its speed is measured by benchmarks/gpu.py on a GPU. conftest.py turns the interpreter on (TRITON_INTERPRET=1)
+before anything imports Triton."""
 
-import os
-
+import numpy as np
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # Triton's interpreter runs the kernels on CPU tensors; read at decoration
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from fastbark.backends.cuda import fused  # noqa: E402
-from fastbark.backends.cuda.decoder import StaticDecoder, step_candidates, token_step  # noqa: E402
-from fastbark.models.gpt import CausalGPT, GPTConfig  # noqa: E402
-from fastbark.options import SemanticOptions  # noqa: E402
-from fastbark.pipeline.semantic import generate_semantic  # noqa: E402
+from fastbark.backends.cuda import fused
+from fastbark.backends.cuda.decoder import StaticDecoder, step_candidates, token_step
+from fastbark.models.gpt import CausalGPT, GPTConfig
+from fastbark.options import SemanticOptions
+from fastbark.pipeline.semantic import generate_semantic
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's tests are the CPU's")
 
