@@ -153,3 +153,17 @@ def test_a_step_choice_measured_before_is_not_measured_again(tmp_path):
     name, keywords, report = choose_step(model, cache)
     assert name == "sdpa" and report.startswith("none could be timed")  # measured again: no GPU here
     assert cache.get(key).chosen == "triton-gone"  # and nothing measured, nothing kept
+
+
+@pytest.mark.parametrize("tiles", fused.TILES, ids=lambda t: t.name)
+def test_every_candidate_a_gpu_may_choose_gives_the_torch_steps_logits(tiles):
+    """Each of the tiles `choose_step` times, on a width that is not a power of two, at a position inside a
+    chunk of keys, in float16."""
+    model = tiny_model(False, torch.float16, 6, 96)
+    kv_fused, kv_torch = random_cache(model, 2), random_cache(model, 2)
+    token, position = torch.tensor([3, 9]), torch.tensor([150])
+    with torch.inference_mode():
+        got = fused.token_step(model, token, position, kv_fused, tiles)
+        want = token_step(model, token, position, kv_torch, 256)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(kv_fused.float(), kv_torch.float(), rtol=2e-2, atol=2e-2)
