@@ -4,6 +4,8 @@ a tensor) gives the plain backend's greedy tokens in all three stages; `torch.co
 its step has no graph break; the semantic stage's deferred end-of-speech reads change nothing. The CUDA
 graphs themselves run in benchmarks/gpu.py, on a GPU."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -350,3 +352,23 @@ def test_the_codec_decodes_with_deterministic_cudnn_on_cuda_only(static_tts, mon
                         original(self, codes))
     static_tts.decode(np.zeros((8, 4), dtype=np.int64))
     assert seen == [True] and cudnn.deterministic == before[0]
+
+
+def test_prefills_that_cannot_be_captured_keep_the_steps_graphs(monkeypatch):
+    """Prefill capture is checked apart from the steps': where only the prefills fail, they run kernel by
+    kernel and say why, and nothing else changes; offload never captures them."""
+    import fastbark.backends.cuda as cuda
+    calls = []
+
+    def fails(device, dtype, compile, tiles=None, prefills=False):
+        calls.append(prefills)
+        return "RuntimeError: no capture" if prefills else None
+    monkeypatch.setattr(cuda, "capture_fails", fails)
+    backend = CudaBackend(EngineOptions(), graphs=True)
+    assert backend.prefill_graphs(True) == (False, "prefills as CUDA graphs: RuntimeError: no capture; "
+                                                   "prefills launched kernel by kernel")
+    assert backend.prefill_graphs(False) == (False, None) and calls == [True]
+    monkeypatch.setattr(cuda, "capture_fails", lambda *a, **k: None)
+    assert backend.prefill_graphs(True) == (True, None)
+    backend.options = types.SimpleNamespace(offload=True)  # (EngineOptions refuses offload without CUDA)
+    assert backend.prefill_graphs(True) == (False, None)

@@ -127,6 +127,9 @@ class CudaBackend(Backend):
             if failure:
                 fallbacks.append(f"CUDA graphs: {failure}; decode steps launched kernel by kernel")
                 graphs = False
+        prefill_graphs, failure = self.prefill_graphs(graphs)
+        if failure:
+            fallbacks.append(failure)
         for model in models:
             c = model.config
             shape = (o.torch_device, o.torch_dtype, c.n_head, c.n_embd // c.n_head)
@@ -153,8 +156,19 @@ class CudaBackend(Backend):
                     one_query = keywords["tiles"].name
             attention = ReportedSdpa(sdpa_choice(*shape, PROMPT, PROMPT, causal=True), one_query)
             model.use_kernels(attention, None, StaticDecoder(model, graphs=graphs, compile=compile,
-                                                              scratch_prefills=graphs and not o.offload, **keywords))
+                                                              scratch_prefills=prefill_graphs, **keywords))
         return fallbacks
+
+    def prefill_graphs(self, graphs: bool) -> tuple[bool, str | None]:
+        """Whether prefills are captured as CUDA graphs, and the fallback taken if they cannot be. Checked apart
+        from the steps (a prefill that cannot be captured must not cost the steps their graphs); not with
+        offload, which moves the models every generation, so that no graph would be replayed."""
+        if not graphs or self.options.offload:
+            return False, None
+        failure = capture_fails(self.options.torch_device, self.options.torch_dtype, False, prefills=True)
+        if failure:
+            return False, f"prefills as CUDA graphs: {failure}; prefills launched kernel by kernel"
+        return True, None
 
     def offload_step(self, model) -> tuple[dict, str | None]:
         """With offload the models are in CPU memory now, so no step can be timed on them: the fused Triton

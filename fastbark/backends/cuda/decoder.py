@@ -388,11 +388,12 @@ def choose_step(model: CausalGPT, cache: ChoiceCache | None = None) -> tuple[str
 
 
 @functools.cache
-def capture_fails(device: torch.device, dtype: torch.dtype, compile: bool, tiles: "Tiles | None" = None) -> str | None:
-    """Why the decode step cannot be captured (and compiled, if `compile`; as the fused kernels, if `tiles`)
-    on this device in this dtype, or None where it can: a tiny random model's captured prefills and steps
-    must give the logits of the uncaptured ones. Checked once per (device, dtype, compile, tiles), as the CPU backend
-    checks its C kernels."""
+def capture_fails(device: torch.device, dtype: torch.dtype, compile: bool, tiles: "Tiles | None" = None,
+                  prefills: bool = False) -> str | None:
+    """Why the decode step cannot be captured (and compiled, if `compile`; as the fused kernels, if `tiles`;
+    with its prefills captured too, if `prefills`) on this device in this dtype, or None where it can: a tiny
+    random model's captured prefill and steps must give the logits of the uncaptured ones. Checked once per
+    set of arguments, as the CPU backend checks its C kernels."""
     config = GPTConfig(n_layer=2, n_head=2, n_embd=64, input_vocab_size=32, output_vocab_size=32, block_size=256,
                        bias=True)
     try:
@@ -402,7 +403,7 @@ def capture_fails(device: torch.device, dtype: torch.dtype, compile: bool, tiles
             logits = []
             for graphs in (False, True):
                 decoder = StaticDecoder(model, graphs=graphs, compile=compile and graphs, rows=2,
-                                        tiles=tiles if graphs else None, scratch_prefills=graphs)
+                                        tiles=tiles if graphs else None, scratch_prefills=graphs and prefills)
                 cache = decoder.new_cache(2, config.block_size)
                 first = decoder.prefill(model.input_embeds_layer(torch.arange(10, device=device).view(2, 5)), cache)
                 token = torch.tensor([3, 4], device=device)
