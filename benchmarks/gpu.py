@@ -175,6 +175,33 @@ def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10
             "top": [{"kernel": name[:90], "per_step": len(t) / steps, "us_per_step": sum(t) / steps} for name, t in top]}
 
 
+def codec_check(device: torch.device, folder: Path, dtype: str, runs: int = 5) -> dict:
+    """The codec alone on one text's fine codes (8 x 384 frames, 5.1 s): median ms of `runs` decodes as the
+    engine runs it (cuDNN held to deterministic algorithms on CUDA), and with cuDNN free to pick and tune
+    (`benchmark=True`), and whether each way's audio was the same bits every time."""
+    import fastbark
+    tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype)
+    codes = np.random.default_rng(0).integers(0, 1024, (8, 384))
+    out = {}
+    for way in ("deterministic", "benchmark"):
+        audio, times = [], []
+        for _ in range(runs + 1):  # the first run picks (and with benchmark, tunes) the algorithms
+            if way == "deterministic":
+                wave, seconds = timed(lambda: tts.decode(codes), device)
+            else:
+                saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
+                try:
+                    source = torch.from_numpy(codes).to(device)[None]
+                    wave, seconds = timed(lambda: tts.codec(source)[0].float().cpu().numpy(), device)
+                finally:
+                    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+            audio.append(wave)
+            times.append(seconds * 1000)
+        out[way] = {"ms": float(np.median(times[1:])), "same_bits": all(np.array_equal(audio[1], a) for a in audio[2:])}
+    return out
+
+
 def repeats(device: torch.device, folder: Path, dtype: str, runs: int = 3) -> dict:
     """Run-to-run determinism: each of 5 sampled, seeded texts alone, `runs` times, with the default backend,
     with the CUDA backend's steps uncaptured (no graphs), and with plain torch. Per configuration: per stage,
@@ -435,7 +462,7 @@ def plan(device: torch.device, sizes: list[str], batches: list[int], engines: li
             tasks += [("profile", size, None)] + ([("profile-fused", size, None)] if cuda else [])
         tasks += [("speed", size, (e, b)) for b in batches for e in main_engines]
         if size == first:
-            tasks += [("invariance", size, None)]
+            tasks += [("invariance", size, None)] + ([("codec", size, None)] if cuda else [])
         tasks += [("speed", size, (e, batches[0])) for e in engines if e == "fastbark-offload"]
     tasks += [("agreement", first, None)] if cuda else []
     tasks += [("repeats", first, None)]
@@ -541,6 +568,9 @@ def main(argv=None) -> dict:
             elif kind == "profile-fused":
                 results["profile_fused"] = attempt(name, lambda: step_profile(folder(size), device, half, fused=True))
                 print(size, "fused step profile", results["profile_fused"], flush=True)
+            elif kind == "codec":
+                results["codec"] = attempt(name, lambda: codec_check(device, folder(size), half))
+                print(size, "codec", results["codec"], flush=True)
             elif kind == "repeats":
                 results["repeats"] = attempt(name, lambda: repeats(device, folder(size), half))
                 print(size, "repeats", results["repeats"], flush=True)

@@ -128,6 +128,8 @@ def test_gpu_device_script_runs_the_most_wanted_first_and_keeps_to_its_budget(tm
     assert tasks.index(("speed", "large", ("transformers", 16))) < tasks.index(("repeats", "small", None))
     assert tasks.index(("speed", "large", ("fastbark-offload", 1))) < tasks.index(("agreement", "small", None))
     assert tasks.index(("agreement", "small", None)) < tasks.index(("step", "small", ("auto", True, 1)))
+    assert tasks.index(("invariance", "small", None)) < tasks.index(("codec", "small", None)) < \
+        tasks.index(("floor", "large", None))
     assert tasks.index(("speed", "large", ("fastbark", 1))) < tasks.index(("speed", "large", ("fastbark-torch", 1)))
     assert len(set(tasks)) == len(tasks) and ("speed", "large", ("fastbark-compile", 16)) in tasks
     results = gpu.main(["--device", "cpu", "--sizes", "tiny", "--tokens", "4", "--batches", "1",
