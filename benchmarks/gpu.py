@@ -178,13 +178,17 @@ def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10
 def codec_check(device: torch.device, folder: Path, dtype: str, runs: int = 5) -> dict:
     """The codec alone on one text's fine codes (8 x 384 frames, 5.1 s): median ms of `runs` decodes as the
     engine runs it (cuDNN held to deterministic algorithms on CUDA), and with cuDNN free to pick and tune
-    (`benchmark=True`), and whether each way's audio was the same bits every time."""
+    (`benchmark=True`); whether each way's audio was the same bits every time; and the GPU memory each way
+    needed beyond what was allocated before (activations and cuDNN's workspaces: a candidate for what sets
+    offload's peak)."""
     import fastbark
     tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype)
     codes = np.random.default_rng(0).integers(0, 1024, (8, 384))
     out = {}
     for way in ("deterministic", "benchmark"):
         audio, times = [], []
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        reset_peak(device)
         for _ in range(runs + 1):  # the first run picks (and with benchmark, tunes) the algorithms
             if way == "deterministic":
                 wave, seconds = timed(lambda: tts.decode(codes), device)
@@ -198,7 +202,9 @@ def codec_check(device: torch.device, folder: Path, dtype: str, runs: int = 5) -
                     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
             audio.append(wave)
             times.append(seconds * 1000)
-        out[way] = {"ms": float(np.median(times[1:])), "same_bits": all(np.array_equal(audio[1], a) for a in audio[2:])}
+        peak = peak_gb(device)  # above what was allocated before: the decode's own working memory
+        out[way] = {"ms": float(np.median(times[1:])), "same_bits": all(np.array_equal(audio[1], a) for a in audio[2:]),
+                    "working_gb": None if peak is None else peak - before / 2**30}
     return out
 
 
