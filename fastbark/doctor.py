@@ -84,7 +84,16 @@ def versions() -> dict[str, str]:
     build = f"CUDA {cuda}" if cuda else ("ROCm " + torch.version.hip if getattr(torch.version, "hip", None)
                                          else "CPU only: this torch cannot use a GPU")
     return {"fastbark": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torch build": build, "platform": platform.platform()}
+            "torch build": build, "triton": triton_version(), "platform": platform.platform()}
+
+
+def triton_version() -> str:
+    """Triton's version, or why the CUDA backend's fused decode step cannot be among its choices here."""
+    try:
+        import triton
+    except ImportError:
+        return "not installed: on a GPU the decode step runs on torch's kernels only (a CUDA torch brings Triton)"
+    return f"{triton.__version__} (the CUDA backend's fused decode step)"
 
 
 def gpus() -> list[str]:

@@ -167,8 +167,10 @@ def test_doctor_reports_the_machine_and_each_choice(tmp_path, capsys):
     assert main(["doctor", "--json", str(tmp_path / "d.json")]) == 0
     out = capsys.readouterr().out
     for expected in ("torch build:", "GPUs torch sees:", "CPU features: AVX2", "C compiler:", "[cpu, float32]",
-                     "backend cpu on cpu, float32", "[cpu, float32, int8]"):
+                     "backend cpu on cpu, float32", "[cpu, float32, int8]", "triton: "):
         assert expected in out, expected
+    import triton  # a test dependency: the fused step's kernels run in its interpreter
+    assert f"triton: {triton.__version__} (the CUDA backend's fused decode step)" in out
     report = json.loads((tmp_path / "d.json").read_text())
     chosen = {(c["device"], c["dtype"], c["quantize"]): c for c in report["choices"]}
     assert chosen[("cpu", "float32", None)]["backend"] == "cpu" and set(report["cpu_features"]) >= {"AVX2", "AMX"}
