@@ -100,11 +100,13 @@ int main(void) {
             for (int k = 0; k < 4; k++) {
                 double t0 = now(); volatile double sink = 0;
                 #pragma omp parallel num_threads(threads) reduction(+:sink)
-                { sink += k == 0 ? fma_f32(iters) : k == 1 ? s8_exact(iters) : k == 2 ? s16_madd(iters) : s8_tile(iters); }
+                { sink += k == 0 ? fma_f32(iters) : k == 1 ? s8_exact(iters)
+                        : k == 2 ? s16_madd(iters) : s8_tile(iters); }
                 double dt = now() - t0, rate = macs_per_iter[k] * iters * threads / dt / 1e9;
                 if (rate > best[k]) best[k] = rate;
             }
-        for (int k = 0; k < 4; k++) printf("{\"threads\": %d, \"kind\": \"%s\", \"gmacs\": %.1f}\n", threads, names[k], best[k]);
+        for (int k = 0; k < 4; k++)
+            printf("{\"threads\": %d, \"kind\": \"%s\", \"gmacs\": %.1f}\n", threads, names[k], best[k]);
     }
     return 0;
 }

@@ -165,8 +165,8 @@ class EngineOptions:
         "prefetched (CUDA only; less GPU memory)"))
     compile: bool = field(default=False, metadata=_help(
         "compile the CUDA backend's decode step with torch.compile (fused kernels inside its CUDA graphs; "
-        "the first generation takes longer while it compiles; experimental: slower than without it on the "
-        "one GPU measured, before a fix not yet measured there)"))
+        "the first generation takes longer while it compiles; experimental: on the one GPU measured, 0.49 ms a "
+        "step against the default fused step's 0.34 ms, after 28 s of compiling)"))
 
     def __post_init__(self):
         dtype, device = parse_dtype(self.dtype), parse_device(self.device)

@@ -39,7 +39,8 @@ def random_cache(model: CausalGPT, rows: int) -> torch.Tensor:
 @pytest.mark.parametrize("shape", [(2, 64), (6, 96)], ids=["C64-hd32", "C96-hd16"])  # 96: C not a power of two
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("pos, tiles", [(0, fused.Tiles()), (70, fused.Tiles()), (200, fused.Tiles(n=16, k=16, keys=32)),
+@pytest.mark.parametrize("pos, tiles", [(0, fused.Tiles()), (70, fused.Tiles()),
+                                        (200, fused.Tiles(n=16, k=16, keys=32)),
                                         (128, fused.Tiles(n=16, k=16, keys=32, split=2))])
 def test_logits_and_cache_writes_match_the_torch_step(shape, dtype, tolerance, bias, pos, tiles):
     """pos 0 attends to the new key only; 70 and 200 end inside a chunk of keys, so the keys after pos, which

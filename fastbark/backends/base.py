@@ -59,7 +59,8 @@ class BackendReport:
             linears = ", ".join(f"{n} {kind}" for kind, n in sorted(m.linears.items()))
             step = f"; decode step {m.decode_step}, one-query attention {m.one_query_attention}" if m.decode_step else ""
             passes = f"; window passes {m.window_passes}" if m.window_passes else ""
-            lines.append(f"  {name}: linear layers {linears}; whole-sequence attention {m.whole_attention}{step}{passes}")
+            lines.append(f"  {name}: linear layers {linears}; whole-sequence attention {m.whole_attention}"
+                         f"{step}{passes}")
         lines += [f"  measured: {m}" for m in self.measured]
         lines += [f"  fallback: {f}" for f in self.fallbacks]
         return "\n".join(lines)

@@ -9,10 +9,11 @@ later keys are masked), so one graph serves `KEY_BUCKET` positions and a stage n
 1024 / 128 = 8 graphs per cache.
 
 `StaticDecoder` (a `models.gpt.Decoder`) owns the caches ("slabs"): each is allocated once for a number of
-rows rounded up to a multiple of `rows` and reused by later generations, so a graph captured over it stays
-valid. The pipeline sees a view of its first B rows; the padding rows run too (garbage in, garbage out,
-never read), which is what makes a row's numbers independent of its companions: every decode step of a
-batch of up to `rows` texts is the same GEMM shape. Prefills run one row at a time for the same reason
+rows (`rows_for`: a multiple of `rows` for `token_step`, a power of two for the fused step of `fused.py`)
+and reused by later generations, so a graph captured over it stays valid. The pipeline sees a view of its
+first B rows; the padding rows run too (garbage in, garbage out, never read), which is what makes a row's
+numbers independent of its companions in `token_step`: every decode step of a batch of up to `rows` texts
+is the same GEMM shape. Prefills run one row at a time for the same reason
 (cuBLAS may pick another kernel for another number of rows).
 
 On the CPU (`graphs=False`) the same function runs eagerly: the tests prove every line of it there, and
@@ -125,7 +126,7 @@ class Slab:
         self.k, self.v = self.kv[:, 0], self.kv[:, 1]  # (n_layer, rows, H, max_len, hd) each
         self.token = torch.zeros(rows, dtype=torch.long, device=w.device)
         self.pos = torch.zeros(1, dtype=torch.long, device=w.device)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # by StaticDecoder.runner's key
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # by `runner`'s key
         self.users: weakref.WeakSet[StaticCache] = weakref.WeakSet()  # the caches viewing it; free when none
 
     def view(self, batch: int) -> "StaticCache":
@@ -185,6 +186,9 @@ class StaticDecoder:
         self.kind = ("cuda-graph" if graphs else "static") + (
             "+triton" if tiles is not None else "+compiled" if compile else "")
         self._step = torch.compile(token_step, fullgraph=True, dynamic=True) if compile else token_step
+        if tiles is not None:
+            from .fused import token_step as fused_step  # Triton: imported where it is chosen
+            self._fused_step = fused_step
         self._attend = ATTENTIONS[attention]
         self._write = write_by_index_put if compile else write_by_index_copy  # see write_by_index_put
         self._slabs: list[Slab] = []
@@ -272,10 +276,9 @@ class StaticDecoder:
         a power of two (a row's bits do not depend on how many run) and read the position themselves, so
         one graph serves every position."""
         if self.tiles is not None:
-            from .fused import token_step as fused_step  # Triton: imported where it is chosen
             rows = min(slab.rows, self.rows_for(batch))
-            return (rows, slab.max_len), lambda: fused_step(self.model, slab.token[:rows], slab.pos, slab.kv,
-                                                            self.tiles)
+            return (rows, slab.max_len), lambda: self._fused_step(self.model, slab.token[:rows], slab.pos, slab.kv,
+                                                                  self.tiles)
         n_keys = min(slab.max_len, math.ceil((pos + 1) / KEY_BUCKET) * KEY_BUCKET)
         return (slab.rows, n_keys), lambda: self._step(self.model, slab.token, slab.pos, slab.kv, n_keys,
                                                        self._attend, self._write)
@@ -344,7 +347,7 @@ def choose_step(model: CausalGPT, cache: ChoiceCache | None = None) -> tuple[str
     StaticDecoder keywords, and what was measured, for the report. A step that cannot run, or gives logits
     other than the first candidate's (SDPA as dispatched) on the same cache, is left out. With `cache`
     (kept per GPU, torch, CUDA, Triton and this backend's code), a shape measured before is not measured
-    again: timing every candidate takes seconds at each engine's making."""
+    again: each candidate is captured and replayed 180 times, for every engine made."""
     c = model.config
     key = f"decode step {c.n_layer}x{c.n_embd}x{c.output_vocab_size} {model.position_embeds_layer.weight.dtype}"
     n_keys, times, failed = c.block_size, {}, {}

@@ -61,8 +61,9 @@ class Tiles:
 
 # The candidates a GPU times (decoder.choose_step): narrow column blocks and more splits give more programs
 # over the few columns of a decode product (out_proj: 768 columns), wide ones fewer, longer reads; long input
-# blocks fewer steps of each program's loop. On the H200 (RESULTS section 42) the first won at bark-small, the
-# second was 1% behind, and the third and fourth 13-40%; the last two are not yet measured.
+# blocks fewer steps of each program's loop. On the H200 (RESULTS section 42, times at 1 and 16 rows summed) the
+# first won at bark-small, the second was 5% behind, the fourth 16% and the third 35%; the last two are not yet
+# measured.
 TILES = (Tiles(), Tiles(n=16, keys=64), Tiles(n=64, k=64, split=2), Tiles(n=32, k=64, warps=2, split=8, keys=64),
          Tiles(n=32, k=256, warps=8), Tiles(n=16, k=256, split=8))
 

@@ -55,7 +55,8 @@ class CapturedPasses:
     def check(self) -> str | None:
         """Why this GPU's captured passes cannot be used, or None: one captured pass of the real model over a
         window of zero codes must give the uncaptured pass's logits (checked once, when the backend is
-        prepared). Where they cannot, the passes run uncaptured."""
+        prepared; the graph captured for it is kept: the pipeline's first window replays it). Where they
+        cannot, the passes run uncaptured."""
         if not self.graphs:
             return None
         device = self.model.position_embeds_layer.weight.device
@@ -66,11 +67,11 @@ class CapturedPasses:
             with torch.inference_mode():
                 want = self.model(codes, codebook, 0).float()
                 got = self(codes, codebook, 0).float()
-            if not torch.allclose(got, want, rtol=0.02, atol=0.02):
-                return "a captured pass's logits differ from the uncaptured pass's"
+            why = None if torch.allclose(got, want, rtol=0.02, atol=0.02) else \
+                "a captured pass's logits differ from the uncaptured pass's"
         except Exception as e:  # noqa: BLE001 - any failure means: run the passes uncaptured, and say why
-            return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
-        finally:
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        if why:
             self._graphs.clear()
             self._pool = None
-        return None
+        return why
