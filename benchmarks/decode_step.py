@@ -1,13 +1,17 @@
 """A whole decode step per mode (float32, int8, int4) against this machine's memory read rate.
 
-The coarse GPT of bark-small (random weights), one row, a few cached positions so that attention costs
-next to nothing: each mode's step as the engine runs it (the one-call C step where it measured faster),
-timed in interleaved rounds (best of each mode), at 1 and at all threads. Beside each: the bytes of
-weights one step reads (the blocks' and the head's, in the mode's format), those bytes per millisecond,
-and that rate as a share of a 256 MB `sum`'s read rate measured in the same run (the floor a step
-cannot beat).
+The coarse GPT of bark-small (random weights), one row, by default a few cached positions so that attention
+costs next to nothing: each mode's step as the engine runs it (the one-call C step where it measured faster),
+timed in interleaved rounds (best of each mode), at 1 and at all threads. Beside each: the bytes one step
+reads (the weights of the blocks and the head in the mode's format, and the cached keys and values in the
+cache's dtype), those bytes per millisecond, and that rate as a share of a 256 MB `sum`'s read rate measured
+in the same run (the floor a step cannot beat).
 
     python benchmarks/decode_step.py --threads 2 --json benchmarks/decode-step-zen3.json
+    python benchmarks/decode_step.py --threads 2 --positions 600 --json benchmarks/decode-step-600-zen3.json
+
+With --positions 600 (a coarse window's typical cache) attention reads as much as the int8 weights; the
+quantised modes are also timed with float32 caches ("float32 cache"), which the backend replaces by bfloat16.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from bench import cpu_description
 from fastbark.testing import write_random_checkpoint
 
 MODES = {"float32": {}, "int8": dict(quantize="int8"), "int4": dict(quantize="int4")}
-POSITIONS = 16  # cached positions: attention reads 16 x 18 KB per layer, against 7 MB or more of weights
+POSITIONS = 16  # by default: attention reads 16 x 6 KB (float32) per layer, against 7 MB or more of weights
 
 
 def weight_bytes(model) -> int:
@@ -40,19 +44,34 @@ def weight_bytes(model) -> int:
     return total
 
 
-def step_ms(model, threads: int, runs: int = 15) -> float:
-    """The median of `runs` steps of one row at POSITIONS (the token's embedding, the step, the head)."""
+def cache_bytes(model, positions: int) -> int:
+    """What one step reads of the KV cache: keys and values of every layer at `positions` + 1 positions."""
+    c = model.config
+    return 2 * c.n_layer * c.n_embd * (positions + 1) * model.new_cache(1, 1).k.element_size()
+
+
+def step_ms(model, threads: int, positions: int, runs: int = 15) -> float:
+    """The median of `runs` steps of one row at `positions` (the token's embedding, the step, the head), over a
+    cache whose memory is written (a fresh allocation's pages would all read as one shared zero page)."""
     torch.set_num_threads(threads)
     with torch.inference_mode():
-        cache = model.new_cache(1, POSITIONS + 1)
+        cache = model.new_cache(1, positions + 1)
+        cache.k.normal_(), cache.v.normal_()
         token = torch.zeros(1, dtype=torch.long)
-        model.decode(token, cache, POSITIONS)
+        model.decode(token, cache, positions)
         times = []
         for _ in range(runs):
             start = time.perf_counter()
-            model.decode(token, cache, POSITIONS)
+            model.decode(token, cache, positions)
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2] * 1000
+
+
+def float32_cache(tts):
+    """The engine's coarse GPT with its kernels, its KV caches in float32 (the model's dtype)."""
+    m = tts.coarse_model
+    m.use_kernels(m.layers[0].attn.kernel, m.decode_step, m.decoder)
+    return m
 
 
 def read_gbs(threads: int) -> float:
@@ -73,13 +92,18 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each mode keeps its best")
+    p.add_argument("--positions", type=int, default=POSITIONS, help="cached positions")
     p.add_argument("--json")
     args = p.parse_args(argv)
     counts = sorted({1, args.threads})
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_random_checkpoint("small", Path(tmp) / "bark")
         engines = {name: fastbark.Bark.from_pretrained(folder, threads=args.threads, **o) for name, o in MODES.items()}
-    models = {name: tts.coarse_model for name, tts in engines.items()}
+        if args.positions > POSITIONS:  # the quantised modes once more, with the float32 caches of before
+            engines.update({f"{name}, float32 cache": fastbark.Bark.from_pretrained(folder, threads=args.threads, **o)
+                            for name, o in MODES.items() if o})
+    models = {name: float32_cache(tts) if "float32 cache" in name else tts.coarse_model
+              for name, tts in engines.items()}
     steps = {name: tts.backend.models["coarse"].decode_step for name, tts in engines.items()}
     ms = {(name, t): float("inf") for name in models for t in counts}
     read = {t: 0.0 for t in counts}
@@ -87,25 +111,26 @@ def main(argv=None) -> dict:
         for t in counts:
             read[t] = max(read[t], read_gbs(t))
             for name, model in models.items():
-                ms[name, t] = min(ms[name, t], step_ms(model, t))
+                ms[name, t] = min(ms[name, t], step_ms(model, t, args.positions))
     rows = []
-    print(f"\nbark-small coarse decode step, one row, {POSITIONS} cached positions; best of {args.rounds} rounds")
-    print("| mode | step | weights read | " + " | ".join(f"{t} thread{'s' * (t > 1)}: ms, GB/s, % of read"
-                                                    for t in counts) + " |")
-    print("| --- | --- | --- | " + " | ".join("---" for _ in counts) + " |")
+    print(f"\nbark-small coarse decode step, one row, {args.positions} cached positions; best of {args.rounds} rounds")
+    print("| mode | step | weights read | cache read | " +
+          " | ".join(f"{t} thread{'s' * (t > 1)}: ms, GB/s, % of read" for t in counts) + " |")
+    print("| --- | --- | --- | --- | " + " | ".join("---" for _ in counts) + " |")
     for name, model in models.items():
-        size = weight_bytes(model)
-        row = {"mode": name, "step": steps[name], "weight_mb": size / 1e6}
+        weights, cached = weight_bytes(model), cache_bytes(model, args.positions)
+        size = weights + cached
+        row = {"mode": name, "step": steps[name], "weight_mb": weights / 1e6, "cache_mb": cached / 1e6}
         cells = []
         for t in counts:
             gbs = size / ms[name, t] / 1e6
             row[f"ms_t{t}"], row[f"gbs_t{t}"], row[f"of_read_t{t}"] = ms[name, t], gbs, gbs / read[t]
             cells.append(f"{ms[name, t]:.2f}, {gbs:.1f}, {100 * gbs / read[t]:.0f}%")
         rows.append(row)
-        print(f"| {name} | {steps[name]} | {size / 1e6:.1f} MB | " + " | ".join(cells) + " |")
-    print("| memory read (256 MB sum) | | | " + " | ".join(f"{read[t]:.1f} GB/s" for t in counts) + " |")
+        print(f"| {name} | {steps[name]} | {weights / 1e6:.1f} MB | {cached / 1e6:.1f} MB | " + " | ".join(cells) + " |")
+    print("| memory read (256 MB sum) | | | | " + " | ".join(f"{read[t]:.1f} GB/s" for t in counts) + " |")
     results = {"cpu": cpu_description(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-               "positions": POSITIONS, "rounds": args.rounds, "read_gbs": {str(t): g for t, g in read.items()},
+               "positions": args.positions, "rounds": args.rounds, "read_gbs": {str(t): g for t, g in read.items()},
                "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

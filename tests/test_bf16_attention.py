@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastbark
-from fastbark.backends.cpu.attention import Bf16Attention, _sdpa, bf16_attention
+from fastbark.backends.cpu.attention import Bf16Attention, sdpa_whole, bf16_attention
 
 attend = bf16_attention() if shutil.which("cc") else None
 pytestmark = pytest.mark.skipif(attend is None, reason="needs a C compiler and a CPU with AVX512-BF16")
@@ -19,7 +19,7 @@ def test_close_to_float64_attention(T, n_head, hd, causal):
     its 16-key tiles, 8-query blocks and key pairs (odd T) is covered."""
     torch.manual_seed(0)
     qkv = torch.randn(2, T, 3 * n_head * hd)
-    exact = _sdpa(qkv.double(), n_head, causal)
+    exact = sdpa_whole(qkv.double(), n_head, causal)
     got = attend(qkv, n_head, causal)
     assert got.shape == (2, T, n_head * hd) and got.dtype == torch.float32
     error = (got.double() - exact).abs()
@@ -62,7 +62,7 @@ def test_bfloat16_inputs():
     qkv = torch.randn(1, 50, 3 * 2 * 32, dtype=torch.bfloat16)
     got = attend(qkv, 2, True)
     assert got.dtype == torch.bfloat16
-    exact = _sdpa(qkv.double(), 2, True)
+    exact = sdpa_whole(qkv.double(), 2, True)
     assert (got.double() - exact).abs().max() <= 0.03 * exact.abs().max()
 
 

@@ -174,3 +174,51 @@ def test_int8_big_products_take_the_route_measured_fastest(tmp_path):
     assert str(result).startswith("int8 products 64 -> 48: via-float")
     again = ChoiceCache(tmp_path, ["a machine"]).get("int8 64x48:reference,wrong,via-float")
     assert again == result  # read back from the file, label and all
+
+
+def test_whole_sequence_attention_takes_the_way_measured_fastest(tmp_path):
+    """The fast modes' C attention runs only where it measured faster than SDPA; a wrong or unrunnable way is
+    refused whatever its speed; the choice is cached."""
+    from fastbark.backends.cpu.attention import sdpa_whole
+    from fastbark.backends.cpu.choice import choose_whole_attention
+
+    def slow(qkv, n_head, causal):
+        time.sleep(0.003)
+        return sdpa_whole(qkv, n_head, causal)
+    ways = {"sdpa": sdpa_whole, "slow": slow, "wrong": lambda *a: sdpa_whole(*a) + 1, "none": lambda *a: None}
+    cache = ChoiceCache(tmp_path, ["a machine"])
+    result = choose_whole_attention(2, 64, torch.float32, ways, cache)
+    assert result.chosen == "sdpa" and set(result.ms) == {"sdpa", "slow"} and result.ms["slow"] > result.ms["sdpa"]
+    assert result.refused == {"wrong": "its values are far from the reference's", "none": "cannot run this shape"}
+    assert str(result).startswith("whole-sequence attention 2 heads x 64: sdpa")
+    assert ChoiceCache(tmp_path, ["a machine"]).get("attention 2x64 float32:sdpa,slow,wrong,none") == result
+    faster = choose_whole_attention(2, 64, torch.float32, {"sdpa": slow, "c": sdpa_whole}, None)
+    assert faster.chosen == "c"
+
+
+@pytest.mark.parametrize("kernel_faster", [True, False])
+def test_the_engine_runs_the_c_attention_only_where_it_measured_faster(hub_dir, monkeypatch, tmp_path, kernel_faster):
+    """In a fast mode with cpu_kernel="auto", the bfloat16 C attention (a stand-in here, computing SDPA: this test
+    must run on CPUs without AVX512-BF16) is timed against SDPA; the slower of the two is made so by a sleep, and
+    the report says what runs and why."""
+    from fastbark.backends import cpu
+    from fastbark.backends.cpu.attention import sdpa_whole
+
+    def slowed(qkv, n_head, causal):
+        time.sleep(0.005)
+        return sdpa_whole(qkv, n_head, causal)
+    monkeypatch.setattr(cpu, "bf16_attention", lambda: sdpa_whole if kernel_faster else slowed)
+    if kernel_faster:
+        monkeypatch.setattr(cpu, "sdpa_whole", slowed)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # measured afresh
+    report = fastbark.Bark.from_pretrained(hub_dir, quantize="int8").backend
+    measured = [m for m in report.measured if m.startswith("whole-sequence attention ")]
+    assert len(measured) == 1 and f": {'bf16-c' if kernel_faster else 'sdpa'} (" in measured[0]
+    for name in ("semantic", "coarse", "fine"):
+        assert report.models[name].whole_attention == ("bf16-c" if kernel_faster else "sdpa")
+    slower = [f for f in report.fallbacks if f.startswith("bfloat16 attention kernel")]
+    assert slower == ([] if kernel_faster else
+                      ["bfloat16 attention kernel: measured slower than SDPA here; SDPA instead"])
+    forced = fastbark.Bark.from_pretrained(hub_dir, quantize="int8", cpu_kernel="c").backend
+    assert forced.models["fine"].whole_attention == "bf16-c"  # "c": wherever it runs, unmeasured
+    assert not any(m.startswith("whole-sequence attention ") for m in forced.measured)

@@ -146,6 +146,40 @@ def test_engine_uses_the_c_step_in_the_fast_modes(hub_dir):
             assert (tts.backend.models[name].decode_step == "fused-c") == expected, options
         if options == dict(dtype="bfloat16") and bf16:
             assert type(tts.semantic_model.lm_head).__name__ == "PackedLinear"  # the step leaves it to oneDNN
+        # the quantised modes' step keeps its caches in bfloat16; the exact mode's stay float32
+        quantised_step = expected and "quantize" in options
+        for name, model in (("semantic", tts.semantic_model), ("coarse", tts.coarse_model)):
+            assert model.new_cache(1, 4).k.dtype == (torch.bfloat16 if quantised_step else
+                                                     model.position_embeds_layer.weight.dtype), options
+            assert (tts.backend.models[name].kv_cache == "bfloat16") == quantised_step, options
+            assert ("KV cache bfloat16" in str(tts.backend)) == quantised_step, options
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@torch.inference_mode()
+def test_a_bfloat16_cache_costs_the_quantised_step_little(mode):
+    """The quantised modes' caches in bfloat16: the C step reads them as the blocks do (in float32, from the
+    rounded keys and values), the blocks and the C step agree over them, and against the float32 model the
+    logits err no more than with float32 caches, by a margin far under the int8 products' own error."""
+    if not decode_step_works(FORMATS[mode]):
+        pytest.skip(f"no C decode step for {mode} on this machine")
+    prompt, tokens = torch.randn(2, 21, 64), torch.randint(0, 50, (2, 12))  # 21-32 positions: blocks of 8 and tails
+    reference, _ = decode(float_model(64, 4, True), prompt, tokens)
+
+    def error(x):
+        return ((x.float() - reference).abs().max() / reference.abs().max()).item()
+    model = fast_model(mode, 64, 4, True)
+    float32_cache, _ = decode(model, prompt, tokens)
+    model.use_kernels(cache_dtype=torch.bfloat16)
+    blocks, blocks_cache = decode(model, prompt, tokens)  # the blocks read the rounded cache in float32
+    assert blocks_cache.k.dtype == torch.bfloat16
+    assert use_decode_step(model)
+    model.use_kernels(decode_step=model.decode_step, cache_dtype=torch.bfloat16)
+    c, cache = decode(model, prompt, tokens)
+    assert cache.k.dtype == torch.bfloat16
+    assert ((c - blocks).abs().max() / reference.abs().max()).item() <= 0.5 * error(float32_cache)
+    assert error(c) <= 1.25 * error(float32_cache) and error(blocks) <= 1.25 * error(float32_cache)
+    assert torch.equal(cache.k[:, :, :, :21], blocks_cache.k[:, :, :, :21])  # the prefill wrote both alike
 
 
 @torch.inference_mode()

@@ -40,6 +40,7 @@ class ModelReport:
     whole_attention: str  # sdpa, sdpa-<kernel SDPA picks> or bf16-c: prefills and fine passes
     one_query_attention: str  # sdpa, masked sdpa-<kernel> or matmul: a step's attention over the cache; "" for fine
     window_passes: str = ""  # the fine model's passes where a backend runs them (cuda-graph); "" otherwise
+    kv_cache: str = ""  # the KV caches' dtype where a backend chose one apart from the model's (bfloat16); "" otherwise
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class BackendReport:
         for name, m in self.models.items():
             linears = ", ".join(f"{n} {kind}" for kind, n in sorted(m.linears.items()))
             step = f"; decode step {m.decode_step}, one-query attention {m.one_query_attention}" if m.decode_step else ""
+            step += f", KV cache {m.kv_cache}" if m.kv_cache else ""
             passes = f"; window passes {m.window_passes}" if m.window_passes else ""
             lines.append(f"  {name}: linear layers {linears}; whole-sequence attention {m.whole_attention}"
                          f"{step}{passes}")
@@ -83,8 +85,9 @@ def describe(name: str, options: EngineOptions, models: Models, fallbacks: tuple
         if causal and (model.decoder or model.decode_step):
             step = getattr(model.decoder or model.decode_step, "kind", "custom")
         passes = getattr(getattr(model, "passes", None), "kind", "")
+        kv = str(model.cache_dtype).removeprefix("torch.") if causal and model.cache_dtype is not None else ""
         reports[key] = ModelReport(dict(kinds), step if causal else "", kernel.whole_kind,
-                                   kernel.one_query_kind if causal else "", passes)
+                                   kernel.one_query_kind if causal else "", passes, kv)
     return BackendReport(name, options, reports, fallbacks, measured)
 
 

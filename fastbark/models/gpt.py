@@ -137,12 +137,14 @@ class SelfAttention(nn.Module):
                 return self.out_proj(y)
         if cache is None:  # non-causal full attention (fine model)
             y = F.scaled_dot_product_attention(q, k, v)
+        elif pos == 0 and T > 1:  # a prefill attends to its own keys, as computed (a cache may hold them rounded)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            k, v = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]
+            # every cached position; a cache in another dtype than the activations (a fast mode's bfloat16 cache)
+            # is read in theirs
+            k, v = k_cache[:, :, : pos + T].to(q.dtype), v_cache[:, :, : pos + T].to(q.dtype)
             if T == 1:  # one new token attends to every cached position
                 y = self.kernel.one_query(q, k, v)
-            elif pos == 0:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:  # several new tokens after a prefix: causal mask aligned to the bottom right
                 mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -225,13 +227,15 @@ class CausalGPT(GPT):
         self.lm_head = nn.Linear(config.n_embd, config.output_vocab_size, bias=False)
         self.decode_step: DecodeStep | None = None  # None: the blocks themselves; set through use_kernels
         self.decoder: Decoder | None = None  # None: the model's own caches, prefill and step; set through use_kernels
+        self.cache_dtype: torch.dtype | None = None  # None: the model's dtype; set through use_kernels
 
     def use_kernels(self, attention: AttentionKernel | None = None, decode_step: DecodeStep | None = None,
-                    decoder: Decoder | None = None) -> None:
-        """Also run one-position steps with `decode_step` (None: block by block), and the cache work with
-        `decoder` (None: the model's own)."""
+                    decoder: Decoder | None = None, cache_dtype: torch.dtype | None = None) -> None:
+        """Also run one-position steps with `decode_step` (None: block by block), the cache work with
+        `decoder` (None: the model's own), and keep the model's own KV caches in `cache_dtype` (None: the
+        model's dtype; the blocks read another in the activations' dtype)."""
         super().use_kernels(attention)
-        self.decode_step, self.decoder = decode_step, decoder
+        self.decode_step, self.decoder, self.cache_dtype = decode_step, decoder, cache_dtype
 
     def release_caches(self) -> None:
         """Free the decoder's kept caches that no generation is using (offload: the model leaves the device)."""
@@ -242,7 +246,8 @@ class CausalGPT(GPT):
         if self.decoder is not None:
             return self.decoder.new_cache(batch, max_len or self.config.block_size)
         w = self.position_embeds_layer.weight  # (lm_head's weight may be swapped away by a backend)
-        return KVCache.empty(self.config, batch, max_len or self.config.block_size, w.device, w.dtype)
+        return KVCache.empty(self.config, batch, max_len or self.config.block_size, w.device,
+                             self.cache_dtype or w.dtype)
 
     def prefill(self, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """embeds (B, T, C) at positions 0..T-1, into a fresh cache -> logits of the last position (B, V)."""

@@ -13,8 +13,10 @@ What it chooses, per engine options (each choice falls back, and says so in the 
 - int4 (`quantize="int4"`): every linear layer of the three GPTs' blocks with int4 weights in groups of 32
   (int4.py; C products for one position per row), the heads in int8 as above; the decode steps as one C
   call each where that measured faster;
+- int8 and int4 with the one-call step: the semantic and coarse KV caches in bfloat16;
 - bfloat16: the decode steps as one C call each (AVX512-BF16), the heads oneDNN-packed;
-- int8 and bfloat16: whole-sequence attention with bfloat16 products in C (AVX512-BF16);
+- int8 and bfloat16: whole-sequence attention with bfloat16 products in C (AVX512-BF16), where it measured
+  faster than SDPA in the mode's dtype ("auto"; "c": wherever it runs);
 - half precision: a decode step's attention over the cache as two matmuls.
 """
 
@@ -24,12 +26,12 @@ import torch
 
 from ...models.gpt import CausalGPT
 from ..base import Backend, Models
-from .attention import CpuAttention, bf16_attention
+from .attention import CpuAttention, bf16_attention, sdpa_whole
 from .decode_step import fused_decode_step
 from .int4 import Int4Linear, int4_kernel
 from .int8 import ROUTES, Int8Linear, int8_kernels
-from .choice import (Candidate, ChoiceCache, PlainLinear, choose_int_route, choose_linears, choose_step, code_digest,
-                     machine_key, step_key)
+from .choice import (Candidate, ChoiceCache, PlainLinear, choose_int_route, choose_linears, choose_step,
+                     choose_whole_attention, code_digest, machine_key, step_key)
 from .library import cache_dir, kernels_unavailable, load_kernels, sources_digest
 from .linears import GemvLinear, PackedLinear, pack_linear, packing_available
 
@@ -54,9 +56,13 @@ class CpuBackend(Backend):
         kernels = load_kernels() if use_c else None
         fallbacks = [f"C kernels: {kernels_unavailable()}"] if use_c and kernels is None else []
         fast = o.quantize is not None or dtype == torch.bfloat16  # the fast modes
-        attention = CpuAttention(bf16_attention() if fast and kernels else None, half_matmul=dtype != torch.float32)
-        if fast and kernels and attention.whole_kind == "sdpa":
+        whole = bf16_attention() if fast and kernels else None
+        if fast and kernels and whole is None:
             fallbacks.append("bfloat16 attention kernel: not on this CPU (needs AVX512-BF16); SDPA instead")
+        elif whole is not None and o.cpu_kernel == "auto" and not self._attention_measured_faster(models, whole):
+            fallbacks.append("bfloat16 attention kernel: measured slower than SDPA here; SDPA instead")
+            whole = None
+        attention = CpuAttention(whole, half_matmul=dtype != torch.float32)
         if o.quantize is not None:
             fallbacks += self._quantise(models, kernels)
         for model in (models.semantic, models.coarse):  # the decode-step GPTs; the fine GPT runs big GEMMs
@@ -71,7 +77,9 @@ class CpuBackend(Backend):
                 step = self._float32_step(model, attention, kernels)
             else:
                 fallbacks += self._decode_linears(model, dtype, head_only=step is not None)
-            model.use_kernels(attention, step)
+            # the quantised modes' one-call step reads its KV cache in bfloat16: half the bytes of a step's attention
+            # (RESULTS.md section 44), an error far below the int8 products' own (fidelity.py)
+            model.use_kernels(attention, step, cache_dtype=torch.bfloat16 if o.quantize and step else None)
         models.fine.use_kernels(attention)
         return list(dict.fromkeys(fallbacks))  # the same fallback once, not per model
 
@@ -102,6 +110,15 @@ class CpuBackend(Backend):
             fallbacks.append("int8 products: torch._int_mm is slower on this CPU (no VNNI); prefills and fine "
                              "passes run as float32 GEMMs whose integer results are exact (the same bits)")
         return fallbacks
+
+    def _attention_measured_faster(self, models: Models, whole) -> bool:
+        """Whether the bfloat16 C attention measured faster than SDPA in the mode's dtype, at the fine GPT's shape
+        (on a CPU with AMX, SDPA's bfloat16 kernels may be the faster)."""
+        c = models.fine.config
+        choice = choose_whole_attention(c.n_head, c.n_embd, self.options.torch_dtype,
+                                        {"sdpa": sdpa_whole, "bf16-c": whole}, self.choice_cache())
+        self.choices.append(choice)
+        return choice.chosen == "bf16-c"
 
     def _measured_step(self, model, attention, step, mode: str):
         """`step` where a whole decode step through it measured faster than the blocks, else None."""

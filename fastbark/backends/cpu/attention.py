@@ -39,7 +39,7 @@ class Bf16Attention:
         return out.to(qkv.dtype) if status == 0 else None
 
 
-def _sdpa(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor:
+def sdpa_whole(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor:
     B, T, C3 = qkv.shape
     q, k, v = qkv.view(B, T, 3, n_head, C3 // 3 // n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(B, T, C3 // 3)
@@ -59,7 +59,7 @@ def bf16_attention() -> Bf16Attention | None:
         got = attend(qkv, n_head, causal)
         if got is None:
             return None
-        expected = _sdpa(qkv.double(), n_head, causal)
+        expected = sdpa_whole(qkv.double(), n_head, causal)
         if not torch.allclose(got.double(), expected, rtol=0.03, atol=0.03):
             return None
         if not all(torch.equal(attend(qkv[i: i + 1], n_head, causal), got[i: i + 1]) for i in range(3)):

@@ -11,7 +11,10 @@ candidate kernel is first checked, then timed, and the fastest that passed runs:
 
 A kernel that loses to plain torch (`F.linear`, always a candidate) is therefore never chosen. Then, where a
 decode step in one C call exists (decode_step.py), the whole step is timed both ways, that call against the
-blocks with their chosen products, and the faster runs (`choose_step`). The measurements are cached per CPU (model name and flags), torch version, thread count and kernel sources,
+blocks with their chosen products, and the faster runs (`choose_step`). The same holds for the fast modes'
+whole-sequence attention: the bfloat16 C kernel runs only where it measured faster than SDPA in the mode's
+dtype (`choose_whole_attention`), and the int8 mode's big products take torch._int_mm or exact float32 GEMMs,
+whichever measured faster (`choose_int_route`). The measurements are cached per CPU (model name and flags), torch version, thread count and kernel sources,
 beside the C library's build, so they are made once per machine; the backend report lists them.
 """
 
@@ -71,6 +74,7 @@ class Choice:
         times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in sorted(self.ms.items(), key=lambda kv: kv[1]))
         refused = "".join(f"; {name} refused: {why}" for name, why in self.refused.items())
         what = f"{self.shape[0]} layers x {self.shape[1]} -> {self.shape[2]}" if self.label == STEP_LABEL else \
+            f"{self.shape[0]} heads x {self.shape[1]}" if self.label == ATTENTION_LABEL else \
             f"{self.shape[0]} -> {self.shape[1]}"
         return f"{self.label}{what}: {self.chosen} ({times}{refused})"
 
@@ -344,6 +348,48 @@ def choose_int_route(in_features: int, out_features: int, routes: dict[str, Call
     if not ms:
         raise RuntimeError(f"no int8 product route worked for {in_features} -> {out_features}: {refused}")
     result = Choice((in_features, out_features), min(ms, key=ms.get), ms, refused, "int8 products ")
+    if cache is not None:
+        cache.put(key, result)
+    return result
+
+
+# ---------------------------------------------------------------- whole-sequence attention
+
+ATTENTION_SHAPES = ((1024, False), (887, True))  # a fine pass's window; a coarse window's longest prefill (causal)
+ATTENTION_LABEL = "whole-sequence attention "
+
+
+def choose_whole_attention(n_head: int, n_embd: int, dtype: torch.dtype, ways: dict[str, Callable],
+                           cache: ChoiceCache | None) -> Choice:
+    """Which whole-sequence attention (`ways`: name -> f(qkv (B, T, 3C), n_head, causal) -> (B, T, C), or None
+    where it cannot run) is fastest here for one text, in the activations' dtype: the time of a fine pass's
+    window and of a coarse prefill's, summed. Every way must give values close to the first's (the reference:
+    SDPA) to be eligible. Cached per shape and dtype."""
+    key = f"attention {n_head}x{n_embd} {str(dtype).removeprefix('torch.')}:{','.join(ways)}"
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None and cached.chosen in ways:
+        return cached
+    g = torch.Generator().manual_seed(0)
+    inputs = [(torch.randn(1, T, 3 * n_embd, generator=g).to(dtype), causal) for T, causal in ATTENTION_SHAPES]
+    reference, ms, refused = None, {}, {}
+    with torch.inference_mode():
+        for name, way in ways.items():
+            try:
+                out = [way(qkv, n_head, causal) for qkv, causal in inputs]
+            except (RuntimeError, NotImplementedError) as e:
+                refused[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+                continue
+            if any(o is None for o in out):
+                refused[name] = "cannot run this shape"
+                continue
+            reference = out if reference is None else reference
+            if not all(torch.allclose(o.float(), r.float(), rtol=0.05, atol=0.05) for o, r in zip(out, reference)):
+                refused[name] = "its values are far from the reference's"
+                continue
+            ms[name] = sum(median_ms(lambda: way(qkv, n_head, causal), min_runs=3) for qkv, causal in inputs)
+    if not ms:
+        raise RuntimeError(f"no whole-sequence attention worked for {n_head} heads x {n_embd}: {refused}")
+    result = Choice((n_head, n_embd), min(ms, key=ms.get), ms, refused, ATTENTION_LABEL)
     if cache is not None:
         cache.put(key, result)
     return result

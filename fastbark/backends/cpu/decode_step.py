@@ -8,8 +8,9 @@ block of the step in one OpenMP region instead:
 - int8 mode: the same int8 products as int8.py (bit for bit, for the same input rows);
 - int4 mode: int4.py's products (native/int4.h, as its C kernel computes them);
 - bfloat16 mode: the bfloat16 weights, input rows rounded to bfloat16, float32 sums.
-LayerNorm, attention over the KV cache and GELU run as float32 loops in C (LayerNorm's statistics in
-float64), and the residual stream stays float32. The results are close to the Python step's, not
+LayerNorm, attention over the KV cache (float32, or bfloat16 in the int8 and int4 modes) and GELU run as
+float32 loops in C (LayerNorm's statistics in float64; attention 8-wide with AVX2), and the residual stream
+stays float32. The results are close to the Python step's, not
 equal (other summation orders, and in bfloat16 a float32 residual stream). Every row follows one
 fixed sequence of operations, whatever its batch and the thread count: in float32 a row gets the
 same bits alone as in a batch, with one thread as with several (checked with the step itself).
@@ -118,8 +119,9 @@ class FusedDecodeStep:
 @functools.cache
 def decode_step_works(format: int) -> bool:
     """Whether the C step was built (for BF16: with AVX512-BF16) and agrees with the Python step on a
-    small random model; for F32 also that each row gets the same bits alone as in the batch, and with one
-    thread as with all of them (the exact mode's promises)."""
+    small random model (INT8 and INT4: over float32 and over bfloat16 caches, the backend's choice); for F32
+    also that each row gets the same bits alone as in the batch, and with one thread as with all of them (the
+    exact mode's promises)."""
     kernels = load_kernels()
     if kernels is None or (format == INT8 and int8_kernels() is None) or (format == BF16 and not kernels.has_bf16) \
             or (format == INT4 and int4_kernel() is None):
@@ -134,32 +136,35 @@ def decode_step_works(format: int) -> bool:
         elif format == BF16:
             model.to(torch.bfloat16)
         step = FusedDecodeStep(model, kernels.decode_step)
-        embeds = torch.randn(3, 6, 64).to(model.position_embeds_layer.weight.dtype)
-        expected, got = model.new_cache(3), model.new_cache(3)
-        model(embeds[:, :5], expected, 0)
-        model(embeds[:, :5], got, 0)
-        x = ref = embeds[:, 5:] + model.position_embeds_layer.weight[5]  # position 5 after a 5-position prefill
-        for i, block in enumerate(model.layers):
-            ref = block(ref, (expected.k[i], expected.v[i]), 5)
-        y = step(x, got, 5)
+        embeds = torch.randn(3, 14, 64).to(model.position_embeds_layer.weight.dtype)
+        x = embeds[:, 13:] + model.position_embeds_layer.weight[13]  # position 13 after a 13-position prefill
         # int8: the C LayerNorm sums in another order, so an int8 rounding may flip; bfloat16: torch rounds
         # every activation, the C step keeps them in float32; float32: other summation orders only
         tolerance = {INT8: 0.01, INT4: 0.01, BF16: 0.05, F32: 1e-4}[format]
 
         def close(a, b):
             return bool((a.float() - b.float()).abs().max() <= tolerance * b.float().abs().max())
-        if not (close(y, ref) and close(got.k[:, :, :, 5], expected.k[:, :, :, 5])
-                and close(got.v[:, :, :, 5], expected.v[:, :, :, 5])):
-            return False
+        for cache_dtype in (None, torch.bfloat16) if format in (INT8, INT4) else (None,):
+            model.use_kernels(cache_dtype=cache_dtype)
+            expected, got = model.new_cache(3), model.new_cache(3)
+            model(embeds[:, :13], expected, 0)
+            model(embeds[:, :13], got, 0)
+            ref = x
+            for i, block in enumerate(model.layers):
+                ref = block(ref, (expected.k[i], expected.v[i]), 13)
+            y = step(x, got, 13)
+            if not (close(y, ref) and close(got.k[:, :, :, 13], expected.k[:, :, :, 13])
+                    and close(got.v[:, :, :, 13], expected.v[:, :, :, 13])):
+                return False
         if format == F32:
-            alone = [step(x[i: i + 1], KVCache(got.k[:, i: i + 1].contiguous(), got.v[:, i: i + 1].contiguous()), 5)
+            alone = [step(x[i: i + 1], KVCache(got.k[:, i: i + 1].contiguous(), got.v[:, i: i + 1].contiguous()), 13)
                      for i in range(3)]
             if not torch.equal(torch.cat(alone), y):
                 return False
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                one = step(x, got, 5)
+                one = step(x, got, 13)
             finally:
                 torch.set_num_threads(threads)
             return torch.equal(one, y)

@@ -17,8 +17,11 @@
  * - BF16 (the bfloat16 mode): bfloat16 weights; each input row is rounded to bfloat16, as torch's
  *   bfloat16 mode rounds every activation, and the products sum in float32 (AVX512-BF16).
  * The residual stream, LayerNorm, attention and GELU stay in float32; the KV cache is float32 or
- * bfloat16 (the model's dtype). Every row goes through a fixed sequence of operations whatever the
- * batch size or the thread count, so the step stays batch-invariant.
+ * bfloat16 (the model's dtype, or bfloat16 in the int8 and int4 modes: the CPU backend's choice). With
+ * AVX2 and FMA, attention takes the scores of 8 keys at a time and the exponentials 8 at a time
+ * (attend_avx2; at 600 cached positions that made the int8 coarse step 6.1-6.8 ms -> 5.4 ms, RESULTS.md
+ * section 44). Every row goes through a fixed sequence of operations whatever the batch size or the
+ * thread count, so the step stays batch-invariant.
  *
  * The caller (decode_step.py) passes the layers' tensors as a table of pointers, `Layer`,
  * and the KV cache as laid out by models/gpt.py: (n_layer, B, H, max_len, hd).
@@ -28,6 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include "gemv.h"
 #include "int4.h"
 #include "int8.h"
@@ -180,10 +186,125 @@ static inline float cached(const void *cache, int64_t i, int kv_bf16) {
     return kv_bf16 ? from_bf16(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+/* 8 cached floats from element i on (kv_bf16: bfloat16 widened exactly). */
+static inline __m256 cached8(const void *cache, int64_t i, const int kv_bf16) {
+    if (!kv_bf16) return _mm256_loadu_ps((const float *)cache + i);
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)cache + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* e^x, 8 at a time, for softmax's shifted scores (x <= 0): x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two
+ * parts, so r is exact to float32), e^r by its Taylor polynomial to degree 6 (truncation < 1.3e-7 relative:
+ * about one float32 ulp), 2^n put into the exponent's bits. Below -87, where e^x is under float32's
+ * smallest normal number, the result is 0. */
+static inline __m256 exp8(__m256 x) {
+    const __m256 floor_ = _mm256_set1_ps(-87.0f);
+    const __m256 under = _mm256_cmp_ps(x, floor_, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, floor_);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),  /* x / ln2 */
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  /* ln2's first 10 bits: n * it is exact */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);  /* ln2 - 0.693359375 */
+    __m256 y = _mm256_set1_ps(1.0f / 720.0f);  /* Horner: 1 + r + r^2/2 + ... + r^6/720 */
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 120.0f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 24.0f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 6.0f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
+    const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(two_n)));
+}
+
+/* q . k for 8 consecutive cached keys (t0..t0+7) of one head, hd a multiple of 8 (<= 128): each key's
+ * products in two accumulators over alternate 8-float chunks, then the 8 sums reduced together, in a fixed
+ * order (hadd pairs, then the two 128-bit halves). */
+static inline __attribute__((always_inline)) __m256 scores8(const __m256 *q, const void *k, int64_t t0, int64_t hd,
+                                                            const int kv_bf16) {
+    __m256 sums[8];
+    for (int j = 0; j < 8; j++) {
+        const int64_t at = (t0 + j) * hd;
+        __m256 a = _mm256_mul_ps(q[0], cached8(k, at, kv_bf16)), b = _mm256_setzero_ps();
+        for (int64_t c = 1; c < hd / 8; c++) {
+            if (c & 1) b = _mm256_fmadd_ps(q[c], cached8(k, at + 8 * c, kv_bf16), b);
+            else a = _mm256_fmadd_ps(q[c], cached8(k, at + 8 * c, kv_bf16), a);
+        }
+        sums[j] = _mm256_add_ps(a, b);
+    }
+    const __m256 s01 = _mm256_hadd_ps(sums[0], sums[1]), s23 = _mm256_hadd_ps(sums[2], sums[3]);
+    const __m256 s45 = _mm256_hadd_ps(sums[4], sums[5]), s67 = _mm256_hadd_ps(sums[6], sums[7]);
+    const __m256 s03 = _mm256_hadd_ps(s01, s23), s47 = _mm256_hadd_ps(s45, s67);  /* lanes: keys 0-3 | 4-7, halves */
+    return _mm256_add_ps(_mm256_permute2f128_ps(s03, s47, 0x20), _mm256_permute2f128_ps(s03, s47, 0x31));
+}
+
+static inline float sum8(__m256 v) {  /* a fixed order: the halves, then pairs */
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
+static inline float max8(__m256 v) {
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+}
+
+/* attend() with 8-wide vectors, for hd a multiple of 8: the scores of 8 keys at a time, the exponentials 8 at
+ * a time, the weighted values in hd / 8 accumulators. Each row and head runs the same instructions for a given
+ * T, whatever the batch and thread count. */
+static inline __attribute__((always_inline)) void attend_avx2(const float *q_in, const void *k, const void *v,
+                                                              float *out, float *p, int64_t T, int64_t hd,
+                                                              float scale, const int kv_bf16) {
+    __m256 q[16], acc[16];  /* hd <= 128 */
+    const int64_t chunks = hd / 8;
+    const __m256 vscale = _mm256_set1_ps(scale);
+    for (int64_t c = 0; c < chunks; c++) q[c] = _mm256_loadu_ps(q_in + 8 * c);
+    __m256 top8 = _mm256_set1_ps(-INFINITY);
+    int64_t t = 0;
+    for (; t + 8 <= T; t += 8) {
+        const __m256 s = _mm256_mul_ps(scores8(q, k, t, hd, kv_bf16), vscale);
+        _mm256_storeu_ps(p + t, s);
+        top8 = _mm256_max_ps(top8, s);
+    }
+    float top = max8(top8);
+    for (; t < T; t++) {  /* the last T % 8 keys one by one */
+        __m256 a = _mm256_setzero_ps();
+        for (int64_t c = 0; c < chunks; c++) a = _mm256_fmadd_ps(q[c], cached8(k, t * hd + 8 * c, kv_bf16), a);
+        p[t] = sum8(a) * scale;
+        top = fmaxf(top, p[t]);
+    }
+    const __m256 vtop = _mm256_set1_ps(top);
+    __m256 total8 = _mm256_setzero_ps();
+    for (t = 0; t + 8 <= T; t += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + t), vtop));
+        _mm256_storeu_ps(p + t, e);
+        total8 = _mm256_add_ps(total8, e);
+    }
+    for (; t < T; t++) {  /* the tail through the same function, one lane used */
+        p[t] = _mm256_cvtss_f32(exp8(_mm256_set1_ps(p[t] - top)));
+        total8 = _mm256_add_ps(total8, _mm256_setr_ps(p[t], 0, 0, 0, 0, 0, 0, 0));
+    }
+    for (int64_t c = 0; c < chunks; c++) acc[c] = _mm256_setzero_ps();
+    for (t = 0; t < T; t++) {
+        const __m256 w = _mm256_set1_ps(p[t]);
+        for (int64_t c = 0; c < chunks; c++) acc[c] = _mm256_fmadd_ps(w, cached8(v, t * hd + 8 * c, kv_bf16), acc[c]);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / sum8(total8));
+    for (int64_t c = 0; c < chunks; c++) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(acc[c], inv));
+}
+#endif
+
 /* One query against positions 0..T-1 of one head's cache: out (hd) = softmax(q K^T * scale) V. */
 static inline __attribute__((always_inline)) void attend(const float *q, const void *k, const void *v, float *out,
                                                          float *p, int64_t T, int64_t hd, float scale,
                                                          const int kv_bf16) {
+#if defined(__AVX2__) && defined(__FMA__)
+    if (hd % 8 == 0) {
+        attend_avx2(q, k, v, out, p, T, hd, scale, kv_bf16);
+        return;
+    }
+#endif
     float top = -INFINITY, row[128];  /* hd <= 128 (checked by the caller) */
     for (int64_t t = 0; t < T; t++) {
         if (kv_bf16) {
