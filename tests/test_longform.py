@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import fastbark
 from fastbark import BadInput
 from fastbark.longform.joins import FRAME, fade_edges, join_piece, speech_bounds
 from fastbark.cli import main
@@ -293,10 +292,6 @@ def test_every_chunk_of_hostile_text_fits(tts):
 
 OPENING = ("Hello there, my old friend, how are you doing on this fine and sunny morning in the middle of the "
            "month? I am fine. The weather is lovely today and the birds are singing in the trees all around us.")
-
-
-def words(piece: str) -> int:
-    return len(piece.split())
 
 
 def test_the_first_chunk_is_short_and_cut_at_a_clause_or_sentence_never_a_word():
