@@ -18,6 +18,8 @@ What it measures:
   each alone again (run-to-run repeats, per configuration);
 - the fused Triton step against the torch step on the real model (logits, cache writes, a row's bits);
   a kernel profile of one step; the codec alone (deterministic cuDNN against tuned);
+- the decode stages of a batch through the pipeline (`stage_profile`): per token, wall time against the
+  device's busy time, kernels launched, the costliest kernels and host ops (what the captured step leaves);
 - the decode step: milliseconds per semantic step at batch 1 and 16 for the CUDA backend, plain torch and
   the CUDA backend with `compile=True`, beside its bandwidth floor (weight bytes over the copy bandwidth
   measured now);
@@ -122,6 +124,52 @@ def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10
             "kernel_us_per_step": sum(e.device_time for e in kernels) / steps,
             "top": [{"kernel": name[:90], "per_step": len(t) / steps, "us_per_step": sum(t) / steps}
                     for name, t in top]}
+
+
+def stage_profile(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic: int = 64) -> dict:
+    """Where a batch's decode stages spend their time beyond the captured step: the semantic and coarse stages of
+    `batch` texts (sampled, n_semantic tokens each), each run once to warm up (graphs captured), then timed
+    alone, then under torch's profiler. Per stage and token: the wall time, the device's busy time (its
+    kernels' summed time, from the profiled run), the kernels launched, and the costliest kernels and host
+    ops. Wall well above busy means the device waits on the host (Python, launches, reads of the flags)."""
+    import fastbark
+    from fastbark.options import CoarseOptions, SemanticOptions
+    from fastbark.pipeline.coarse import generate_coarse, n_coarse_steps
+    from fastbark.pipeline.semantic import generate_semantic
+    from torch.profiler import ProfilerActivity, profile
+    tts = fastbark.Bark.from_pretrained(folder, device=str(device), dtype=dtype)
+    ids = [tts.tokenize(t) for t in batch_texts(batch)]
+    semantic_options = SemanticOptions(temperature=0.7, max_tokens=n_semantic, allow_early_stop=False)
+    semantic = generate_semantic(tts.semantic_model, ids, None, semantic_options)
+    stages = {"semantic": (lambda: generate_semantic(tts.semantic_model, ids, None, semantic_options), n_semantic),
+              "coarse": (lambda: generate_coarse(tts.coarse_model, semantic, None, CoarseOptions(temperature=0.7)),
+                         n_coarse_steps(n_semantic))}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    out = {"batch": batch, "semantic_tokens": n_semantic}
+    with torch.inference_mode():
+        for stage, (run, steps) in stages.items():
+            with tts._stage(stage):
+                run()  # warm up: graphs captured, kernels compiled
+                _, wall = timed(run, device)
+                with profile(activities=activities) as prof:
+                    run()
+                    sync(device)
+            kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            by_name: dict[str, list[float]] = {}
+            for e in kernels:
+                by_name.setdefault(e.name, []).append(e.device_time)
+            top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]
+            host = sorted((e for e in prof.key_averages() if e.self_cpu_time_total > 0),
+                          key=lambda e: -e.self_cpu_time_total)[:12]
+            out[stage] = {
+                "steps": steps, "wall_ms_per_step": wall / steps * 1000,
+                "device_busy_ms_per_step": sum(e.device_time for e in kernels) / steps / 1000 if kernels else None,
+                "kernels_per_step": len(kernels) / steps,
+                "top_kernels": [{"kernel": name[:90], "per_step": len(t) / steps, "us_per_step": sum(t) / steps}
+                                for name, t in top],
+                "top_host_ops": [{"op": e.key[:90], "per_step": e.count / steps,
+                                  "self_us_per_step": e.self_cpu_time_total / steps} for e in host]}
+    return out
 
 
 def decode_step_ms(folder: Path, device: torch.device, dtype: str, batch: int, backend: str,
@@ -259,6 +307,7 @@ def plan(device: torch.device, sizes: list[str], batches: list[int], engines: li
         tasks += [("speed", size, (e, b)) for b in batches for e in main_engines]
         if size == first:
             tasks += [("invariance", size, None)] + ([("codec", size, None)] if cuda else [])
+            tasks += [("stage-profile", size, b) for b in reversed(batches)]  # the largest batch first
         tasks += [("speed", size, (e, batches[0])) for e in engines if e == "fastbark-offload"]
     tasks += [("agreement", first, None)] if cuda else []
     tasks += [("repeats", first, None)]
@@ -364,6 +413,10 @@ def main(argv=None) -> dict:
             elif kind == "profile-fused":
                 results["profile_fused"] = attempt(name, lambda: step_profile(folder(size), device, half, fused=True))
                 print(size, "fused step profile", results["profile_fused"], flush=True)
+            elif kind == "stage-profile":
+                results.setdefault("stage_profile", {})[f"batch {a}"] = attempt(
+                    name, lambda: stage_profile(folder(size), device, half, a))
+                print(size, "stage profile", results["stage_profile"][f"batch {a}"], flush=True)
             elif kind == "codec":
                 results["codec"] = attempt(name, lambda: codec_check(device, folder(size), half))
                 print(size, "codec", results["codec"], flush=True)

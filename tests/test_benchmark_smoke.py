@@ -111,6 +111,12 @@ def test_gpu_device_script_runs_on_the_cpu(tmp_path):
     assert all(r["total_s"] > 0 and r["audio_s"] > 0 for r in rows)
     by = {(r["engine"], r["batch"]): r for r in rows}
     assert by[("fastbark", 2)]["coarse_tokens"] == by[("transformers", 2)]["coarse_tokens"]  # the same forced work
+    for b in (1, 2):  # the decode stages through the pipeline: wall time per token and the host's ops
+        profiled = results["stage_profile"][f"batch {b}"]
+        assert profiled["semantic"]["steps"] == 64 and profiled["coarse"]["steps"] == 192
+        for stage in ("semantic", "coarse"):
+            assert profiled[stage]["wall_ms_per_step"] > 0 and profiled[stage]["top_host_ops"]
+            assert profiled[stage]["device_busy_ms_per_step"] is None  # the CPU launches no device kernels
     saved = json.loads((tmp_path / "gpu.json").read_text())
     assert saved["floor"]["tiny"]["weight_mb"] > 0 and "| tiny | fastbark |" in (tmp_path / "gpu.md").read_text()
 
@@ -129,6 +135,7 @@ def test_gpu_device_script_runs_the_most_wanted_first_and_keeps_to_its_budget(tm
     assert tasks.index(("speed", "large", ("fastbark-offload", 1))) < tasks.index(("agreement", "small", None))
     assert tasks.index(("agreement", "small", None)) < tasks.index(("step", "small", ("auto", True, 1)))
     assert tasks.index(("invariance", "small", None)) < tasks.index(("codec", "small", None)) < \
+        tasks.index(("stage-profile", "small", 16)) < tasks.index(("stage-profile", "small", 1)) < \
         tasks.index(("floor", "large", None))
     assert tasks.index(("speed", "large", ("fastbark", 1))) < tasks.index(("speed", "large", ("fastbark-torch", 1)))
     assert len(set(tasks)) == len(tasks) and ("speed", "large", ("fastbark-compile", 16)) in tasks
