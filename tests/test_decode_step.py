@@ -230,3 +230,43 @@ def test_the_step_measured_faster_runs(hub_dir, tmp_path, monkeypatch, faster, o
     timed.clear()  # the same machine again: nothing is timed
     again = fastbark.Bark.from_pretrained(hub_dir, **options)
     assert not timed and [m for m in again.backend.measured if m.startswith("decode step")] == steps
+
+
+class StandInStep:
+    """The one-call step's part in the bfloat16 mode on CPUs without AVX512-BF16: the blocks themselves."""
+
+    kind = "fused-c"
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, cache, pos):
+        for i, block in enumerate(self.model.layers):
+            x = block(x, (cache.k[i], cache.v[i]), pos)
+        return x
+
+
+@pytest.mark.parametrize("faster", ["fused-c", "blocks"])
+def test_the_bfloat16_step_runs_only_where_it_measured_faster(hub_dir, tmp_path, monkeypatch, faster):
+    """bfloat16 with "auto": the one-call step against the blocks on oneDNN-packed weights (plain where this CPU
+    cannot pack bfloat16), the faster kept (the timer is told which); the step keeps the plain weights it reads,
+    the blocks get packed ones, the head is packed either way."""
+    from fastbark.backends import cpu
+    from fastbark.backends.cpu.linears import packing_available
+    monkeypatch.setattr(cpu, "fused_decode_step", StandInStep)
+
+    def step_ms(model, cache):
+        return 1.0 if (model.decode_step is not None) == (faster == "fused-c") else 5.0
+    monkeypatch.setattr(choice, "step_ms", step_ms)
+    cache = ChoiceCache(tmp_path, ["a machine"])
+    monkeypatch.setattr(CpuBackend, "choice_cache", lambda self: cache)
+    tts = fastbark.Bark.from_pretrained(hub_dir, dtype="bfloat16")
+    packs = packing_available(torch.bfloat16)
+    for name, model in (("semantic", tts.semantic_model), ("coarse", tts.coarse_model)):
+        assert isinstance(model.decode_step, StandInStep) == (faster == "fused-c")
+        assert tts.backend.models[name].decode_step == faster
+        kinds = {type(m).__name__ for b in model.layers for m in b.modules() if hasattr(m, "in_features")}
+        assert kinds == ({"PackedLinear"} if faster == "blocks" and packs else {"Linear"})
+        assert type(model.lm_head).__name__ == ("PackedLinear" if packs else "Linear")
+    steps = [m for m in tts.backend.measured if m.startswith("decode step")]
+    assert len(steps) == 2 and all(f": {faster} (" in m for m in steps), steps

@@ -14,7 +14,8 @@ What it chooses, per engine options (each choice falls back, and says so in the 
   (int4.py; C products for one position per row), the heads in int8 as above; the decode steps as one C
   call each where that measured faster;
 - int8 and int4 with the one-call step: the semantic and coarse KV caches in bfloat16;
-- bfloat16: the decode steps as one C call each (AVX512-BF16), the heads oneDNN-packed;
+- bfloat16: the decode steps as one C call each (AVX512-BF16) where that measured faster than the blocks on
+  oneDNN-packed weights ("auto"; "c": always), the heads oneDNN-packed;
 - int8 and bfloat16: whole-sequence attention with bfloat16 products in C (AVX512-BF16), where it measured
   faster than SDPA in the mode's dtype ("auto"; "c": wherever it runs);
 - half precision: a decode step's attention over the cache as two matmuls.
@@ -77,6 +78,8 @@ class CpuBackend(Backend):
                 step = self._float32_step(model, attention, kernels)
             else:
                 fallbacks += self._decode_linears(model, dtype, head_only=step is not None)
+                if step is not None and dtype == torch.bfloat16 and o.cpu_kernel == "auto":
+                    step = self._bfloat16_step(model, attention, step)
             # the quantised modes' one-call step reads its KV cache in bfloat16: half the bytes of a step's attention
             # (RESULTS.md section 44), an error far below the int8 products' own (fidelity.py)
             model.use_kernels(attention, step, cache_dtype=torch.bfloat16 if o.quantize and step else None)
@@ -120,13 +123,37 @@ class CpuBackend(Backend):
         self.choices.append(choice)
         return choice.chosen == "bf16-c"
 
-    def _measured_step(self, model, attention, step, mode: str):
-        """`step` where a whole decode step through it measured faster than the blocks, else None."""
-        choice = choose_step(model, {"fused-c": lambda: model.use_kernels(attention, step),
-                                     "blocks": lambda: model.use_kernels(attention, None)},
-                             step_key(model, mode), self.choice_cache())
+    def _measured_step(self, model, attention, step, mode: str, ways: dict | None = None):
+        """`step` where a whole decode step through it measured faster than the blocks, else None. `ways`: how to
+        install each (default: the same layers either way)."""
+        ways = ways or {"fused-c": lambda: model.use_kernels(attention, step),
+                        "blocks": lambda: model.use_kernels(attention, None)}
+        choice = choose_step(model, ways, step_key(model, mode), self.choice_cache())
         self.choices.append(choice)
         return step if choice.chosen == "fused-c" else None
+
+    def _bfloat16_step(self, model, attention, step):
+        """bfloat16 with "auto": the one-call step (it reads the blocks' plain bfloat16 weights) or the blocks on
+        oneDNN-packed weights where this CPU packs bfloat16 (else plain), whichever step measured faster per text;
+        the head is packed either way (`_decode_linears`). On CPUs with AMX, oneDNN's blocks may be the faster."""
+        packed: dict = {}  # plain layer -> its packed copy, made once
+        plain: dict = {}  # packed copy -> the plain layer
+
+        def to_packed(linear):
+            if linear not in packed:
+                packed[linear] = pack_linear(linear) if packing_available(torch.bfloat16) else None
+                if packed[linear] is not None:
+                    plain[packed[linear]] = linear
+            return packed[linear]
+
+        def fused():
+            model.swap_linears(lambda m: plain.get(m), swapped=True)  # the plain weights back (the head stays packed)
+            model.use_kernels(attention, step)
+
+        def blocks():
+            model.swap_linears(to_packed)
+            model.use_kernels(attention, None)
+        return self._measured_step(model, attention, step, "bfloat16", {"fused-c": fused, "blocks": blocks})
 
     def _float32_step(self, model, attention, kernels):
         """The exact mode with the C kernels: "c" swaps in GemvLinear and runs the one-call step where it works;
