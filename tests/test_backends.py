@@ -237,6 +237,17 @@ def test_math_attention_runs_every_line_of_the_named_kernel_and_changes_no_token
         np.testing.assert_array_equal(got.fine_tokens, want.fine_tokens)
 
 
+def test_a_named_attention_keeps_the_backends_step_and_caches(hub_dir):
+    """attention= swaps the whole-sequence kernel only: the int8 mode's one-call step and its bfloat16 caches stay."""
+    default = fastbark.Bark.from_pretrained(hub_dir, quantize="int8", cpu_kernel="c")
+    named = fastbark.Bark.from_pretrained(hub_dir, quantize="int8", cpu_kernel="c", attention="math")
+    for name in ("semantic", "coarse"):
+        got, want = named.backend.models[name], default.backend.models[name]
+        assert (got.whole_attention, got.decode_step, got.kv_cache) == ("math", want.decode_step, want.kv_cache)
+        assert getattr(named, f"{name}_model").new_cache(1, 2).k.dtype == \
+            getattr(default, f"{name}_model").new_cache(1, 2).k.dtype
+
+
 def test_flash_attention_is_refused_where_it_cannot_run(capsys):
     with pytest.raises(fastbark.BadInput, match="attention flash .* runs on a CUDA GPU in float16 or bfloat16"):
         fastbark.EngineOptions(attention="flash")
