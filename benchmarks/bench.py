@@ -7,6 +7,12 @@ table and writes JSON.
     python benchmarks/bench.py --size small --semantic-tokens 128 --threads 2 --json benchmarks/small-128.json
     python benchmarks/bench.py --size small --batch 4 ...        # 4 different texts as one batch
     python benchmarks/bench.py --size small --memory ...         # peak RSS of loading, per engine
+    python benchmarks/bench.py --size small --voice ...          # with a random voice (every engine gets it)
+
+With a voice whose history fills the coarse stage's (209 semantic tokens, 315 frames; the random voice holds 300
+and 450, as real presets of 6 s or more do), every coarse window is prefilled afresh, as in most real use;
+without one, fastbark carries the KV cache across most windows (RESULTS.md section 26), which the reference
+never does.
 """
 
 from __future__ import annotations
@@ -97,7 +103,22 @@ def batch_texts(n: int) -> list[str]:
     return [TEXTS[i % len(TEXTS)] for i in range(n)]
 
 
-def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str, **engine_options) -> dict:
+def random_voice():
+    """A random voice with a full history (300 semantic tokens, 450 frames), as fastbark's Voice."""
+    from fastbark.testing import random_voice as arrays
+    from fastbark.voices import Voice
+    return Voice.from_dict(arrays(np.random.default_rng(0)))
+
+
+def history(voice, to_tensor: bool) -> dict | None:
+    """A voice as the reference engines take it (history_prompt): its three arrays, as torch tensors or numpy."""
+    if voice is None:
+        return None
+    arrays = {k: np.asarray(getattr(voice, k)) for k in ("semantic_prompt", "coarse_prompt", "fine_prompt")}
+    return {k: torch.from_numpy(v) for k, v in arrays.items()} if to_tensor else arrays
+
+
+def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str, voice=None, **engine_options) -> dict:
     import fastbark
     from fastbark.options import CoarseOptions, FineOptions, SemanticOptions
     from fastbark.pipeline.coarse import generate_coarse
@@ -106,15 +127,15 @@ def run_fastbark(folder: Path, texts: list[str], n_semantic: int, dtype: str, **
     tts = fastbark.Bark.from_pretrained(folder, dtype=dtype, **engine_options)
     ids = [tts.tokenize(t) for t in texts]
     sem, t_sem = timed(lambda: generate_semantic(
-        tts.semantic_model, ids, None, SemanticOptions(temperature=0, max_tokens=n_semantic, allow_early_stop=False)))
-    coarse, t_coarse = timed(lambda: generate_coarse(tts.coarse_model, sem, None, CoarseOptions(temperature=0)))
-    fine, t_fine = timed(lambda: generate_fine(tts.fine_model, coarse, None, FineOptions(temperature=0)))
+        tts.semantic_model, ids, voice, SemanticOptions(temperature=0, max_tokens=n_semantic, allow_early_stop=False)))
+    coarse, t_coarse = timed(lambda: generate_coarse(tts.coarse_model, sem, voice, CoarseOptions(temperature=0)))
+    fine, t_fine = timed(lambda: generate_fine(tts.fine_model, coarse, voice, FineOptions(temperature=0)))
     audio, t_codec = timed(lambda: [tts.decode(f) for f in fine])
     # the semantic prefill alone, to report the steady decode step (the weight-reading floor's measure)
     from fastbark.pipeline.decoding import prefill
     from fastbark.pipeline.semantic import semantic_prompt
     model = tts.semantic_model
-    _, t_prefill = timed(lambda: prefill(model, semantic_prompt(model, ids, None), model.new_cache(len(ids))))
+    _, t_prefill = timed(lambda: prefill(model, semantic_prompt(model, ids, voice), model.new_cache(len(ids))))
     return dict(semantic_decode_ms=(t_sem - t_prefill) / (n_semantic - 1) * 1000,
                 weight_read_ms=weight_read_ms(model),
                 semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine, codec_s=t_codec,
@@ -141,7 +162,7 @@ def load_transformers(folder: Path, dtype: str, int8: bool = False):
 
 @torch.no_grad()
 def run_transformers(folder: Path, texts: list[str], n_semantic: int, dtype: str, int8: bool = False,
-                     loaded=None) -> dict:
+                     loaded=None, voice=None) -> dict:
     from transformers.models.bark.generation_configuration_bark import (BarkCoarseGenerationConfig,
                                                                          BarkFineGenerationConfig,
                                                                          BarkSemanticGenerationConfig)
@@ -149,15 +170,16 @@ def run_transformers(folder: Path, texts: list[str], n_semantic: int, dtype: str
     ids = tokenizer(texts, add_special_tokens=False, padding="max_length", max_length=256, return_tensors="pt")
     s_cfg, c_cfg = BarkSemanticGenerationConfig(), BarkCoarseGenerationConfig()
     f_cfg = BarkFineGenerationConfig()
+    prompt = history(voice, to_tensor=True)
     sem, t_sem = timed(lambda: model.semantic.generate(
         ids["input_ids"], attention_mask=ids["attention_mask"], semantic_generation_config=s_cfg,
-        max_new_tokens=n_semantic, min_new_tokens=n_semantic))  # min = max: no early stop
+        max_new_tokens=n_semantic, min_new_tokens=n_semantic, history_prompt=prompt))  # min = max: no early stop
     (coarse, lengths), t_coarse = timed(lambda: model.coarse_acoustics.generate(
         sem, semantic_generation_config=s_cfg, coarse_generation_config=c_cfg, codebook_size=1024,
-        return_output_lengths=True))
+        return_output_lengths=True, history_prompt=prompt))
     fine, t_fine = timed(lambda: model.fine_acoustics.generate(
         coarse, semantic_generation_config=s_cfg, coarse_generation_config=c_cfg, fine_generation_config=f_cfg,
-        codebook_size=1024, temperature=1.0))
+        codebook_size=1024, temperature=1.0, history_prompt=prompt))
     audio, t_codec = timed(lambda: model.codec_decode(fine, lengths // 2))
     return dict(semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine, codec_s=t_codec,
                 n_semantic=int((sem != 10_000).sum()), n_coarse=int(lengths.sum()),
@@ -191,7 +213,7 @@ def suno_models(folder: Path) -> dict:
     return models
 
 
-def run_suno(folder: Path, texts: list[str], n_semantic: int, dtype: str) -> dict:
+def run_suno(folder: Path, texts: list[str], n_semantic: int, dtype: str, voice=None) -> dict:
     """Suno's original code (`pip install bark`), with its KV cache turned on (its fastest CPU setting).
 
     It has no batching, so a batch is a loop; it always samples (temperature 0 would divide by zero),
@@ -207,10 +229,13 @@ def run_suno(folder: Path, texts: list[str], n_semantic: int, dtype: str) -> dic
     suno.models.update(suno_models(folder))
     # its loop stops once the generated duration exceeds this: exactly n_semantic tokens
     duration = (n_semantic - 0.5) / suno.SEMANTIC_RATE_HZ
+    prompt = history(voice, to_tensor=False)
     sem, t_sem = timed(lambda: [suno.generate_text_semantic(
-        t, silent=True, allow_early_stop=False, max_gen_duration_s=duration, use_kv_caching=True) for t in texts])
-    coarse, t_coarse = timed(lambda: [suno.generate_coarse(s, silent=True, use_kv_caching=True) for s in sem])
-    fine, t_fine = timed(lambda: [suno.generate_fine(c, silent=True) for c in coarse])
+        t, history_prompt=prompt, silent=True, allow_early_stop=False, max_gen_duration_s=duration,
+        use_kv_caching=True) for t in texts])
+    coarse, t_coarse = timed(lambda: [suno.generate_coarse(s, history_prompt=prompt, silent=True, use_kv_caching=True)
+                                      for s in sem])
+    fine, t_fine = timed(lambda: [suno.generate_fine(c, history_prompt=prompt, silent=True) for c in coarse])
     audio, t_codec = timed(lambda: [suno.codec_decode(f) for f in fine])
     return dict(semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine, codec_s=t_codec,
                 n_semantic=sum(len(s) for s in sem), n_coarse=sum(c.size for c in coarse),
@@ -261,25 +286,27 @@ def main(argv=None) -> dict:
                         "original code, when `bark` is installed)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--batch", type=int, default=1, help="texts generated together")
+    p.add_argument("--voice", action="store_true", help="a random voice with a full history, for every engine: "
+                                                         "every coarse window is then prefilled, as with most real voices")
     p.add_argument("--memory", action="store_true", help="measure the peak RSS of loading instead of speed")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     texts = batch_texts(args.batch)
     results = {"size": args.size, "semantic_tokens": args.semantic_tokens, "threads": args.threads,
-               "dtype": args.dtype, "batch": args.batch,
+               "dtype": args.dtype, "batch": args.batch, "voice": args.voice,
                "torch": torch.__version__, "cpu": cpu_description(),
                "date": time.strftime("%Y-%m-%d"), "engines": {}}
-    unpacked = lambda *a: run_fastbark(*a, cpu_kernel="plain")  # noqa: E731  (ablation: plain F.linear)
-    onednn = lambda *a: run_fastbark(*a, cpu_kernel="onednn")  # noqa: E731  (ablation: oneDNN, no C kernel)
-    int8 = lambda *a: run_fastbark(*a, quantize="int8")  # noqa: E731
-    int4 = lambda *a: run_fastbark(*a, quantize="int4")  # noqa: E731
+    unpacked = lambda *a, **k: run_fastbark(*a, cpu_kernel="plain", **k)  # noqa: E731  (ablation: plain F.linear)
+    onednn = lambda *a, **k: run_fastbark(*a, cpu_kernel="onednn", **k)  # noqa: E731  (ablation: oneDNN, no C kernel)
+    int8 = lambda *a, **k: run_fastbark(*a, quantize="int8", **k)  # noqa: E731
+    int4 = lambda *a, **k: run_fastbark(*a, quantize="int4", **k)  # noqa: E731
     runners = {"fastbark": (run_fastbark, args.dtype), "fastbark-unpacked": (unpacked, args.dtype),
                "fastbark-onednn": (onednn, args.dtype),
                "fastbark-int8": (int8, args.dtype), "fastbark-int4": (int4, args.dtype),
                "transformers": (run_transformers, args.dtype),
                "transformers-float32": (run_transformers, "float32"),
-               "transformers-int8": (lambda *a: run_transformers(*a, int8=True), args.dtype),
+               "transformers-int8": (lambda *a, **k: run_transformers(*a, int8=True, **k), args.dtype),
                "suno": (run_suno, args.dtype)}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_random_checkpoint(args.size, Path(tmp) / "bark")
@@ -293,15 +320,17 @@ def main(argv=None) -> dict:
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=2))
             return results
+        voice = random_voice() if args.voice else None
         for name in args.engines.split(","):
             runner, dtype = runners[name]
-            results["engines"][name] = summarise(runner(folder, texts, args.semantic_tokens, dtype))
+            results["engines"][name] = summarise(runner(folder, texts, args.semantic_tokens, dtype, voice=voice))
     engines = results["engines"]
     work = {name: (r["n_semantic"], r["n_coarse"]) for name, r in engines.items()}
     if len(set(work.values())) > 1:  # every engine must have done the same work, or the ratios mean nothing
         raise SystemExit(f"engines generated different token counts (semantic, coarse): {work}")
     base = engines.get("transformers-float32") or engines.get("transformers")
     print(f"\nbark-{args.size} sizes, {args.dtype}, batch {args.batch}, {args.semantic_tokens} semantic tokens, "
+          f"{'a random voice' if args.voice else 'no voice'}, "
           f"{args.threads} threads, "
           f"torch {torch.__version__}; speed-up against {'transformers-float32' if 'transformers-float32' in engines else 'transformers'}")
     print(f"{'engine':<21}{'semantic s':>11}{'tok/s':>8}{'coarse s':>10}{'tok/s':>8}{'fine s':>8}"

@@ -26,6 +26,16 @@ def test_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore")
+def test_benchmark_with_a_voice_gives_every_engine_the_same_work(tmp_path):
+    import bench
+    results = bench.main(["--size", "tiny", "--semantic-tokens", "12", "--engines", "fastbark,transformers",
+                          "--voice", "--json", str(tmp_path / "out.json")])
+    assert json.loads((tmp_path / "out.json").read_text())["voice"] is True
+    rows = results["engines"]
+    assert rows["fastbark"]["n_coarse"] == rows["transformers"]["n_coarse"] > 0  # the voice shapes the work alike
+
+
+@pytest.mark.filterwarnings("ignore")
 @pytest.mark.skipif(importlib.util.find_spec("bark") is None,
                     reason="Suno's original code (pip install bark) is optional")
 def test_benchmark_suno_engine_smoke():
