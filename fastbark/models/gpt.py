@@ -122,7 +122,10 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.kernel = AttentionKernel()  # set through GPT.use_kernels
 
-    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None, pos: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None, pos: int,
+                last_only: bool = False) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); with `last_only` (B, 1, C): the keys and values of every position go into the
+        cache, and only the last position attends (a prefill's last block: nothing reads the others' outputs)."""
         B, T, C = x.shape
         hd = C // self.n_head
         qkv = self.att_proj(x)  # (B, T, 3C)
@@ -131,6 +134,11 @@ class SelfAttention(nn.Module):
             k_cache, v_cache = cache  # (B, H, max_len, hd) each
             k_cache[:, :, pos : pos + T] = k
             v_cache[:, :, pos : pos + T] = v
+        if last_only:  # the last query sees every position: one query over the keys just computed and the cached
+            if pos > 0:
+                k, v = k_cache[:, :, : pos + T].to(q.dtype), v_cache[:, :, : pos + T].to(q.dtype)
+            y = self.kernel.one_query(q[:, :, -1:], k, v)  # (B, H, 1, hd)
+            return self.out_proj(y.transpose(1, 2).reshape(B, 1, C))  # (B, H, 1, hd) -> (B, 1, C)
         if cache is None or (pos == 0 and T > 1):
             y = self.kernel.whole(qkv, self.n_head, cache is not None)  # (B, T, C) or None
             if y is not None:
@@ -170,8 +178,10 @@ class Block(nn.Module):
         self.layernorm_2 = nn.LayerNorm(config.n_embd, bias=norm_bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, pos: int = 0):
-        x = x + self.attn(self.layernorm_1(x), cache, pos)
+    def forward(self, x, cache=None, pos: int = 0, last_only: bool = False):
+        """`last_only`: (B, T, C) -> (B, 1, C), the last position's output (its keys and values all cached)."""
+        h = self.attn(self.layernorm_1(x), cache, pos, last_only)
+        x = (x[:, -1:] if last_only else x) + h
         return x + self.mlp(self.layernorm_2(x))
 
 
@@ -267,9 +277,10 @@ class CausalGPT(GPT):
         x = embeds + self.position_embeds_layer.weight[pos : pos + T]
         if T == 1 and self.decode_step is not None:
             x = self.decode_step(x, cache, pos)
-        else:
+        else:  # the last block for the last position only: the other positions' outputs are never read
+            last = len(self.layers) - 1
             for i, block in enumerate(self.layers):
-                x = block(x, (cache.k[i], cache.v[i]), pos)
+                x = block(x, (cache.k[i], cache.v[i]), pos, last_only=i == last and T > 1)
         return self.lm_head(self.layernorm_final(x[:, -1]))
 
 
