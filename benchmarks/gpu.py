@@ -88,6 +88,17 @@ def copy_bandwidth_gbs(device: torch.device) -> float:
     return 2 * x.numel() / best / 1e9
 
 
+def device_kernels(prof, steps: int, top: int) -> tuple[list, list[dict]]:
+    """The device kernels a profile saw, and the `top` costliest by name: per step, how many and their time."""
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        by_name.setdefault(e.name, []).append(e.device_time)
+    costliest = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return kernels, [{"kernel": name[:90], "per_step": len(t) / steps, "us_per_step": sum(t) / steps}
+                     for name, t in costliest]
+
+
 def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10, fused: bool = False) -> dict:
     """The kernels of one semantic decode step (batch 1, uncaptured: the step the backend chose, or with
     `fused` the fused Triton step with its first tiles), from torch's profiler: per step, how many kernels,
@@ -115,15 +126,9 @@ def step_profile(folder: Path, device: torch.device, dtype: str, steps: int = 10
             for pos in range(300, 300 + steps):
                 decoder.step(token, cache, pos)
             sync(device)
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    by_name: dict[str, list[float]] = {}
-    for e in kernels:
-        by_name.setdefault(e.name, []).append(e.device_time)
-    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:20]
+    kernels, top = device_kernels(prof, steps, 20)
     return {"attention": attention, "tiles": tiles and tiles.name, "kernels_per_step": len(kernels) / steps,
-            "kernel_us_per_step": sum(e.device_time for e in kernels) / steps,
-            "top": [{"kernel": name[:90], "per_step": len(t) / steps, "us_per_step": sum(t) / steps}
-                    for name, t in top]}
+            "kernel_us_per_step": sum(e.device_time for e in kernels) / steps, "top": top}
 
 
 def stage_profile(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic: int = 64) -> dict:
@@ -154,19 +159,13 @@ def stage_profile(folder: Path, device: torch.device, dtype: str, batch: int, n_
                 with profile(activities=activities) as prof:
                     run()
                     sync(device)
-            kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-            by_name: dict[str, list[float]] = {}
-            for e in kernels:
-                by_name.setdefault(e.name, []).append(e.device_time)
-            top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]
+            kernels, top = device_kernels(prof, steps, 12)
             host = sorted((e for e in prof.key_averages() if e.self_cpu_time_total > 0),
                           key=lambda e: -e.self_cpu_time_total)[:12]
             out[stage] = {
                 "steps": steps, "wall_ms_per_step": wall / steps * 1000,
                 "device_busy_ms_per_step": sum(e.device_time for e in kernels) / steps / 1000 if kernels else None,
-                "kernels_per_step": len(kernels) / steps,
-                "top_kernels": [{"kernel": name[:90], "per_step": len(t) / steps, "us_per_step": sum(t) / steps}
-                                for name, t in top],
+                "kernels_per_step": len(kernels) / steps, "top_kernels": top,
                 "top_host_ops": [{"op": e.key[:90], "per_step": e.count / steps,
                                   "self_us_per_step": e.self_cpu_time_total / steps} for e in host]}
     return out
