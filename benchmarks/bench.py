@@ -286,8 +286,9 @@ def main(argv=None) -> dict:
                         "original code, when `bark` is installed)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--batch", type=int, default=1, help="texts generated together")
-    p.add_argument("--voice", action="store_true", help="a random voice with a full history, for every engine: "
-                                                         "every coarse window is then prefilled, as with most real voices")
+    p.add_argument("--voice", action="store_true",
+                   help="a random voice with a full history, for every engine: every coarse window is then "
+                        "prefilled, as with most real voices")
     p.add_argument("--memory", action="store_true", help="measure the peak RSS of loading instead of speed")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)

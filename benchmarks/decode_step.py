@@ -127,7 +127,8 @@ def main(argv=None) -> dict:
             row[f"ms_t{t}"], row[f"gbs_t{t}"], row[f"of_read_t{t}"] = ms[name, t], gbs, gbs / read[t]
             cells.append(f"{ms[name, t]:.2f}, {gbs:.1f}, {100 * gbs / read[t]:.0f}%")
         rows.append(row)
-        print(f"| {name} | {steps[name]} | {weights / 1e6:.1f} MB | {cached / 1e6:.1f} MB | " + " | ".join(cells) + " |")
+        print(f"| {name} | {steps[name]} | {weights / 1e6:.1f} MB | {cached / 1e6:.1f} MB | " +
+              " | ".join(cells) + " |")
     print("| memory read (256 MB sum) | | | | " + " | ".join(f"{read[t]:.1f} GB/s" for t in counts) + " |")
     results = {"cpu": cpu_description(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                "positions": args.positions, "rounds": args.rounds, "read_gbs": {str(t): g for t, g in read.items()},

@@ -34,7 +34,8 @@ def select(options: EngineOptions, models: Models, backend: Backend | None = Non
         for model in models:
             kernel = SdpaKernel(options.attention, base=model.layers[0].attn.kernel)
             if isinstance(model, CausalGPT):
-                model.use_kernels(kernel, model.decode_step, model.decoder, model.cache_dtype)  # only the passes' kernel
+                # only the passes' kernel changes
+                model.use_kernels(kernel, model.decode_step, model.decoder, model.cache_dtype)
             else:
                 model.use_kernels(kernel, model.passes)
     measured = tuple(dict.fromkeys(map(str, backend.choices)))  # a shape shared by two models: once

@@ -14,8 +14,9 @@ decode step in one C call exists (decode_step.py), the whole step is timed both 
 blocks with their chosen products, and the faster runs (`choose_step`). The same holds for the fast modes'
 whole-sequence attention: the bfloat16 C kernel runs only where it measured faster than SDPA in the mode's
 dtype (`choose_whole_attention`), and the int8 mode's big products take torch._int_mm or exact float32 GEMMs,
-whichever measured faster (`choose_int_route`). The measurements are cached per CPU (model name and flags), torch version, thread count and kernel sources,
-beside the C library's build, so they are made once per machine; the backend report lists them.
+whichever measured faster (`choose_int_route`). The measurements are cached per CPU (model name and flags),
+torch version, thread count and kernel sources, beside the C library's build, so they are made once per machine;
+the backend report lists them.
 """
 
 from __future__ import annotations
