@@ -5,8 +5,9 @@ The fine GPT's passes attend over 1024 frames, and every coarse window starts wi
 prefill of 257-887 positions: there attention is compute-bound, and half of an int8 fine pass
 was float32 SDPA running near this CPU's float32 peak. The C kernel multiplies in bfloat16 on the
 AVX512-BF16 units and keeps the softmax and every sum in float32. It is used by the int8 and
-bfloat16 modes only (the exact mode keeps SDPA); where the CPU lacks AVX512-BF16 or the head size
-does not fit, `SelfAttention` falls back to SDPA.
+bfloat16 modes only (the exact mode keeps SDPA), and with `cpu_kernel="auto"` only where it measured
+faster than SDPA (`choice.choose_whole_attention`: on CPUs with AMX, SDPA's bfloat16 kernels may win);
+where the CPU lacks AVX512-BF16 or the head size does not fit, `SelfAttention` falls back to SDPA.
 
 One query in half precision: two small matmuls run 2-4x faster than SDPA's CPU kernel.
 """
