@@ -26,7 +26,9 @@ What it measures:
 - speed per size and batch: per stage seconds, semantic tokens/s, real-time factor and peak device
   memory, for fastbark (`backend="auto"`: the CUDA backend on CUDA), fastbark on plain torch
   (`fastbark-torch`), with `offload=True` (peak memory with and without it), with `attention="flash"`,
-  with `compile=True`, and transformers' `BarkModel`, in half precision on a GPU (float32 on the CPU).
+  with `compile=True`, and transformers' `BarkModel`, in half precision on a GPU (float32 on the CPU); for
+  the first size also one text with a voice (`fastbark+voice`, `transformers+voice`: every coarse window
+  prefilled, as with most real presets).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import load_transformers, batch_texts  # noqa: E402
+from bench import batch_texts, history, load_transformers, random_voice  # noqa: E402
 from gpu_checks import (agreement, codec_check, fastbark_tokens, fused_check, invariance, parity,  # noqa: E402
                         peak_gb, repeats, reset_peak, sync, timed)
 
@@ -194,9 +196,14 @@ def decode_step_ms(folder: Path, device: torch.device, dtype: str, batch: int, b
     return best, list(tts.backend.measured)
 
 
+VOICED = "+voice"  # an engine's name with this suffix: the same engine, every text with one random voice whose
+# history fills the coarse stage's (every coarse window prefilled, as with most real presets; bench.py --voice)
+
+
 def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic: int, engine: str) -> dict:
     texts = batch_texts(batch)
     reset_peak(device)
+    voice = random_voice() if engine.endswith(VOICED) else None
     if engine.startswith("fastbark"):
         import fastbark
         tts, load_s = timed(lambda: fastbark.Bark.from_pretrained(
@@ -204,16 +211,16 @@ def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic
             attention="flash" if engine == "fastbark-flash" else "auto",
             backend="torch" if engine == "fastbark-torch" else "auto", compile=engine == "fastbark-compile"),
             device)  # the engine's making: the step choice timed (or read back), Triton's kernels compiled
-        _, first_s = timed(lambda: fastbark_tokens(tts, texts, n_semantic), device)  # graphs captured, caches made
+        _, first_s = timed(lambda: fastbark_tokens(tts, texts, n_semantic, voice), device)  # graphs captured
         load_peak = peak_gb(device)  # the engine's load and first run
-        out = fastbark_tokens(tts, texts, n_semantic)  # its stages reset the peak: the greatest is kept below
+        out = fastbark_tokens(tts, texts, n_semantic, voice)  # its stages reset the peak: the greatest is kept below
         out["peak_gb"] = max([load_peak] + list(out["memory"].values())) if load_peak is not None else None
         out["first_run_s"], out["load_s"] = first_s, load_s
         out["backend"] = tts.backend.name
         out["report"] = str(tts.backend)
         n_coarse = sum(c.size for c in out["coarse"])
     else:
-        out = run_transformers_on(folder, device, dtype, texts, n_semantic)
+        out = run_transformers_on(folder, device, dtype, texts, n_semantic, voice)
         n_coarse = out.pop("n_coarse")
         out["backend"] = out["backend"] if device.type == "cuda" else "transformers"
     total = out["semantic_s"] + out["coarse_s"] + out["fine_s"] + out["codec_s"]
@@ -227,7 +234,8 @@ def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic
 
 
 @torch.no_grad()
-def run_transformers_on(folder: Path, device: torch.device, dtype: str, texts: list[str], n_semantic: int) -> dict:
+def run_transformers_on(folder: Path, device: torch.device, dtype: str, texts: list[str], n_semantic: int,
+                        voice=None) -> dict:
     from transformers.models.bark.generation_configuration_bark import (BarkCoarseGenerationConfig,
                                                                          BarkFineGenerationConfig,
                                                                          BarkSemanticGenerationConfig)
@@ -235,17 +243,19 @@ def run_transformers_on(folder: Path, device: torch.device, dtype: str, texts: l
     model = model.to(device)
     ids = tokenizer(texts, add_special_tokens=False, padding="max_length", max_length=256, return_tensors="pt").to(device)
     s_cfg, c_cfg, f_cfg = BarkSemanticGenerationConfig(), BarkCoarseGenerationConfig(), BarkFineGenerationConfig()
+    prompt = history(voice, to_tensor=True)
+    prompt = {k: v.to(device) for k, v in prompt.items()} if prompt else None
 
     def run(n: int):
         sem, t_sem = timed(lambda: model.semantic.generate(
             ids["input_ids"], attention_mask=ids["attention_mask"], semantic_generation_config=s_cfg,
-            max_new_tokens=n, min_new_tokens=n, do_sample=False), device)
+            max_new_tokens=n, min_new_tokens=n, do_sample=False, history_prompt=prompt), device)
         (coarse, lengths), t_coarse = timed(lambda: model.coarse_acoustics.generate(
             sem, semantic_generation_config=s_cfg, coarse_generation_config=c_cfg, codebook_size=1024,
-            return_output_lengths=True, do_sample=False), device)
+            return_output_lengths=True, do_sample=False, history_prompt=prompt), device)
         fine, t_fine = timed(lambda: model.fine_acoustics.generate(
             coarse, semantic_generation_config=s_cfg, coarse_generation_config=c_cfg, fine_generation_config=f_cfg,
-            codebook_size=1024, temperature=1.0), device)
+            codebook_size=1024, temperature=1.0, history_prompt=prompt), device)
         audio, t_codec = timed(lambda: model.codec_decode(fine, lengths // 2), device)
         return dict(semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine, codec_s=t_codec,
                     n_coarse=int(lengths.sum()), audio_s=sum(a.shape[-1] for a in audio) / 24_000)
@@ -308,6 +318,8 @@ def plan(device: torch.device, sizes: list[str], batches: list[int], engines: li
             tasks += [("invariance", size, None)] + ([("codec", size, None)] if cuda else [])
             tasks += [("stage-profile", size, b) for b in reversed(batches)]  # the largest batch first
         tasks += [("speed", size, (e, batches[0])) for e in engines if e == "fastbark-offload"]
+        if size == first:  # one text with a voice: every coarse window prefilled (most real use)
+            tasks += [("speed", size, (e + VOICED, batches[0])) for e in main_engines]
     tasks += [("agreement", first, None)] if cuda else []
     tasks += [("repeats", first, None)]
     tasks += [("step", first, ("auto", True, batches[0]))] if cuda else []

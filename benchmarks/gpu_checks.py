@@ -37,10 +37,11 @@ def peak_gb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def fastbark_tokens(tts, texts: list[str], n_semantic: int) -> dict:
-    """Greedy semantic, coarse and fine tokens of `texts` (a batch), with per-stage times; each stage in the
-    engine's stage context (with offload: its model on the device for that stage only). On CUDA also the
-    memory: allocated before the run (what the engine keeps between runs), and each stage's peak."""
+def fastbark_tokens(tts, texts: list[str], n_semantic: int, voice=None) -> dict:
+    """Greedy semantic, coarse and fine tokens of `texts` (a batch, with `voice` for every text), with per-stage
+    times; each stage in the engine's stage context (with offload: its model on the device for that stage only).
+    On CUDA also the memory: allocated before the run (what the engine keeps between runs), and each stage's
+    peak."""
     from fastbark.options import CoarseOptions, FineOptions, SemanticOptions
     from fastbark.pipeline.coarse import generate_coarse
     from fastbark.pipeline.fine import generate_fine
@@ -59,12 +60,12 @@ def fastbark_tokens(tts, texts: list[str], n_semantic: int) -> dict:
             memory[f"{name}_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         return out
     sem, t_sem = timed(lambda: staged("semantic", lambda: generate_semantic(
-        tts.semantic_model, ids, None, SemanticOptions(temperature=0, max_tokens=n_semantic,
-                                                       allow_early_stop=False))), device)
+        tts.semantic_model, ids, voice, SemanticOptions(temperature=0, max_tokens=n_semantic,
+                                                        allow_early_stop=False))), device)
     coarse, t_coarse = timed(lambda: staged("coarse", lambda: generate_coarse(
-        tts.coarse_model, sem, None, CoarseOptions(temperature=0))), device)
+        tts.coarse_model, sem, voice, CoarseOptions(temperature=0))), device)
     fine, t_fine = timed(lambda: staged("fine", lambda: generate_fine(
-        tts.fine_model, coarse, None, FineOptions(temperature=0))), device)
+        tts.fine_model, coarse, voice, FineOptions(temperature=0))), device)
     audio, t_codec = timed(lambda: staged("codec", lambda: [tts.decode(f) for f in fine]), device)
     return dict(semantic=sem, coarse=coarse, fine=fine, semantic_s=t_sem, coarse_s=t_coarse, fine_s=t_fine,
                 codec_s=t_codec, audio_s=sum(len(a) for a in audio) / 24_000, memory=memory)

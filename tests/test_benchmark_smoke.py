@@ -117,10 +117,12 @@ def test_gpu_device_script_runs_on_the_cpu(tmp_path):
     floor = results["floor"]["tiny"]
     assert all(floor[f"{b} batch {n} step ms"] > 0 for b in ("auto", "torch") for n in (1, 2))
     rows = results["speed"]["tiny"]
-    assert {(r["engine"], r["batch"]) for r in rows} == {(e, b) for e in ("fastbark", "transformers") for b in (1, 2)}
+    assert {(r["engine"], r["batch"]) for r in rows} == \
+        {(e, b) for e in ("fastbark", "transformers") for b in (1, 2)} | {("fastbark+voice", 1), ("transformers+voice", 1)}
     assert all(r["total_s"] > 0 and r["audio_s"] > 0 for r in rows)
     by = {(r["engine"], r["batch"]): r for r in rows}
     assert by[("fastbark", 2)]["coarse_tokens"] == by[("transformers", 2)]["coarse_tokens"]  # the same forced work
+    assert by[("fastbark+voice", 1)]["coarse_tokens"] == by[("transformers+voice", 1)]["coarse_tokens"]
     for b in (1, 2):  # the decode stages through the pipeline: wall time per token and the host's ops
         profiled = results["stage_profile"][f"batch {b}"]
         assert profiled["semantic"]["steps"] == 64 and profiled["coarse"]["steps"] == 192
@@ -148,6 +150,8 @@ def test_gpu_device_script_runs_the_most_wanted_first_and_keeps_to_its_budget(tm
         tasks.index(("stage-profile", "small", 16)) < tasks.index(("stage-profile", "small", 1)) < \
         tasks.index(("floor", "large", None))
     assert tasks.index(("speed", "large", ("fastbark", 1))) < tasks.index(("speed", "large", ("fastbark-torch", 1)))
+    assert tasks.index(("speed", "small", ("fastbark-offload", 1))) < \
+        tasks.index(("speed", "small", ("transformers+voice", 1))) < tasks.index(("floor", "large", None))
     assert len(set(tasks)) == len(tasks) and ("speed", "large", ("fastbark-compile", 16)) in tasks
     results = gpu.main(["--device", "cpu", "--sizes", "tiny", "--tokens", "4", "--batches", "1",
                         "--budget-s", "0", "--out", str(tmp_path)])
