@@ -134,28 +134,27 @@ class SelfAttention(nn.Module):
             k_cache, v_cache = cache  # (B, H, max_len, hd) each
             k_cache[:, :, pos : pos + T] = k
             v_cache[:, :, pos : pos + T] = v
-        if last_only:  # the last query sees every position: one query over the keys just computed and the cached
-            if pos > 0:
-                k, v = k_cache[:, :, : pos + T].to(q.dtype), v_cache[:, :, : pos + T].to(q.dtype)
+        prefill = pos == 0 and T > 1  # attends to its own keys, as computed (a cache may hold them rounded)
+        if cache is not None and not prefill:
+            # every cached position; a cache in another dtype than the activations (a fast mode's bfloat16 cache)
+            # is read in theirs
+            k, v = k_cache[:, :, : pos + T].to(q.dtype), v_cache[:, :, : pos + T].to(q.dtype)
+        if last_only:  # the last query sees every position
             y = self.kernel.one_query(q[:, :, -1:], k, v)  # (B, H, 1, hd)
             return self.out_proj(y.transpose(1, 2).reshape(B, 1, C))  # (B, H, 1, hd) -> (B, 1, C)
-        if cache is None or (pos == 0 and T > 1):
+        if cache is None or prefill:
             y = self.kernel.whole(qkv, self.n_head, cache is not None)  # (B, T, C) or None
             if y is not None:
                 return self.out_proj(y)
         if cache is None:  # non-causal full attention (fine model)
             y = F.scaled_dot_product_attention(q, k, v)
-        elif pos == 0 and T > 1:  # a prefill attends to its own keys, as computed (a cache may hold them rounded)
+        elif prefill:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            # every cached position; a cache in another dtype than the activations (a fast mode's bfloat16 cache)
-            # is read in theirs
-            k, v = k_cache[:, :, : pos + T].to(q.dtype), v_cache[:, :, : pos + T].to(q.dtype)
-            if T == 1:  # one new token attends to every cached position
-                y = self.kernel.one_query(q, k, v)
-            else:  # several new tokens after a prefix: causal mask aligned to the bottom right
-                mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif T == 1:  # one new token attends to every cached position
+            y = self.kernel.one_query(q, k, v)
+        else:  # several new tokens after a prefix: causal mask aligned to the bottom right
+            mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, H, T, hd) -> (B, T, C)
         return self.out_proj(y)
 

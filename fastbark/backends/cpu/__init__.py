@@ -136,12 +136,13 @@ class CpuBackend(Backend):
         """bfloat16 with "auto": the one-call step (it reads the blocks' plain bfloat16 weights) or the blocks on
         oneDNN-packed weights where this CPU packs bfloat16 (else plain), whichever step measured faster per text;
         the head is packed either way (`_decode_linears`). On CPUs with AMX, oneDNN's blocks may be the faster."""
+        packs = packing_available(torch.bfloat16)
         packed: dict = {}  # plain layer -> its packed copy, made once
         plain: dict = {}  # packed copy -> the plain layer
 
         def to_packed(linear):
             if linear not in packed:
-                packed[linear] = pack_linear(linear) if packing_available(torch.bfloat16) else None
+                packed[linear] = pack_linear(linear) if packs else None
                 if packed[linear] is not None:
                     plain[packed[linear]] = linear
             return packed[linear]
