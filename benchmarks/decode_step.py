@@ -33,11 +33,11 @@ POSITIONS = 16  # by default: attention reads 16 x 6 KB (float32) per layer, aga
 
 
 def weight_bytes(model) -> int:
-    """What one step reads of its linear layers: float32 weights, int8 weights with their scales and sums, int4
-    packed weights with their scales."""
+    """What one step reads of its linear layers: float32 weights (plain, or oneDNN-packed: `packed`, as the
+    float32 head is), int8 weights with their scales and sums, int4 packed weights with their scales."""
     total = 0
     for m in model.modules():
-        for name in ("weight", "weight_q", "weight_scale", "weight_sum", "weight_packed"):
+        for name in ("weight", "packed", "weight_q", "weight_scale", "weight_sum", "weight_packed"):
             t = getattr(m, name, None) if hasattr(m, "in_features") else None
             if isinstance(t, torch.Tensor):
                 total += t.numel() * t.element_size()

@@ -57,7 +57,7 @@ enum { INT8, BF16, F32, INT4 };  /* the weights' format */
 enum { STORE, ADD_TO, GELU };  /* what a product does with its result */
 
 typedef struct {  /* the input rows of a product, prepared for the weights' format */
-    int8_t *q; uint8_t *q_biased; float *scale;  /* INT8 and INT4: quantised rows (int8.h) */
+    int8_t *q; uint8_t *aux; float *scale;  /* INT8 and INT4: quantised rows, and what int8.h's dots read besides */
     uint16_t *h;  /* BF16: rows rounded to bfloat16 */
     float *f;  /* F32: the rows as they are (a copy: a product may write where its input was) */
     float *xsum;  /* INT4: each row's sums over its groups (int4.h) */
@@ -80,7 +80,7 @@ static inline float from_bf16(uint16_t h) {
 /* Row m (K wide) of x, prepared as product() reads it. */
 static void prepare(int format, const float *x, int64_t m, int64_t K, Rows *r) {
     if (format == INT8 || format == INT4) {
-        quantize_row(x + m * K, K, r->q + m * K, r->q_biased + m * K, r->scale + m);
+        quantize_row(x + m * K, K, r->q + m * K, r->aux + m * K, r->scale + m);
         if (format == INT4) q4_group_sums(r->q + m * K, K, r->xsum + m * q4_groups(K));
     } else if (format == F32) {
         memcpy(r->f + m * K, x + m * K, (size_t)K * sizeof(float));
@@ -114,6 +114,14 @@ static inline void finish_output(float *out, float v, int mode) {
 static __attribute__((noinline)) void product_f32(const Linear *l, const float *x, float *y, float *tmp, int64_t M,
                                                   int64_t N, int64_t K, int mode) {
     const int64_t units = units_of_w(N), full = N / BN;
+    if (M == 1) {  /* one row of x: one row of w at a time, as gemv.c does (one stream a thread; RESULTS.md section 46) */
+        #pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            block((const float *)l->weight, x, l->bias, tmp, n, 0, N, K, 1, 1);
+            finish_output(y + n, tmp[n], mode);
+        }
+        return;
+    }
     #pragma omp for schedule(static)
     for (int64_t u = 0; u < units; u++) {
         unit_of_w((const float *)l->weight, x, l->bias, tmp, u, M, N, K);
@@ -136,7 +144,7 @@ static void product(int format, const Linear *l, const Rows *r, float *y, float 
         for (int64_t m = 0; m < M; m++) {
             float v;
             if (format == INT8) {
-                const int32_t acc = dot_s8(r->q + m * K, r->q_biased + m * K, (const int8_t *)l->weight + n * K,
+                const int32_t acc = dot_s8(r->q + m * K, r->aux + m * K, (const int8_t *)l->weight + n * K,
                                            l->weight_sum[n], K);
                 v = (float)acc * (r->scale[m] * l->weight_scale[n]);  /* as gemv.c's epilogue */
             } else if (format == INT4) {
@@ -361,7 +369,7 @@ int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_la
     Rows rows = {malloc((size_t)(B * C4)), malloc((size_t)(B * C4)), malloc((size_t)B * sizeof(float)),
                  malloc((size_t)(B * C4) * sizeof(uint16_t)), malloc((size_t)(B * C4) * sizeof(float)),
                  malloc((size_t)(B * q4_groups(C4)) * sizeof(float))};
-    int failed = !h || !qkv || !att || !p || !tmp || !rows.q || !rows.q_biased || !rows.scale || !rows.h || !rows.f
+    int failed = !h || !qkv || !att || !p || !tmp || !rows.q || !rows.aux || !rows.scale || !rows.h || !rows.f
                  || !rows.xsum;
     if (!failed) {
         #pragma omp parallel num_threads(threads)
@@ -392,7 +400,7 @@ int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_la
         }
     }
     free(h); free(qkv); free(att); free(p); free(tmp);
-    free(rows.q); free(rows.q_biased); free(rows.scale); free(rows.h); free(rows.f); free(rows.xsum);
+    free(rows.q); free(rows.aux); free(rows.scale); free(rows.h); free(rows.f); free(rows.xsum);
     return failed;
 }
 

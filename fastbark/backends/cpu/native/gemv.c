@@ -31,7 +31,7 @@ void fastbark_gemv_f32(const float *x, const float *w, const float *bias, float 
  * quantised here exactly as fastbark/backends/cpu/int8.py does it (symmetric, amax / 127, round half to
  * even). The integer sums are exact, so any blocking gives the same bits; the float epilogue has one
  * fixed order. With AVX512-VNNI, the unsigned-by-signed byte dot product runs on x + 128 and the
- * 128 * sum_k wq[n, k] it adds is taken off again (w_sum, precomputed).
+ * 128 * sum_k wq[n, k] it adds is taken off again (w_sum, precomputed); with AVX2, on |x| (int8.h).
  */
 #include <stdlib.h>
 #include "int8.h"
@@ -42,20 +42,20 @@ __attribute__((optimize("fp-contract=off")))
 int fastbark_linear_s8(const float *x, const int8_t *wq, const int32_t *w_sum, const float *w_scale,
                        const float *bias, float *y, int64_t M, int64_t N, int64_t K, int threads) {
     int8_t *xq = malloc((size_t)(M * K));
-    uint8_t *xb = malloc((size_t)(M * K));
+    uint8_t *aux = malloc((size_t)(M * K));
     float *xs = malloc((size_t)M * sizeof(float));
-    if (!xq || !xb || !xs) { free(xq); free(xb); free(xs); return 1; }  /* out of memory */
-    for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, xq + m * K, xb + m * K, xs + m);
+    if (!xq || !aux || !xs) { free(xq); free(aux); free(xs); return 1; }  /* out of memory */
+    for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, xq + m * K, aux + m * K, xs + m);
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const int8_t *wn = wq + n * K;
         for (int64_t m = 0; m < M; m++) {
-            const int32_t acc = dot_s8(xq + m * K, xb + m * K, wn, w_sum[n], K);
+            const int32_t acc = dot_s8(xq + m * K, aux + m * K, wn, w_sum[n], K);
             const float v = (float)acc * (xs[m] * w_scale[n]);
             y[m * N + n] = bias ? v + bias[n] : v;
         }
     }
-    free(xq); free(xb); free(xs);
+    free(xq); free(aux); free(xs);
     return 0;
 }
 
