@@ -123,9 +123,10 @@ class SelfAttention(nn.Module):
         self.kernel = AttentionKernel()  # set through GPT.use_kernels
 
     def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None, pos: int,
-                last_only: bool = False) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C); with `last_only` (B, 1, C): the keys and values of every position go into the
-        cache, and only the last position attends (a prefill's last block: nothing reads the others' outputs)."""
+                first: int = 0) -> torch.Tensor:
+        """x (B, T, C) -> (B, T - first, C): the outputs of positions first..T-1 only, each attending as it would
+        in the whole pass (a model's last block, whose other outputs nothing reads: a prefill's last position, a
+        fine pass's predicted positions). Every position's keys and values are used, and cached."""
         B, T, C = x.shape
         hd = C // self.n_head
         qkv = self.att_proj(x)  # (B, T, 3C)
@@ -139,9 +140,16 @@ class SelfAttention(nn.Module):
             # every cached position; a cache in another dtype than the activations (a fast mode's bfloat16 cache)
             # is read in theirs
             k, v = k_cache[:, :, : pos + T].to(q.dtype), v_cache[:, :, : pos + T].to(q.dtype)
-        if last_only:  # the last query sees every position
-            y = self.kernel.one_query(q[:, :, -1:], k, v)  # (B, H, 1, hd)
-            return self.out_proj(y.transpose(1, 2).reshape(B, 1, C))  # (B, H, 1, hd) -> (B, 1, C)
+        if first:
+            q = q[:, :, first:]  # (B, H, T - first, hd)
+            if cache is None:  # non-causal: every query sees every position
+                y = F.scaled_dot_product_attention(q, k, v)
+            elif first == T - 1:  # the last query sees every position
+                y = self.kernel.one_query(q, k, v)
+            else:  # query i sees positions 0..pos + i
+                mask = torch.ones(T - first, pos + T, dtype=torch.bool, device=x.device).tril(pos + first)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.out_proj(y.transpose(1, 2).reshape(B, T - first, C))  # (B, H, T - first, hd) -> (B, T - first, C)
         if cache is None or prefill:
             y = self.kernel.whole(qkv, self.n_head, cache is not None)  # (B, T, C) or None
             if y is not None:
@@ -177,10 +185,10 @@ class Block(nn.Module):
         self.layernorm_2 = nn.LayerNorm(config.n_embd, bias=norm_bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, pos: int = 0, last_only: bool = False):
-        """`last_only`: (B, T, C) -> (B, 1, C), the last position's output (its keys and values all cached)."""
-        h = self.attn(self.layernorm_1(x), cache, pos, last_only)
-        x = (x[:, -1:] if last_only else x) + h
+    def forward(self, x, cache=None, pos: int = 0, first: int = 0):
+        """(B, T, C) -> (B, T - first, C): with `first`, the outputs of positions first..T-1 only (SelfAttention)."""
+        h = self.attn(self.layernorm_1(x), cache, pos, first)
+        x = x[:, first:] + h
         return x + self.mlp(self.layernorm_2(x))
 
 
@@ -279,7 +287,7 @@ class CausalGPT(GPT):
         else:  # the last block for the last position only: the other positions' outputs are never read
             last = len(self.layers) - 1
             for i, block in enumerate(self.layers):
-                x = block(x, (cache.k[i], cache.v[i]), pos, last_only=i == last and T > 1)
+                x = block(x, (cache.k[i], cache.v[i]), pos, first=T - 1 if i == last else 0)
         return self.lm_head(self.layernorm_final(x[:, -1]))
 
 
@@ -325,7 +333,8 @@ class FineGPT(GPT):
         x = self.position_embeds_layer.weight[:T]
         for i in range(codebook + 1):
             x = x + self.input_embeds_layers[i](codes[:, :, i])
-        for block in self.layers:
-            x = block(x)
-        x = self.layernorm_final(x[:, start:])
+        last = len(self.layers) - 1
+        for i, block in enumerate(self.layers):  # the last block for the positions asked for only
+            x = block(x, first=start if i == last else 0)
+        x = self.layernorm_final(x)  # (B, T - start, C)
         return self.lm_heads[codebook - self.config.n_codes_given](x)
