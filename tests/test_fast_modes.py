@@ -120,7 +120,8 @@ def test_int8_c_kernel_is_the_torch_path_bit_for_bit(k, n, dtype):
 def test_int_products_via_float_are_int_mm_exactly(m, k, n):
     """The AVX2 path's float32 GEMMs over K slices give torch._int_mm's int32 bits, even for the largest
     sums (every x 127, every w 126 or 127), where one float32 product over all of K would round."""
-    from fastbark.backends.cpu.int8 import float_products_exact, int_mm_via_float, int_products
+    from fastbark.backends.cpu.int8 import (EXACT_FLOAT_K, float_products, float_products_exact, int_mm_via_float,
+                                            int_products)
     torch.manual_seed(k)
     x = torch.full((m, k), 127, dtype=torch.int8)
     x[1:] = torch.randint(-127, 128, (m - 1, k), dtype=torch.int8)
@@ -128,6 +129,10 @@ def test_int_products_via_float_are_int_mm_exactly(m, k, n):
     w[1:] *= torch.where(torch.rand(n - 1, k) < 0.5, -1, 1).to(torch.int8)
     exact = torch._int_mm(x, w.t())
     assert torch.equal(int_mm_via_float(x, w), exact)
+    # the C route's: x as float32 integers in, float32 sums out where K allows one exact GEMM, else int32
+    products = float_products(x.float(), w)
+    assert products.dtype == (torch.float32 if k <= EXACT_FLOAT_K else torch.int32)
+    assert torch.equal(products.to(torch.int32), exact)
     if k > 1040:  # the slices matter: a single float32 product is not exact here
         assert not torch.equal((x.float() @ w.float().t()).to(torch.int32), exact)
     previous = torch.get_float32_matmul_precision()

@@ -28,7 +28,8 @@ import functools
 import torch
 from torch import nn
 
-from .library import SHAPES_CHECKED, Int8Kernels, has_vnni, load_kernels, run_quantize, run_rescale, run_s8
+from .library import (SHAPES_CHECKED, Int8Kernels, has_vnni, load_kernels, run_quantize, run_quantize_float,
+                      run_rescale, run_s8)
 from .linears import one_position
 
 INT8_MAX = 127  # symmetric range [-127, 127]; -128 is left out so that negation is exact
@@ -39,13 +40,24 @@ EXACT_FLOAT_K = 1024
 
 
 def int_mm_via_float(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
-    """x_q (M, K) int8 @ w_q (N, K)^T -> (M, N) int32, equal to torch._int_mm(x_q, w_q.t()), on float32 GEMMs."""
+    """x_q (M, K) int8 (or float32 holding int8 values) @ w_q (N, K)^T -> (M, N) int32, equal to
+    torch._int_mm(x_q, w_q.t()), on float32 GEMMs."""
     acc = None
     for k in range(0, x_q.shape[1], EXACT_FLOAT_K):
         part = torch.mm(x_q[:, k:k + EXACT_FLOAT_K].float(), w_q[:, k:k + EXACT_FLOAT_K].float().t())  # exact
         part = part.to(torch.int32)  # (M, N): an exact integer, converted without rounding
         acc = part if acc is None else acc.add_(part)
     return acc
+
+
+def float_products(x_f: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
+    """x_f (M, K) float32 holding int8 values @ w_q (N, K)^T, exact: one float32 GEMM where K <= EXACT_FLOAT_K (every
+    sum an exact integer, left as float32), else int_mm_via_float's int32. What the C route passes around: neither
+    an int8 copy of x to convert again nor an int32 copy of the sums (on a 1024-frame fine pass those copies made
+    the int8 products ~18% slower than float32's, RESULTS.md section 48)."""
+    if x_f.shape[1] <= EXACT_FLOAT_K:
+        return torch.mm(x_f, w_q.float().t())  # (M, K) @ (K, N) -> (M, N)
+    return int_mm_via_float(x_f, w_q)
 
 
 def float_products_exact() -> bool:
@@ -132,6 +144,11 @@ class Int8Linear(nn.Module):
         if native is not None and one_position(x):
             y = run_s8(native.linear, rows, self.weight_q, self.weight_sum, self.weight_scale, self._bias_f32,
                        threads)
+        elif native is not None and self._via_float and float_products_exact():  # the same numbers, in float32
+            x_f, x_scale = run_quantize_float(native.quantize_float, rows, threads)  # (M, K) the int8 values
+            acc = float_products(x_f, self.weight_q)  # (M, N) float32 or int32, exact
+            rescale = native.rescale_float if acc.dtype == torch.float32 else native.rescale
+            y = run_rescale(rescale, acc, x_scale, self.weight_scale, self._bias_f32, threads, in_place=True)
         elif native is not None:  # the same numbers, with the float work in one parallel pass each
             x_q, x_scale = run_quantize(native.quantize, rows, threads)
             acc = int_products(x_q, self.weight_q, self._via_float)  # (M, N) int32, exact

@@ -73,6 +73,8 @@ class Int8Kernels:
     linear: object  # one-position rows: quantise, int8 dot, rescale
     quantize: object  # big products: rows -> int8 and scales, before torch._int_mm
     rescale: object  # big products: int32 -> float32, after torch._int_mm
+    quantize_float: object  # the via-float route: rows -> their int8 values as float32, and scales
+    rescale_float: object  # the via-float route: exact float32 sums -> float32, as `rescale`
 
 
 @dataclass(frozen=True)
@@ -123,16 +125,27 @@ def run_quantize(fn, x: torch.Tensor, threads: int = 1) -> tuple[torch.Tensor, t
     return q, scale
 
 
+def run_quantize_float(fn, x: torch.Tensor, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 rows x (M, K) -> (their int8 values as float32 (M, K), scales (M, 1)), as quantize_rows."""
+    q, scale = torch.empty(x.shape, dtype=torch.float32), torch.empty(x.shape[0], 1, dtype=torch.float32)
+    if fn(x.data_ptr(), q.data_ptr(), scale.data_ptr(), x.shape[0], x.shape[1], threads):
+        raise MemoryError("fastbark's int8 kernel could not allocate a quantised row")
+    return q, scale
+
+
 def run_rescale(fn, acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, b: torch.Tensor | None,
-                threads: int = 1) -> torch.Tensor:
-    """int32 (M, N) * (x_scale (M, 1) * w_scale (N,)) + b -> float32 (M, N)."""
-    y = torch.empty(acc.shape, dtype=torch.float32)
+                threads: int = 1, in_place: bool = False) -> torch.Tensor:
+    """acc (M, N) * (x_scale (M, 1) * w_scale (N,)) + b -> float32 (M, N): int32 sums (`rescale`) or exact float32
+    ones (`rescale_float`); `in_place`: written over acc (each element read before its result is written), which
+    saves a pass of fresh memory over the (M, N) output."""
+    y = acc.view(torch.float32) if in_place else torch.empty(acc.shape, dtype=torch.float32)
     fn(acc.data_ptr(), x_scale.data_ptr(), w_scale.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(),
        acc.shape[0], acc.shape[1], threads)
     return y
 
 
-SHAPES_CHECKED = ((1, 7, 45), (5, 10, 96), (9, 4, 130))  # (M, N, K): every tail of the blocks and of K
+# (M, N, K): every tail of the blocks and of K, and a K over int8.py's EXACT_FLOAT_K (its products in slices)
+SHAPES_CHECKED = ((1, 7, 45), (5, 10, 96), (9, 4, 130), (3, 5, 1100))
 
 
 def _check_f32(fn) -> bool:
@@ -163,6 +176,11 @@ def _load() -> tuple[NativeKernels | None, str]:
         return None, f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     f32, s8, q4 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8, lib.fastbark_linear_q4
     quantize, rescale = lib.fastbark_quantize_rows, lib.fastbark_rescale_s32
+    quantize_float, rescale_float = lib.fastbark_quantize_rows_f32, lib.fastbark_rescale_f32
+    quantize_float.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    quantize_float.restype = ctypes.c_int
+    rescale_float.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    rescale_float.restype = None
     decode, attention = lib.fastbark_decode_step, lib.fastbark_attention_bf16
     f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
@@ -179,8 +197,8 @@ def _load() -> tuple[NativeKernels | None, str]:
     s8.restype = q4.restype = decode.restype = attention.restype = ctypes.c_int
     if not _check_f32(f32):
         return None, "the built kernel failed its self-check"
-    return NativeKernels(f32, Int8Kernels(s8, quantize, rescale), q4, dequantize_q4, attention, decode,
-                         bool(lib.fastbark_has_bf16())), ""
+    return NativeKernels(f32, Int8Kernels(s8, quantize, rescale, quantize_float, rescale_float), q4, dequantize_q4,
+                         attention, decode, bool(lib.fastbark_has_bf16())), ""
 
 
 def load_kernels() -> NativeKernels | None:

@@ -66,16 +66,49 @@ void fastbark_quantize_rows(const float *x, int8_t *q, float *scale, int64_t M, 
     for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, q + m * K, NULL, scale + m);
 }
 
-/* y = acc * (x_scale[m] * w_scale[n]), then + bias[n]: two roundings, never fused, as in torch. */
+/* Without VNNI the big products run as float32 GEMMs over the integers (int8.py's via-float route): the rows
+ * quantised as above, written as float32 (each integer exactly), so that no int8 copy is made and converted
+ * again. Returns 0, or 1 when out of memory. */
+int fastbark_quantize_rows_f32(const float *x, float *q, float *scale, int64_t M, int64_t K, int threads) {
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) reduction(|:failed)
+    {
+        int8_t *row = malloc((size_t)K);
+        failed = row == NULL;
+        #pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++) {
+            if (row == NULL) continue;
+            quantize_row(x + m * K, K, row, NULL, scale + m);
+            for (int64_t k = 0; k < K; k++) q[m * K + k] = (float)row[k];
+        }
+        free(row);
+    }
+    return failed;
+}
+
+/* y = acc * (x_scale[m] * w_scale[n]), then + bias[n]: two roundings, never fused (its callers are compiled
+ * without contraction), as in torch. */
+static inline float rescaled(float acc, float x_scale, float w_scale, const float *bias, int64_t n) {
+    const float v = acc * (x_scale * w_scale);
+    return bias ? v + bias[n] : v;
+}
+
 __attribute__((optimize("fp-contract=off")))
 void fastbark_rescale_s32(const int32_t *acc, const float *x_scale, const float *w_scale, const float *bias,
                           float *y, int64_t M, int64_t N, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t m = 0; m < M; m++)
-        for (int64_t n = 0; n < N; n++) {
-            const float v = (float)acc[m * N + n] * (x_scale[m] * w_scale[n]);
-            y[m * N + n] = bias ? v + bias[n] : v;
-        }
+        for (int64_t n = 0; n < N; n++) y[m * N + n] = rescaled((float)acc[m * N + n], x_scale[m], w_scale[n], bias, n);
+}
+
+/* The same from float32 sums that are exact integers below 2^24 (the via-float route's GEMMs over K <= 1024):
+ * (float) of their int32 value is the value itself, so the bits are fastbark_rescale_s32's. */
+__attribute__((optimize("fp-contract=off")))
+void fastbark_rescale_f32(const float *acc, const float *x_scale, const float *w_scale, const float *bias,
+                          float *y, int64_t M, int64_t N, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) y[m * N + n] = rescaled(acc[m * N + n], x_scale[m], w_scale[n], bias, n);
 }
 
 /* ---------------------------------------------------------------- int4 (the int4 mode's decode step)
