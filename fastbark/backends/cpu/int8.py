@@ -53,8 +53,7 @@ def int_mm_via_float(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
 def float_products(x_f: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     """x_f (M, K) float32 holding int8 values @ w_q (N, K)^T, exact: one float32 GEMM where K <= EXACT_FLOAT_K (every
     sum an exact integer, left as float32), else int_mm_via_float's int32. What the C route passes around: neither
-    an int8 copy of x to convert again nor an int32 copy of the sums (on a 1024-frame fine pass those copies made
-    the int8 products ~18% slower than float32's, RESULTS.md section 48)."""
+    an int8 copy of x to convert again nor an int32 copy of the sums (RESULTS.md section 48)."""
     if x_f.shape[1] <= EXACT_FLOAT_K:
         return torch.mm(x_f, w_q.float().t())  # (M, K) @ (K, N) -> (M, N)
     return int_mm_via_float(x_f, w_q)
