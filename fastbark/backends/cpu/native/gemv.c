@@ -30,7 +30,7 @@ void fastbark_gemv_f32(const float *x, const float *w, const float *bias, float 
  * y[m, n] = (sum_k xq[m, k] * wq[n, k]) * x_scale[m] * w_scale[n] + bias[n], where each row of x is
  * quantised here exactly as fastbark/backends/cpu/int8.py does it (symmetric, amax / 127, round half to
  * even). The integer sums are exact, so any blocking gives the same bits; the float epilogue has one
- * fixed order. With AVX512-VNNI, the unsigned-by-signed byte dot product runs on x + 128 and the
+ * fixed order. With AVX512-VNNI or AVX-VNNI, the unsigned-by-signed byte dot product runs on x + 128 and the
  * 128 * sum_k wq[n, k] it adds is taken off again (w_sum, precomputed); with AVX2, on |x| (int8.h).
  */
 #include <stdlib.h>

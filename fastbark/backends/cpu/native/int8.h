@@ -11,10 +11,14 @@
 #endif
 
 /* Besides x itself, a dot product reads one more byte per element of x ("aux", from quantize_row): x + 128
- * as unsigned bytes where the build has AVX512-VNNI (its dot product multiplies unsigned by signed bytes),
- * |x| otherwise (AVX2's vpmaddubsw takes |x| as its unsigned side: made once per row, not once per row of w). */
+ * as unsigned bytes where the build has a byte dot product (vpdpbusd multiplies unsigned by signed bytes):
+ * AVX512-VNNI (S8_VNNI 512) or, on AVX2 CPUs such as Intel's laptop cores since Alder Lake, AVX-VNNI (S8_VNNI
+ * 256); |x| otherwise (AVX2's vpmaddubsw takes |x| as its unsigned side: made once per row, not once per row
+ * of w). */
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
-#define S8_VNNI 1
+#define S8_VNNI 512
+#elif defined(__AVXVNNI__) && defined(__AVX2__)
+#define S8_VNNI 256
 #else
 #define S8_VNNI 0
 #endif
@@ -59,7 +63,14 @@ static inline void quantize_row(const float *x, int64_t K, int8_t *q, uint8_t *a
         const __m128i v16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
         const __m128i v8 = _mm_packs_epi16(v16, v16);
         _mm_storel_epi64((__m128i *)(q + k), v8);
-        if (aux) _mm_storel_epi64((__m128i *)(aux + k), _mm_abs_epi8(v8));  /* no VNNI in an AVX2 build */
+        if (aux) {
+#if S8_VNNI
+            const __m128i b16 = _mm_add_epi16(v16, _mm_set1_epi16(128));  /* [1, 255]: unsigned packing */
+            _mm_storel_epi64((__m128i *)(aux + k), _mm_packus_epi16(b16, b16));
+#else
+            _mm_storel_epi64((__m128i *)(aux + k), _mm_abs_epi8(v8));
+#endif
+        }
     }
 #endif
     for (; k < K; k++) {
@@ -79,13 +90,33 @@ enum { S8_PREFETCH = 2048 };
 static inline int32_t dot_s8(const int8_t *x, const uint8_t *aux, const int8_t *w, int32_t w_sum, int64_t K) {
     int64_t k = 0;
     int32_t s = 0;
-#if S8_VNNI
+#if S8_VNNI == 512
     __m512i acc = _mm512_setzero_si512();
     for (; k + 64 <= K; k += 64)
         acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(aux + k), _mm512_loadu_si512(w + k));
     s = _mm512_reduce_add_epi32(acc) - 128 * w_sum;  /* sum (x + 128) w - 128 sum w = sum x w, exactly */
     /* the tail below runs on x itself, so take its share of the correction back */
     for (int64_t j = k; j < K; j++) s += 128 * w[j];
+#elif S8_VNNI == 256
+    /* AVX-VNNI: the same dot product on 256-bit vectors (one instruction per 32 bytes, where the AVX2 loop
+     * below takes four), 64 bytes a step in two accumulators, with the AVX2 loop's prefetch. */
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+    for (; k + 64 <= K; k += 64) {
+        _mm_prefetch((const char *)(w + k + S8_PREFETCH), _MM_HINT_T0);
+        acc0 = _mm256_dpbusd_avx_epi32(acc0, _mm256_loadu_si256((const __m256i *)(aux + k)),
+                                       _mm256_loadu_si256((const __m256i *)(w + k)));
+        acc1 = _mm256_dpbusd_avx_epi32(acc1, _mm256_loadu_si256((const __m256i *)(aux + k + 32)),
+                                       _mm256_loadu_si256((const __m256i *)(w + k + 32)));
+    }
+    for (; k + 32 <= K; k += 32)
+        acc0 = _mm256_dpbusd_avx_epi32(acc0, _mm256_loadu_si256((const __m256i *)(aux + k)),
+                                       _mm256_loadu_si256((const __m256i *)(w + k)));
+    const __m256i acc = _mm256_add_epi32(acc0, acc1);
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));  /* lanes 2,3 onto 0,1 */
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));  /* lane 1 onto 0 */
+    s = _mm_cvtsi128_si32(h) - 128 * w_sum;  /* sum (x + 128) w - 128 sum w = sum x w, exactly */
+    for (int64_t j = k; j < K; j++) s += 128 * w[j];  /* the tail below runs on x itself */
 #elif defined(__AVX2__)
     /* No byte dot product on AVX2, but vpmaddubsw multiplies unsigned by signed bytes and adds pairs into
      * int16, saturating. With |x| as the unsigned side and w carrying x's sign (vpsignb), every pair is at
