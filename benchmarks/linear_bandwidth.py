@@ -11,6 +11,10 @@ delivers them, so "% of read" says how close a kernel comes to the floor. Each k
 bytes it reads: 4 per weight in float32, 2 in bfloat16, 1 in int8.
 
     python benchmarks/linear_bandwidth.py --threads 2 --json benchmarks/linear-bandwidth.json
+
+`--rows B` gives every product B rows (one position each), as a batch of B decodes does: the weights are
+still read once per step, so GB/s still counts each weight once.
+    python benchmarks/linear_bandwidth.py --threads 2 --rows 8
 """
 
 from __future__ import annotations
@@ -48,12 +52,15 @@ def per_step_ms(fn, trials: int = 5, repeats: int = 4) -> float:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--rows", type=int, default=1, help="rows per product: a decode batch's size")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    if args.rows < 1:
+        p.error("--rows must be at least 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     weights = [torch.randn(o, i) for o, i in SHAPES]
-    x = {i: torch.randn(1, i) for i in (768, 3072)}
+    x = {i: torch.randn(args.rows, i) for i in (768, 3072)}  # (B, K): B one-position rows
     n_bytes = sum(w.numel() for w in weights) * 4
     results = {}
     big, dst = torch.randn(64 << 20), torch.empty(64 << 20)  # 256 MB each: far beyond any cache
@@ -74,7 +81,7 @@ def main(argv=None) -> dict:
             results[name] = per_step_ms(lambda: [m(xs[m.in_features]) for m in layers])
         if load_kernels() is not None:
             c_layers = [GemvLinear(as_linear(w)) for w in weights]
-            x3 = {k: v[None] for k, v in x.items()}  # (1, K) -> (1, 1, K): one decode position
+            x3 = {k: v[:, None] for k, v in x.items()}  # (B, K) -> (B, 1, K): one decode position per row
             results["fastbark C kernel float32"] = per_step_ms(lambda: [m(x3[m.in_features]) for m in c_layers])
         from fastbark.backends.cpu.int8 import Int8Linear
         int8 = [Int8Linear(as_linear(w), native=False) for w in weights]
@@ -92,7 +99,8 @@ def main(argv=None) -> dict:
         except Exception as e:  # removed from newer torch
             print(f"int8 dynamic quantisation unavailable: {e}")
     floor = reference["memory read (sum)"]
-    print(f"\n49 decode-step products of bark-small ({n_bytes / 1e6:.0f} MB in float32), {args.threads} threads")
+    print(f"\n49 decode-step products of bark-small ({n_bytes / 1e6:.0f} MB in float32), {args.rows} row(s) each, "
+          f"{args.threads} threads")
     print(f"| kernel | ms/step | GB/s (fp32 bytes) | GB/s (its own bytes) | % of read |\n| --- | --- | --- | --- | --- |")
     for name, gbs in reference.items():
         print(f"| {name} (reference) | | | {gbs:.1f} | {100 * gbs / floor:.0f}% |")
@@ -102,7 +110,7 @@ def main(argv=None) -> dict:
         rates[name] = own / ms / 1e6
         print(f"| {name} | {ms:.2f} | {n_bytes / ms / 1e6:.1f} | {rates[name]:.1f} | {100 * rates[name] / floor:.0f}% |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"threads": args.threads, "ms_per_step": results,
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "rows": args.rows, "ms_per_step": results,
                                                "reference_gbs": reference, "own_bytes_gbs": rates}, indent=2))
     return results
 
