@@ -12,6 +12,7 @@ kernels (no AVX2), the code an ARM or older x86 machine compiles: on an AVX2 mac
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -27,10 +28,32 @@ from fastbark.backends.cpu.library import FLAGS, NATIVE
 TARGETS = [("x86-64", []), ("haswell", []), ("znver3", []), ("alderlake", ["vpdpbusd"]), ("skylake-avx512", []),
            ("icelake-server", ["vpdpbusd"]), ("sapphirerapids", ["vpdpbusd", "vdpbf16ps"])]
 
-pytestmark = pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("cc") is None,
-                                reason="needs an x86-64 C compiler")
+x86_64 = pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("cc") is None,
+                            reason="needs an x86-64 C compiler")
+
+# 64-bit ARM (Raspberry Pi 4; Pi 5, Graviton 2-3, Ampere; Graviton 4): the same sources, through the portable
+# branches, must compile, with the float32 products on NEON or SVE (fmla). Built with a cross compiler where this is
+# not an ARM machine (CI installs gcc-aarch64-linux-gnu); not run here.
+ARM_TARGETS = ["armv8-a", "armv8.2-a+dotprod", "armv9-a"]
+ARM_CC = "cc" if platform.machine() == "aarch64" else "aarch64-linux-gnu-gcc"
+ARM_OBJDUMP = "objdump" if platform.machine() == "aarch64" else "aarch64-linux-gnu-objdump"
 
 
+@pytest.mark.parametrize("march", ARM_TARGETS)
+def test_the_kernels_compile_for_arm64(march, tmp_path):
+    if shutil.which(ARM_CC) is None:
+        pytest.skip(f"no 64-bit ARM C compiler ({ARM_CC})")
+    flags = [f"-march={march}" if f == "-march=native" else f for f in FLAGS]
+    out = tmp_path / f"kernels-{march}.so"
+    built = subprocess.run([ARM_CC, *flags, *map(str, sorted(NATIVE.glob("*.c"))), "-o", str(out), "-lm"],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    if shutil.which(ARM_OBJDUMP):
+        code = subprocess.run([ARM_OBJDUMP, "-d", str(out)], capture_output=True, text=True, timeout=120).stdout
+        assert re.search(r"\tfml?ad?\s+(v\d+\.4s|z\d+\.s)", code), f"{march}: the float32 products are not on NEON or SVE"
+
+
+@x86_64
 @pytest.mark.parametrize("march, instructions", TARGETS)
 def test_the_kernels_compile_for(march, instructions, tmp_path):
     flags = [f"-march={march}" if f == "-march=native" else f for f in FLAGS]
@@ -49,6 +72,7 @@ def test_the_kernels_compile_for(march, instructions, tmp_path):
 KERNEL_FALLBACKS = ("C kernels:", "int8 C kernels", "int4 C kernel", "one-call decode step")
 
 
+@x86_64
 @pytest.mark.parametrize("march", [march for march, _ in TARGETS])
 def test_the_kernels_pass_their_checks_when_built_for(march, hub_dir, tmp_path):
     probe = subprocess.run([sys.executable, str(Path(__file__).with_name("native_probe.py")), march, str(hub_dir)],
