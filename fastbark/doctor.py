@@ -13,19 +13,21 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from .backends import BackendReport, select
 from .backends.base import Models
+from .backends.cpu.library import cpu_identity
 from .errors import BadInput
 from .models.gpt import CausalGPT, FineGPT, GPTConfig
 from .options import DTYPES, EngineOptions
 
-# The CPU features fastbark's kernels care about, as /proc/cpuinfo names them.
+# The CPU features fastbark's kernels care about, as /proc/cpuinfo names them: x86-64, and 64-bit ARM.
 CPU_FEATURES = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "VNNI": ("avx512_vnni", "avx_vnni"),
                 "AVX-512 BF16": ("avx512_bf16",), "AMX": ("amx_tile",)}
+ARM_FEATURES = {"NEON": ("asimd",), "SVE": ("sve",), "int8 dot product": ("asimddp",), "BF16": ("bf16",),
+                "int8 matrix multiply": ("i8mm",)}
 
 
 @dataclass(frozen=True)
@@ -107,21 +109,17 @@ def gpus() -> list[str]:
 
 
 def cpu_info(cpuinfo: str | None = None) -> tuple[str, dict[str, bool]]:
-    """The CPU's model name and which of CPU_FEATURES it has (from /proc/cpuinfo where there is one)."""
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text(errors="replace") if path.is_file() else ""
-    model, flags = platform.processor() or platform.machine(), set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
+    """The CPU's model name and which of the features its architecture's kernels care about it has (from
+    /proc/cpuinfo where there is one)."""
+    model, flag_line = cpu_identity(cpuinfo)
+    flags = set(flag_line.split())
+    arm = bool(flags & {"asimd", "fp"}) or (not flags and platform.machine().lower() in ("arm64", "aarch64"))
     if not flags:  # no /proc/cpuinfo (macOS, Windows): torch's own reading of the vector unit
         capability = torch.backends.cpu.get_cpu_capability().lower()
-        flags = {"avx2"} | ({"avx512f"} if "avx512" in capability else set())
-    return model, {name: any(f in flags for f in names) for name, names in CPU_FEATURES.items()}
+        flags = {"asimd"} | ({"sve"} if "sve" in capability else set()) if arm else \
+            {"avx2"} | ({"avx512f"} if "avx512" in capability else set())
+    features = ARM_FEATURES if arm else CPU_FEATURES
+    return model, {name: any(f in flags for f in names) for name, names in features.items()}
 
 
 def compiler() -> str | None:

@@ -183,6 +183,14 @@ def test_doctor_reads_cpu_features_and_refusals():
     assert model == "Some CPU"
     assert features == {"AVX2": True, "AVX-512": True, "VNNI": True, "AVX-512 BF16": False, "AMX": True}
     assert "not float16" in choose("cpu", "float16", "int8").refused
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32 asimddp sve i8mm\nCPU implementer\t: 0x41\n" \
+          "CPU part\t: 0xd40\n\nprocessor\t: 1\nFeatures\t: fp asimd\n"
+    model, features = cpu_info(arm)
+    assert model == "0x41 0xd40"  # an ARM core names itself by implementer and part
+    assert features == {"NEON": True, "SVE": True, "int8 dot product": True, "BF16": False,
+                         "int8 matrix multiply": True}
+    from fastbark.backends.cpu.library import cpu_identity
+    assert cpu_identity(arm)[1] == "fp asimd evtstrm aes crc32 asimddp sve i8mm"  # what the C library is keyed by
 
 
 def test_cuda_without_cuda_fails_at_once_with_a_hint(capsys):

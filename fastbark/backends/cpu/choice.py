@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +33,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .library import cpu_identity
 
 BATCHES = (1, 8)  # rows per decode step: a lone text, and a served batch
 CHECK_ROWS = (16, 3, 2)  # batch invariance is checked in batches of these sizes (16: the most a slab holds)
@@ -216,12 +217,7 @@ def code_digest() -> str:
 
 def machine_key(extra: list[str]) -> list[str]:
     """What a measurement depends on: the CPU, torch, the threads, the kernels' sources (`extra`)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        model = next((line for line in info.splitlines() if line.startswith("model name")), platform.processor())
-        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    except OSError:
-        model, flags = platform.processor(), ""
+    model, flags = cpu_identity()
     return [model, flags, torch.__version__, str(torch.get_num_threads()), *extra]
 
 

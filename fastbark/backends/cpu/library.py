@@ -43,13 +43,28 @@ def has_vnni() -> bool:
     return "vnni" in _cpu_signature()
 
 
+def cpu_identity(cpuinfo: str | None = None) -> tuple[str, str]:
+    """(the CPU's model, its instruction-set flags) from /proc/cpuinfo (or its text): x86's `model name` and
+    `flags`, or 64-bit ARM's `CPU implementer` and `CPU part` and its `Features`; where there is no such file,
+    the platform's processor name and ''."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():  # "key\t: value"; the first processor's lines are enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    arm = " ".join(fields[k] for k in ("CPU implementer", "CPU part") if fields.get(k))
+    return fields.get("model name") or arm or platform.processor() or platform.machine(), \
+        fields.get("flags") or fields.get("Features", "")
+
+
 def _cpu_signature() -> str:
     """-march=native code must not run on another CPU: the cached library is keyed by the CPU's flags."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        return next((line for line in info.splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor()
+    model, flags = cpu_identity()
+    return flags or model
 
 
 def _build(compiler: str) -> Path:
