@@ -18,7 +18,7 @@ import torch
 
 from .backends import BackendReport, select
 from .backends.base import Models
-from .backends.cpu.library import cpu_identity
+from .backends.cpu.choice import cpu_identity
 from .errors import BadInput
 from .models.gpt import CausalGPT, FineGPT, GPTConfig
 from .options import DTYPES, EngineOptions

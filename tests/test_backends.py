@@ -13,6 +13,7 @@ from fastbark.backends.cpu.int4 import int4_kernel
 from fastbark.backends.cpu.int8 import int8_kernels
 from fastbark.backends.cpu.library import load_kernels
 from fastbark.backends.cpu.linears import packing_available
+from fastbark.backends.cpu.tuning import KNOBS, TUNING_LABEL
 
 GREEDY = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, min_eos_p=None)
 N_DECODER_LINEARS = 2 * 4 + 1  # the tiny causal GPTs: 2 layers x (att_proj, out_proj, in_proj, out_proj) + lm_head
@@ -83,8 +84,10 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
     measured = want["decoder"] is None
     steps = [m for m in report.measured if m.startswith("decode step")]
     attention = [m for m in report.measured if m.startswith("whole-sequence attention")]
+    tuning = [m for m in report.measured if m.startswith(TUNING_LABEL)]  # the C library's, once per machine
+    assert len(tuning) == (len(KNOBS) if load_kernels() is not None and kernel in ("auto", "c") else 0)
     decode_choices = [m for m in report.measured
-                      if not m.startswith(("int8 products", "decode step", "whole-sequence attention"))]
+                      if not m.startswith(("int8 products", "decode step", "whole-sequence attention", TUNING_LABEL))]
     assert len(attention) == (want["whole"] is None)  # the fast modes' C attention, timed against SDPA
     if want["whole"] is None:  # what was measured faster runs; where SDPA won, the report says so
         want["whole"] = attention[0].split(": ")[1].split(" ")[0]

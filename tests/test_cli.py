@@ -189,7 +189,7 @@ def test_doctor_reads_cpu_features_and_refusals():
     assert model == "0x41 0xd40"  # an ARM core names itself by implementer and part
     assert features == {"NEON": True, "SVE": True, "int8 dot product": True, "BF16": False,
                          "int8 matrix multiply": True}
-    from fastbark.backends.cpu.library import cpu_identity
+    from fastbark.backends.cpu.choice import cpu_identity
     assert cpu_identity(arm)[1] == "fp asimd evtstrm aes crc32 asimddp sve i8mm"  # what the C library is keyed by
 
 

@@ -2,6 +2,8 @@
 int8 linear layers, the fast modes' one-call decode step and bfloat16 attention.
 
 What it chooses, per engine options (each choice falls back, and says so in the report):
+- the C library itself: built once per machine with the prefetch distances and register blocks that measured
+  fastest there (tuning.py; every build gives the same bits);
 - exact float32: the decode steps' linear layers on whichever of the C kernel, oneDNN-packed weights
   and plain `F.linear` passed its checks and measured fastest on this machine, per shape (`cpu_kernel`
   "auto"; choice.py), or the one `cpu_kernel` names ("c", "onednn", "plain"); then the whole decode
@@ -56,6 +58,7 @@ class CpuBackend(Backend):
         use_c = o.cpu_kernel in ("auto", "c")  # fastbark's C kernels may be used
         kernels = load_kernels() if use_c else None
         fallbacks = [f"C kernels: {kernels_unavailable()}"] if use_c and kernels is None else []
+        self.choices += list(kernels.tuning) if kernels else []  # the library's build parameters (tuning.py)
         fast = o.quantize is not None or dtype == torch.bfloat16  # the fast modes
         whole = bf16_attention() if fast and kernels else None
         if fast and kernels and whole is None:

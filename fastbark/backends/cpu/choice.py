@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -33,8 +34,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .library import cpu_identity
 
 BATCHES = (1, 8)  # rows per decode step: a lone text, and a served batch
 CHECK_ROWS = (16, 3, 2)  # batch invariance is checked in batches of these sizes (16: the most a slab holds)
@@ -77,7 +76,7 @@ class Choice:
         refused = "".join(f"; {name} refused: {why}" for name, why in self.refused.items())
         what = f"{self.shape[0]} layers x {self.shape[1]} -> {self.shape[2]}" if self.label == STEP_LABEL else \
             f"{self.shape[0]} heads x {self.shape[1]}" if self.label == ATTENTION_LABEL else \
-            f"{self.shape[0]} -> {self.shape[1]}"
+            f"{self.shape[0]} -> {self.shape[1]}" if self.shape else ""  # no shape: a build parameter (tuning.py)
         return f"{self.label}{what}: {self.chosen} ({times}{refused})"
 
 
@@ -213,6 +212,24 @@ class ChoiceCache:
 def code_digest() -> str:
     """The CPU backend's Python code, hashed: how it calls the kernels is part of what was measured."""
     return hashlib.sha256(b"".join(f.read_bytes() for f in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()[:16]
+
+
+def cpu_identity(cpuinfo: str | None = None) -> tuple[str, str]:
+    """(the CPU's model, its instruction-set flags) from /proc/cpuinfo (or its text): x86's `model name` and
+    `flags`, or 64-bit ARM's `CPU implementer` and `CPU part` and its `Features`; where there is no such file,
+    the platform's processor name and ''."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():  # "key\t: value"; the first processor's lines are enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    arm = " ".join(fields[k] for k in ("CPU implementer", "CPU part") if fields.get(k))
+    return fields.get("model name") or arm or platform.processor() or platform.machine(), \
+        fields.get("flags") or fields.get("Features", "")
 
 
 def machine_key(extra: list[str]) -> list[str]:

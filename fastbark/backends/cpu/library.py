@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+from .choice import ChoiceCache, cpu_identity, machine_key
+from .tuning import tune
+
 NATIVE = Path(__file__).with_name("native")  # every .c there, with its headers: one library
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
@@ -43,44 +46,53 @@ def has_vnni() -> bool:
     return "vnni" in _cpu_signature()
 
 
-def cpu_identity(cpuinfo: str | None = None) -> tuple[str, str]:
-    """(the CPU's model, its instruction-set flags) from /proc/cpuinfo (or its text): x86's `model name` and
-    `flags`, or 64-bit ARM's `CPU implementer` and `CPU part` and its `Features`; where there is no such file,
-    the platform's processor name and ''."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            cpuinfo = ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():  # "key\t: value"; the first processor's lines are enough
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    arm = " ".join(fields[k] for k in ("CPU implementer", "CPU part") if fields.get(k))
-    return fields.get("model name") or arm or platform.processor() or platform.machine(), \
-        fields.get("flags") or fields.get("Features", "")
-
-
 def _cpu_signature() -> str:
     """-march=native code must not run on another CPU: the cached library is keyed by the CPU's flags."""
     model, flags = cpu_identity()
     return flags or model
 
 
-def _build(compiler: str) -> Path:
-    files = sorted(NATIVE.glob("*.[ch]"))
-    sources = [str(f) for f in files if f.suffix == ".c"]
-    key = hashlib.sha256(b"".join(f.read_bytes() for f in files)
-                         + " ".join([compiler, *FLAGS, platform.machine(), _cpu_signature()]).encode())
+def _build(compiler: str, defines: dict[str, str] | None = None, sources: list[Path] | None = None) -> Path:
+    """The library of `sources` (default: every .c) built with these -D values, from the cache or compiled now."""
+    headers = sorted(NATIVE.glob("*.h"))
+    sources = sorted(sources or NATIVE.glob("*.c"))
+    flags = [*FLAGS, *(f"-D{k}={v}" for k, v in sorted((defines or {}).items()))]
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in [*headers, *sources])
+                         + " ".join([compiler, *flags, *(f.name for f in sources), platform.machine(),
+                                     _cpu_signature()]).encode())
     target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
-            subprocess.run([compiler, *FLAGS, *sources, "-o", str(out), "-lm"], check=True,
+            subprocess.run([compiler, *flags, *map(str, sources), "-o", str(out), "-lm"], check=True,
                            capture_output=True, timeout=120)
             os.replace(out, target)  # atomic: a concurrent build never sees half a file
     return target
+
+
+@dataclass(frozen=True)
+class Products:
+    """gemv.c's two decode-step products, as a build exports them (tuning.py times one build per candidate)."""
+
+    f32: object
+    s8: object
+
+    def linear_f32(self, x: torch.Tensor, w: torch.Tensor, threads: int) -> torch.Tensor:
+        return run_f32(self.f32, x, w, None, threads)
+
+    def linear_s8(self, x: torch.Tensor, w_q: torch.Tensor, w_sum: torch.Tensor, w_scale: torch.Tensor,
+                  threads: int) -> torch.Tensor:
+        return run_s8(self.s8, x, w_q, w_sum, w_scale, None, threads)
+
+
+def bind_products(path: Path) -> Products:
+    lib = ctypes.CDLL(str(path))
+    f32, s8 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8
+    f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    f32.restype, s8.restype = None, ctypes.c_int
+    return Products(f32, s8)
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,7 @@ class NativeKernels:
     attention: object  # whole-sequence attention in bfloat16 (native/attention.c; checked in attention.py)
     decode_step: object  # a causal GPT's whole decode step: float32, int8, int4 or bfloat16 (native/decode_step.c)
     has_bf16: bool  # whether the library was built for AVX512-BF16
+    tuning: tuple = ()  # tuning.py's choices (choice.Choice) of the build-time parameters it was built with
 
 
 def run_f32(fn, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, threads: int = 1) -> torch.Tensor:
@@ -186,10 +199,18 @@ def _load() -> tuple[NativeKernels | None, str]:
     if platform.system() != "Linux":
         return None, f"not built on {platform.system()}"
     try:
-        lib = ctypes.CDLL(str(_build(compiler)))
+        try:  # the build parameters measured fastest here: one build of gemv.c (both products) per candidate
+            cache = ChoiceCache(cache_dir(), machine_key([sources_digest(), "tuning"]))
+            defines, tuning = tune(lambda d: bind_products(_build(compiler, d, [NATIVE / "gemv.c"])), cache)
+        except RuntimeError as e:  # no candidate built and kept the bits: the defaults, whose checks below decide
+            defines, tuning = {}, ()
+            warnings.warn(f"fastbark: the C kernels' tuning failed ({e}); built with their defaults", stacklevel=2)
+        path = _build(compiler, defines)
+        lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    f32, s8, q4 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8, lib.fastbark_linear_q4
+    products = bind_products(path)
+    f32, s8, q4 = products.f32, products.s8, lib.fastbark_linear_q4
     quantize, rescale = lib.fastbark_quantize_rows, lib.fastbark_rescale_s32
     quantize_float, rescale_float = lib.fastbark_quantize_rows_f32, lib.fastbark_rescale_f32
     quantize_float.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
@@ -197,8 +218,6 @@ def _load() -> tuple[NativeKernels | None, str]:
     rescale_float.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     rescale_float.restype = None
     decode, attention = lib.fastbark_decode_step, lib.fastbark_attention_bf16
-    f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     q4.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     dequantize_q4 = lib.fastbark_dequantize_q4
     dequantize_q4.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
@@ -207,13 +226,13 @@ def _load() -> tuple[NativeKernels | None, str]:
     rescale.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     decode.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
         [ctypes.c_int] + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
-    f32.restype = quantize.restype = rescale.restype = None
+    quantize.restype = rescale.restype = None
     attention.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
-    s8.restype = q4.restype = decode.restype = attention.restype = ctypes.c_int
+    q4.restype = decode.restype = attention.restype = ctypes.c_int
     if not _check_f32(f32):
         return None, "the built kernel failed its self-check"
     return NativeKernels(f32, Int8Kernels(s8, quantize, rescale, quantize_float, rescale_float), q4, dequantize_q4,
-                         attention, decode, bool(lib.fastbark_has_bf16())), ""
+                         attention, decode, bool(lib.fastbark_has_bf16()), tuning), ""
 
 
 def load_kernels() -> NativeKernels | None:

@@ -16,14 +16,28 @@
 
 #include "vec.h"
 
-/* Block sizes (rows of w x rows of x), chosen so that the accumulators stay in registers. */
-#if defined(__AVX512F__)
+/* Block sizes (rows of w x rows of x), chosen so that the accumulators stay in registers. These defaults per
+ * instruction set can be overridden at build time (FASTBARK_BN, FASTBARK_BM): tuning.py builds a few and keeps the
+ * one that measured fastest on the machine at hand. Blocks never change an output's operations, only which
+ * outputs run side by side, so every choice gives the same bits. */
+#if defined(FASTBARK_BN) && defined(FASTBARK_BM)
+enum { BN = FASTBARK_BN, BM = FASTBARK_BM };
+#elif defined(__AVX512F__)
 enum { BN = 4, BM = 4 };  /* 16 accumulators of one 16-float register each: half of AVX-512's 32 */
 #else
 /* AVX2: a v16 is two of its 16 registers, so 4 accumulators take 8. One row of w against 4 rows of x (one read
  * stream per thread) ran 10-20% faster than 2 x 2 blocks at 4 and 8 rows on an AMD Zen 3, the same at 1, 2
  * and 16 (RESULTS.md section 49). */
 enum { BN = 1, BM = 4 };
+#endif
+
+/* How far ahead (bytes) a single row's product asks for w (the decode step of one text: one row of w at a time);
+ * 0: never, leaving it to the hardware prefetcher, which kept up on an AMD Zen 3 (RESULTS.md section 46). A build
+ * may set FASTBARK_F32_PREFETCH (tuning.py). A prefetch past the end of w is a hint, never a fault. */
+#ifdef FASTBARK_F32_PREFETCH
+enum { F32_PREFETCH = FASTBARK_F32_PREFETCH };
+#else
+enum { F32_PREFETCH = 0 };
 #endif
 
 /* The horizontal sum in a fixed tree order, then the scalar tail and the bias. */
@@ -47,6 +61,7 @@ static inline __attribute__((always_inline)) void block(const float *w, const fl
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
         v16 xv[BM], wv[BN];
+        if (F32_PREFETCH > 0 && NR == 1 && MR == 1) __builtin_prefetch(w + n0 * K + k + F32_PREFETCH / 4, 0, 3);
         for (int c = 0; c < MR; c++) xv[c] = load(x + (m0 + c) * K + k);
         for (int r = 0; r < NR; r++) wv[r] = load(w + (n0 + r) * K + k);
         for (int r = 0; r < NR; r++)

@@ -80,12 +80,18 @@ static inline void quantize_row(const float *x, int64_t K, int8_t *q, uint8_t *a
     }
 }
 
-/* How far ahead of its reads (bytes) the AVX2 dot product asks for w. A decode step's rows are short (768 bytes
- * in bark-small), and with the hardware prefetcher alone the int8 products read at ~70% of the machine's read
- * rate. 2 KB ahead was the best of 0.5-4 KB on an AMD Zen 3; with it and |x| made once per row (aux), the int8
- * semantic stage of a 256-token clip ran ~15% faster and the coarse stage ~7% (RESULTS.md section 46). A
- * prefetch past the end of w is a hint, never a fault. */
+/* How far ahead of its reads (bytes) the AVX2 dot product asks for w; 0: never. A decode step's rows are short
+ * (768 bytes in bark-small), and with the hardware prefetcher alone the int8 products read at ~70% of the
+ * machine's read rate. 2 KB ahead was the best of 0.5-4 KB on an AMD Zen 3; with it and |x| made once per row
+ * (aux), the int8 semantic stage of a 256-token clip ran ~15% faster and the coarse stage ~7% (RESULTS.md
+ * section 46). That is the default; a build may set FASTBARK_S8_PREFETCH, and tuning.py keeps whichever of a few
+ * distances measured fastest on the machine at hand (the sums are exact: the same bits). A prefetch past the end
+ * of w is a hint, never a fault. */
+#ifdef FASTBARK_S8_PREFETCH
+enum { S8_PREFETCH = FASTBARK_S8_PREFETCH };
+#else
 enum { S8_PREFETCH = 2048 };
+#endif
 
 static inline int32_t dot_s8(const int8_t *x, const uint8_t *aux, const int8_t *w, int32_t w_sum, int64_t K) {
     int64_t k = 0;
@@ -102,7 +108,7 @@ static inline int32_t dot_s8(const int8_t *x, const uint8_t *aux, const int8_t *
      * below takes four), 64 bytes a step in two accumulators, with the AVX2 loop's prefetch. */
     __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
     for (; k + 64 <= K; k += 64) {
-        _mm_prefetch((const char *)(w + k + S8_PREFETCH), _MM_HINT_T0);
+        if (S8_PREFETCH > 0) _mm_prefetch((const char *)(w + k + S8_PREFETCH), _MM_HINT_T0);
         acc0 = _mm256_dpbusd_avx_epi32(acc0, _mm256_loadu_si256((const __m256i *)(aux + k)),
                                        _mm256_loadu_si256((const __m256i *)(w + k)));
         acc1 = _mm256_dpbusd_avx_epi32(acc1, _mm256_loadu_si256((const __m256i *)(aux + k + 32)),
@@ -126,7 +132,7 @@ static inline int32_t dot_s8(const int8_t *x, const uint8_t *aux, const int8_t *
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
     for (; k + 64 <= K; k += 64) {
-        _mm_prefetch((const char *)(w + k + S8_PREFETCH), _MM_HINT_T0);
+        if (S8_PREFETCH > 0) _mm_prefetch((const char *)(w + k + S8_PREFETCH), _MM_HINT_T0);
         const __m256i p0 = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(aux + k)),
             _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w + k)), _mm256_loadu_si256((const __m256i *)(x + k))));
         const __m256i p1 = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(aux + k + 32)),

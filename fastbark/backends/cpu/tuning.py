@@ -1,0 +1,142 @@
+"""The C kernels' build-time parameters, chosen by timing them on the machine at hand (not by its vendor).
+
+Three parameters change how the decode-step products stream their weights, never what they compute: every
+output runs the same operations whichever value is built, so every build gives the same bits.
+- `int8 prefetch` (FASTBARK_S8_PREFETCH, native/int8.h): how far ahead the int8 dot product asks for w;
+- `float32 prefetch` (FASTBARK_F32_PREFETCH, native/gemv.h): the same for one row's float32 product;
+- `float32 blocks` (FASTBARK_BN x FASTBARK_BM, native/gemv.h): rows of w by rows of x per register block, for
+  several rows (a batch of decodes).
+At first use gemv.c, which holds both products, is built once per candidate value. A candidate whose outputs
+differ from the first candidate's in a single bit is refused; the others are timed on bark-small layers' products,
+over weights twice the size of the last-level cache (read from memory, as in a decode step), at the rows the
+parameter matters for, in two interleaved rounds, each keeping its best. One parameter at a time, the others at
+their first value (they touch different loops). The library is then built with the fastest values; the choice
+is cached per machine like the other measurements (choice.py) and listed in the backend report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .choice import Choice, ChoiceCache, last_level_cache_bytes, median_ms
+
+TUNING_LABEL = "kernel tuning, "
+LAYER = ((2304, 768), (768, 768), (3072, 768), (768, 3072))  # (out, in): one bark-small block's four products
+ROUNDS = 2  # the candidates take turns, twice over; each keeps its best round
+CHECK_ROWS = (1, 4, 8)  # every candidate's outputs are compared with the first's at these rows
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One build-time parameter: its candidate values (the first is the reference for bits, and what the other
+    knobs' builds use), the product it changes, and the rows per product it matters for."""
+
+    name: str
+    macros: tuple[str, ...]  # what a value sets: "2048" sets one macro, "1x4" two
+    values: tuple[str, ...]
+    product: str  # "f32" or "s8"
+    rows: tuple[int, ...]
+
+    def defines(self, value: str) -> dict[str, str]:
+        return dict(zip(self.macros, value.split("x"), strict=True))
+
+
+KNOBS = (
+    # bytes ahead; 0: none. Timed for one row, where a product streams its weights: with 8 rows it is bound by
+    # the dot products' arithmetic on AVX2, and timings there moved by +-30% between runs on a shared machine
+    Knob("int8 prefetch", ("FASTBARK_S8_PREFETCH",), ("2048", "0", "1024", "4096"), "s8", (1,)),
+    # only one row's product streams one row of w at a time
+    Knob("float32 prefetch", ("FASTBARK_F32_PREFETCH",), ("0", "1024", "4096"), "f32", (1,)),
+    # one row's product is not blocked
+    Knob("float32 blocks", ("FASTBARK_BN", "FASTBARK_BM"), ("1x4", "2x2", "4x4"), "f32", (4, 8)),
+)
+
+
+def defines_of(choices: dict[str, str]) -> dict[str, str]:
+    """The compiler's -D values for a value of each knob (name -> value)."""
+    out: dict[str, str] = {}
+    for knob in KNOBS:
+        out.update(knob.defines(choices.get(knob.name, knob.values[0])))
+    return out
+
+
+def choose_value(label: str, runs: dict[str, Callable[[int], list[torch.Tensor]]], rows: tuple[int, ...],
+                 rounds: int = ROUNDS, refused: dict[str, str] | None = None) -> Choice:
+    """The fastest of `runs` (value -> f(M) running the products for M rows, returning their outputs) among those
+    whose outputs equal the first's bit for bit (at CHECK_ROWS and `rows`); its time: the sum over `rows` of
+    medians, best of `rounds`. `refused`: values already out (value -> why)."""
+    if not runs:
+        raise RuntimeError(f"no build of the kernels for {label}: {refused}")
+    check_rows = sorted({*CHECK_ROWS, *rows})
+    reference = {m: runs[next(iter(runs))](m) for m in check_rows}
+
+    def same_bits(outputs: list[torch.Tensor], m: int) -> bool:
+        return len(outputs) == len(reference[m]) and all(torch.equal(a, b) for a, b in zip(outputs, reference[m]))
+    refused = dict(refused or {})
+    refused.update({value: "other bits than the first build" for value, run in runs.items()
+                    if not all(same_bits(run(m), m) for m in check_rows)})
+    ms: dict[str, float] = {}
+    for _ in range(rounds):
+        for value, run in runs.items():
+            if value not in refused:
+                t = sum(median_ms(lambda: run(m)) for m in rows)
+                ms[value] = min(ms.get(value, float("inf")), t)
+    return Choice((), min(ms, key=ms.get), ms, refused, f"{TUNING_LABEL}{label}")
+
+
+def layer_runs(products: dict[str, object], product: str) -> dict[str, Callable[[int], list[torch.Tensor]]]:
+    """value -> f(M): that build's products (float32 or int8) for M random rows over bark-small layers' weights,
+    as many layers as make twice the last-level cache: read from memory, one after another, as in a decode step."""
+    g = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    layer_bytes = sum(n * k for n, k in LAYER) * (1 if product == "s8" else 4)
+    shapes = LAYER * max(2, -(-2 * last_level_cache_bytes() // layer_bytes))  # ceil(2 x cache / a layer)
+    if product == "s8":
+        weights = [torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g) for n, k in shapes]
+        sums = [w.sum(dim=1, dtype=torch.int32) for w in weights]  # (N,): the VNNI dot's correction
+        scales = [torch.rand(n, generator=g) / 100 for n, _ in shapes]
+    else:
+        weights = [torch.randn(n, k, generator=g) for n, k in shapes]
+    xs = {m: {k: torch.randn(m, k, generator=g) for k in (768, 3072)} for m in CHECK_ROWS}  # (M, K) rows
+
+    def run(build, m: int) -> list[torch.Tensor]:
+        x = xs[m]
+        if product == "s8":
+            return [build.linear_s8(x[w.shape[1]], w, s, c, threads) for w, s, c in zip(weights, sums, scales)]
+        return [build.linear_f32(x[w.shape[1]], w, threads) for w in weights]
+    return {value: (lambda m, build=build: run(build, m)) for value, build in products.items()}
+
+
+def tune(build: Callable[[dict[str, str]], object], cache: ChoiceCache) -> tuple[dict[str, str], tuple[Choice, ...]]:
+    """The -D values to build the library with, and the choices behind them (cached, else measured now).
+    `build(defines)` compiles gemv.c with them and returns its products (library.Products: `linear_f32`,
+    `linear_s8`), or raises OSError or SubprocessError."""
+    cached = [cache.get(knob.name) for knob in KNOBS]
+    if all(c is not None and c.chosen in knob.values for c, knob in zip(cached, KNOBS)):
+        return defines_of({knob.name: c.chosen for knob, c in zip(KNOBS, cached)}), tuple(cached)
+
+    def built(knob: Knob, value: str):
+        try:
+            return build(defines_of({knob.name: value}))
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"it did not build ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+    wanted = [(knob, value) for knob in KNOBS for value in knob.values]
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:  # one compile per candidate
+        results = list(pool.map(lambda kv: built(*kv), wanted))
+    products: dict[str, dict] = {knob.name: {} for knob in KNOBS}
+    failed: dict[str, dict[str, str]] = {knob.name: {} for knob in KNOBS}
+    for (knob, value), result in zip(wanted, results):
+        (failed if isinstance(result, str) else products)[knob.name][value] = result
+    choices = []
+    for knob in KNOBS:
+        choice = choose_value(knob.name, layer_runs(products[knob.name], knob.product), knob.rows,
+                              refused=failed[knob.name])
+        cache.put(knob.name, choice)
+        choices.append(choice)
+    return defines_of({knob.name: c.chosen for knob, c in zip(KNOBS, choices)}), tuple(choices)
