@@ -57,6 +57,19 @@ def test_linear_bandwidth_smoke(tmp_path):
     results = linear_bandwidth.main(["--json", str(tmp_path / "out.json")])
     assert {"F.linear float32", "oneDNN packed float32", "fastbark int8, torch._int_mm"} <= results.keys()
     assert all(ms > 0 for ms in results.values())
+    rows = linear_bandwidth.main(["--rows", "3"])  # a batch of decodes: every kernel still runs
+    assert rows.keys() == results.keys()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_tuning_benchmark_smoke(tmp_path):
+    import shutil
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    import tuning
+    result = tuning.main(["--runs", "1", "--json", str(tmp_path / "out.json")])
+    assert json.loads((tmp_path / "out.json").read_text())["runs"][0]["choices"].keys() == \
+        {"int8 prefetch", "float32 prefetch", "float32 blocks"} == result["runs"][0]["choices"].keys()
 
 
 @pytest.mark.filterwarnings("ignore")
