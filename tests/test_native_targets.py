@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastbark.backends.cpu.library import FLAGS, NATIVE
@@ -93,3 +94,55 @@ def test_the_kernels_pass_their_checks_when_built_for(march, hub_dir, tmp_path):
         assert engine["decode_steps"] == ["fused-c"], (mode, engine)
         assert not [f for f in engine["fallbacks"] if f.startswith(KERNEL_FALLBACKS)], (mode, engine)
         assert engine["finite"] and engine["batch_equals_alone"], (mode, engine)
+
+
+# ---------------------------------------------------------------- 64-bit ARM, run under an emulator
+# native_driver.c runs every C entry point on fixed inputs; the same program built for 64-bit ARM runs under
+# qemu-user, as a CPU without the byte dot product (Cortex-A72: Raspberry Pi 4, Graviton 1) and as one with it
+# (qemu's "max": SDOT). Exact integer arithmetic must give this machine's bits; the float arithmetic its values
+# within float32 rounding (other compilers fuse other multiply-adds).
+QEMU = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+ARM_SYSROOT = Path("/usr/aarch64-linux-gnu")
+EXACT = ("s8 ", "quantized", "q4 weight", "step int8 keys", "step int8 bf16 cache keys")  # integer sums, same rounding
+ARM_RUNS = [("armv8-a", "cortex-a72", None), ("armv8.2-a+dotprod", "max", "sdot")]
+
+
+def driver_outputs(path: Path) -> dict:
+    data, out, i = path.read_bytes(), {}, 0
+    while i < len(data):  # records: a 32-byte name, an int64 count, the float32 values
+        name, n = data[i: i + 32].rstrip(b"\0").decode(), int(np.frombuffer(data[i + 32: i + 40], np.int64)[0])
+        out[name] = np.frombuffer(data[i + 40: i + 40 + 4 * n], np.float32)
+        i += 40 + 4 * n
+    return out
+
+
+def run_driver(compiler: str, march: str, tmp_path: Path, emulate: list[str] | None = None) -> dict:
+    exe, out = tmp_path / f"driver-{march}", tmp_path / f"out-{march}.bin"
+    flags = [f"-march={march}" if f == "-march=native" else f for f in FLAGS if f not in ("-shared", "-fPIC")]
+    built = subprocess.run([compiler, *flags, str(Path(__file__).with_name("native_driver.c")),
+                            *map(str, sorted(NATIVE.glob("*.c"))), "-o", str(exe), "-lm"],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([*(emulate or []), str(exe), str(out)], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    return driver_outputs(out)
+
+
+@x86_64
+@pytest.mark.parametrize("march, cpu, instruction", ARM_RUNS)
+def test_the_kernels_on_emulated_arm64_compute_what_they_compute_here(march, cpu, instruction, tmp_path):
+    if shutil.which(ARM_CC) is None or QEMU is None or not (ARM_SYSROOT / "lib").is_dir():
+        pytest.skip("needs gcc-aarch64-linux-gnu and qemu-user")
+    here = run_driver("cc", "native", tmp_path)
+    arm = run_driver(ARM_CC, march, tmp_path, [QEMU, "-L", str(ARM_SYSROOT), "-cpu", cpu])
+    assert arm.keys() == here.keys() and len(here) > 40
+    for name, want in here.items():
+        got = arm[name]
+        if name.startswith(EXACT):
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
+        else:
+            assert np.abs(got.astype(np.float64) - want).max() <= 1e-5 * np.abs(want).max(), name
+    if instruction and shutil.which(ARM_OBJDUMP):
+        code = subprocess.run([ARM_OBJDUMP, "-d", str(tmp_path / f"driver-{march}")], capture_output=True,
+                              text=True, timeout=120).stdout
+        assert f"\t{instruction}\t" in code, f"{march}: no {instruction}"

@@ -19,6 +19,8 @@
 #include <stdint.h>
 #if defined(__AVX2__)
 #include <immintrin.h>
+#elif defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
+#include <arm_neon.h>
 #endif
 
 enum { Q4_GROUP = 32, Q4_BLOCK = 64, Q4_BLOCK_BYTES = 32 };
@@ -68,6 +70,41 @@ static inline float dot_q4(const int8_t *x, const float *xsum, const uint8_t *w,
     for (; i + 8 <= g; i += 8) o = _mm256_add_ps(o, _mm256_mul_ps(_mm256_loadu_ps(d + i), _mm256_loadu_ps(xsum + i)));
     float u[8];
     _mm256_storeu_ps(u, o);
+    float offset = ((u[0] + u[4]) + (u[2] + u[6])) + ((u[1] + u[5]) + (u[3] + u[7]));
+    for (; i < g; i++) offset += d[i] * xsum[i];
+    s = (((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]))) - 8.0f * offset;
+#elif defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
+    /* 64-bit ARM with SDOT: the AVX2 loop's sums in its lanes and order. A nibble u is at most 15, so signed
+     * byte products are exact; SDOT lane i sums bytes 4i..4i+3, as vpmaddubsw then vpmaddwd do, and the 8 float
+     * lanes of acc0 / acc1 are two registers each (lanes 0-3, 4-7), so the bits can be the AVX2 build's. */
+    const int64_t blocks = K / Q4_BLOCK;
+    const uint8x16_t low = vdupq_n_u8(15);
+    float32x4_t acc0[2] = {vdupq_n_f32(0), vdupq_n_f32(0)}, acc1[2] = {vdupq_n_f32(0), vdupq_n_f32(0)};
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *wb = w + b * Q4_BLOCK_BYTES;
+        const int8_t *xb = x + b * Q4_BLOCK;
+        for (int h = 0; h < 2; h++) {  /* bytes 16h..16h+15 of the block: lanes 4h..4h+3 */
+            const uint8x16_t packed = vld1q_u8(wb + 16 * h);
+            const int8x16_t u0 = vreinterpretq_s8_u8(vandq_u8(packed, low));
+            const int8x16_t u1 = vreinterpretq_s8_u8(vshrq_n_u8(packed, 4));
+            const float32x4_t s0 = vcvtq_f32_s32(vdotq_s32(vdupq_n_s32(0), u0, vld1q_s8(xb + 16 * h)));
+            const float32x4_t s1 = vcvtq_f32_s32(vdotq_s32(vdupq_n_s32(0), u1, vld1q_s8(xb + Q4_GROUP + 16 * h)));
+            acc0[h] = vaddq_f32(acc0[h], vmulq_f32(s0, vdupq_n_f32(d[2 * b])));
+            acc1[h] = vaddq_f32(acc1[h], vmulq_f32(s1, vdupq_n_f32(d[2 * b + 1])));
+        }
+    }
+    g = 2 * blocks;
+    float t[8];
+    vst1q_f32(t, vaddq_f32(acc0[0], acc1[0]));
+    vst1q_f32(t + 4, vaddq_f32(acc0[1], acc1[1]));
+    float32x4_t o[2] = {vdupq_n_f32(0), vdupq_n_f32(0)};
+    int64_t i = 0;
+    for (; i + 8 <= g; i += 8)
+        for (int h = 0; h < 2; h++)
+            o[h] = vaddq_f32(o[h], vmulq_f32(vld1q_f32(d + i + 4 * h), vld1q_f32(xsum + i + 4 * h)));
+    float u[8];
+    vst1q_f32(u, o[0]);
+    vst1q_f32(u + 4, o[1]);
     float offset = ((u[0] + u[4]) + (u[2] + u[6])) + ((u[1] + u[5]) + (u[3] + u[7]));
     for (; i < g; i++) offset += d[i] * xsum[i];
     s = (((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]))) - 8.0f * offset;
