@@ -36,15 +36,14 @@ from fastbark.testing import SIZES, write_random_checkpoint
 
 def cpu_description() -> str:
     """The CPU's model name and its vector and matrix extensions, as RESULTS.md rows name them."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+    from fastbark.backends.cpu.choice import cpu_identity
+    name, flag_line = cpu_identity()
+    flags = flag_line.split()
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+              "asimd", "asimddp", "sve", "i8mm")
     return f"{name or platform.machine()} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'}; " \
            f"{os.cpu_count()} cores seen)"
+
 
 def best_seconds(fn, repeats: int) -> float:
     """The fastest of `repeats` runs of fn(), in seconds."""

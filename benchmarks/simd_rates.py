@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from bench import cpu_description
 
 SOURCE = r"""
 #include <immintrin.h>
@@ -113,17 +114,6 @@ int main(void) {
 """
 
 
-def cpu_name() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in info if line.startswith("flags"))
-        wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-        return f"{model} ({' '.join(f for f in wanted if f in flags)})"
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", help="write the rows here")
@@ -138,13 +128,13 @@ def main(argv=None) -> dict:
         out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=600).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.strip()]
     fma = {r["threads"]: r["gmacs"] for r in rows if r["kind"] == "float32 FMA"}
-    print(f"{cpu_name()}, {time.strftime('%Y-%m-%d')}")
+    print(f"{cpu_description()}, {time.strftime('%Y-%m-%d')}")
     print("| threads | instructions | GMAC/s | against float32 FMA |")
     print("| --- | --- | --- | --- |")
     for r in rows:
         r["vs_fma"] = r["gmacs"] / fma[r["threads"]]
         print(f"| {r['threads']} | {r['kind']} | {r['gmacs']:.1f} | {r['vs_fma']:.2f}x |")
-    result = {"cpu": cpu_name(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    result = {"cpu": cpu_description(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import tempfile
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from fastbark.backends.cpu.choice import ChoiceCache, cpu_identity
+from bench import cpu_description
+from fastbark.backends.cpu.choice import ChoiceCache
 from fastbark.backends.cpu.library import NATIVE, _build, bind_products
 from fastbark.backends.cpu.tuning import KNOBS, tune
 
@@ -43,10 +43,8 @@ def main(argv=None) -> dict:
             runs.append({"seconds": time.perf_counter() - start, "defines": defines,
                          "choices": {k.name: {"chosen": c.chosen, "ms": c.ms, "refused": c.refused}
                                      for k, c in zip(KNOBS, choices)}})
-    model, flags = cpu_identity()
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "asimd", "asimddp", "sve")
-    print(f"\n{model}; {' '.join(f for f in wanted if f in flags.split())}; {args.threads} threads; "
-          f"{platform.machine()}")
+    cpu = cpu_description()
+    print(f"\n{cpu}; {args.threads} threads")
     print("| parameter | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |")
     print("| --- |" + " --- |" * len(runs))
     for knob in KNOBS:
@@ -57,7 +55,7 @@ def main(argv=None) -> dict:
             cells.append(f"**{c['chosen']}** ({times} ms){' refused: ' + str(c['refused']) if c['refused'] else ''}")
         print(f"| {knob.name} | " + " | ".join(cells) + " |")
     print("| seconds (run 1: compiles included) | " + " | ".join(f"{r['seconds']:.1f}" for r in runs) + " |")
-    result = {"cpu": model, "flags": flags, "threads": args.threads, "runs": runs}
+    result = {"cpu": cpu, "threads": args.threads, "runs": runs}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result
