@@ -203,6 +203,9 @@ VOICED = "+voice"  # an engine's name with this suffix: the same engine, every t
 def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic: int, engine: str) -> dict:
     texts = batch_texts(batch)
     reset_peak(device)
+    # what earlier tasks of this process still hold (cuBLAS workspaces, cached checks): inside every peak below,
+    # though not this engine's; RESULTS subtracts it when it explains a peak (offload's, section 42)
+    before_load = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
     voice = random_voice() if engine.endswith(VOICED) else None
     if engine.startswith("fastbark"):
         import fastbark
@@ -229,7 +232,8 @@ def speed(folder: Path, device: torch.device, dtype: str, batch: int, n_semantic
                 total_s=total, semantic_tokens_per_s=batch * n_semantic / out["semantic_s"],
                 semantic_ms_per_step=out["semantic_s"] / n_semantic * 1000, coarse_tokens=n_coarse,
                 audio_s=out["audio_s"], rtf=out["audio_s"] / total, peak_gb=out.get("peak_gb", peak_gb(device)),
-                memory=out.get("memory"), load_s=out.get("load_s"), first_run_s=out.get("first_run_s"),
+                memory=out.get("memory"), before_load_gb=before_load, load_s=out.get("load_s"),
+                first_run_s=out.get("first_run_s"),
                 report=out.get("report"))
 
 
@@ -283,6 +287,8 @@ def table(results: dict) -> str:
                              + " |" * 10)
                 continue
             peak = f"{r['peak_gb']:.2f}" if r["peak_gb"] is not None else ""
+            if r.get("before_load_gb"):  # held before this engine loaded (earlier tasks'): part of the peak
+                peak += f" ({r['before_load_gb']:.2f} before load)"
             first = f"{r['first_run_s']:.2f}" if r.get("first_run_s") is not None else ""
             load = f"{r['load_s']:.2f}" if r.get("load_s") is not None else ""
             lines.append(f"| {size} | {r['engine']} | {r['backend']} | {r['dtype']} | {r['batch']} | {r['semantic_s']:.2f} "
