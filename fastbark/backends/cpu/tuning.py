@@ -1,11 +1,12 @@
 """The C kernels' build-time parameters, chosen by timing them on the machine at hand (not by its vendor).
 
-Three parameters change how the decode-step products stream their weights, never what they compute: every
+Four parameters change how the decode-step products stream their weights, never what they compute: every
 output runs the same operations whichever value is built, so every build gives the same bits.
 - `int8 prefetch` (FASTBARK_S8_PREFETCH, native/int8.h): how far ahead the int8 dot product asks for w;
 - `float32 prefetch` (FASTBARK_F32_PREFETCH, native/gemv.h): the same for one row's float32 product;
 - `float32 blocks` (FASTBARK_BN x FASTBARK_BM, native/gemv.h): rows of w by rows of x per register block, for
-  several rows (a batch of decodes).
+  several rows (a batch of decodes);
+- `float32 chunk` (FASTBARK_F32_CHUNK, native/gemv.h): how many bytes of w a chunk of blocks takes, for several rows.
 At first use gemv.c, which holds both products, is built once per candidate value. A candidate whose outputs
 differ from the first candidate's in a single bit is refused; the others are timed on bark-small layers' products,
 over weights twice the size of the last-level cache (read from memory, as in a decode step), at the rows the
@@ -29,7 +30,7 @@ from .choice import Choice, ChoiceCache, last_level_cache_bytes, median_ms
 TUNING_LABEL = "kernel tuning, "
 LAYER = ((2304, 768), (768, 768), (3072, 768), (768, 3072))  # (out, in): one bark-small block's four products
 ROUNDS = 2  # the candidates take turns, twice over; each keeps its best round
-CHECK_ROWS = (1, 4, 8)  # every candidate's outputs are compared with the first's at these rows
+CHECK_ROWS = (1, 4, 8, 16)  # every candidate's outputs are compared with the first's at these rows
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ KNOBS = (
     Knob("float32 prefetch", ("FASTBARK_F32_PREFETCH",), ("0", "1024", "4096"), "f32", (1,)),
     # one row's product is not blocked
     Knob("float32 blocks", ("FASTBARK_BN", "FASTBARK_BM"), ("1x4", "2x2", "4x4"), "f32", (4, 8)),
+    # bytes of w per chunk, for several rows (gemv.h's units_chunk): where the blocks of x stop fitting the nearest cache
+    Knob("float32 chunk", ("FASTBARK_F32_CHUNK",), ("131072", "65536", "262144"), "f32", (8, 16)),
 )
 
 

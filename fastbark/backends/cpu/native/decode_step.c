@@ -122,10 +122,13 @@ static __attribute__((noinline)) void product_f32(const Linear *l, const float *
         }
         return;
     }
+    const int64_t per = units_per_chunk(K), chunks = (units + per - 1) / per;
     #pragma omp for schedule(static)
-    for (int64_t u = 0; u < units; u++) {
-        unit_of_w((const float *)l->weight, x, l->bias, tmp, u, M, N, K);
-        const int64_t n0 = u < full ? u * BN : full * BN + (u - full), n1 = u < full ? n0 + BN : n0 + 1;
+    for (int64_t c = 0; c < chunks; c++) {
+        const int64_t u0 = c * per, u1 = u0 + per < units ? u0 + per : units;
+        units_chunk((const float *)l->weight, x, l->bias, tmp, u0, u1, M, N, K);
+        /* the chunk's outputs: rows n0..n1-1 of w (units are BN rows, then single rows past the last whole block) */
+        const int64_t n0 = u0 < full ? u0 * BN : full * BN + (u0 - full), n1 = u1 < full ? u1 * BN : full * BN + (u1 - full);
         for (int64_t m = 0; m < M; m++)
             for (int64_t n = n0; n < n1; n++) finish_output(y + m * N + n, tmp[m * N + n], mode);
     }

@@ -20,9 +20,10 @@ void fastbark_gemv_f32(const float *x, const float *w, const float *bias, float 
         for (int64_t n = 0; n < N; n++) block(w, x, bias, y, n, 0, N, K, 1, 1);
         return;
     }
-    const int64_t units = units_of_w(N);
+    const int64_t units = units_of_w(N), per = units_per_chunk(K), chunks = (units + per - 1) / per;
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t u = 0; u < units; u++) unit_of_w(w, x, bias, y, u, M, N, K);
+    for (int64_t c = 0; c < chunks; c++)
+        units_chunk(w, x, bias, y, c * per, c * per + per < units ? c * per + per : units, M, N, K);
 }
 
 /* ---------------------------------------------------------------- int8 (the int8 mode's decode step)
