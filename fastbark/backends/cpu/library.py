@@ -1,7 +1,8 @@
 """fastbark's C kernels (native/*.c): built once per source, flags and CPU, loaded with ctypes.
 
-The library is compiled into the user's cache folder with the system C compiler (`cc`). Its
-float32 product is checked against float64 and for batch invariance before use; the other entry
+The library is compiled into the user's cache folder with the system C compiler (`cc`), with the
+prefetch distances, register blocks and chunk size that measured fastest on this machine (tuning.py,
+which times builds of gemv.c made here; every choice gives the same bits). Its float32 product is checked against float64 and for batch invariance before use; the other entry
 points are checked by the modules that use them (int8.py, decode_step.py, attention.py). Without a
 compiler, or if the check fails, `load_kernels()` returns None, `kernels_unavailable()` says why,
 and the backend falls back to oneDNN and torch (and says so in its report).
