@@ -262,6 +262,18 @@ def read_text(args) -> str:
     return _decode_text(sys.stdin.buffer.read(MAX_TEXT_BYTES + 1), "standard input")
 
 
+def announce_first_use(engine: EngineOptions, quiet: bool = False) -> None:
+    """The first engine on a CPU compiles fastbark's C kernels and measures which run fastest there (cached after):
+    say so before that wait, so that it does not look like a hang."""
+    if quiet or engine.torch_device.type != "cpu" or engine.cpu_kernel not in ("auto", "c") or \
+            engine.backend not in ("auto", "cpu"):
+        return
+    from .backends.cpu.library import first_use
+    if first_use():
+        print("fastbark: first use on this CPU: building its C kernels and measuring which run fastest "
+              "(once, about half a minute; kept in ~/.cache/fastbark)", file=sys.stderr)
+
+
 def cmd_say(args) -> None:
     from .engine import Bark
     from .output import AudioWriter, check_output
@@ -285,6 +297,7 @@ def cmd_say(args) -> None:
             raise BadInput("--voice-audio is the voice of the whole text: give it instead of --voice, and not with a "
                            "dialogue (make each speaker's voice with `fastbark clone`)", "voice_audio")
         clip = read_clip(args.voice_audio)  # a bad clip fails now, before any model loads
+    announce_first_use(engine, args.quiet)
     tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
                                vocos=args.vocos, hubert=clone.hubert, quantizer=clone.quantizer)
     if options.decoder == "vocos":
@@ -408,6 +421,7 @@ def cmd_batch(args) -> int:
     elif todo:
         from tqdm.auto import tqdm
         from .engine import Bark
+        announce_first_use(engine, args.quiet)
         tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
                                vocos=args.vocos)
         with tqdm(total=len(todo), unit="item", disable=args.quiet) as bar:
@@ -439,6 +453,7 @@ def cmd_serve(args) -> None:
         raise BadInput(f"serve needs the server extra: pip install 'fastbark[server]' ({e.name} is missing)") from None
     from .engine import Bark
     clone = options_from_args(CloneOptions, args)
+    announce_first_use(engine)
     tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
                                vocos=args.vocos, hubert=clone.hubert, quantizer=clone.quantizer)
     import torch
@@ -458,6 +473,7 @@ def cmd_wyoming(args) -> None:
         raise BadInput(f"wyoming needs the wyoming extra: pip install 'fastbark[wyoming]' ({e.name} is missing)") \
             from None
     from .engine import Bark
+    announce_first_use(engine)
     tts = Bark.from_pretrained(args.model, codec=args.codec, tokenizer=args.tokenizer, options=engine,
                                vocos=args.vocos)
     if options.voice:

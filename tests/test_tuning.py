@@ -49,3 +49,20 @@ def test_every_candidate_build_gives_the_same_bits_and_the_report_says_what_was_
         assert choice.chosen == min(choice.ms, key=choice.ms.get)
     report = str(fastbark.Bark.from_pretrained(hub_dir).backend)
     assert all(f"{TUNING_LABEL}{k.name}: " in report for k in KNOBS), report
+
+
+def test_the_cli_announces_the_first_use_on_a_cpu_once(hub_dir, tmp_path):
+    """A fresh cache: `fastbark say` says, before the wait, that it builds and measures the kernels; the second run,
+    with everything cached, does not."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "fastbark", "say", "hi", "--model", str(hub_dir), "-o", str(tmp_path / "a.wav"),
+               "--max-semantic-tokens", "8"]
+    runs = [subprocess.run(command, capture_output=True, text=True, timeout=600, env=env) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
+    assert [r.stderr.count("first use on this CPU") for r in runs] == [1, 0]

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .choice import ChoiceCache, cpu_identity, machine_key
+from .tuning import cached as cached_tuning
 from .tuning import tune
 
 NATIVE = Path(__file__).with_name("native")  # every .c there, with its headers: one library
@@ -53,15 +54,20 @@ def _cpu_signature() -> str:
     return flags or model
 
 
-def _build(compiler: str, defines: dict[str, str] | None = None, sources: list[Path] | None = None) -> Path:
-    """The library of `sources` (default: every .c) built with these -D values, from the cache or compiled now."""
+def _target(compiler: str, defines: dict[str, str] | None, sources: list[Path]) -> tuple[Path, list[str]]:
+    """Where the library of these sources and -D values is cached, and the compiler's flags for it."""
     headers = sorted(NATIVE.glob("*.h"))
-    sources = sorted(sources or NATIVE.glob("*.c"))
     flags = [*FLAGS, *(f"-D{k}={v}" for k, v in sorted((defines or {}).items()))]
     key = hashlib.sha256(b"".join(f.read_bytes() for f in [*headers, *sources])
                          + " ".join([compiler, *flags, *(f.name for f in sources), platform.machine(),
                                      _cpu_signature()]).encode())
-    target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
+    return cache_dir() / f"kernels-{key.hexdigest()[:16]}.so", flags
+
+
+def _build(compiler: str, defines: dict[str, str] | None = None, sources: list[Path] | None = None) -> Path:
+    """The library of `sources` (default: every .c) built with these -D values, from the cache or compiled now."""
+    sources = sorted(sources or NATIVE.glob("*.c"))
+    target, flags = _target(compiler, defines, sources)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -191,18 +197,35 @@ def _check_f32(fn) -> bool:
     return True
 
 
+def _compiler() -> str | None:
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _tuning_cache() -> ChoiceCache:
+    return ChoiceCache(cache_dir(), machine_key([sources_digest(), "tuning"]))
+
+
+def first_use() -> bool:
+    """Whether loading the kernels now would compile and tune them (nothing built for this machine, torch, thread
+    count and sources yet): a wait of several seconds that an entry point may announce."""
+    compiler = _compiler()
+    if compiler is None or platform.system() != "Linux" or _load.cache_info().currsize:
+        return False
+    known = cached_tuning(_tuning_cache())
+    return known is None or not _target(compiler, known[0], sorted(NATIVE.glob("*.c")))[0].exists()
+
+
 @functools.cache
 def _load() -> tuple[NativeKernels | None, str]:
     """The C kernels and '', or None and why not."""
-    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    compiler = _compiler()
     if compiler is None:
         return None, "no C compiler (cc) found"
     if platform.system() != "Linux":
         return None, f"not built on {platform.system()}"
     try:
         try:  # the build parameters measured fastest here: one build of gemv.c (both products) per candidate
-            cache = ChoiceCache(cache_dir(), machine_key([sources_digest(), "tuning"]))
-            defines, tuning = tune(lambda d: bind_products(_build(compiler, d, [NATIVE / "gemv.c"])), cache)
+            defines, tuning = tune(lambda d: bind_products(_build(compiler, d, [NATIVE / "gemv.c"])), _tuning_cache())
         except RuntimeError as e:  # no candidate built and kept the bits: the defaults, whose checks below decide
             defines, tuning = {}, ()
             warnings.warn(f"fastbark: the C kernels' tuning failed ({e}); built with their defaults", stacklevel=2)

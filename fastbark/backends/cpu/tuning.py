@@ -116,13 +116,21 @@ def layer_runs(products: dict[str, object], product: str) -> dict[str, Callable[
     return {value: (lambda m, build=build: run(build, m)) for value, build in products.items()}
 
 
+def cached(cache: ChoiceCache) -> tuple[dict[str, str], tuple[Choice, ...]] | None:
+    """What `tune` chose here before (its -D values and choices), or None where something is still to measure."""
+    choices = [cache.get(knob.name) for knob in KNOBS]
+    if not all(c is not None and c.chosen in knob.values for c, knob in zip(choices, KNOBS)):
+        return None
+    return defines_of({knob.name: c.chosen for knob, c in zip(KNOBS, choices)}), tuple(choices)
+
+
 def tune(build: Callable[[dict[str, str]], object], cache: ChoiceCache) -> tuple[dict[str, str], tuple[Choice, ...]]:
     """The -D values to build the library with, and the choices behind them (cached, else measured now).
     `build(defines)` compiles gemv.c with them and returns its products (library.Products: `linear_f32`,
     `linear_s8`), or raises OSError or SubprocessError."""
-    cached = [cache.get(knob.name) for knob in KNOBS]
-    if all(c is not None and c.chosen in knob.values for c, knob in zip(cached, KNOBS)):
-        return defines_of({knob.name: c.chosen for knob, c in zip(KNOBS, cached)}), tuple(cached)
+    known = cached(cache)
+    if known is not None:
+        return known
 
     def built(knob: Knob, value: str):
         try:
