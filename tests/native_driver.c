@@ -66,6 +66,15 @@ static void products(void) {
         fastbark_gemv_f32(x, w, bias, y, M, N, K, 2);
         snprintf(name, sizeof name, "f32 %lldx%lldx%lld", (long long)M, (long long)N, (long long)K);
         emit(name, y, M * N);
+        float *one = floats(N, 0);
+        int same = 1;  /* the exact mode's promise: each row alone, on one thread, has its bits in the batch */
+        for (int64_t m = 0; m < M; m++) {
+            fastbark_gemv_f32(x + m * K, w, bias, one, 1, N, K, 1);
+            same &= memcmp(one, y + m * N, (size_t)N * sizeof(float)) == 0;
+        }
+        snprintf(name, sizeof name, "invariant f32 %lldx%lldx%lld", (long long)M, (long long)N, (long long)K);
+        emit(name, &(float){(float)same}, 1);
+        free(one);
 
         int8_t *wq = bytes(N * K);
         int32_t *w_sum = malloc((size_t)N * sizeof(int32_t));
@@ -147,12 +156,32 @@ static void decode_steps(void) {
                 memcpy(&u, &k[i], 4); k16[i] = (uint16_t)(u >> 16); u &= 0xffff0000u; memcpy(&k[i], &u, 4);
                 memcpy(&u, &v[i], 4); v16[i] = (uint16_t)(u >> 16); u &= 0xffff0000u; memcpy(&v[i], &u, 4);
             }
+            /* each row alone first, on one thread, with a copy of its own cache rows: (layer, row, H, MAX_LEN, hd) */
+            const int64_t row_n = (int64_t)H * MAX_LEN * (C / H), elem = kv_bf16 ? 2 : 4;
+            float *alone = malloc((size_t)(B * C) * sizeof(float));
+            char *k1 = malloc((size_t)(LAYERS * row_n * elem)), *v1 = malloc((size_t)(LAYERS * row_n * elem));
+            for (int r = 0; r < B; r++) {
+                for (int l = 0; l < LAYERS; l++) {
+                    const int64_t from = ((int64_t)l * B + r) * row_n * elem, to = (int64_t)l * row_n * elem;
+                    memcpy(k1 + to, (kv_bf16 ? (char *)k16 : (char *)k) + from, (size_t)(row_n * elem));
+                    memcpy(v1 + to, (kv_bf16 ? (char *)v16 : (char *)v) + from, (size_t)(row_n * elem));
+                }
+                memcpy(alone + r * C, x + r * C, C * sizeof(float));
+                if (fastbark_decode_step(formats[f], alone + r * C, table, LAYERS, k1, v1, kv_bf16, 1, C, H, MAX_LEN,
+                                         POS, 1e-5f, 1)) {
+                    fprintf(stderr, "decode step %s failed\n", names[f]);
+                    exit(1);
+                }
+            }
             if (fastbark_decode_step(formats[f], x, table, LAYERS, kv_bf16 ? (void *)k16 : k, kv_bf16 ? (void *)v16 : v,
                                      kv_bf16, B, C, H, MAX_LEN, POS, 1e-5f, 2)) {
                 fprintf(stderr, "decode step %s failed\n", names[f]);
                 exit(1);
             }
             char name[32];
+            snprintf(name, sizeof name, "invariant step %s%s", names[f], kv_bf16 ? " bf16" : "");
+            emit(name, &(float){(float)(memcmp(alone, x, (size_t)(B * C) * sizeof(float)) == 0)}, 1);
+            free(alone); free(k1); free(v1);
             snprintf(name, sizeof name, "step %s%s", names[f], kv_bf16 ? " bf16 cache" : "");
             emit(name, x, B * C);
             if (kv_bf16)  /* the written keys, back to float32 */

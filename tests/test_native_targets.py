@@ -103,7 +103,8 @@ def test_the_kernels_pass_their_checks_when_built_for(march, hub_dir, tmp_path):
 # within float32 rounding (other compilers fuse other multiply-adds).
 QEMU = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
 ARM_SYSROOT = Path("/usr/aarch64-linux-gnu")
-EXACT = ("s8 ", "quantized", "q4 weight", "step int8 keys", "step int8 bf16 cache keys")  # integer sums, same rounding
+EXACT = ("s8 ", "quantized", "q4 weight", "step int8 keys", "step int8 bf16 cache keys",  # integer sums, same rounding
+         "invariant")  # 1 where each row alone, on one thread, had its bits in the batch
 ARM_RUNS = [("armv8-a", "cortex-a72", None), ("armv8.2-a+dotprod", "max", "sdot")]
 
 
@@ -136,6 +137,8 @@ def test_the_kernels_on_emulated_arm64_compute_what_they_compute_here(march, cpu
     here = run_driver("cc", "native", tmp_path)
     arm = run_driver(ARM_CC, march, tmp_path, [QEMU, "-L", str(ARM_SYSROOT), "-cpu", cpu])
     assert arm.keys() == here.keys() and len(here) > 40
+    invariant = [name for name in here if name.startswith("invariant")]
+    assert len(invariant) == 11 and all(here[n][0] == 1 for n in invariant), {n: here[n][0] for n in invariant}
     for name, want in here.items():
         got = arm[name]
         if name.startswith(EXACT):
