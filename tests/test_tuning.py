@@ -66,3 +66,24 @@ def test_the_cli_announces_the_first_use_on_a_cpu_once(hub_dir, tmp_path):
     runs = [subprocess.run(command, capture_output=True, text=True, timeout=600, env=env) for _ in range(2)]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
     assert [r.stderr.count("first use on this CPU") for r in runs] == [1, 0]
+
+
+def test_processes_started_together_tune_once(tmp_path):
+    """Two processes loading the kernels at once, on a fresh cache: one builds and measures, the other waits and reads
+    what it measured (the same choices, to the last digit of their times)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    code = ("import json; from fastbark.backends.cpu.library import load_kernels; k = load_kernels(); "
+            "print(json.dumps([str(c) for c in k.tuning]))")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env) for _ in range(2)]
+    outs = [r.communicate(timeout=600) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outs[0][1][-2000:]
+    first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
+    assert len(first) == len(KNOBS) and first == second

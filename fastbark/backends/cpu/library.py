@@ -10,6 +10,7 @@ and the backend falls back to oneDNN and torch (and says so in its report).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -21,6 +22,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -215,6 +217,22 @@ def first_use() -> bool:
     return known is None or not _target(compiler, known[0], sorted(NATIVE.glob("*.c")))[0].exists()
 
 
+@contextlib.contextmanager
+def _one_builder() -> Iterator[None]:
+    """One process at a time builds and tunes the kernels for a cache folder: processes started together (a batch
+    job's workers) wait for the first, then read what it measured, instead of timing the same candidates against
+    each other's load."""
+    import fcntl  # POSIX only: the kernels are built on Linux alone (_load), and this module imports elsewhere too
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "build.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @functools.cache
 def _load() -> tuple[NativeKernels | None, str]:
     """The C kernels and '', or None and why not."""
@@ -224,12 +242,14 @@ def _load() -> tuple[NativeKernels | None, str]:
     if platform.system() != "Linux":
         return None, f"not built on {platform.system()}"
     try:
-        try:  # the build parameters measured fastest here: one build of gemv.c (both products) per candidate
-            defines, tuning = tune(lambda d: bind_products(_build(compiler, d, [NATIVE / "gemv.c"])), _tuning_cache())
-        except RuntimeError as e:  # no candidate built and kept the bits: the defaults, whose checks below decide
-            defines, tuning = {}, ()
-            warnings.warn(f"fastbark: the C kernels' tuning failed ({e}); built with their defaults", stacklevel=2)
-        path = _build(compiler, defines)
+        with _one_builder():
+            try:  # the build parameters measured fastest here: one build of gemv.c (both products) per candidate
+                defines, tuning = tune(lambda d: bind_products(_build(compiler, d, [NATIVE / "gemv.c"])),
+                                       _tuning_cache())
+            except RuntimeError as e:  # no candidate built and kept the bits: the defaults, whose checks decide
+                defines, tuning = {}, ()
+                warnings.warn(f"fastbark: the C kernels' tuning failed ({e}); built with their defaults", stacklevel=2)
+            path = _build(compiler, defines)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
