@@ -132,17 +132,20 @@ def tune(build: Callable[[dict[str, str]], object], cache: ChoiceCache) -> tuple
     if known is not None:
         return known
 
-    def built(knob: Knob, value: str):
+    def built(defines: tuple[tuple[str, str], ...]):
         try:
-            return build(defines_of({knob.name: value}))
+            return build(dict(defines))
         except (OSError, subprocess.SubprocessError) as e:
             return f"it did not build ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
-    wanted = [(knob, value) for knob in KNOBS for value in knob.values]
+    wanted = [(knob, value, tuple(sorted(defines_of({knob.name: value}).items())))
+              for knob in KNOBS for value in knob.values]
+    builds = list(dict.fromkeys(defines for _, _, defines in wanted))  # every knob's first value: one build
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:  # one compile per candidate
-        results = list(pool.map(lambda kv: built(*kv), wanted))
+        results = dict(zip(builds, pool.map(built, builds)))
     products: dict[str, dict] = {knob.name: {} for knob in KNOBS}
     failed: dict[str, dict[str, str]] = {knob.name: {} for knob in KNOBS}
-    for (knob, value), result in zip(wanted, results):
+    for knob, value, defines in wanted:
+        result = results[defines]
         (failed if isinstance(result, str) else products)[knob.name][value] = result
     choices = []
     for knob in KNOBS:
