@@ -82,10 +82,11 @@ def _build(compiler: str, defines: dict[str, str] | None = None, sources: list[P
 
 @dataclass(frozen=True)
 class Products:
-    """gemv.c's two decode-step products, as a build exports them (tuning.py times one build per candidate)."""
+    """gemv.c's decode-step products, as a build exports them (tuning.py times one build per candidate)."""
 
     f32: object
     s8: object
+    q4: object
 
     def linear_f32(self, x: torch.Tensor, w: torch.Tensor, threads: int) -> torch.Tensor:
         return run_f32(self.f32, x, w, None, threads)
@@ -94,14 +95,18 @@ class Products:
                   threads: int) -> torch.Tensor:
         return run_s8(self.s8, x, w_q, w_sum, w_scale, None, threads)
 
+    def linear_q4(self, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, threads: int) -> torch.Tensor:
+        return run_q4(self.q4, x, packed, scale, None, threads)
+
 
 def bind_products(path: Path) -> Products:
     lib = ctypes.CDLL(str(path))
-    f32, s8 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8
+    f32, s8, q4 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8, lib.fastbark_linear_q4
     f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    f32.restype, s8.restype = None, ctypes.c_int
-    return Products(f32, s8)
+    q4.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    f32.restype, s8.restype, q4.restype = None, ctypes.c_int, ctypes.c_int
+    return Products(f32, s8, q4)
 
 
 @dataclass(frozen=True)
@@ -243,7 +248,7 @@ def _load() -> tuple[NativeKernels | None, str]:
         return None, f"not built on {platform.system()}"
     try:
         with _one_builder():
-            try:  # the build parameters measured fastest here: one build of gemv.c (both products) per candidate
+            try:  # the build parameters measured fastest here: one build of gemv.c (its products) per candidate
                 defines, tuning = tune(lambda d: bind_products(_build(compiler, d, [NATIVE / "gemv.c"])),
                                        _tuning_cache())
             except RuntimeError as e:  # no candidate built and kept the bits: the defaults, whose checks decide
@@ -254,7 +259,7 @@ def _load() -> tuple[NativeKernels | None, str]:
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     products = bind_products(path)
-    f32, s8, q4 = products.f32, products.s8, lib.fastbark_linear_q4
+    f32, s8, q4 = products.f32, products.s8, products.q4
     quantize, rescale = lib.fastbark_quantize_rows, lib.fastbark_rescale_s32
     quantize_float, rescale_float = lib.fastbark_quantize_rows_f32, lib.fastbark_rescale_f32
     quantize_float.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
@@ -262,7 +267,6 @@ def _load() -> tuple[NativeKernels | None, str]:
     rescale_float.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     rescale_float.restype = None
     decode, attention = lib.fastbark_decode_step, lib.fastbark_attention_bf16
-    q4.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     dequantize_q4 = lib.fastbark_dequantize_q4
     dequantize_q4.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     dequantize_q4.restype = None
@@ -272,7 +276,7 @@ def _load() -> tuple[NativeKernels | None, str]:
         [ctypes.c_int] + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
     quantize.restype = rescale.restype = None
     attention.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
-    q4.restype = decode.restype = attention.restype = ctypes.c_int
+    decode.restype = attention.restype = ctypes.c_int
     if not _check_f32(f32):
         return None, "the built kernel failed its self-check"
     return NativeKernels(f32, Int8Kernels(s8, quantize, rescale, quantize_float, rescale_float), q4, dequantize_q4,

@@ -1,13 +1,14 @@
 """The C kernels' build-time parameters, chosen by timing them on the machine at hand (not by its vendor).
 
-Four parameters change how the decode-step products stream their weights, never what they compute: every
+Five parameters change how the decode-step products stream their weights, never what they compute: every
 output runs the same operations whichever value is built, so every build gives the same bits.
 - `int8 prefetch` (FASTBARK_S8_PREFETCH, native/int8.h): how far ahead the int8 dot product asks for w;
 - `float32 prefetch` (FASTBARK_F32_PREFETCH, native/gemv.h): the same for one row's float32 product;
 - `float32 blocks` (FASTBARK_BN x FASTBARK_BM, native/gemv.h): rows of w by rows of x per register block, for
   several rows (a batch of decodes);
-- `float32 chunk` (FASTBARK_F32_CHUNK, native/gemv.h): how many bytes of w a chunk of blocks takes, for several rows.
-At first use gemv.c, which holds both products, is built once per candidate value. A candidate whose outputs
+- `float32 chunk` (FASTBARK_F32_CHUNK, native/gemv.h): how many bytes of w a chunk of blocks takes, for several rows;
+- `int4 prefetch` (FASTBARK_Q4_PREFETCH, native/int4.h): how far ahead the int4 dot product asks for w.
+At first use gemv.c, which holds the three products, is built once per candidate value. A candidate whose outputs
 differ from the first candidate's in a single bit is refused; the others are timed on bark-small layers' products,
 over weights twice the size of the last-level cache (read from memory, as in a decode step), at the rows the
 parameter matters for, in two interleaved rounds, each keeping its best. One parameter at a time, the others at
@@ -41,7 +42,7 @@ class Knob:
     name: str
     macros: tuple[str, ...]  # what a value sets: "2048" sets one macro, "1x4" two
     values: tuple[str, ...]
-    product: str  # "f32" or "s8"
+    product: str  # "f32", "s8" or "q4"
     rows: tuple[int, ...]
 
     def defines(self, value: str) -> dict[str, str]:
@@ -58,6 +59,8 @@ KNOBS = (
     Knob("float32 blocks", ("FASTBARK_BN", "FASTBARK_BM"), ("1x4", "2x2", "4x4"), "f32", (4, 8)),
     # bytes of w per chunk, for several rows (gemv.h's units_chunk): where the blocks of x stop fitting the nearest cache
     Knob("float32 chunk", ("FASTBARK_F32_CHUNK",), ("131072", "65536", "262144"), "f32", (8, 16)),
+    # the int4 mode's dot product, for one row as the int8 one
+    Knob("int4 prefetch", ("FASTBARK_Q4_PREFETCH",), ("0", "1024", "2048"), "q4", (1,)),
 )
 
 
@@ -98,12 +101,15 @@ def layer_runs(products: dict[str, object], product: str) -> dict[str, Callable[
     as many layers as make twice the last-level cache: read from memory, one after another, as in a decode step."""
     g = torch.Generator().manual_seed(0)
     threads = torch.get_num_threads()
-    layer_bytes = sum(n * k for n, k in LAYER) * (1 if product == "s8" else 4)
-    shapes = LAYER * max(2, -(-2 * last_level_cache_bytes() // layer_bytes))  # ceil(2 x cache / a layer)
+    layer_bytes = sum(n * k for n, k in LAYER) * {"s8": 1, "q4": 0.5, "f32": 4}[product]
+    shapes = LAYER * max(2, int(-(-2 * last_level_cache_bytes() // layer_bytes)))  # ceil(2 x cache / a layer)
     if product == "s8":
         weights = [torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g) for n, k in shapes]
         sums = [w.sum(dim=1, dtype=torch.int32) for w in weights]  # (N,): the VNNI dot's correction
         scales = [torch.rand(n, generator=g) / 100 for n, _ in shapes]
+    elif product == "q4":  # int4.h's layout: K / 2 packed bytes a row (K a multiple of 64), a scale per 32 weights
+        weights = [torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g) for n, k in shapes]
+        scales = [torch.rand(n, k // 32, generator=g) / 100 for n, k in shapes]
     else:
         weights = [torch.randn(n, k, generator=g) for n, k in shapes]
     xs = {m: {k: torch.randn(m, k, generator=g) for k in (768, 3072)} for m in CHECK_ROWS}  # (M, K) rows
@@ -112,6 +118,8 @@ def layer_runs(products: dict[str, object], product: str) -> dict[str, Callable[
         x = xs[m]
         if product == "s8":
             return [build.linear_s8(x[w.shape[1]], w, s, c, threads) for w, s, c in zip(weights, sums, scales)]
+        if product == "q4":
+            return [build.linear_q4(x[2 * w.shape[1]], w, c, threads) for w, c in zip(weights, scales)]
         return [build.linear_f32(x[w.shape[1]], w, threads) for w in weights]
     return {value: (lambda m, build=build: run(build, m)) for value, build in products.items()}
 
@@ -127,7 +135,7 @@ def cached(cache: ChoiceCache) -> tuple[dict[str, str], tuple[Choice, ...]] | No
 def tune(build: Callable[[dict[str, str]], object], cache: ChoiceCache) -> tuple[dict[str, str], tuple[Choice, ...]]:
     """The -D values to build the library with, and the choices behind them (cached, else measured now).
     `build(defines)` compiles gemv.c with them and returns its products (library.Products: `linear_f32`,
-    `linear_s8`), or raises OSError or SubprocessError."""
+    `linear_s8`, `linear_q4`), or raises OSError or SubprocessError."""
     known = cached(cache)
     if known is not None:
         return known

@@ -25,6 +25,14 @@
 
 enum { Q4_GROUP = 32, Q4_BLOCK = 64, Q4_BLOCK_BYTES = 32 };
 
+/* How far ahead (bytes) the int4 dot products ask for w; 0: never, which whole clips on an AMD Zen 3 could not tell
+ * from 2 KB (RESULTS.md section 46). A build may set FASTBARK_Q4_PREFETCH (tuning.py). */
+#ifdef FASTBARK_Q4_PREFETCH
+enum { Q4_PREFETCH = FASTBARK_Q4_PREFETCH };
+#else
+enum { Q4_PREFETCH = 0 };
+#endif
+
 static inline int64_t q4_groups(int64_t K) { return (K + Q4_GROUP - 1) / Q4_GROUP; }
 static inline int64_t q4_row_bytes(int64_t K) { return (K + Q4_BLOCK - 1) / Q4_BLOCK * Q4_BLOCK_BYTES; }
 
@@ -52,6 +60,7 @@ static inline float dot_q4(const int8_t *x, const float *xsum, const uint8_t *w,
     const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
+        if (Q4_PREFETCH > 0) __builtin_prefetch(w + b * Q4_BLOCK_BYTES + Q4_PREFETCH, 0, 3);
         const __m256i packed = _mm256_loadu_si256((const __m256i *)(w + b * Q4_BLOCK_BYTES));
         const __m256i u0 = _mm256_and_si256(packed, low), u1 = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + b * Q4_BLOCK));
@@ -81,6 +90,7 @@ static inline float dot_q4(const int8_t *x, const float *xsum, const uint8_t *w,
     const uint8x16_t low = vdupq_n_u8(15);
     float32x4_t acc0[2] = {vdupq_n_f32(0), vdupq_n_f32(0)}, acc1[2] = {vdupq_n_f32(0), vdupq_n_f32(0)};
     for (int64_t b = 0; b < blocks; b++) {
+        if (Q4_PREFETCH > 0) __builtin_prefetch(w + b * Q4_BLOCK_BYTES + Q4_PREFETCH, 0, 3);
         const uint8_t *wb = w + b * Q4_BLOCK_BYTES;
         const int8_t *xb = x + b * Q4_BLOCK;
         for (int h = 0; h < 2; h++) {  /* bytes 16h..16h+15 of the block: lanes 4h..4h+3 */
