@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastbark.backends.cpu.choice import cpu_identity
 from fastbark.testing import SIZES, write_random_checkpoint
 
 
 
 def cpu_description() -> str:
     """The CPU's model name and its vector and matrix extensions, as RESULTS.md rows name them."""
-    from fastbark.backends.cpu.choice import cpu_identity
     name, flag_line = cpu_identity()
     flags = flag_line.split()
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",

@@ -10,6 +10,7 @@ candidates' times. A choice that moves between runs is one whose candidates this
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ import torch
 
 from bench import cpu_description
 from fastbark.backends.cpu.choice import ChoiceCache
-from fastbark.backends.cpu.library import NATIVE, _build, bind_products
+from fastbark.backends.cpu.library import build_products
 from fastbark.backends.cpu.tuning import KNOBS, tune
 
 
@@ -38,7 +39,7 @@ def main(argv=None) -> dict:
     for i in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            defines, choices = tune(lambda d: bind_products(_build(compiler, d, [NATIVE / "gemv.c"])),
+            defines, choices = tune(functools.partial(build_products, compiler),
                                     ChoiceCache(Path(tmp), ["benchmark"]))
             runs.append({"seconds": time.perf_counter() - start, "defines": defines,
                          "choices": {k.name: {"chosen": c.chosen, "ms": c.ms, "refused": c.refused}

@@ -43,6 +43,14 @@ static int8_t *bytes(int64_t n) {  /* int8 weights in [-127, 127], as int8.py qu
     for (int64_t i = 0; i < n; i++) p[i] = (int8_t)((int)(next_u32() % 255) - 127);
     return p;
 }
+static int32_t *row_sums(const int8_t *wq, int64_t N, int64_t K) {  /* int8.py's weight_sum: the VNNI dots' correction */
+    int32_t *sums = malloc((size_t)N * sizeof(int32_t));
+    for (int64_t n = 0; n < N; n++) {
+        sums[n] = 0;
+        for (int64_t k = 0; k < K; k++) sums[n] += wq[n * K + k];
+    }
+    return sums;
+}
 static int64_t q4_row_bytes(int64_t K) { return (K + BLOCK - 1) / BLOCK * BLOCK_BYTES; }
 static int64_t q4_groups(int64_t K) { return (K + GROUP - 1) / GROUP; }
 
@@ -77,12 +85,8 @@ static void products(void) {
         free(one);
 
         int8_t *wq = bytes(N * K);
-        int32_t *w_sum = malloc((size_t)N * sizeof(int32_t));
+        int32_t *w_sum = row_sums(wq, N, K);
         float *w_scale = floats(N, 0.01f);
-        for (int64_t n = 0; n < N; n++) {
-            w_sum[n] = 0;
-            for (int64_t k = 0; k < K; k++) w_sum[n] += wq[n * K + k];
-        }
         fastbark_linear_s8(x, wq, w_sum, w_scale, bias, y, M, N, K, 2);
         snprintf(name, sizeof name, "s8 %lldx%lldx%lld", (long long)M, (long long)N, (long long)K);
         emit(name, y, M * N);
@@ -116,12 +120,7 @@ static void linear(const void **slot, int format, int64_t N, int64_t K) {
         slot[0] = floats(N * K, 0.2f); slot[1] = NULL; slot[2] = NULL;
     } else if (format == INT8) {
         int8_t *wq = bytes(N * K);
-        int32_t *w_sum = malloc((size_t)N * sizeof(int32_t));
-        for (int64_t n = 0; n < N; n++) {
-            w_sum[n] = 0;
-            for (int64_t k = 0; k < K; k++) w_sum[n] += wq[n * K + k];
-        }
-        slot[0] = wq; slot[1] = w_sum; slot[2] = floats(N, 0.002f);
+        slot[0] = wq; slot[1] = row_sums(wq, N, K); slot[2] = floats(N, 0.002f);
     } else {
         uint8_t *packed = malloc((size_t)(N * q4_row_bytes(K)));
         for (int64_t i = 0; i < N * q4_row_bytes(K); i++) packed[i] = (uint8_t)next_u32();

@@ -2,8 +2,8 @@
 
 The library is compiled into the user's cache folder with the system C compiler (`cc`), with the
 prefetch distances, register blocks and chunk size that measured fastest on this machine (tuning.py,
-which times builds of gemv.c made here; every choice gives the same bits). Its float32 product is checked against float64 and for batch invariance before use; the other entry
-points are checked by the modules that use them (int8.py, decode_step.py, attention.py). Without a
+which times builds of gemv.c made here; every choice gives the same bits). Its float32 product is
+checked against float64 and for batch invariance before use; the other entry points are checked by the modules that use them (int8.py, decode_step.py, attention.py). Without a
 compiler, or if the check fails, `load_kernels()` returns None, `kernels_unavailable()` says why,
 and the backend falls back to oneDNN and torch (and says so in its report).
 """
@@ -99,14 +99,18 @@ class Products:
         return run_q4(self.q4, x, packed, scale, None, threads)
 
 
-def bind_products(path: Path) -> Products:
-    lib = ctypes.CDLL(str(path))
+def bind_products(lib: ctypes.CDLL) -> Products:
     f32, s8, q4 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8, lib.fastbark_linear_q4
     f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     q4.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     f32.restype, s8.restype, q4.restype = None, ctypes.c_int, ctypes.c_int
     return Products(f32, s8, q4)
+
+
+def build_products(compiler: str, defines: dict[str, str]) -> Products:
+    """gemv.c alone, built with these -D values: what tuning.py times, one build per candidate."""
+    return bind_products(ctypes.CDLL(str(_build(compiler, defines, [NATIVE / "gemv.c"]))))
 
 
 @dataclass(frozen=True)
@@ -249,8 +253,7 @@ def _load() -> tuple[NativeKernels | None, str]:
     try:
         with _one_builder():
             try:  # the build parameters measured fastest here: one build of gemv.c (its products) per candidate
-                defines, tuning = tune(lambda d: bind_products(_build(compiler, d, [NATIVE / "gemv.c"])),
-                                       _tuning_cache())
+                defines, tuning = tune(functools.partial(build_products, compiler), _tuning_cache())
             except RuntimeError as e:  # no candidate built and kept the bits: the defaults, whose checks decide
                 defines, tuning = {}, ()
                 warnings.warn(f"fastbark: the C kernels' tuning failed ({e}); built with their defaults", stacklevel=2)
@@ -258,7 +261,7 @@ def _load() -> tuple[NativeKernels | None, str]:
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"building it failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    products = bind_products(path)
+    products = bind_products(lib)
     f32, s8, q4 = products.f32, products.s8, products.q4
     quantize, rescale = lib.fastbark_quantize_rows, lib.fastbark_rescale_s32
     quantize_float, rescale_float = lib.fastbark_quantize_rows_f32, lib.fastbark_rescale_f32

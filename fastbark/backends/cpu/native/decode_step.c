@@ -113,7 +113,7 @@ static inline void finish_output(float *out, float v, int mode) {
  * Compiled with the default contraction, as gemv.c is (gemv.h's bits depend on it). */
 static __attribute__((noinline)) void product_f32(const Linear *l, const float *x, float *y, float *tmp, int64_t M,
                                                   int64_t N, int64_t K, int mode) {
-    const int64_t units = units_of_w(N), full = N / BN;
+    const int64_t units = units_of_w(N);
     if (M == 1) {  /* one row of x: one row of w at a time, as gemv.c does (one stream a thread; RESULTS.md section 46) */
         #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n++) {
@@ -127,8 +127,7 @@ static __attribute__((noinline)) void product_f32(const Linear *l, const float *
     for (int64_t c = 0; c < chunks; c++) {
         const int64_t u0 = c * per, u1 = u0 + per < units ? u0 + per : units;
         units_chunk((const float *)l->weight, x, l->bias, tmp, u0, u1, M, N, K);
-        /* the chunk's outputs: rows n0..n1-1 of w (units are BN rows, then single rows past the last whole block) */
-        const int64_t n0 = u0 < full ? u0 * BN : full * BN + (u0 - full), n1 = u1 < full ? u1 * BN : full * BN + (u1 - full);
+        const int64_t n0 = unit_row(u0, N), n1 = unit_row(u1, N);  /* the chunk's outputs: rows n0..n1-1 of w */
         for (int64_t m = 0; m < M; m++)
             for (int64_t n = n0; n < n1; n++) finish_output(y + m * N + n, tmp[m * N + n], mode);
     }

@@ -74,12 +74,15 @@ static inline __attribute__((always_inline)) void block(const float *w, const fl
 }
 
 static inline int64_t units_of_w(int64_t N) { return N / BN + N % BN; }  /* BN-row blocks, then single rows */
+static inline int64_t unit_row(int64_t u, int64_t N) {  /* unit u's first row of w (u = units_of_w(N): N) */
+    return u < N / BN ? u * BN : N / BN * BN + (u - N / BN);
+}
 
 /* Several rows of x: the units of w are taken in chunks of about F32_CHUNK bytes of w, and within a chunk BM rows
  * of x at a time across all its units, so that a block of x stays in the nearest cache while the chunk's rows of w
  * (read from memory once) stay in the next. Without chunks each unit reads every row of x again: 16 rows of 768
- * floats are 48 KB, more than a 32 KB L1. With 128 KB chunks a 16-row product of bark-small's decode shapes took
- * 36 ms instead of 42 on an AMD Zen 3 (RESULTS.md section 52). Each output is still one block() call, only the
+ * floats are 48 KB, more than a 32 KB L1. With 128 KB chunks a batch-of-16 float32 coarse step of bark-small took
+ * 35.5 ms instead of 43 on an AMD Zen 3 (RESULTS.md section 52). Each output is still one block() call, only the
  * order of the calls differs: the same bits. A build may set FASTBARK_F32_CHUNK (tuning.py). */
 #ifdef FASTBARK_F32_CHUNK
 enum { F32_CHUNK = FASTBARK_F32_CHUNK };
@@ -92,22 +95,23 @@ static inline int64_t units_per_chunk(int64_t K) {
     return per < 1 ? 1 : per;
 }
 
+/* Units u0..u1-1 against rows m0..m0+MR-1 of x. */
+static inline __attribute__((always_inline)) void units_at(const float *w, const float *x, const float *bias,
+                                                           float *y, int64_t u0, int64_t u1, int64_t m0, int64_t N,
+                                                           int64_t K, const int MR) {
+    for (int64_t u = u0; u < u1; u++) {  /* NR a constant in each call, so that the block's loops unroll */
+        if (u < N / BN) block(w, x, bias, y, unit_row(u, N), m0, N, K, BN, MR);
+        else block(w, x, bias, y, unit_row(u, N), m0, N, K, 1, MR);
+    }
+}
+
 /* Units u0..u1-1 against every row of x: BM rows of x at a time across the units, then the rows left one at a time. */
 static inline __attribute__((always_inline)) void units_chunk(const float *w, const float *x, const float *bias,
                                                               float *y, int64_t u0, int64_t u1, int64_t M,
                                                               int64_t N, int64_t K) {
-    const int64_t full = N / BN;
     int64_t m0 = 0;
-    for (; m0 + BM <= M; m0 += BM)
-        for (int64_t u = u0; u < u1; u++) {
-            if (u < full) block(w, x, bias, y, u * BN, m0, N, K, BN, BM);
-            else block(w, x, bias, y, full * BN + (u - full), m0, N, K, 1, BM);
-        }
-    for (; m0 < M; m0++)
-        for (int64_t u = u0; u < u1; u++) {
-            if (u < full) block(w, x, bias, y, u * BN, m0, N, K, BN, 1);
-            else block(w, x, bias, y, full * BN + (u - full), m0, N, K, 1, 1);
-        }
+    for (; m0 + BM <= M; m0 += BM) units_at(w, x, bias, y, u0, u1, m0, N, K, BM);
+    for (; m0 < M; m0++) units_at(w, x, bias, y, u0, u1, m0, N, K, 1);
 }
 
 #endif

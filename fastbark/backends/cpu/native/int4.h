@@ -25,8 +25,9 @@
 
 enum { Q4_GROUP = 32, Q4_BLOCK = 64, Q4_BLOCK_BYTES = 32 };
 
-/* How far ahead (bytes) the int4 dot products ask for w; 0: never, which whole clips on an AMD Zen 3 could not tell
- * from 2 KB (RESULTS.md section 46). A build may set FASTBARK_Q4_PREFETCH (tuning.py). */
+/* How far ahead (bytes) the int4 dot products ask for w; 0: never, the default, which whole clips on an AMD Zen 3
+ * could not tell from 2 KB (RESULTS.md section 46). A build may set FASTBARK_Q4_PREFETCH: tuning.py times 0, 1 and
+ * 2 KB on the products alone, where 2 KB read 14-15% faster than none on that machine (section 54). */
 #ifdef FASTBARK_Q4_PREFETCH
 enum { Q4_PREFETCH = FASTBARK_Q4_PREFETCH };
 #else
