@@ -19,6 +19,14 @@ int fastbark_linear_q4(const float *x, const uint8_t *w, const float *w_scale, c
                        int64_t N, int64_t K, int threads);
 void fastbark_dequantize_q4(const uint8_t *w, const float *w_scale, float *out, int64_t N, int64_t K, int threads);
 void fastbark_quantize_rows(const float *x, int8_t *q, float *scale, int64_t M, int64_t K, int threads);
+int fastbark_quantize_rows_f32(const float *x, float *q, float *scale, int64_t M, int64_t K, int threads);
+void fastbark_rescale_s32(const int32_t *acc, const float *x_scale, const float *w_scale, const float *bias, float *y,
+                          int64_t M, int64_t N, int threads);
+void fastbark_rescale_f32(const float *acc, const float *x_scale, const float *w_scale, const float *bias, float *y,
+                          int64_t M, int64_t N, int threads);
+int fastbark_attention_bf16(const float *qkv, float *out, int64_t B, int64_t T, int64_t C, int64_t H, int causal,
+                            int threads);
+int fastbark_has_bf16(void);
 int fastbark_decode_step(int format, float *x, const void **layers, int64_t n_layer, void *k_cache, void *v_cache,
                          int kv_bf16, int64_t B, int64_t C, int64_t H, int64_t max_len, int64_t pos, float eps,
                          int threads);
@@ -41,6 +49,16 @@ static float *floats(int64_t n, float scale) {
 static int8_t *bytes(int64_t n) {  /* int8 weights in [-127, 127], as int8.py quantises them */
     int8_t *p = malloc((size_t)n);
     for (int64_t i = 0; i < n; i++) p[i] = (int8_t)((int)(next_u32() % 255) - 127);
+    return p;
+}
+static uint16_t *bf16s(int64_t n, float scale) {  /* bfloat16 values: the top half of float32s */
+    uint16_t *p = malloc((size_t)n * sizeof(uint16_t));
+    for (int64_t i = 0; i < n; i++) {
+        float f = uniform() * scale;
+        uint32_t u;
+        memcpy(&u, &f, sizeof u);
+        p[i] = (uint16_t)(u >> 16);
+    }
     return p;
 }
 static int32_t *row_sums(const int8_t *wq, int64_t N, int64_t K) {  /* int8.py's weight_sum: the VNNI dots' correction */
@@ -98,6 +116,22 @@ static void products(void) {
         snprintf(name, sizeof name, "quantized %lldx%lld", (long long)M, (long long)K);
         emit(name, xq_f, M * K);
         emit("quantized scales", x_scale, M);
+        float *q_f = malloc((size_t)(M * K) * sizeof(float)), *q_scale = malloc((size_t)M * sizeof(float));
+        if (fastbark_quantize_rows_f32(x, q_f, q_scale, M, K, 2)) exit(1);
+        snprintf(name, sizeof name, "quantized f32 %lldx%lld", (long long)M, (long long)K);
+        emit(name, q_f, M * K);
+
+        /* the int8 mode's rescale of a big product's sums: int32, and float32 holding the same integers */
+        int32_t *acc = malloc((size_t)(M * N) * sizeof(int32_t));
+        float *acc_f = malloc((size_t)(M * N) * sizeof(float));
+        for (int64_t i = 0; i < M * N; i++) acc_f[i] = (float)(acc[i] = (int32_t)(next_u32() % 2000001) - 1000000);
+        fastbark_rescale_s32(acc, x_scale, w_scale, bias, y, M, N, 2);
+        snprintf(name, sizeof name, "rescale s32 %lldx%lld", (long long)M, (long long)N);
+        emit(name, y, M * N);
+        fastbark_rescale_f32(acc_f, x_scale, w_scale, bias, y, M, N, 2);
+        snprintf(name, sizeof name, "rescale f32 %lldx%lld", (long long)M, (long long)N);
+        emit(name, y, M * N);
+        free(q_f); free(q_scale); free(acc); free(acc_f);
 
         const int64_t row_bytes = q4_row_bytes(K), groups = q4_groups(K);
         uint8_t *packed = malloc((size_t)(N * row_bytes));
@@ -118,6 +152,8 @@ static void products(void) {
 static void linear(const void **slot, int format, int64_t N, int64_t K) {
     if (format == F32) {
         slot[0] = floats(N * K, 0.2f); slot[1] = NULL; slot[2] = NULL;
+    } else if (format == BF16) {
+        slot[0] = bf16s(N * K, 0.2f); slot[1] = NULL; slot[2] = NULL;
     } else if (format == INT8) {
         int8_t *wq = bytes(N * K);
         slot[0] = wq; slot[1] = row_sums(wq, N, K); slot[2] = floats(N, 0.002f);
@@ -131,9 +167,9 @@ static void linear(const void **slot, int format, int64_t N, int64_t K) {
 
 static void decode_steps(void) {
     enum { LAYERS = 2, B = 3, C = 64, H = 2, MAX_LEN = 16, POS = 13, PER_LAYER = 20 };
-    const int formats[] = {F32, INT8, INT4};
-    const char *names[] = {"f32", "int8", "int4"};
-    for (int f = 0; f < 3; f++) {
+    const int formats[] = {F32, INT8, INT4, BF16};
+    const char *names[] = {"f32", "int8", "int4", "bf16"};
+    for (int f = 0; f < 4; f++) {
         for (int kv_bf16 = 0; kv_bf16 < (formats[f] == F32 ? 1 : 2); kv_bf16++) {
             const void *table[LAYERS * PER_LAYER];
             for (int l = 0; l < LAYERS; l++) {
@@ -192,6 +228,20 @@ static void decode_steps(void) {
     }
 }
 
+/* The bfloat16 mode's whole-sequence attention (AVX512-BF16 builds only; elsewhere it declines, and the records are
+ * empty): its input, and its output without and with the causal mask. */
+static void attention(void) {
+    enum { B = 2, T = 37, C = 64, H = 2 };
+    float *qkv = floats(B * T * 3 * C, 1.0f), *o = malloc((size_t)(B * T * C) * sizeof(float));
+    emit("attention qkv", qkv, B * T * 3 * C);
+    emit("has bf16", &(float){(float)fastbark_has_bf16()}, 1);
+    for (int causal = 0; causal < 2; causal++) {
+        const int ran = fastbark_attention_bf16(qkv, o, B, T, C, H, causal, 2) == 0;
+        emit(causal ? "attention bf16 causal" : "attention bf16", o, ran ? B * T * C : 0);
+    }
+    free(qkv); free(o);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2 || !(out = fopen(argv[1], "wb"))) {
         fprintf(stderr, "usage: native_driver OUT_FILE\n");
@@ -199,5 +249,6 @@ int main(int argc, char **argv) {
     }
     products();
     decode_steps();
+    attention();
     return fclose(out) != 0;
 }
