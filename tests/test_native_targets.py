@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from fastbark.backends.cpu.library import FLAGS, NATIVE
+from fastbark.backends.cpu.tuning import KNOBS, defines_of
 
 # (-march, instructions its build must contain): AVX2 only; Intel laptops with AVX-VNNI; AVX-512 without and
 # with VNNI; AMX servers with AVX512-BF16
@@ -263,3 +264,20 @@ def test_the_emulated_cpus_refuse_what_they_lack(bochs, tmp_path):
         ran = subprocess.run([*emulate, str(exe), str(tmp_path / "out.bin")], capture_output=True, text=True,
                              timeout=300, env=env)
         assert ran.returncode == 132 and "CPU exception 6" in ran.stderr, (march, model, ran.returncode, ran.stderr)
+
+
+@x86_64
+@pytest.mark.parametrize("march, model, position", [("icelake-server", "tigerlake", 1), ("icelake-server", "tigerlake", -1),
+                                                     ("alderlake", "arrow_lake", -1)])
+def test_the_tuning_candidates_keep_the_bits_on_emulated_cpus(march, model, position, bochs, tmp_path):
+    """The build-time knobs (tuning.py) change speed only: on AVX-512 with VNNI and on AVX-VNNI, the build with every
+    knob at another value gives every output, float ones included, the bits of the build with the headers' defaults
+    (at first use a candidate that did not would be refused)."""
+    emulate, env = bochs(model, tmp_path)
+    reference, _ = run_driver("cc", emulated_flags(march), tmp_path, "defaults", emulate, env)
+    defines = defines_of({knob.name: knob.values[position] for knob in KNOBS})
+    got, _ = run_driver("cc", [*emulated_flags(march), *(f"-D{k}={v}" for k, v in defines.items())],
+                        tmp_path, "tuned", emulate, env)
+    assert got.keys() == reference.keys()
+    for name, want in reference.items():
+        assert np.array_equal(got[name].view(np.uint32), want.view(np.uint32)), (name, defines)
