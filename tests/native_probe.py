@@ -28,9 +28,10 @@ def main(march: str, hub: str) -> dict:
     from fastbark.backends.cpu.int4 import int4_kernel
     from fastbark.backends.cpu.int8 import int8_kernels
     result.update(has_bf16=kernels.has_bf16, int8=int8_kernels() is not None, int4=int4_kernel() is not None,
-                  step_f32=decode_step_works(F32), step_int8=decode_step_works(INT8), step_int4=decode_step_works(INT4))
+                  step_f32=decode_step_works(F32), step_int8=decode_step_works(INT8), step_int4=decode_step_works(INT4),
+                  step_bf16=decode_step_works(BF16))
     if kernels.has_bf16:
-        result.update(step_bf16=decode_step_works(BF16), attention_bf16=bf16_attention() is not None)
+        result.update(attention_bf16=bf16_attention() is not None)
     greedy = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, min_eos_p=None,
                   max_semantic_tokens=40)
     texts = ["the dog is cute", "café naïve"]

@@ -12,7 +12,7 @@ from fastbark.backends.cpu.decode_step import BF16, F32, INT4, INT8, decode_step
 from fastbark.backends.cpu.int4 import int4_kernel
 from fastbark.backends.cpu.int8 import int8_kernels
 from fastbark.backends.cpu.library import load_kernels
-from fastbark.backends.cpu.linears import packing_available
+from fastbark.backends.cpu.linears import Bf16ViaFloat32Linear, packing_available
 from fastbark.backends.cpu.tuning import KNOBS, TUNING_LABEL
 
 GREEDY = dict(semantic_temperature=0, coarse_temperature=0, fine_temperature=0, min_eos_p=None)
@@ -69,6 +69,22 @@ def expected_report(dtype: str, quantize, kernel: str) -> dict:
     return dict(decoder=decoder, fine=fine, step=step, whole=whole, one_query=one_query, fallbacks=fallbacks)
 
 
+def with_via_float32(kinds: dict, model) -> dict:
+    """The layer kinds `kinds` with the model's Bf16ViaFloat32Linear layers (which are never packed: they take the
+    place of plain layers, or of the packed head) counted as such."""
+    n = sum(isinstance(m, Bf16ViaFloat32Linear) for m in model.modules())
+    if not n:
+        return kinds
+    out = dict(kinds)
+    for kind in ("torch", "onednn"):
+        taken = min(n, out.get(kind, 0))
+        out[kind] = out.get(kind, 0) - taken
+        n -= taken
+    assert n == 0, kinds
+    return {"via-float32": sum(isinstance(m, Bf16ViaFloat32Linear) for m in model.modules()),
+            **{k: v for k, v in out.items() if v}}
+
+
 COMBOS = [(dtype, None, kernel) for dtype in ("float32", "bfloat16", "float16")
           for kernel in ("auto", "c", "onednn", "plain")] + \
          [(dtype, q, kernel) for q in ("int8", "int4") for dtype in ("float32", "bfloat16")
@@ -86,8 +102,20 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
     attention = [m for m in report.measured if m.startswith("whole-sequence attention")]
     tuning = [m for m in report.measured if m.startswith(TUNING_LABEL)]  # the C library's, once per machine
     assert len(tuning) == (len(KNOBS) if load_kernels() is not None and kernel in ("auto", "c") else 0)
-    decode_choices = [m for m in report.measured
-                      if not m.startswith(("int8 products", "decode step", "whole-sequence attention", TUNING_LABEL))]
+    decode_choices = [m for m in report.measured if not m.startswith(
+        ("int8 products", "bfloat16 products", "decode step", "whole-sequence attention", TUNING_LABEL))]
+    # bfloat16 with "auto": each shape's long products in bfloat16 or as float32 GEMMs, as measured here
+    half = {tuple(map(int, m.split(": ")[0].removeprefix("bfloat16 products ").split(" -> "))): m.split(": ")[1]
+            for m in report.measured if m.startswith("bfloat16 products")}
+    assert bool(half) == (dtype == "bfloat16" and quantize is None and kernel == "auto")
+    via = {shape for shape, line in half.items() if line.startswith("via-float32 (")}
+    if via:
+        want["fallbacks"].add("bfloat16 products")
+    for model in (tts.semantic_model, tts.coarse_model, tts.fine_model):  # a layer is swapped where its shape chose so
+        for layer in model.modules():
+            if hasattr(layer, "in_features") and hasattr(layer, "out_features"):
+                shape = (layer.in_features, layer.out_features)
+                assert isinstance(layer, Bf16ViaFloat32Linear) == (shape in via), (shape, type(layer))
     assert len(attention) == (want["whole"] is None)  # the fast modes' C attention, timed against SDPA
     if want["whole"] is None:  # what was measured faster runs; where SDPA won, the report says so
         want["whole"] = attention[0].split(": ")[1].split(" ")[0]
@@ -115,10 +143,12 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
         decoder = want["decoder"]
         if dtype == "bfloat16" and step == "blocks" and want["step"] is None:  # the blocks measured faster: packed
             decoder = {"onednn": N_DECODER_LINEARS}
+        decoder = with_via_float32(decoder, model)
         assert (m.linears, m.decode_step, m.whole_attention, m.one_query_attention) == \
             (decoder, step, want["whole"], want["one_query"]), name
     fine = report.models["fine"]
-    assert (fine.linears, fine.decode_step, fine.whole_attention) == (want["fine"], "", want["whole"])
+    assert (fine.linears, fine.decode_step, fine.whole_attention) == \
+        (with_via_float32(want["fine"], tts.fine_model), "", want["whole"])
     if "int8 products?" in want["fallbacks"]:
         want["fallbacks"].discard("int8 products?")
         routes = [m for m in report.measured if m.startswith("int8 products")]

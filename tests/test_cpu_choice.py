@@ -177,6 +177,46 @@ def test_int8_big_products_take_the_route_measured_fastest(tmp_path):
     assert again == result  # read back from the file, label and all
 
 
+def test_bfloat16_long_products_take_the_route_measured_fastest(tmp_path):
+    """bfloat16 GEMMs or float32 GEMMs over the same values, whichever is faster here; a route whose values are
+    off is refused whatever its speed; the choice is cached."""
+    from fastbark.backends.cpu.choice import choose_half_route
+    from fastbark.backends.cpu.linears import HALF_ROUTES
+
+    def slow(x, w):
+        time.sleep(0.003)
+        return HALF_ROUTES["bfloat16"](x, w)
+
+    def doubled(x, w):
+        return HALF_ROUTES["via-float32"](x, w) * 2
+    cache = ChoiceCache(tmp_path, ["a machine"])
+    routes = {"reference": slow, "wrong": doubled, "via-float32": HALF_ROUTES["via-float32"]}
+    result = choose_half_route(64, 48, routes, cache)
+    assert result.chosen == "via-float32" and result.refused == {"wrong": "other values than the reference product"}
+    assert str(result).startswith("bfloat16 products 64 -> 48: via-float32")
+    assert ChoiceCache(tmp_path, ["a machine"]).get("bfloat16 64x48:reference,wrong,via-float32") == result
+
+
+def test_a_bfloat16_layer_via_float32():
+    """Its long products: float32 sums of the exact products of the bfloat16 values, rounded to bfloat16 (within a
+    bfloat16 rounding of torch's bfloat16 product), each row as alone; one position per row: torch's bfloat16
+    product itself."""
+    from fastbark.backends.cpu.linears import Bf16ViaFloat32Linear
+    g = torch.Generator().manual_seed(0)
+    linear = nn.Linear(96, 40).to(torch.bfloat16)
+    layer = Bf16ViaFloat32Linear(linear)
+    x = torch.randn(3, 17, 96, generator=g).to(torch.bfloat16)
+    with torch.inference_mode():
+        y = layer(x)
+        want = (x.double() @ linear.weight.double().t() + linear.bias.double())  # exact
+        assert y.dtype == torch.bfloat16 and y.shape == (3, 17, 40)
+        assert ((y.double() - want).abs() <= want.abs() * 2 ** -8 + 1e-6).all()  # one bfloat16 rounding
+        assert (y.double() - linear(x).double()).abs().max() <= 2 ** -6 * want.abs().max()
+        assert all(torch.equal(layer(x[i: i + 1]), y[i: i + 1]) for i in range(3))
+        one = x[:, :1]  # (3, 1, 96): a decode step's rows
+        assert torch.equal(layer(one), linear(one))
+
+
 def test_whole_sequence_attention_takes_the_way_measured_fastest(tmp_path):
     """The fast modes' C attention runs only where it measured faster than SDPA; a wrong or unrunnable way is
     refused whatever its speed; the choice is cached."""

@@ -17,7 +17,8 @@ What it chooses, per engine options (each choice falls back, and says so in the 
   call each where that measured faster;
 - int8 and int4 with the one-call step: the semantic and coarse KV caches in bfloat16;
 - bfloat16: the decode steps as one C call each (AVX512-BF16) where that measured faster than the blocks on
-  oneDNN-packed weights ("auto"; "c": always), the heads oneDNN-packed;
+  oneDNN-packed weights ("auto"; "c": always), the heads oneDNN-packed; the long products (prefills, fine passes)
+  as bfloat16 GEMMs or as float32 GEMMs over the same values, whichever measured faster per shape ("auto");
 - int8 and bfloat16: whole-sequence attention with bfloat16 products in C (AVX512-BF16), where it measured
   faster than SDPA in the mode's dtype ("auto"; "c": wherever it runs);
 - half precision: a decode step's attention over the cache as two matmuls.
@@ -33,10 +34,10 @@ from .attention import CpuAttention, bf16_attention, sdpa_whole
 from .decode_step import fused_decode_step
 from .int4 import Int4Linear, int4_kernel
 from .int8 import ROUTES, Int8Linear, int8_kernels
-from .choice import (Candidate, ChoiceCache, PlainLinear, choose_int_route, choose_linears, choose_step,
-                     choose_whole_attention, code_digest, machine_key, step_key)
+from .choice import (Candidate, ChoiceCache, PlainLinear, choose_half_route, choose_int_route, choose_linears,
+                     choose_step, choose_whole_attention, code_digest, machine_key, step_key)
 from .library import cache_dir, kernels_unavailable, load_kernels, sources_digest
-from .linears import GemvLinear, PackedLinear, pack_linear, packing_available
+from .linears import HALF_ROUTES, Bf16ViaFloat32Linear, GemvLinear, PackedLinear, pack_linear, packing_available
 
 
 class CpuBackend(Backend):
@@ -69,6 +70,8 @@ class CpuBackend(Backend):
         attention = CpuAttention(whole, half_matmul=dtype != torch.float32)
         if o.quantize is not None:
             fallbacks += self._quantise(models, kernels)
+        elif dtype == torch.bfloat16 and o.cpu_kernel == "auto":
+            fallbacks += self._bfloat16_products(models)
         for model in (models.semantic, models.coarse):  # the decode-step GPTs; the fine GPT runs big GEMMs
             step = fused_decode_step(model) if fast and kernels else None
             if fast and kernels and step is None:
@@ -116,6 +119,24 @@ class CpuBackend(Backend):
             fallbacks.append("int8 products: torch._int_mm is slower on this CPU (no VNNI); prefills and fine "
                              "passes run as float32 GEMMs whose integer results are exact (the same bits)")
         return fallbacks
+
+    def _bfloat16_products(self, models: Models) -> list[str]:
+        """bfloat16: each layer shape's long products (prefills, fine passes) as bfloat16 GEMMs or as float32 GEMMs
+        over the same values, whichever measured faster here (choice.py); the layers keep their bfloat16 weights."""
+        routes: dict = {}  # (K, N) -> the route measured fastest here
+
+        def via_float32(linear):
+            shape = (linear.in_features, linear.out_features)
+            if shape not in routes:
+                routes[shape] = choose_half_route(*shape, HALF_ROUTES, self.choice_cache())
+                self.choices.append(routes[shape])
+            return Bf16ViaFloat32Linear(linear) if routes[shape].chosen == "via-float32" else None
+        for model in models:
+            model.swap_linears(via_float32)
+        if any(c.chosen == "via-float32" for c in routes.values()):
+            return ["bfloat16 products: bfloat16 GEMMs are slower on this CPU (no bfloat16 arithmetic); prefills and "
+                    "fine passes run as float32 GEMMs over the same values"]
+        return []
 
     def _attention_measured_faster(self, models: Models, whole) -> bool:
         """Whether the bfloat16 C attention measured faster than SDPA in the mode's dtype, at the fine GPT's shape

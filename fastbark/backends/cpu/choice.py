@@ -13,8 +13,9 @@ A kernel that loses to plain torch (`F.linear`, always a candidate) is therefore
 decode step in one C call exists (decode_step.py), the whole step is timed both ways, that call against the
 blocks with their chosen products, and the faster runs (`choose_step`). The same holds for the fast modes'
 whole-sequence attention: the bfloat16 C kernel runs only where it measured faster than SDPA in the mode's
-dtype (`choose_whole_attention`), and the int8 mode's big products take torch._int_mm or exact float32 GEMMs,
-whichever measured faster (`choose_int_route`). The measurements are cached per CPU (model name and flags),
+dtype (`choose_whole_attention`), the int8 mode's big products take torch._int_mm or exact float32 GEMMs,
+whichever measured faster (`choose_int_route`), and the bfloat16 mode's take bfloat16 GEMMs or float32 GEMMs over
+the same values (`choose_half_route`). The measurements are cached per CPU (model name and flags),
 torch version, thread count and kernel sources, beside the C library's build, so they are made once per machine;
 the backend report lists them.
 """
@@ -333,38 +334,61 @@ def choose_step(model, ways: dict[str, Callable[[], None]], key: str, cache: Cho
 
 # ---------------------------------------------------------------- int8's big products
 
-INT8_ROWS = 64  # rows timed for a prefill or fine-pass product: enough to be compute-bound, quick to time
+LONG_ROWS = 64  # rows timed for a prefill or fine-pass product: enough to be compute-bound, quick to time
+
+
+def choose_route(key: str, shape: tuple[int, int], label: str, inputs: tuple[torch.Tensor, ...],
+                 routes: dict[str, Callable], cache: ChoiceCache | None, same_bits: bool) -> Choice:
+    """Which of `routes` (name -> f(*inputs)) computes a long product fastest here (cached under `key`). With
+    `same_bits`, a route must give the first route's bits (the reference) to be eligible; without, its values
+    within 1% of the reference's largest (routes that sum in another order)."""
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None and cached.chosen in routes:
+        return cached
+    reference, ms, refused = None, {}, {}
+    for name, route in routes.items():
+        try:
+            out = route(*inputs)
+        except (RuntimeError, NotImplementedError) as e:
+            refused[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+            continue
+        reference = out if reference is None else reference
+        if same_bits and not torch.equal(out, reference):
+            refused[name] = "other bits than the reference product"
+            continue
+        if not same_bits and not (out - reference).abs().max() <= 0.01 * reference.abs().max():
+            refused[name] = "other values than the reference product"
+            continue
+        ms[name] = median_ms(lambda: route(*inputs), min_runs=3)
+    if not ms:
+        raise RuntimeError(f"no {label.strip()} route worked for {shape[0]} -> {shape[1]}: {refused}")
+    result = Choice(shape, min(ms, key=ms.get), ms, refused, label)
+    if cache is not None:
+        cache.put(key, result)
+    return result
 
 
 def choose_int_route(in_features: int, out_features: int, routes: dict[str, Callable], cache: ChoiceCache | None
                      ) -> Choice:
     """Which exact int8 x int8 -> int32 product (`routes`: name -> f(x_q (M, K), w_q (N, K))) is fastest here for
     a layer's shape. Every route must give the first route's bits (the reference) to be eligible."""
-    key = f"int8 {in_features}x{out_features}:{','.join(routes)}"
-    cached = cache.get(key) if cache is not None else None
-    if cached is not None and cached.chosen in routes:
-        return cached
     g = torch.Generator().manual_seed(0)
-    x_q = torch.randint(-127, 128, (INT8_ROWS, in_features), dtype=torch.int8, generator=g)
+    x_q = torch.randint(-127, 128, (LONG_ROWS, in_features), dtype=torch.int8, generator=g)
     w_q = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=g)
-    reference, ms, refused = None, {}, {}
-    for name, route in routes.items():
-        try:
-            out = route(x_q, w_q)
-        except (RuntimeError, NotImplementedError) as e:
-            refused[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-            continue
-        reference = out if reference is None else reference
-        if not torch.equal(out, reference):
-            refused[name] = "other bits than the reference product"
-            continue
-        ms[name] = median_ms(lambda: route(x_q, w_q), min_runs=3)
-    if not ms:
-        raise RuntimeError(f"no int8 product route worked for {in_features} -> {out_features}: {refused}")
-    result = Choice((in_features, out_features), min(ms, key=ms.get), ms, refused, "int8 products ")
-    if cache is not None:
-        cache.put(key, result)
-    return result
+    return choose_route(f"int8 {in_features}x{out_features}:{','.join(routes)}", (in_features, out_features),
+                        "int8 products ", (x_q, w_q), routes, cache, same_bits=True)
+
+
+def choose_half_route(in_features: int, out_features: int, routes: dict[str, Callable], cache: ChoiceCache | None
+                      ) -> Choice:
+    """Which bfloat16 product (`routes`: name -> f(x (M, K), w (N, K)), both bfloat16) is fastest here for a layer's
+    shape: bfloat16 GEMMs, fast on CPUs with bfloat16 arithmetic (AMX, AVX512-BF16), or float32 GEMMs over the same
+    values. Their sums differ in order only, so values within 1% of the first route's are eligible."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(LONG_ROWS, in_features, generator=g).to(torch.bfloat16)
+    w = (torch.randn(out_features, in_features, generator=g) * in_features ** -0.5).to(torch.bfloat16)
+    return choose_route(f"bfloat16 {in_features}x{out_features}:{','.join(routes)}", (in_features, out_features),
+                        "bfloat16 products ", (x, w), routes, cache, same_bits=False)
 
 
 # ---------------------------------------------------------------- whole-sequence attention

@@ -29,22 +29,23 @@ from ...models.gpt import CausalGPT, GPTConfig, KVCache
 from .int4 import Int4Linear, int4_kernel
 from .int8 import Int8Linear, int8_kernels
 from .library import load_kernels
-from .linears import GemvLinear
+from .linears import Bf16ViaFloat32Linear, GemvLinear
 
 INT8, BF16, F32, INT4 = 0, 1, 2, 3  # decode_step.c's weight formats
 POINTERS_PER_LAYER = 20  # decode_step.c's Layer: 2 LayerNorm + 2 x 4 linear + 2 LayerNorm + 2 x 4 linear
 
 
 def weight_format(model: CausalGPT) -> int | None:
-    """INT8 or INT4 for a quantised model, BF16 for plain bfloat16 linear layers, F32 for float32 ones (nn.Linear
-    or GemvLinear, which keeps the plain weight), None otherwise."""
+    """INT8 or INT4 for a quantised model, BF16 for plain bfloat16 linear layers (nn.Linear or Bf16ViaFloat32Linear,
+    which keeps the plain weight), F32 for float32 ones (nn.Linear or GemvLinear, likewise), None otherwise."""
     linears = [m for block in model.layers for m in (block.attn.att_proj, block.attn.out_proj, block.mlp.in_proj,
                                                       block.mlp.out_proj)]
     if all(isinstance(m, Int8Linear) for m in linears):
         return INT8
     if all(isinstance(m, Int4Linear) for m in linears):
         return INT4
-    if all(type(m) is nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.is_contiguous() for m in linears):
+    if all(type(m) in (nn.Linear, Bf16ViaFloat32Linear) and m.weight.dtype == torch.bfloat16 and m.weight.is_contiguous()
+           for m in linears):
         return BF16
     if all(type(m) in (nn.Linear, GemvLinear) and m.weight.dtype == torch.float32 and m.weight.is_contiguous()
            for m in linears):
@@ -118,13 +119,12 @@ class FusedDecodeStep:
 
 @functools.cache
 def decode_step_works(format: int) -> bool:
-    """Whether the C step was built (for BF16: with AVX512-BF16) and agrees with the Python step on a
+    """Whether the C step was built and agrees with the Python step on a
     small random model (INT8 and INT4: over float32 and over bfloat16 caches, the backend's choice); for F32
     also that each row gets the same bits alone as in the batch, and with one thread as with all of them (the
     exact mode's promises)."""
     kernels = load_kernels()
-    if kernels is None or (format == INT8 and int8_kernels() is None) or (format == BF16 and not kernels.has_bf16) \
-            or (format == INT4 and int4_kernel() is None):
+    if kernels is None or (format == INT8 and int8_kernels() is None) or (format == INT4 and int4_kernel() is None):
         return False
     config = GPTConfig(n_layer=2, n_head=2, n_embd=64, input_vocab_size=32, output_vocab_size=32, block_size=16,
                        bias=True)

@@ -114,3 +114,37 @@ class GemvLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, decode=C kernel"
+
+
+def bfloat16_via_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A bfloat16 product as a float32 GEMM over the same values, rounded back to bfloat16: each product of two
+    bfloat16 values is exact in float32 and the sums are float32, as in a bfloat16 GEMM, in another order. On oneDNN,
+    like the exact mode's long products (a row's result does not depend on its batch)."""
+    y = onednn_linear(x.float(), weight.float(), None if bias is None else bias.float())
+    return y.to(torch.bfloat16)
+
+
+HALF_ROUTES = {"bfloat16": F.linear, "via-float32": bfloat16_via_float32}  # choice.choose_half_route's candidates
+
+
+class Bf16ViaFloat32Linear(nn.Module):
+    """A bfloat16 nn.Linear whose long products (prefills, fine passes) run as float32 GEMMs over the same values
+    (`bfloat16_via_float32`), for CPUs whose bfloat16 GEMMs measured slower (those without bfloat16 arithmetic:
+    on an AVX2 Zen 3 a fine pass's products took 8.4 s in bfloat16 against 0.95 s in float32). The plain bfloat16
+    weight is kept (the one-call decode step reads it, and one-position inputs stay in bfloat16); each long
+    product widens it for the call."""
+
+    kind = "via-float32"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if one_position(x):
+            return F.linear(x, self.weight, self.bias)
+        return bfloat16_via_float32(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, long products=float32 GEMMs"

@@ -15,7 +15,7 @@
  * - INT4 (the int4 mode): int4.h's products over rows quantised as in INT8, as gemv.c's
  *   fastbark_linear_q4 computes them.
  * - BF16 (the bfloat16 mode): bfloat16 weights; each input row is rounded to bfloat16, as torch's
- *   bfloat16 mode rounds every activation, and the products sum in float32 (AVX512-BF16).
+ *   bfloat16 mode rounds every activation, and the products sum in float32 (AVX512-BF16, else AVX2 FMAs).
  * The residual stream, LayerNorm, attention and GELU stay in float32; the KV cache is float32 or
  * bfloat16 (the model's dtype, or bfloat16 in the int8 and int4 modes: the CPU backend's choice). With
  * AVX2 and FMA, attention takes the scores of 8 keys at a time and the exponentials 8 at a time
@@ -89,7 +89,10 @@ static void prepare(int format, const float *x, int64_t m, int64_t K, Rows *r) {
     }
 }
 
-/* sum_k x[k] w[k] over bfloat16 x and w, in float32: 32 products per instruction, then a fixed tail. */
+/* sum_k x[k] w[k] over bfloat16 x and w, in float32 (each product exact): on AVX512-BF16 32 products per
+ * instruction; on AVX2, 16 values per step widened by shifts (the even-numbered ones of each pair by a shift left,
+ * the odd ones by masking their pair's low half) into two FMA accumulators, summed in a fixed order; then a fixed
+ * tail. Without either, in order. */
 static inline float dot_bf16(const uint16_t *x, const uint16_t *w, int64_t K) {
     int64_t k = 0;
     float s = 0.0f;
@@ -98,6 +101,19 @@ static inline float dot_bf16(const uint16_t *x, const uint16_t *w, int64_t K) {
     for (; k + 32 <= K; k += 32)
         acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(x + k), (__m512bh)_mm512_loadu_si512(w + k));
     s = _mm512_reduce_add_ps(acc);
+#elif defined(__AVX2__) && defined(__FMA__)
+    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
+    __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + k)), wv = _mm256_loadu_si256((const __m256i *)(w + k));
+        even = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(xv, 16)),
+                               _mm256_castsi256_ps(_mm256_slli_epi32(wv, 16)), even);
+        odd = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(xv, high)),
+                              _mm256_castsi256_ps(_mm256_and_si256(wv, high)), odd);
+    }
+    float t[8];
+    _mm256_storeu_ps(t, _mm256_add_ps(even, odd));
+    s = ((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]));
 #endif
     for (; k < K; k++) s += from_bf16(x[k]) * from_bf16(w[k]);
     return s;
@@ -406,7 +422,7 @@ int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_la
     return failed;
 }
 
-/* 1 where this build multiplies bfloat16 on the AVX512-BF16 units (else dot_bf16's scalar loop runs). */
+/* 1 where this build multiplies bfloat16 on the AVX512-BF16 units (else dot_bf16's AVX2 or scalar loop runs). */
 int fastbark_has_bf16(void) {
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
     return 1;
