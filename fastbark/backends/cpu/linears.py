@@ -127,7 +127,21 @@ def bfloat16_via_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 HALF_ROUTES = {"bfloat16": F.linear, "via-float32": bfloat16_via_float32}  # choice.choose_half_route's candidates
 
 
-class Bf16ViaFloat32Linear(nn.Module):
+class PlainLinear(nn.Module):
+    """nn.Linear's own forward (F.linear), as a candidate like the others (choice.py)."""
+
+    kind = "torch"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class Bf16ViaFloat32Linear(PlainLinear):
     """A bfloat16 nn.Linear whose long products (prefills, fine passes) run as float32 GEMMs over the same values
     (`bfloat16_via_float32`), for CPUs whose bfloat16 GEMMs measured slower (those without bfloat16 arithmetic:
     on an AVX2 Zen 3 a fine pass's products took 8.4 s in bfloat16 against 0.95 s in float32). The plain bfloat16
@@ -135,11 +149,6 @@ class Bf16ViaFloat32Linear(nn.Module):
     product widens it for the call."""
 
     kind = "via-float32"
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight, self.bias = linear.weight, linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if one_position(x):
