@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .choice import PlainLinear
 from .library import load_kernels, run_f32
 
 PACKING_ROWS_HINT = 4  # decode steps run 1-16 rows; one layout, packed for 4 rows, serves them all
@@ -125,20 +126,6 @@ def bfloat16_via_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 
 HALF_ROUTES = {"bfloat16": F.linear, "via-float32": bfloat16_via_float32}  # choice.choose_half_route's candidates
-
-
-class PlainLinear(nn.Module):
-    """nn.Linear's own forward (F.linear), as a candidate like the others (choice.py)."""
-
-    kind = "torch"
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight, self.bias = linear.weight, linear.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
 
 
 class Bf16ViaFloat32Linear(PlainLinear):
