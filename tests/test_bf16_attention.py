@@ -52,7 +52,8 @@ def test_causal_rows_see_only_their_past():
 def test_unsupported_head_sizes_fall_back_to_sdpa(hub_dir):
     assert attend(torch.randn(1, 10, 3 * 2 * 8), 2, False) is None  # hd = 8: not a multiple of 16
     assert attend(torch.randn(1, 10, 3 * 1 * 160), 1, False) is None  # hd = 160: more than 128
-    tts = fastbark.Bark.from_pretrained(hub_dir, quantize="int8")  # the test models' heads hold 16
+    # "c": the kernel wherever it runs, unmeasured ("auto" runs it only where it measured faster than SDPA)
+    tts = fastbark.Bark.from_pretrained(hub_dir, quantize="int8", cpu_kernel="c")  # the test models' heads hold 16
     assert tts.fine_model.layers[0].attn.kernel._whole is attend
     assert tts.backend.models["fine"].whole_attention == "bf16-c"
 
@@ -67,7 +68,8 @@ def test_bfloat16_inputs():
 
 
 def test_only_the_fast_modes_use_it(hub_dir):
-    for options, expected in ((dict(quantize="int8"), True), (dict(dtype="bfloat16"), True), ({}, False),
+    for options, expected in ((dict(quantize="int8", cpu_kernel="c"), True),
+                              (dict(dtype="bfloat16", cpu_kernel="c"), True), ({}, False), ({"cpu_kernel": "c"}, False),
                               (dict(quantize="int8", cpu_kernel="plain"), False)):
         tts = fastbark.Bark.from_pretrained(hub_dir, **options)
         for model in (tts.semantic_model, tts.coarse_model, tts.fine_model):

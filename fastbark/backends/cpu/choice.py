@@ -121,8 +121,20 @@ def last_level_cache_bytes() -> int:
     return max(sizes, default=32 << 20)
 
 
+# A VM may report its host's whole last-level cache (480 MB seen on a 2-core Xeon VM), most of it other tenants'.
+# Reading more than this between two timed runs only makes the measurement slower: it is about bark-small's whole
+# float32 decode step (~370 MB), all that a decode step reads between two uses of a layer's weights.
+EVICT_BYTES_MAX = 384 << 20
+
+
+def eviction_bytes() -> int:
+    """Bytes to read between timed runs so that a layer's weights come from memory: twice the last-level cache,
+    at most EVICT_BYTES_MAX."""
+    return min(2 * last_level_cache_bytes(), EVICT_BYTES_MAX)
+
+
 class ColdCache:
-    """Reading a buffer twice the last-level cache evicts a layer's weights: in a decode step every layer's
+    """Reading a buffer of eviction_bytes() evicts a layer's weights: in a decode step every layer's
     weights come from memory (a step reads hundreds of MB), so a product timed with its weights in the cache
     would measure the wrong thing. The buffer is made at the first eviction."""
 
@@ -131,7 +143,7 @@ class ColdCache:
 
     def __call__(self) -> None:
         if self._buffer is None:
-            self._buffer = torch.ones(2 * last_level_cache_bytes() // 4)
+            self._buffer = torch.ones(eviction_bytes() // 4)
         self._buffer.sum()
 
 

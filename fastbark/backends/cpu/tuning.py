@@ -10,10 +10,11 @@ output runs the same operations whichever value is built, so every build gives t
 - `int4 prefetch` (FASTBARK_Q4_PREFETCH, native/int4.h): how far ahead the int4 dot product asks for w.
 At first use gemv.c, which holds the three products, is built once per candidate value. A candidate whose outputs
 differ from the first candidate's in a single bit is refused; the others are timed on bark-small layers' products,
-over weights twice the size of the last-level cache (read from memory, as in a decode step), at the rows the
-parameter matters for, in two interleaved rounds, each keeping its best. One parameter at a time, the others at
-their first value (they touch different loops). The library is then built with the fastest values; the choice
-is cached per machine like the other measurements (choice.py) and listed in the backend report.
+over weights of twice the last-level cache's size, at most choice.EVICT_BYTES_MAX (read from memory, as in a
+decode step), at the rows the parameter matters for, in two interleaved rounds, each keeping its best. One
+parameter at a time, the others at their first value (they touch different loops). The library is then built with
+the fastest values; the choice is cached per machine like the other measurements (choice.py) and listed in the
+backend report.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from .choice import Choice, ChoiceCache, last_level_cache_bytes, median_ms
+from .choice import Choice, ChoiceCache, eviction_bytes, median_ms
 
 TUNING_LABEL = "kernel tuning, "
 LAYER = ((2304, 768), (768, 768), (3072, 768), (768, 3072))  # (out, in): one bark-small block's four products
@@ -98,11 +99,11 @@ def choose_value(label: str, runs: dict[str, Callable[[int], list[torch.Tensor]]
 
 def layer_runs(products: dict[str, object], product: str) -> dict[str, Callable[[int], list[torch.Tensor]]]:
     """value -> f(M): that build's products (float32 or int8) for M random rows over bark-small layers' weights,
-    as many layers as make twice the last-level cache: read from memory, one after another, as in a decode step."""
+    as many layers as make choice.eviction_bytes(): read from memory, one after another, as in a decode step."""
     g = torch.Generator().manual_seed(0)
     threads = torch.get_num_threads()
     layer_bytes = sum(n * k for n, k in LAYER) * {"s8": 1, "q4": 0.5, "f32": 4}[product]
-    shapes = LAYER * max(2, int(-(-2 * last_level_cache_bytes() // layer_bytes)))  # ceil(2 x cache / a layer)
+    shapes = LAYER * max(2, int(-(-eviction_bytes() // layer_bytes)))  # ceil(2 x cache / a layer), capped
     if product == "s8":
         weights = [torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g) for n, k in shapes]
         sums = [w.sum(dim=1, dtype=torch.int32) for w in weights]  # (N,): the VNNI dot's correction
