@@ -226,40 +226,59 @@ def test_whole_sequence_attention_takes_the_way_measured_fastest(tmp_path):
     def slow(qkv, n_head, causal):
         time.sleep(0.003)
         return sdpa_whole(qkv, n_head, causal)
-    ways = {"sdpa": sdpa_whole, "slow": slow, "wrong": lambda *a: sdpa_whole(*a) + 1, "none": lambda *a: None}
+    def batch_dependent(qkv, n_head, causal):  # close to SDPA, but a row's bits depend on its batch
+        return sdpa_whole(qkv, n_head, causal) + 1e-4 * (qkv.shape[0] - 1)
+    ways = {"sdpa": sdpa_whole, "slow": slow, "wrong": lambda *a: sdpa_whole(*a) + 1, "none": lambda *a: None,
+            "batch": batch_dependent}
     cache = ChoiceCache(tmp_path, ["a machine"])
     result = choose_whole_attention(2, 64, torch.float32, ways, cache)
     assert result.chosen == "sdpa" and set(result.ms) == {"sdpa", "slow"} and result.ms["slow"] > result.ms["sdpa"]
-    assert result.refused == {"wrong": "its values are far from the reference's", "none": "cannot run this shape"}
+    assert result.refused == {"wrong": "its values are far from the reference's", "none": "cannot run this shape",
+                              "batch": "a row alone differs from the same row in a batch"}
     assert str(result).startswith("whole-sequence attention 2 heads x 64: sdpa")
-    assert ChoiceCache(tmp_path, ["a machine"]).get("attention 2x64 float32:sdpa,slow,wrong,none") == result
+    assert ChoiceCache(tmp_path, ["a machine"]).get("attention 2x64 float32:sdpa,slow,wrong,none,batch") == result
     faster = choose_whole_attention(2, 64, torch.float32, {"sdpa": slow, "c": sdpa_whole}, None)
     assert faster.chosen == "c"
 
 
-@pytest.mark.parametrize("kernel_faster", [True, False])
-def test_the_engine_runs_the_c_attention_only_where_it_measured_faster(hub_dir, monkeypatch, tmp_path, kernel_faster):
+@pytest.mark.parametrize("fastest", ["bf16-c", "sdpa", "sdpa-bf16"])
+def test_the_engine_runs_the_whole_attention_measured_fastest(hub_dir, monkeypatch, tmp_path, fastest):
     """In a fast mode with cpu_kernel="auto", the bfloat16 C attention (a stand-in here, computing SDPA: this test
-    must run on CPUs without AVX512-BF16) is timed against SDPA; the slower of the two is made so by a sleep, and
-    the report says what runs and why."""
+    must run on CPUs without AVX512-BF16), SDPA and (int8: float32 activations) SDPA in bfloat16 are timed; all
+    but `fastest` are made slower by a sleep, and the report says what runs and why."""
     from fastbark.backends import cpu
-    from fastbark.backends.cpu.attention import sdpa_whole
+    from fastbark.backends.cpu.attention import sdpa_bf16_whole, sdpa_whole
 
-    def slowed(qkv, n_head, causal):
-        time.sleep(0.005)
-        return sdpa_whole(qkv, n_head, causal)
-    monkeypatch.setattr(cpu, "bf16_attention", lambda: sdpa_whole if kernel_faster else slowed)
-    if kernel_faster:
-        monkeypatch.setattr(cpu, "sdpa_whole", slowed)
+    def slowed(way):
+        def slow(qkv, n_head, causal):
+            time.sleep(0.005)
+            return way(qkv, n_head, causal)
+        return slow
+    monkeypatch.setattr(cpu, "bf16_attention", lambda: sdpa_whole if fastest == "bf16-c" else slowed(sdpa_whole))
+    if fastest != "sdpa":
+        monkeypatch.setattr(cpu, "sdpa_whole", slowed(sdpa_whole))
+    if fastest != "sdpa-bf16":
+        monkeypatch.setattr(cpu, "sdpa_bf16_whole", slowed(sdpa_bf16_whole))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # measured afresh
     report = fastbark.Bark.from_pretrained(hub_dir, quantize="int8").backend
     measured = [m for m in report.measured if m.startswith("whole-sequence attention ")]
-    assert len(measured) == 1 and f": {'bf16-c' if kernel_faster else 'sdpa'} (" in measured[0]
+    assert len(measured) == 1 and f": {fastest} (" in measured[0], measured
+    assert all(f"{way} " in measured[0] for way in ("bf16-c", "sdpa", "sdpa-bf16"))  # each was timed
     for name in ("semantic", "coarse", "fine"):
-        assert report.models[name].whole_attention == ("bf16-c" if kernel_faster else "sdpa")
+        assert report.models[name].whole_attention == fastest
     slower = [f for f in report.fallbacks if f.startswith("bfloat16 attention kernel")]
-    assert slower == ([] if kernel_faster else
-                      ["bfloat16 attention kernel: measured slower than SDPA here; SDPA instead"])
+    assert slower == (["bfloat16 attention kernel: measured slower than SDPA here; SDPA instead"]
+                      if fastest == "sdpa" else [])
     forced = fastbark.Bark.from_pretrained(hub_dir, quantize="int8", cpu_kernel="c").backend
     assert forced.models["fine"].whole_attention == "bf16-c"  # "c": wherever it runs, unmeasured
     assert not any(m.startswith("whole-sequence attention ") for m in forced.measured)
+
+
+def test_sdpa_in_bfloat16_is_offered_where_activations_are_float32_only(hub_dir, monkeypatch, tmp_path):
+    """bfloat16 mode: its activations are bfloat16 already, so SDPA in bfloat16 is SDPA; no third way is timed."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    report = fastbark.Bark.from_pretrained(hub_dir, dtype="bfloat16").backend
+    assert not any("sdpa-bf16" in m for m in report.measured)
+    exact = fastbark.Bark.from_pretrained(hub_dir).backend  # the exact mode keeps float32 SDPA, unmeasured
+    assert exact.models["fine"].whole_attention == "sdpa"
+    assert not any(m.startswith("whole-sequence attention ") for m in exact.measured)

@@ -19,8 +19,8 @@ What it chooses, per engine options (each choice falls back, and says so in the 
 - bfloat16: the decode steps as one C call each (AVX512-BF16) where that measured faster than the blocks on
   oneDNN-packed weights ("auto"; "c": always), the heads oneDNN-packed; the long products (prefills, fine passes)
   as bfloat16 GEMMs or as float32 GEMMs over the same values, whichever measured faster per shape ("auto");
-- int8 and bfloat16: whole-sequence attention with bfloat16 products in C (AVX512-BF16), where it measured
-  faster than SDPA in the mode's dtype ("auto"; "c": wherever it runs);
+- the fast modes: whole-sequence attention with bfloat16 products in C (AVX512-BF16), SDPA, or (int8, int4: float32
+  activations) SDPA over bfloat16 q, k, v, whichever measured fastest ("auto"; "c": the C kernel wherever it runs);
 - half precision: a decode step's attention over the cache as two matmuls.
 """
 
@@ -30,7 +30,7 @@ import torch
 
 from ...models.gpt import CausalGPT
 from ..base import Backend, Models
-from .attention import CpuAttention, bf16_attention, sdpa_whole
+from .attention import CpuAttention, bf16_attention, sdpa_bf16_whole, sdpa_whole
 from .decode_step import fused_decode_step
 from .int4 import Int4Linear, int4_kernel
 from .int8 import ROUTES, Int8Linear, int8_kernels
@@ -61,13 +61,9 @@ class CpuBackend(Backend):
         fallbacks = [f"C kernels: {kernels_unavailable()}"] if use_c and kernels is None else []
         self.choices += list(kernels.tuning) if kernels else []  # the library's build parameters (tuning.py)
         fast = o.quantize is not None or dtype == torch.bfloat16  # the fast modes
-        whole = bf16_attention() if fast and kernels else None
-        if fast and kernels and whole is None:
-            fallbacks.append("bfloat16 attention kernel: not on this CPU (needs AVX512-BF16); SDPA instead")
-        elif whole is not None and o.cpu_kernel == "auto" and not self._attention_measured_faster(models, whole):
-            fallbacks.append("bfloat16 attention kernel: measured slower than SDPA here; SDPA instead")
-            whole = None
-        attention = CpuAttention(whole, half_matmul=dtype != torch.float32)
+        whole_kind, whole, why = self._whole_attention(models, kernels) if fast else ("sdpa", None, "")
+        fallbacks += [why] if why else []
+        attention = CpuAttention(whole, half_matmul=dtype != torch.float32, whole_kind=whole_kind)
         if o.quantize is not None:
             fallbacks += self._quantise(models, kernels)
         elif dtype == torch.bfloat16 and o.cpu_kernel == "auto":
@@ -138,14 +134,28 @@ class CpuBackend(Backend):
                     "fine passes run as float32 GEMMs over the same values"]
         return []
 
-    def _attention_measured_faster(self, models: Models, whole) -> bool:
-        """Whether the bfloat16 C attention measured faster than SDPA in the mode's dtype, at the fine GPT's shape
-        (on a CPU with AMX, SDPA's bfloat16 kernels may be the faster)."""
+    def _whole_attention(self, models: Models, kernels) -> tuple[str, object, str]:
+        """The fast modes' whole-sequence attention: (its name, the way or None for SDPA, a fallback line or ''). The
+        bfloat16 C kernel (AVX512-BF16), SDPA, and where the activations are float32 (int8, int4) SDPA over bfloat16
+        q, k, v: with "auto" whichever measured fastest at the fine GPT's shape (choice.py; on a CPU with AMX, SDPA's
+        bfloat16 kernels win), with "c" the C kernel wherever it runs, with "plain" SDPA."""
+        o = self.options
+        kernel = bf16_attention() if kernels else None
+        missing = "bfloat16 attention kernel: not on this CPU (needs AVX512-BF16); SDPA instead" \
+            if kernels and kernel is None else ""
+        if o.cpu_kernel != "auto":
+            return ("bf16-c", kernel, missing) if kernel is not None else ("sdpa", None, missing)
+        ways = {"sdpa": sdpa_whole, **({"bf16-c": kernel} if kernel is not None else {}),
+                **({"sdpa-bf16": sdpa_bf16_whole} if o.torch_dtype == torch.float32 else {})}
+        if len(ways) == 1:
+            return "sdpa", None, missing
         c = models.fine.config
-        choice = choose_whole_attention(c.n_head, c.n_embd, self.options.torch_dtype,
-                                        {"sdpa": sdpa_whole, "bf16-c": whole}, self.choice_cache())
+        choice = choose_whole_attention(c.n_head, c.n_embd, o.torch_dtype, ways, self.choice_cache())
         self.choices.append(choice)
-        return choice.chosen == "bf16-c"
+        if choice.chosen == "sdpa":
+            return "sdpa", None, "bfloat16 attention kernel: measured slower than SDPA here; SDPA instead" \
+                if kernel is not None else missing
+        return choice.chosen, ways[choice.chosen], ""
 
     def _measured_step(self, model, attention, step, mode: str, ways: dict | None = None):
         """`step` where a whole decode step through it measured faster than the blocks, else None. `ways`: how to

@@ -1,5 +1,5 @@
-"""The CPU backend's attention: whole sequences with bfloat16 products (native/attention.c) in the
-fast modes, and one query over the cache as two matmuls in half precision.
+"""The CPU backend's attention: whole sequences with bfloat16 products (native/attention.c, or SDPA's own
+bfloat16 kernels) in the fast modes, and one query over the cache as two matmuls in half precision.
 
 The fine GPT's passes attend over 1024 frames, and every coarse window starts with a causal
 prefill of 257-887 positions: there attention is compute-bound, and half of an int8 fine pass
@@ -8,6 +8,9 @@ AVX512-BF16 units and keeps the softmax and every sum in float32. It is used by 
 bfloat16 modes only (the exact mode keeps SDPA), and with `cpu_kernel="auto"` only where it measured
 faster than SDPA (`choice.choose_whole_attention`: on CPUs with AMX, SDPA's bfloat16 kernels may win);
 where the CPU lacks AVX512-BF16 or the head size does not fit, `SelfAttention` falls back to SDPA.
+The int8 and int4 modes' activations are float32; there SDPA over q, k and v rounded to bfloat16
+(`sdpa_bf16_whole`) is a third way, measured with the others: on a CPU with AMX it ran a 1024-frame
+pass's attention 2.8x faster than float32 SDPA (RESULTS.md section 56).
 
 One query in half precision: two small matmuls run 2-4x faster than SDPA's CPU kernel.
 """
@@ -15,6 +18,7 @@ One query in half precision: two small matmuls run 2-4x faster than SDPA's CPU k
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +50,12 @@ def sdpa_whole(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(B, T, C3 // 3)
 
 
+def sdpa_bf16_whole(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor:
+    """SDPA with q, k and v rounded to bfloat16 (its kernels keep the softmax and the sums in float32), the output
+    in qkv's dtype: the fast modes' float32 activations on the CPU's bfloat16 units, where it has them."""
+    return sdpa_whole(qkv.to(torch.bfloat16), n_head, causal).to(qkv.dtype)
+
+
 @functools.cache
 def bf16_attention() -> Bf16Attention | None:
     """The kernel, where it was built, this CPU runs it, and it passes its check: close to float64 SDPA
@@ -69,12 +79,13 @@ def bf16_attention() -> Bf16Attention | None:
 
 
 class CpuAttention(AttentionKernel):
-    """`models.gpt.AttentionKernel` for the CPU: `whole` on the bfloat16 C kernel where given; `one_query`
-    as two matmuls where `half_matmul` (models in half precision)."""
+    """`models.gpt.AttentionKernel` for the CPU: `whole` on the given way, named `whole_kind` (the bfloat16 C kernel
+    "bf16-c", SDPA in bfloat16 "sdpa-bf16"), else SDPA; `one_query` as two matmuls where `half_matmul` (models in
+    half precision)."""
 
-    def __init__(self, whole: Bf16Attention | None, half_matmul: bool):
+    def __init__(self, whole: Callable | None, half_matmul: bool, whole_kind: str = "bf16-c"):
         self._whole, self._half_matmul = whole, half_matmul
-        self.whole_kind = "bf16-c" if whole is not None else "sdpa"
+        self.whole_kind = whole_kind if whole is not None else "sdpa"
         self.one_query_kind = "matmul" if half_matmul else "sdpa"
 
     def whole(self, qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor | None:

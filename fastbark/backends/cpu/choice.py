@@ -414,13 +414,14 @@ def choose_whole_attention(n_head: int, n_embd: int, dtype: torch.dtype, ways: d
     """Which whole-sequence attention (`ways`: name -> f(qkv (B, T, 3C), n_head, causal) -> (B, T, C), or None
     where it cannot run) is fastest here for one text, in the activations' dtype: the time of a fine pass's
     window and of a coarse prefill's, summed. Every way must give values close to the first's (the reference:
-    SDPA) to be eligible. Cached per shape and dtype."""
+    SDPA), and each row of a batch the bits it has alone, to be eligible. Cached per shape and dtype."""
     key = f"attention {n_head}x{n_embd} {str(dtype).removeprefix('torch.')}:{','.join(ways)}"
     cached = cache.get(key) if cache is not None else None
     if cached is not None and cached.chosen in ways:
         return cached
     g = torch.Generator().manual_seed(0)
     inputs = [(torch.randn(1, T, 3 * n_embd, generator=g).to(dtype), causal) for T, causal in ATTENTION_SHAPES]
+    rows = torch.randn(3, 70, 3 * n_embd, generator=g).to(dtype)  # batch invariance: each row alone as in the batch
     reference, ms, refused = None, {}, {}
     with torch.inference_mode():
         for name, way in ways.items():
@@ -435,6 +436,11 @@ def choose_whole_attention(n_head: int, n_embd: int, dtype: torch.dtype, ways: d
             reference = out if reference is None else reference
             if not all(torch.allclose(o.float(), r.float(), rtol=0.05, atol=0.05) for o, r in zip(out, reference)):
                 refused[name] = "its values are far from the reference's"
+                continue
+            batch = way(rows, n_head, True)  # (3, T, C): a prefill of 3 texts
+            if batch is None or not all(torch.equal(way(rows[i: i + 1], n_head, True), batch[i: i + 1])
+                                        for i in range(rows.shape[0])):
+                refused[name] = "a row alone differs from the same row in a batch"
                 continue
             ms[name] = sum(median_ms(lambda: way(qkv, n_head, causal), min_runs=3) for qkv, causal in inputs)
     if not ms:
