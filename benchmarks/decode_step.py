@@ -1,4 +1,4 @@
-"""A whole decode step per mode (float32, int8, int4) against this machine's memory read rate.
+"""A whole decode step per mode (float32, bfloat16, int8, int4) against this machine's memory read rate.
 
 The coarse GPT of bark-small (random weights), one row, by default a few cached positions so that attention
 costs next to nothing: each mode's step as the engine runs it (the one-call C step where it measured faster),
@@ -28,7 +28,7 @@ import fastbark
 from bench import cpu_description
 from fastbark.testing import write_random_checkpoint
 
-MODES = {"float32": {}, "int8": dict(quantize="int8"), "int4": dict(quantize="int4")}
+MODES = {"float32": {}, "bfloat16": dict(dtype="bfloat16"), "int8": dict(quantize="int8"), "int4": dict(quantize="int4")}
 POSITIONS = 16  # by default: attention reads 16 x 6 KB (float32) per layer, against 7 MB or more of weights
 
 
@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
         engines = {name: fastbark.Bark.from_pretrained(folder, threads=args.threads, **o) for name, o in MODES.items()}
         if args.positions > POSITIONS:  # the quantised modes once more, with the float32 caches of before
             engines.update({f"{name}, float32 cache": fastbark.Bark.from_pretrained(folder, threads=args.threads, **o)
-                            for name, o in MODES.items() if o})
+                            for name, o in MODES.items() if "quantize" in o})
     models = {name: float32_cache(tts) if "float32 cache" in name else tts.coarse_model
               for name, tts in engines.items()}
     steps = {name: tts.backend.models["coarse"].decode_step for name, tts in engines.items()}
