@@ -2,7 +2,8 @@
 
 The machine's rate: the best of torch's GEMMs at a fine pass's shapes and a square 2048 one, in each
 mode's arithmetic (float32 `torch.mm`; bfloat16 `torch.mm`; int8 `torch._int_mm`, and the
-exact float32 route the int8 mode takes without VNNI; int4: float32, as its long route expands the weights). The stage: one fine-model pass over a full
+exact float32 route the int8 mode takes without VNNI; int4: float32 or bfloat16, as its long route expands the
+weights to either). The stage: one fine-model pass over a full
 1024-frame window at bark-small sizes (random weights), as the pipeline runs it, through fastbark's
 backend for the mode. Its FLOPs are counted from the model's shapes: 2 per multiply-add in every linear
 layer and in attention's two products.
@@ -30,7 +31,10 @@ SHAPES = [(1024, 768, 3072), (1024, 3072, 768), (1024, 768, 2304), (2048, 2048, 
 
 
 def gemm_gflops(mode: str, repeats: int) -> float:
-    """The best rate of torch's matrix products in `mode`'s arithmetic over SHAPES (torch.mm and F.linear)."""
+    """The best rate of torch's matrix products in `mode`'s arithmetic over SHAPES (torch.mm and F.linear). int4's
+    fine passes run as float32 or bfloat16 GEMMs, whichever measured faster (int4.py): the better of the two."""
+    if mode == "int4":
+        return max(gemm_gflops("float32", repeats), gemm_gflops("bfloat16", repeats))
     g = torch.Generator().manual_seed(0)
     best = 0.0
     for m, k, n in SHAPES:

@@ -1,6 +1,8 @@
 """The int4 mode (backends/cpu/int4.py, native/int4.h): 4-bit weights in groups of 32 with their own scale
 (ggml's q4_0 levels), int8 activation rows; the C product, the float32 route, and the engine."""
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -78,3 +80,46 @@ def test_int4_mode_quantises_the_blocks_and_keeps_the_heads_in_int8(hub_dir):
     audio = tts.generate("the dog is cute", semantic_temperature=0, coarse_temperature=0, fine_temperature=0,
                          max_semantic_tokens=20)
     assert audio.audio.size > 0 and bool(torch.isfinite(torch.from_numpy(audio.audio)).all())
+
+
+def test_fine_passes_in_bfloat16_stay_close_to_the_float32_route():
+    """The fine GPT's long products as bfloat16 GEMMs: x_q's integers exact, q * d rounded once, float32 sums, the
+    result rounded once: within a few bfloat16 roundings of the float32 route, far inside int4's own error."""
+    torch.manual_seed(0)
+    linear = nn.Linear(192, 96)
+    plain = Int4Linear(linear, native=False, one_text=True)
+    half = Int4Linear(linear, native=False, one_text=True, half=True)
+    assert (plain.long_route, half.long_route) == ("float32", "bfloat16")
+    x = torch.randn(1, 300, 192)  # one text, 300 positions
+    want, got = plain(x), half(x)
+    assert got.dtype == torch.float32 and not torch.equal(got, want)  # it did run in bfloat16
+    assert (got - want).abs().max() <= 2 ** -7 * want.abs().max()
+    exact = linear(x)
+    assert (got - exact).abs().max() <= 1.05 * (want - exact).abs().max() + 2 ** -7 * want.abs().max()
+    assert Int4Linear(linear, native=False, half=True).long_route == "float32"  # prefills of several texts: never
+
+
+@pytest.mark.parametrize("fastest", ["float32", "bfloat16"])
+def test_the_int4_fine_passes_take_the_route_measured_fastest(hub_dir, monkeypatch, tmp_path, fastest):
+    """Each shape's route is timed at first use (the slower one made so by a sleep here); only the fine GPT's
+    layers take it, and the report lists the measurement."""
+    from fastbark.backends import cpu
+    from fastbark.backends.cpu.int4 import LONG_ROUTES
+
+    def slowed(route):
+        def slow(x, w):
+            time.sleep(0.03)  # far beyond these small products' time, even on a busy machine
+            return route(x, w)
+        return slow
+    monkeypatch.setattr(cpu, "LONG_ROUTES", {name: route if name == fastest else slowed(route)
+                                             for name, route in LONG_ROUTES.items()})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # measured afresh
+    tts = fastbark.Bark.from_pretrained(hub_dir, quantize="int4")
+    measured = [m for m in tts.backend.measured if m.startswith("int4 products ")]
+    assert measured and all(f": {fastest} (" in m for m in measured), measured
+    fine = {m.long_route for m in tts.fine_model.modules() if isinstance(m, Int4Linear)}
+    others = {m.long_route for model in (tts.semantic_model, tts.coarse_model) for m in model.modules()
+              if isinstance(m, Int4Linear)}
+    assert fine == {fastest} and others == {"float32"}
+    plain = fastbark.Bark.from_pretrained(hub_dir, quantize="int4", cpu_kernel="c")  # unmeasured: float32
+    assert {m.long_route for m in plain.fine_model.modules() if isinstance(m, Int4Linear)} == {"float32"}

@@ -14,7 +14,8 @@ What it chooses, per engine options (each choice falls back, and says so in the 
   GEMMs, whichever measured faster per shape;
 - int4 (`quantize="int4"`): every linear layer of the three GPTs' blocks with int4 weights in groups of 32
   (int4.py; C products for one position per row), the heads in int8 as above; the decode steps as one C
-  call each where that measured faster;
+  call each where that measured faster; the fine passes' products as float32 or bfloat16 GEMMs, whichever
+  measured faster per shape ("auto");
 - int8 and int4 with the one-call step: the semantic and coarse KV caches in bfloat16;
 - bfloat16: the decode steps as one C call each (AVX512-BF16) where that measured faster than the blocks on
   oneDNN-packed weights ("auto"; "c": always), the heads oneDNN-packed; the long products (prefills, fine passes)
@@ -32,9 +33,10 @@ from ...models.gpt import CausalGPT
 from ..base import Backend, Models
 from .attention import CpuAttention, bf16_attention, sdpa_bf16_whole, sdpa_whole
 from .decode_step import fused_decode_step
-from .int4 import Int4Linear, int4_kernel
+from .int4 import LONG_ROUTES, Int4Linear, int4_kernel
 from .int8 import ROUTES, Int8Linear, int8_kernels
-from .choice import (Candidate, ChoiceCache, PlainLinear, choose_half_route, choose_int_route, choose_linears,
+from .choice import (Candidate, ChoiceCache, PlainLinear, choose_half_route, choose_int4_route, choose_int_route,
+                     choose_linears,
                      choose_step, choose_whole_attention, code_digest, machine_key, step_key)
 from .library import cache_dir, kernels_unavailable, load_kernels, sources_digest
 from .linears import HALF_ROUTES, Bf16ViaFloat32Linear, GemvLinear, PackedLinear, pack_linear, packing_available
@@ -100,13 +102,25 @@ class CpuBackend(Backend):
                 self.choices.append(routes[shape])
             via_float = routes[shape].chosen == "via-float" if shape in routes else None
             return Int8Linear(linear, native=kernels is not None, via_float=via_float)
+        half_routes: dict = {}  # (K, N) -> the int4 fine passes' route measured fastest here
+
+        def int4_half(linear) -> bool:
+            """Whether the fine GPT's int4 products of this shape run as bfloat16 GEMMs (measured faster here)."""
+            shape = (linear.in_features, linear.out_features)
+            if o.cpu_kernel != "auto":
+                return False
+            if shape not in half_routes:
+                half_routes[shape] = choose_int4_route(*shape, LONG_ROUTES, self.choice_cache())
+                self.choices.append(half_routes[shape])
+            return half_routes[shape].chosen == "bfloat16"
         for model in models:
             # int4: every layer of the blocks; the heads, whose errors go straight into the logits, stay int8
             heads = [model.lm_head] if isinstance(model, CausalGPT) else list(model.lm_heads)
             one_text = not isinstance(model, CausalGPT)  # the fine GPT: one text per pass (pipeline/fine.py)
             model.swap_linears(lambda linear: int8_linear(linear) if o.quantize == "int8" or
                                any(linear is h for h in heads) else
-                               Int4Linear(linear, native=kernels is not None, one_text=one_text))
+                               Int4Linear(linear, native=kernels is not None, one_text=one_text,
+                                          half=one_text and int4_half(linear)))
         if kernels and int8_kernels() is None:
             fallbacks.append("int8 C kernels: failed their check; int8 products in torch")
         if kernels and o.quantize == "int4" and int4_kernel() is None:

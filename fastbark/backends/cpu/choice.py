@@ -403,6 +403,18 @@ def choose_half_route(in_features: int, out_features: int, routes: dict[str, Cal
                         "bfloat16 products ", (x, w), routes, cache, same_bits=False)
 
 
+def choose_int4_route(in_features: int, out_features: int, routes: dict[str, Callable], cache: ChoiceCache | None
+                      ) -> Choice:
+    """Which product (`routes`: name -> f(x (M, K) float32 holding int8 values, w (N, K) float32 int4 weights
+    expanded)) runs the int4 mode's fine passes fastest here for a layer's shape: float32 GEMMs (the reference)
+    or bfloat16 GEMMs over the same values rounded once (int4.py). Values within 1% of the reference's."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-127, 128, (LONG_ROWS, in_features), generator=g).float()
+    w = torch.randint(-8, 8, (out_features, in_features), generator=g).float() * 1e-3
+    return choose_route(f"int4 {in_features}x{out_features}:{','.join(routes)}", (in_features, out_features),
+                        "int4 products ", (x, w), routes, cache, same_bits=False)
+
+
 # ---------------------------------------------------------------- whole-sequence attention
 
 ATTENTION_SHAPES = ((1024, False), (887, True))  # a fine pass's window; a coarse window's longest prefill (causal)

@@ -14,7 +14,11 @@ ggml's q4_0). Activations are quantised on the fly, per row, to int8 exactly as 
 - longer inputs (prefills, fine passes) and machines without the C kernels: the weights are expanded to
   float32 (q * d, in C where built) for each call and multiplied by the rows of x_q, on oneDNN, whose rows
   do not depend on their batch, or on torch.mm where every long input holds one text (`one_text`: the fine
-  GPT); the same numbers up to float32 rounding (tested).
+  GPT); the same numbers up to float32 rounding (tested). The fine GPT's passes may instead run as bfloat16
+  GEMMs (`LONG_ROUTES`, `half=True`, where the backend measured them faster: CPUs with AMX): x_q's integers
+  are exact in bfloat16, the weights q * d are rounded to bfloat16 (a relative error of at most 2^-9, against
+  int4's own of up to 1/16 of a group's largest weight), the sums stay float32, the result is rounded to
+  bfloat16 once.
 Each row's numbers depend on that row alone, so a text gets the same bits alone as inside a batch.
 """
 
@@ -59,6 +63,12 @@ def dequantize_groups(packed: torch.Tensor, scale: torch.Tensor, k: int) -> torc
     return (q * scale[..., None]).reshape(n, groups * GROUP)[:, :k]  # (N, G, 32) -> (N, G*32) -> (N, K)
 
 
+# The fine GPT's long products, x (M, K) float32 holding int8 values @ weight (N, K) float32 = q * d, transposed:
+# float32 GEMMs (the reference), or bfloat16 GEMMs over the same values rounded once (above). name -> f(x, weight).
+LONG_ROUTES = {"float32": lambda x, w: F.linear(x, w),
+               "bfloat16": lambda x, w: F.linear(x.to(torch.bfloat16), w.to(torch.bfloat16)).float()}
+
+
 def _big_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (M, K) @ weight (N, K)^T on oneDNN: a row's result does not depend on M, but for M = 1, which oneDNN
     computes on another path (linears.py), so a lone row runs as two."""
@@ -71,10 +81,10 @@ class Int4Linear(nn.Module):
     """nn.Linear's forward with int4 weights (groups of GROUP) and per-row int8 activations. The float weight
     is not kept."""
 
-    def __init__(self, linear: nn.Linear, native: bool = True, one_text: bool = False):
+    def __init__(self, linear: nn.Linear, native: bool = True, one_text: bool = False, half: bool = False):
         """`one_text`: long inputs always hold one text (the fine GPT's passes, pipeline/fine.py), so any GEMM keeps
         a text's bits, and the faster plain torch.mm runs them; otherwise oneDNN, whose rows do not depend on the
-        batch (prefills of several texts)."""
+        batch (prefills of several texts). `half` (with `one_text` only): those as bfloat16 GEMMs (LONG_ROUTES)."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         packed, scale = quantize_groups(linear.weight)
@@ -84,6 +94,8 @@ class Int4Linear(nn.Module):
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
         self._native = int4_kernel() if native else None
         self._one_text = one_text
+        self._long = LONG_ROUTES["bfloat16" if half else "float32"] if one_text else _big_product
+        self.long_route = "bfloat16" if one_text and half else "float32"
 
     @property
     def kind(self) -> str:
@@ -110,8 +122,7 @@ class Int4Linear(nn.Module):
         else:
             kernels = load_kernels() if self._native is not None else None
             x_q, x_scale = run_quantize(kernels.s8.quantize, rows, threads) if kernels else quantize_rows(rows)
-            product = F.linear if self._one_text else _big_product
-            y = product(x_q.float(), self.dequantized()) * x_scale  # (M, N) * (M, 1)
+            y = self._long(x_q.float(), self.dequantized()) * x_scale  # (M, N) * (M, 1)
             if self._bias_f32 is not None:
                 y += self._bias_f32
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (M, N) -> x's leading shape + (N,)
