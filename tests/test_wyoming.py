@@ -33,13 +33,14 @@ class Counting:
     """The engine, counting the chunks it is asked to generate."""
 
     def __init__(self, tts):
-        self.tts, self.chunks = tts, 0
+        self.tts, self.chunks, self.delay_s = tts, 0, 0.0
 
     def __getattr__(self, name):
         return getattr(self.tts, name)
 
     def generate_chunks(self, ids, *args, **kwargs):
         self.chunks += len(ids)
+        time.sleep(self.delay_s)  # a slower engine, where a test needs generation to outlast a client
         return self.tts.generate_chunks(ids, *args, **kwargs)
 
 
@@ -169,18 +170,28 @@ def test_a_dropped_client_has_its_work_cancelled(server):
     text = " ".join(f"Sentence number {i} is here and it goes on for a while." for i in range(40))
     chunks = len(counting.tts.split(text))
     assert chunks >= 6
-    before = counting.chunks
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall((json.dumps({"type": "synthesize", "data": {"text": text}}) + "\n").encode())
-        time.sleep(0.5)
-    deadline = time.monotonic() + 120
+    before = settled(counting)  # an earlier test's work may still be finishing: counted before this one starts
+    counting.delay_s = 0.3  # every batch of at most 2 chunks 0.3 s slower: the whole text takes 3 s or more, so the
+    try:  # tiny model cannot finish it before the server sees the client leave (it did once, on a fast machine)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall((json.dumps({"type": "synthesize", "data": {"text": text}}) + "\n").encode())
+            time.sleep(0.5)
+        generated = settled(counting) - before
+    finally:
+        counting.delay_s = 0.0
+    assert generated < chunks  # the chunks still queued when it left were never generated
+
+
+def settled(counting, timeout_s: float = 120) -> int:
+    """The engine's chunk count once nothing more is generated (bounded)."""
+    deadline = time.monotonic() + timeout_s
     last = -1
-    while time.monotonic() < deadline:  # bounded: until nothing more is generated
+    while time.monotonic() < deadline:
         time.sleep(2)
         if counting.chunks == last:
             break
         last = counting.chunks
-    assert counting.chunks - before < chunks  # the chunks still queued when it left were never generated
+    return counting.chunks
 
 
 def test_bad_events_get_error_events_and_the_connection_lives(server):
