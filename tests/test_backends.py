@@ -11,7 +11,7 @@ from fastbark.backends.cpu.attention import bf16_attention
 from fastbark.backends.cpu.decode_step import BF16, F32, INT4, INT8, decode_step_works
 from fastbark.backends.cpu.int4 import int4_kernel
 from fastbark.backends.cpu.int8 import int8_kernels
-from fastbark.backends.cpu.library import load_kernels
+from fastbark.backends.cpu.library import has_vnni, load_kernels
 from fastbark.backends.cpu.linears import Bf16ViaFloat32Linear, packing_available
 from fastbark.backends.cpu.tuning import KNOBS, TUNING_LABEL
 
@@ -163,6 +163,9 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
         assert routes if kernel != "plain" else not routes
         if any(": via-float (" in m for m in routes):
             want["fallbacks"].add("int8 products")
+            line = next(f for f in report.fallbacks if f.startswith("int8 products"))  # names each slower shape,
+            assert all(m.split(": ")[0].removeprefix("int8 products ") in line  # and blames VNNI only where absent
+                       for m in routes if ": via-float (" in m) and ("(no VNNI)" in line) == (not has_vnni())
     assert {f.split(":")[0] for f in report.fallbacks} == want["fallbacks"]
     # the report is read off the models themselves
     kinds = {type(m).__name__ for m in tts.semantic_model.modules()}
