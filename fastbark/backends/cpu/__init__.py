@@ -36,8 +36,7 @@ from .decode_step import fused_decode_step
 from .int4 import LONG_ROUTES, Int4Linear, int4_kernel
 from .int8 import ROUTES, Int8Linear, int8_kernels
 from .choice import (Candidate, ChoiceCache, PlainLinear, choose_half_route, choose_int4_route, choose_int_route,
-                     choose_linears,
-                     choose_step, choose_whole_attention, code_digest, machine_key, step_key)
+                     choose_linears, choose_step, choose_whole_attention, code_digest, machine_key, step_key)
 from .library import cache_dir, has_vnni, kernels_unavailable, load_kernels, sources_digest
 from .linears import HALF_ROUTES, Bf16ViaFloat32Linear, GemvLinear, PackedLinear, pack_linear, packing_available
 
@@ -129,8 +128,8 @@ class CpuBackend(Backend):
             slower = [f"{c.shape[0]} -> {c.shape[1]}" for c in routes.values() if c.chosen == "via-float"]
             why = "" if has_vnni() else " (no VNNI)"
             fallbacks.append(f"int8 products: torch._int_mm measured slower on this CPU{why} for {', '.join(slower)};"
-                             f" those prefills and fine passes run as float32 GEMMs whose "
-                             "integer results are exact (the same bits)")
+                             " those prefills and fine passes run as float32 GEMMs whose integer results are exact "
+                             "(the same bits)")
         return fallbacks
 
     def _bfloat16_products(self, models: Models) -> list[str]:

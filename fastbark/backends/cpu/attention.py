@@ -10,7 +10,7 @@ faster than SDPA (`choice.choose_whole_attention`: on CPUs with AMX, SDPA's bflo
 where the CPU lacks AVX512-BF16 or the head size does not fit, `SelfAttention` falls back to SDPA.
 The int8 and int4 modes' activations are float32; there SDPA over q, k and v rounded to bfloat16
 (`sdpa_bf16_whole`) is a third way, measured with the others: on a CPU with AMX it ran a 1024-frame
-pass's attention 2.8x faster than float32 SDPA (RESULTS.md section 56).
+pass's attention 2.5x faster than float32 SDPA, the casts included (RESULTS.md section 56).
 
 One query in half precision: two small matmuls run 2-4x faster than SDPA's CPU kernel.
 """

@@ -94,8 +94,7 @@ class Int4Linear(nn.Module):
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
         self._native = int4_kernel() if native else None
         self._one_text = one_text
-        self._long = LONG_ROUTES["bfloat16" if half else "float32"] if one_text else _big_product
-        self.long_route = "bfloat16" if one_text and half else "float32"
+        self.long_route = "bfloat16" if one_text and half else "float32"  # the fine GPT's; prefills: _big_product
 
     @property
     def kind(self) -> str:
@@ -122,7 +121,8 @@ class Int4Linear(nn.Module):
         else:
             kernels = load_kernels() if self._native is not None else None
             x_q, x_scale = run_quantize(kernels.s8.quantize, rows, threads) if kernels else quantize_rows(rows)
-            y = self._long(x_q.float(), self.dequantized()) * x_scale  # (M, N) * (M, 1)
+            product = LONG_ROUTES[self.long_route] if self._one_text else _big_product
+            y = product(x_q.float(), self.dequantized()) * x_scale  # (M, N) * (M, 1)
             if self._bias_f32 is not None:
                 y += self._bias_f32
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (M, N) -> x's leading shape + (N,)
