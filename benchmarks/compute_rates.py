@@ -3,7 +3,8 @@
 The machine's rate: the best of torch's GEMMs at a fine pass's shapes and a square 2048 one, in each
 mode's arithmetic (float32 `torch.mm`; bfloat16 `torch.mm`; int8 `torch._int_mm`, and the
 exact float32 route the int8 mode takes without VNNI; int4: float32 or bfloat16, as its long route expands the
-weights to either). The stage: one fine-model pass over a full
+weights to either), and on CPUs with AMX fastbark's own products on the tiles (amx.py; its weights packed
+beforehand, as a layer holds them) where those are faster. The stage: one fine-model pass over a full
 1024-frame window at bark-small sizes (random weights), as the pipeline runs it, through fastbark's
 backend for the mode. Its FLOPs are counted from the model's shapes: 2 per multiply-add in every linear
 layer and in attention's two products.
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 import fastbark
 from bench import best_seconds, cpu_description, report
+from fastbark.backends.cpu.amx import BF16_ROUTE, INT8_ROUTE, amx_kernels
 from fastbark.backends.cpu.int8 import int_mm_via_float
 from fastbark.testing import write_random_checkpoint
 
@@ -42,11 +44,13 @@ def gemm_gflops(mode: str, repeats: int) -> float:
         if mode == "int8":
             a8, w8 = a.clamp(-127, 127).to(torch.int8), w.clamp(-127, 127).to(torch.int8)
             runs = [lambda: torch._int_mm(a8, w8.t()), lambda: int_mm_via_float(a8, w8)]
+            runs += [lambda: INT8_ROUTE(a8, w8)] if amx_kernels() is not None else []
         else:
             dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
             a, w = a.to(dtype), w.to(dtype)
             wt = w.t().contiguous()
             runs = [lambda: torch.mm(a, wt), lambda: F.linear(a, w)]
+            runs += [lambda: BF16_ROUTE(a, w)] if amx_kernels() is not None and mode == "bfloat16" else []
         for run in runs:
             run()
             best = max(best, 2 * m * k * n / best_seconds(run, repeats) / 1e9)

@@ -10,7 +10,8 @@ import reference as ref
 from fastbark.backends.cpu.attention import bf16_attention
 from fastbark.backends.cpu.decode_step import BF16, F32, INT4, INT8, decode_step_works
 from fastbark.backends.cpu.int4 import int4_kernel
-from fastbark.backends.cpu.int8 import int8_kernels
+from fastbark.backends.cpu.amx import AmxBf16Linear, amx_kernels
+from fastbark.backends.cpu.int8 import Int8Linear, int8_kernels
 from fastbark.backends.cpu.library import has_vnni, load_kernels
 from fastbark.backends.cpu.linears import Bf16ViaFloat32Linear, packing_available
 from fastbark.backends.cpu.tuning import KNOBS, TUNING_LABEL
@@ -69,20 +70,33 @@ def expected_report(dtype: str, quantize, kernel: str) -> dict:
     return dict(decoder=decoder, fine=fine, step=step, whole=whole, one_query=one_query, fallbacks=fallbacks)
 
 
-def with_via_float32(kinds: dict, model) -> dict:
-    """The layer kinds `kinds` with the model's Bf16ViaFloat32Linear layers (which are never packed: they take the
-    place of plain layers, or of the packed head) counted as such."""
-    n = sum(isinstance(m, Bf16ViaFloat32Linear) for m in model.modules())
-    if not n:
-        return kinds
+SWAPPED = {"via-float32": ("torch", "onednn"), "amx-bf16": ("torch",), "int8-amx": ("int8-c",)}
+
+
+def with_swapped(kinds: dict, model) -> dict:
+    """The layer kinds `kinds` with the layers that a measured route put in another's place counted as such:
+    Bf16ViaFloat32Linear (never packed: they take the place of plain layers, or of the packed head), and the fine
+    GPT's layers on AMX tiles (amx.py) in place of plain bfloat16 or C int8 ones."""
     out = dict(kinds)
-    for kind in ("torch", "onednn"):
-        taken = min(n, out.get(kind, 0))
-        out[kind] = out.get(kind, 0) - taken
-        n -= taken
-    assert n == 0, kinds
-    return {"via-float32": sum(isinstance(m, Bf16ViaFloat32Linear) for m in model.modules()),
-            **{k: v for k, v in out.items() if v}}
+    for new, olds in SWAPPED.items():
+        n = sum(getattr(m, "kind", None) == new for m in model.modules())
+        out[new] = out.get(new, 0) + n
+        for kind in olds:
+            taken = min(n, out.get(kind, 0))
+            out[kind] = out.get(kind, 0) - taken
+            n -= taken
+        assert n == 0, kinds
+    return {k: v for k, v in out.items() if v}
+
+
+def measured_routes(report, label: str) -> dict:
+    """The long products' routes in the report: (in, out, whether the AMX tiles were a candidate) -> chosen."""
+    routes = {}
+    for line in report.measured:
+        if line.startswith(label):
+            shape, rest = line.removeprefix(label).split(": ", 1)
+            routes[(*map(int, shape.split(" -> ")), "(amx " in rest or ", amx " in rest)] = rest.split(" ")[0]
+    return routes
 
 
 COMBOS = [(dtype, None, kernel) for dtype in ("float32", "bfloat16", "float16")
@@ -119,11 +133,20 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
     via = {shape for shape, line in half.items() if line.startswith("via-float32 (")}
     if via:
         want["fallbacks"].add("bfloat16 products")
+    half_routes, int8_routes = measured_routes(report, "bfloat16 products "), measured_routes(report, "int8 products ")
+    tiles = amx_kernels() is not None and kernel == "auto"  # the fine GPT's products may take the AMX tiles
     for model in (tts.semantic_model, tts.coarse_model, tts.fine_model):  # a layer is swapped where its shape chose so
+        fine = model is tts.fine_model
         for layer in model.modules():
             if hasattr(layer, "in_features") and hasattr(layer, "out_features"):
-                shape = (layer.in_features, layer.out_features)
-                assert isinstance(layer, Bf16ViaFloat32Linear) == (shape in via), (shape, type(layer))
+                key = (layer.in_features, layer.out_features, fine and tiles)
+                if half_routes:
+                    route = half_routes[key]
+                    assert isinstance(layer, Bf16ViaFloat32Linear) == (route == "via-float32"), (key, type(layer))
+                    assert isinstance(layer, AmxBf16Linear) == (route == "amx"), (key, type(layer))
+                if isinstance(layer, Int8Linear) and int8_routes:
+                    assert layer.route == int8_routes[key] and (layer.kind == "int8-amx") == (layer.route == "amx")
+                assert fine or getattr(layer, "kind", "") not in ("amx-bf16", "int8-amx")
     assert len(attention) == (want["whole"] is None)  # the fast modes' C attention, timed against SDPA
     if want["whole"] is None:  # what was measured faster runs; where SDPA won, the report says so
         want["whole"] = attention[0].split(": ")[1].split(" ")[0]
@@ -151,12 +174,12 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
         decoder = want["decoder"]
         if dtype == "bfloat16" and step == "blocks" and want["step"] is None:  # the blocks measured faster: packed
             decoder = {"onednn": N_DECODER_LINEARS}
-        decoder = with_via_float32(decoder, model)
+        decoder = with_swapped(decoder, model)
         assert (m.linears, m.decode_step, m.whole_attention, m.one_query_attention) == \
             (decoder, step, want["whole"], want["one_query"]), name
     fine = report.models["fine"]
     assert (fine.linears, fine.decode_step, fine.whole_attention) == \
-        (with_via_float32(want["fine"], tts.fine_model), "", want["whole"])
+        (with_swapped(want["fine"], tts.fine_model), "", want["whole"])
     if "int8 products?" in want["fallbacks"]:
         want["fallbacks"].discard("int8 products?")
         routes = [m for m in report.measured if m.startswith("int8 products")]

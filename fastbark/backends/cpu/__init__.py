@@ -34,7 +34,8 @@ from ..base import Backend, Models
 from .attention import CpuAttention, bf16_attention, sdpa_bf16_whole, sdpa_whole
 from .decode_step import fused_decode_step
 from .int4 import LONG_ROUTES, Int4Linear, int4_kernel
-from .int8 import ROUTES, Int8Linear, int8_kernels
+from .amx import BF16_ROUTE, AmxBf16Linear, amx_kernels
+from .int8 import Int8Linear, int8_kernels, int_routes
 from .choice import (Candidate, ChoiceCache, PlainLinear, choose_half_route, choose_int4_route, choose_int_route,
                      choose_linears, choose_step, choose_whole_attention, code_digest, machine_key, step_key)
 from .library import cache_dir, has_vnni, kernels_unavailable, load_kernels, sources_digest
@@ -92,15 +93,17 @@ class CpuBackend(Backend):
     def _quantise(self, models: Models, kernels) -> list[str]:
         """int8: every linear layer of the three GPTs in int8; int4: the blocks' in int4, the heads in int8."""
         o, fallbacks = self.options, []
-        routes: dict = {}  # (K, N) -> the big int8 products' route measured fastest here (choice.py)
+        routes: dict = {}  # (K, N, with the tiles) -> the big int8 products' route measured fastest here (choice.py)
 
-        def int8_linear(linear):
+        def int8_linear(linear, one_text: bool):
+            """The fine GPT's layers (`one_text`) may take the AMX tiles (amx.py); the others' prefills may not."""
             shape = (linear.in_features, linear.out_features)
-            if shape not in routes and o.cpu_kernel != "plain":
-                routes[shape] = choose_int_route(*shape, ROUTES, self.choice_cache())
-                self.choices.append(routes[shape])
-            via_float = routes[shape].chosen == "via-float" if shape in routes else None
-            return Int8Linear(linear, native=kernels is not None, via_float=via_float)
+            candidates = int_routes(amx=one_text and kernels is not None and o.cpu_kernel == "auto")
+            key = (*shape, "amx" in candidates)
+            if key not in routes and o.cpu_kernel != "plain":
+                routes[key] = choose_int_route(*shape, candidates, self.choice_cache())
+                self.choices.append(routes[key])
+            return Int8Linear(linear, native=kernels is not None, route=routes[key].chosen if key in routes else None)
         half_routes: dict = {}  # (K, N) -> the int4 fine passes' route measured fastest here
 
         def int4_half(linear) -> bool:
@@ -116,7 +119,7 @@ class CpuBackend(Backend):
             # int4: every layer of the blocks; the heads, whose errors go straight into the logits, stay int8
             heads = [model.lm_head] if isinstance(model, CausalGPT) else list(model.lm_heads)
             one_text = not isinstance(model, CausalGPT)  # the fine GPT: one text per pass (pipeline/fine.py)
-            model.swap_linears(lambda linear: int8_linear(linear) if o.quantize == "int8" or
+            model.swap_linears(lambda linear: int8_linear(linear, one_text) if o.quantize == "int8" or
                                any(linear is h for h in heads) else
                                Int4Linear(linear, native=kernels is not None, one_text=one_text,
                                           half=one_text and int4_half(linear)))
@@ -135,16 +138,23 @@ class CpuBackend(Backend):
     def _bfloat16_products(self, models: Models) -> list[str]:
         """bfloat16: each layer shape's long products (prefills, fine passes) as bfloat16 GEMMs or as float32 GEMMs
         over the same values, whichever measured faster here (choice.py); the layers keep their bfloat16 weights."""
-        routes: dict = {}  # (K, N) -> the route measured fastest here
+        routes: dict = {}  # (K, N, with the tiles) -> the route measured fastest here
+        amx = amx_kernels()
 
-        def via_float32(linear):
+        def swapped(linear, one_text: bool):
+            """The fine GPT's layers (`one_text`) may take the AMX tiles (amx.py); the others' prefills may not."""
+            candidates = {**HALF_ROUTES, "amx": BF16_ROUTE} if one_text and amx is not None else HALF_ROUTES
             shape = (linear.in_features, linear.out_features)
-            if shape not in routes:
-                routes[shape] = choose_half_route(*shape, HALF_ROUTES, self.choice_cache())
-                self.choices.append(routes[shape])
-            return Bf16ViaFloat32Linear(linear) if routes[shape].chosen == "via-float32" else None
+            key = (*shape, "amx" in candidates)
+            if key not in routes:
+                routes[key] = choose_half_route(*shape, candidates, self.choice_cache())
+                self.choices.append(routes[key])
+            chosen = routes[key].chosen
+            return Bf16ViaFloat32Linear(linear) if chosen == "via-float32" else \
+                AmxBf16Linear(linear, amx) if chosen == "amx" else None
         for model in models:
-            model.swap_linears(via_float32)
+            one_text = not isinstance(model, CausalGPT)  # the fine GPT: one text per pass (pipeline/fine.py)
+            model.swap_linears(lambda linear: swapped(linear, one_text))
         if any(c.chosen == "via-float32" for c in routes.values()):
             return ["bfloat16 products: bfloat16 GEMMs are slower on this CPU (no bfloat16 arithmetic); prefills and "
                     "fine passes run as float32 GEMMs over the same values"]

@@ -15,7 +15,8 @@ blocks with their chosen products, and the faster runs (`choose_step`). The same
 whole-sequence attention: the bfloat16 C kernel runs only where it measured faster than SDPA in the mode's
 dtype (`choose_whole_attention`), the int8 mode's big products take torch._int_mm or exact float32 GEMMs,
 whichever measured faster (`choose_int_route`), and the bfloat16 mode's take bfloat16 GEMMs or float32 GEMMs over
-the same values (`choose_half_route`). The measurements are cached per CPU (model name and flags),
+the same values (`choose_half_route`); on CPUs with AMX, the fine GPT's products in both modes also have fastbark's
+own kernel on the tiles (amx.py) among their candidates. The measurements are cached per CPU (model name and flags),
 torch version, thread count and kernel sources, beside the C library's build, so they are made once per machine;
 the backend report lists them.
 """

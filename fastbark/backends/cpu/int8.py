@@ -16,6 +16,9 @@ are built (library.py), single positions (decode steps) are quantised, multiplie
 one C call, and longer inputs have their rounding and rescaling done in C around torch._int_mm.
 Both give the torch path's bits, which is checked when the kernels are built.
 
+On CPUs with AMX, the fine GPT's products may run on the tiles instead (amx.py: quantised, multiplied and rescaled
+in one call, the weight packed once), where that measured fastest (`int_routes`, choice.py); the same bits again.
+
 Without VNNI (AVX2-only CPUs) torch._int_mm has no fast path. There the big products run as float32
 matrix products over K in slices short enough that every partial sum is an exact integer
 (`int_mm_via_float`), which gives torch._int_mm's int32 bits at float32 GEMM speed.
@@ -28,8 +31,9 @@ import functools
 import torch
 from torch import nn
 
-from .library import (SHAPES_CHECKED, Int8Kernels, has_vnni, load_kernels, run_quantize, run_quantize_float,
-                      run_rescale, run_s8)
+from . import amx as tiles
+from .library import (SHAPES_CHECKED, AmxKernels, Int8Kernels, has_vnni, load_kernels, run_quantize,
+                      run_quantize_float, run_rescale, run_s8)
 from .linears import one_position
 
 INT8_MAX = 127  # symmetric range [-127, 127]; -128 is left out so that negation is exact
@@ -67,6 +71,26 @@ def float_products_exact() -> bool:
 
 
 ROUTES = {"int_mm": lambda x_q, w_q: torch._int_mm(x_q, w_q.t()), "via-float": int_mm_via_float}  # the reference first
+
+
+def int_routes(amx: bool) -> dict:
+    """ROUTES, and with `amx` the AMX tiles' (amx.py) where this machine has them and they passed their checks."""
+    return {**ROUTES, "amx": tiles.INT8_ROUTE} if amx and amx_int8() is not None else ROUTES
+
+
+@functools.cache
+def amx_int8() -> AmxKernels | None:
+    """amx.py's kernels where they run here and their int8 product gives the torch path's bits (checked once)."""
+    amx = tiles.amx_kernels()
+    if amx is None:
+        return None
+    with torch.random.fork_rng(devices=[]):  # the layers' initialisation must not move the user's RNG
+        torch.manual_seed(0)
+        for m, n, k in (*SHAPES_CHECKED, (40, 70, 200)):
+            linear, x = nn.Linear(k, n, bias=n % 2 == 0), torch.randn(m, k) * 3
+            if not torch.equal(Int8Linear(linear, route="amx", amx=amx)(x), Int8Linear(linear, native=False)(x)):
+                return None
+    return amx
 
 
 def int_products(x_q: torch.Tensor, w_q: torch.Tensor, via_float: bool) -> torch.Tensor:
@@ -110,9 +134,11 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """nn.Linear's forward with int8 weights and per-row int8 activations. The float weight is not kept."""
 
-    def __init__(self, linear: nn.Linear, native: bool = True, via_float: bool | None = None):
-        """`via_float`: the big products as exact float32 GEMMs (True) or torch._int_mm (False); None: by the CPU's
-        flags (no VNNI: via float). The CPU backend passes what it measured (choice.py)."""
+    def __init__(self, linear: nn.Linear, native: bool = True, route: str | None = None,
+                 amx: AmxKernels | None = None):
+        """`route`: how the big products run (ROUTES, int_routes): "int_mm" (torch._int_mm), "via-float" (exact
+        float32 GEMMs) or "amx" (amx.py: quantised, multiplied and rescaled on the tiles, the weight packed here);
+        None: by the CPU's flags (no VNNI: via float). The CPU backend passes what it measured (choice.py)."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         w_q, w_scale = quantize_rows(linear.weight.detach())  # (N, K) int8, (N, 1)
@@ -123,11 +149,16 @@ class Int8Linear(nn.Module):
         # the C kernels read a float32 bias (in bfloat16 mode, the torch path also adds it in float32)
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
         self._native = int8_kernels() if native else None
-        self._via_float = not has_vnni() if via_float is None else via_float  # _int_mm is slow without VNNI
+        self.route = route or ("int_mm" if has_vnni() else "via-float")  # _int_mm is slow without VNNI
+        self._amx = (amx or amx_int8()) if self.route == "amx" else None
+        if self.route == "amx":
+            if self._amx is None:
+                raise ValueError("the int8 route 'amx' needs AMX tiles, which this machine or build does not have")
+            self.register_buffer("weight_tiles", tiles.pack(self._amx, w_q), persistent=False)
 
     @property
     def kind(self) -> str:
-        return "int8-c" if self._native is not None else "int8-torch"
+        return "int8-amx" if self._amx is not None else "int8-c" if self._native is not None else "int8-torch"
 
     def c_operands(self) -> list[torch.Tensor | None]:
         """What the C kernels read: int8 weight (N, K), its row sums (N,), scales (N,), float32 bias or None."""
@@ -143,23 +174,26 @@ class Int8Linear(nn.Module):
         if native is not None and one_position(x):
             y = run_s8(native.linear, rows, self.weight_q, self.weight_sum, self.weight_scale, self._bias_f32,
                        threads)
-        elif native is not None and self._via_float and float_products_exact():  # the same numbers, in float32
+        elif self._amx is not None:  # the same numbers, in one call on the tiles
+            y = tiles.int8_product(self._amx, rows.float().contiguous(), self.weight_tiles, self.weight_scale,
+                                   self._bias_f32, self.out_features, threads)
+        elif native is not None and self.route == "via-float" and float_products_exact():  # the same numbers, in float32
             x_f, x_scale = run_quantize_float(native.quantize_float, rows, threads)  # (M, K) the int8 values
             acc = float_products(x_f, self.weight_q)  # (M, N) float32 or int32, exact
             rescale = native.rescale_float if acc.dtype == torch.float32 else native.rescale
             y = run_rescale(rescale, acc, x_scale, self.weight_scale, self._bias_f32, threads, in_place=True)
         elif native is not None:  # the same numbers, with the float work in one parallel pass each
             x_q, x_scale = run_quantize(native.quantize, rows, threads)
-            acc = int_products(x_q, self.weight_q, self._via_float)  # (M, N) int32, exact
+            acc = int_products(x_q, self.weight_q, self.route == "via-float")  # (M, N) int32, exact
             y = run_rescale(native.rescale, acc, x_scale, self.weight_scale, self._bias_f32, threads)
         else:
             x_q, x_scale = quantize_rows(rows)
-            acc = int_products(x_q, self.weight_q, self._via_float)  # (M, N) int32, exact
+            acc = int_products(x_q, self.weight_q, self.route == "via-float")  # (M, N) int32, exact
             y = acc * (x_scale * self.weight_scale)  # (M, N) int32 * (M, N) float32 -> float32
             if self.bias is not None:
                 y += self.bias
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (M, N) -> x's leading shape + (N,)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8, long products {self.route}"
 

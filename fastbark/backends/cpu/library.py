@@ -123,6 +123,17 @@ class Int8Kernels:
 
 
 @dataclass(frozen=True)
+class AmxKernels:
+    """native/amx.c: long products on AMX tiles (checked in amx.py)."""
+
+    packed_bytes: object  # (kind, N, K) -> bytes of a packed weight
+    pack: object  # a weight (N, K) int8 or bfloat16 -> its tiles
+    s8: object  # the int8 mode's product (quantise, tiles, rescale), or int32 sums of int8 rows
+    bf16: object  # the bfloat16 mode's product
+    ready: bool  # built for AMX, and this process may use the tiles (the packing runs everywhere)
+
+
+@dataclass(frozen=True)
 class NativeKernels:
     """The built library's entry points. `f32` is checked here; the others where they are used."""
 
@@ -133,6 +144,7 @@ class NativeKernels:
     attention: object  # whole-sequence attention in bfloat16 (native/attention.c; checked in attention.py)
     decode_step: object  # a causal GPT's whole decode step: float32, int8, int4 or bfloat16 (native/decode_step.c)
     has_bf16: bool  # whether the library was built for AVX512-BF16
+    amx: AmxKernels | None = None  # native/amx.c: `ready` where built for AMX and the tiles may be used
     tuning: tuple = ()  # tuning.py's choices (choice.Choice) of the build-time parameters it was built with
 
 
@@ -283,7 +295,18 @@ def _load() -> tuple[NativeKernels | None, str]:
     if not _check_f32(f32):
         return None, "the built kernel failed its self-check"
     return NativeKernels(f32, Int8Kernels(s8, quantize, rescale, quantize_float, rescale_float), q4, dequantize_q4,
-                         attention, decode, bool(lib.fastbark_has_bf16()), tuning), ""
+                         attention, decode, bool(lib.fastbark_has_bf16()), _bind_amx(lib), tuning), ""
+
+
+def _bind_amx(lib: ctypes.CDLL) -> AmxKernels:
+    """amx.c's entry points; its products run where `ready` (built for AMX, and Linux granted the tiles)."""
+    packed_bytes, pack, s8, bf16 = lib.fastbark_amx_packed_bytes, lib.fastbark_amx_pack, lib.fastbark_amx_s8, \
+        lib.fastbark_amx_bf16
+    packed_bytes.argtypes, packed_bytes.restype = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64], ctypes.c_int64
+    pack.argtypes, pack.restype = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64], None
+    s8.argtypes, s8.restype = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
+    bf16.argtypes, bf16.restype = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
+    return AmxKernels(packed_bytes, pack, s8, bf16, bool(lib.fastbark_amx_ready()))
 
 
 def load_kernels() -> NativeKernels | None:

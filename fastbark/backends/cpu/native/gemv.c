@@ -87,13 +87,7 @@ int fastbark_quantize_rows_f32(const float *x, float *q, float *scale, int64_t M
     return failed;
 }
 
-/* y = acc * (x_scale[m] * w_scale[n]), then + bias[n]: two roundings, never fused (its callers are compiled
- * without contraction), as in torch. */
-static inline float rescaled(float acc, float x_scale, float w_scale, const float *bias, int64_t n) {
-    const float v = acc * (x_scale * w_scale);
-    return bias ? v + bias[n] : v;
-}
-
+/* y = acc * (x_scale[m] * w_scale[n]), then + bias[n] (int8.h's rescaled). */
 __attribute__((optimize("fp-contract=off")))
 void fastbark_rescale_s32(const int32_t *acc, const float *x_scale, const float *w_scale, const float *bias,
                           float *y, int64_t M, int64_t N, int threads) {

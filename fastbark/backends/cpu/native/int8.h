@@ -185,4 +185,11 @@ static inline int32_t dot_s8(const int8_t *x, const uint8_t *aux, const int8_t *
     return s;
 }
 
+/* y = acc * (x_scale * w_scale), then + bias[n]: two roundings, never fused (callers are compiled with
+ * fp-contract=off), as int8.py's torch path computes it. gemv.c's and amx.c's epilogues. */
+static inline float rescaled(float acc, float x_scale, float w_scale, const float *bias, int64_t n) {
+    const float v = acc * (x_scale * w_scale);
+    return bias ? v + bias[n] : v;
+}
+
 #endif

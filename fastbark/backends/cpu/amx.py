@@ -1,0 +1,140 @@
+"""Long products on AMX tiles (Intel Xeon since Sapphire Rapids): the fine GPT's 1024-row passes, int8 and bfloat16.
+
+oneDNN's AMX GEMMs left the second core idle for bark's N = 768 products and ran the int8 mode's rounding and
+rescaling as passes of their own (RESULTS.md section 56: the fine passes at 28-30% of the machine's AMX rate).
+native/amx.c packs each weight into tiles once, splits every product's 32 x 32 blocks over the threads, and in int8
+quantises the rows and rescales the sums in the same call (section 57 has the rates).
+
+- int8: the same bits as the int8 mode's torch._int_mm route (integer sums are exact in any order; the rounding and
+  the epilogue are int8.h's). Checked when first used (int8.py's `amx_int8`): not used where they differ.
+- bfloat16: float32 sums in another order than oneDNN's, rounded once; its values are checked (within 1%).
+
+Only the fine GPT takes these routes, where measured faster (choice.py): its weights are packed once, a second copy
+of them (the plain one stays for everything else that reads it); each of its passes holds one text. The decode stages
+keep the plain layout their one-call step reads; their prefills stay on oneDNN.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .choice import PlainLinear
+from .library import SHAPES_CHECKED, AmxKernels, load_kernels
+from .linears import one_position
+
+KIND_S8, KIND_BF16 = 0, 1  # amx.c's weight kinds
+_ERRORS = {1: (MemoryError, "fastbark's AMX kernel could not allocate its packed rows"),
+           2: (RuntimeError, "fastbark's AMX kernel may not use the tiles in this process")}
+
+
+def _checked(code: int) -> None:
+    if code:
+        error, message = _ERRORS[code]
+        raise error(message)
+
+
+def pack(amx: AmxKernels, w: torch.Tensor) -> torch.Tensor:
+    """A weight (N, K), int8 or bfloat16, in amx.c's tiles (bytes)."""
+    kind = KIND_S8 if w.dtype == torch.int8 else KIND_BF16
+    w = w.contiguous()
+    packed = torch.empty(amx.packed_bytes(kind, *w.shape), dtype=torch.uint8)
+    amx.pack(kind, w.data_ptr(), packed.data_ptr(), *w.shape)
+    return packed
+
+
+def int8_product(amx: AmxKernels, x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
+                 bias: torch.Tensor | None, out_features: int, threads: int) -> torch.Tensor:
+    """Float32 rows x (M, K) -> (M, N) float32: int8.py's Int8Linear product, quantised and rescaled in the call."""
+    y = torch.empty(x.shape[0], out_features, dtype=torch.float32)
+    _checked(amx.s8(x.data_ptr(), None, packed.data_ptr(), w_scale.data_ptr(),
+                    bias.data_ptr() if bias is not None else None, y.data_ptr(), None, x.shape[0], out_features,
+                    x.shape[1], threads))
+    return y
+
+
+def int8_sums(amx: AmxKernels, x_q: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """x_q (M, K) int8 -> (M, N) int32 sums with a packed weight: torch._int_mm's numbers (the route chooser's)."""
+    x_q = x_q.contiguous()
+    y = torch.empty(x_q.shape[0], out_features, dtype=torch.int32)
+    _checked(amx.s8(None, x_q.data_ptr(), packed.data_ptr(), None, None, None, y.data_ptr(), x_q.shape[0],
+                    out_features, x_q.shape[1], torch.get_num_threads()))
+    return y
+
+
+def bfloat16_product(amx: AmxKernels, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                     out_features: int, threads: int) -> torch.Tensor:
+    """Bfloat16 rows x (M, K) -> (M, N) bfloat16, + bias (float32)."""
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], out_features, dtype=torch.bfloat16)
+    _checked(amx.bf16(x.data_ptr(), packed.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr(),
+                      x.shape[0], out_features, x.shape[1], threads))
+    return y
+
+
+class PackedRoute:
+    """A route for choice.py's choosers, f(x (M, K), w (N, K)): the product on the tiles, with w packed on its first
+    use (the chooser passes the same w at every timed call; packing is a layer's one-off cost)."""
+
+    def __init__(self, product):
+        self._product, self._last = product, (None, None)
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        amx = amx_kernels()
+        if self._last[0] is not w:
+            self._last = (w, pack(amx, w))
+        return self._product(amx, x, self._last[1], w.shape[0])
+
+
+INT8_ROUTE = PackedRoute(int8_sums)  # "amx" among int8.py's routes (int_routes) where the tiles are there
+BF16_ROUTE = PackedRoute(lambda amx, x, packed, n: bfloat16_product(amx, x, packed, None, n, torch.get_num_threads()))
+
+
+@functools.cache
+def amx_kernels() -> AmxKernels | None:
+    """amx.c's kernels where this build has them, the process may use the tiles, and they pass their checks: int8
+    sums equal to exact integer ones; the bfloat16 product within 1% of a float32 one. (int8.py checks the int8
+    mode's whole product, rounding and rescaling included, against its torch path: `amx_int8`.)"""
+    kernels = load_kernels()
+    amx = kernels.amx if kernels is not None else None
+    if amx is None or not amx.ready:
+        return None
+    g = torch.Generator().manual_seed(0)
+    for m, n, k in (*SHAPES_CHECKED, (40, 70, 200)):  # tails of every block and tile, and more than one block
+        x_q = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+        w_q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+        if not torch.equal(int8_sums(amx, x_q, pack(amx, w_q), n), x_q.int() @ w_q.int().T):
+            return None
+        x, w, b = torch.randn(m, k, generator=g).bfloat16(), torch.randn(n, k, generator=g).bfloat16(), torch.randn(n)
+        want = F.linear(x.float(), w.float(), b)
+        got = bfloat16_product(amx, x, pack(amx, w), b, n, torch.get_num_threads()).float()
+        if not torch.allclose(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item()):
+            return None
+    return amx
+
+
+class AmxBf16Linear(PlainLinear):
+    """A bfloat16 nn.Linear whose long products (the fine passes) run on the tiles; one-position inputs stay F.linear.
+    The plain bfloat16 weight is kept beside its packed copy."""
+
+    kind = "amx-bf16"
+
+    def __init__(self, linear: nn.Linear, amx: AmxKernels | None = None):
+        super().__init__(linear)
+        self._amx = amx or amx_kernels()
+        self.register_buffer("weight_tiles", pack(self._amx, linear.weight.detach()), persistent=False)
+        self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if one_position(x) or x.dtype != torch.bfloat16:
+            return F.linear(x, self.weight, self.bias)
+        rows = x.reshape(-1, self.in_features)  # (..., K) -> (M, K)
+        y = bfloat16_product(self._amx, rows, self.weight_tiles, self._bias_f32, self.out_features,
+                             torch.get_num_threads())
+        return y.reshape(*x.shape[:-1], self.out_features)  # (M, N) -> x's leading shape + (N,)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, long products=AMX tiles"

@@ -1,0 +1,264 @@
+/* Long matrix products on AMX tiles (Intel Xeon since Sapphire Rapids): the fine passes' 1024 rows.
+ *
+ * int8:     y = (x_q @ w_q^T) * (x_scale * w_scale) + bias, the int8 mode's product (int8.py), each row of x
+ *           quantised by quantize_row (int8.h). Its int32 sums are exact in any order, so its bits are those of
+ *           the torch._int_mm route (checked in int8.py when the library loads).
+ * bfloat16: y = x @ w^T + bias, float32 sums rounded once to bfloat16 (linears.py; sums in another order than
+ *           oneDNN's, so its values, not its bits, are checked).
+ *
+ * Layout. A tile is 16 rows of 64 bytes. TDPBSSD (int8) and TDPBF16PS (bfloat16) take a tile of x (16 rows of
+ * DEPTH values along K) and a tile of w in lanes of 4 bytes: its row r holds, for each of 16 outputs n, the
+ * 4 bytes of w[n, r * GROUP ...] (GROUP = 4 int8 or 2 bfloat16). Weights are packed into those tiles once
+ * (fastbark_amx_pack; N rounded up to 32, K to DEPTH, with zeros, which add nothing); x is packed at each call
+ * into whole tiles [M/16][K/DEPTH][16][64] (contiguous tiles load faster than rows of x with a stride).
+ * Blocking: a 32 x 32 block of y is 2 x 2 accumulator tiles over 2 tiles of x and 2 of w; a thread takes
+ * ROW_BLOCKS blocks of rows (256 rows of x, in L2) against one pair of w's tiles (in L1).
+ *
+ * Built where the compiler targets AMX-INT8 and AMX-BF16 (-march=native on such a CPU); elsewhere the entry points
+ * report that they are absent. Linux grants a process the tiles' state only on request (arch_prctl).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "int8.h"
+
+enum { TILE_BYTES = 1024, TILE_ROWS = 16, ROW_BYTES = 64, LANE = 4, BLOCK = 32 };
+enum { KIND_S8 = 0, KIND_BF16 = 1 };
+
+static int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+static int64_t elem_bytes(int kind) { return kind == KIND_S8 ? 1 : 2; }
+static int64_t depth(int kind) { return ROW_BYTES / elem_bytes(kind); }  /* values of K in a tile row: 64 or 32 */
+
+/* Bytes of a packed (N, K) weight: whole pairs of tiles along N, whole tiles along K. */
+int64_t fastbark_amx_packed_bytes(int kind, int64_t N, int64_t K) {
+    return round_up(N, BLOCK) * round_up(K, depth(kind)) * elem_bytes(kind);
+}
+
+/* w (N, K) int8 or bfloat16 -> packed [Np/16][Kp/DEPTH][16 r][16 n][LANE bytes]. */
+void fastbark_amx_pack(int kind, const void *w, void *packed, int64_t N, int64_t K) {
+    const int64_t e = elem_bytes(kind), d = depth(kind), group = LANE / e, kt = round_up(K, d) / d;
+    const uint8_t *src = w;
+    uint8_t *dst = packed;
+    memset(dst, 0, (size_t)fastbark_amx_packed_bytes(kind, N, K));
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k += group) {  /* a lane: `group` values of K, fewer at K's end */
+            const int64_t tile = (n / TILE_ROWS) * kt + k / d, r = (k % d) / group;
+            const int64_t at = tile * TILE_BYTES + r * ROW_BYTES + (n % TILE_ROWS) * LANE;
+            memcpy(dst + at, src + (n * K + k) * e, (size_t)((k + group <= K ? group : K - k) * e));
+        }
+}
+
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
+    defined(__AVX512BW__) && defined(__linux__)
+#include <immintrin.h>
+#include <omp.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+enum { ROW_BLOCKS = 8 };
+/* K_TILES: 8 tiles of K (512 int8, 256 bfloat16) at a time keep a pair of w's tiles (16 KB) in L1. On the Xeon
+ * of RESULTS.md section 57, 8, 12 and all of K were within noise in int8; 8 was best in bfloat16 for K = 3072
+ * (1.8 against 1.7 TFLOP/s). */
+enum { K_TILES = 8 };
+enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };  /* Linux's arch_prctl request for the tiles */
+
+/* 1 when this process may use the tiles (asked once), else 0. */
+int fastbark_amx_ready(void) {
+    static int ready = -1;
+    if (ready < 0) ready = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    return ready;
+}
+
+/* Each calling thread's scratch memory for x's packed tiles, grown as needed and kept until the thread ends: fresh
+ * memory at every call cost a page fault a page (1 ms for the 3 MB of a 1024 x 3072 x, as much as the product). */
+typedef struct { uint8_t *bytes; size_t size; } scratch;
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *s) { free(((scratch *)s)->bytes); free(s); }
+static void scratch_key_make(void) { pthread_key_create(&scratch_key, scratch_free); }
+
+static uint8_t *scratch_bytes(size_t size) {
+    pthread_once(&scratch_once, scratch_key_make);
+    scratch *s = pthread_getspecific(scratch_key);
+    if (!s) {
+        if (!(s = calloc(1, sizeof *s))) return NULL;
+        if (pthread_setspecific(scratch_key, s)) { free(s); return NULL; }
+    }
+    if (s->size < size) {
+        free(s->bytes);
+        s->size = 0;
+        if (!(s->bytes = aligned_alloc(64, (size + 63) / 64 * 64))) return NULL;
+        s->size = size;
+    }
+    return s->bytes;
+}
+
+static void configure_tiles(void) {
+    struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) { cfg.rows[t] = TILE_ROWS; cfg.colsb[t] = ROW_BYTES; }
+    _tile_loadconfig(&cfg);
+}
+
+/* Row m of x (K values of e bytes, already int8 or bfloat16) into its packed tiles; the padding stays zero. */
+static void pack_row(const uint8_t *row, int64_t K, int64_t e, int64_t kt, int64_t m, uint8_t *xp) {
+    const int64_t d = ROW_BYTES / e;
+    for (int64_t t = 0; t < kt; t++) {
+        const int64_t n = (t + 1) * d <= K ? d : K - t * d;
+        memcpy(xp + ((m / TILE_ROWS) * kt + t) * TILE_BYTES + (m % TILE_ROWS) * ROW_BYTES, row + t * d * e,
+               (size_t)(n * e));
+    }
+}
+
+/* Adds tiles [t0, t1) of K of one 32 x 32 block of x @ w^T to acc (32 x 32, int32 or float32; zeros first where
+ * t0 is 0). Inlined with its kind a constant: the tile instructions take their registers as immediates. */
+static inline __attribute__((always_inline)) void block(int kind, const uint8_t *x0, const uint8_t *w0, int64_t kt,
+                                                         int64_t t0, int64_t t1, void *acc) {
+    const uint8_t *x1 = x0 + kt * TILE_BYTES, *w1 = w0 + kt * TILE_BYTES;
+    uint8_t *c = acc;  /* rows of 32 four-byte sums: stride 128 bytes */
+    if (t0 == 0) {
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    } else {
+        _tile_loadd(0, c, 128); _tile_loadd(1, c + 64, 128); _tile_loadd(2, c + 16 * 128, 128);
+        _tile_loadd(3, c + 16 * 128 + 64, 128);
+    }
+    for (int64_t t = t0; t < t1; t++) {
+        _tile_loadd(4, x0 + t * TILE_BYTES, ROW_BYTES);
+        _tile_loadd(5, x1 + t * TILE_BYTES, ROW_BYTES);
+        _tile_loadd(6, w0 + t * TILE_BYTES, ROW_BYTES);
+        _tile_loadd(7, w1 + t * TILE_BYTES, ROW_BYTES);
+        if (kind == KIND_S8) {
+            _tile_dpbssd(0, 4, 6); _tile_dpbssd(1, 4, 7); _tile_dpbssd(2, 5, 6); _tile_dpbssd(3, 5, 7);
+        } else {
+            _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7); _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, c, 128); _tile_stored(1, c + 64, 128); _tile_stored(2, c + 16 * 128, 128);
+    _tile_stored(3, c + 16 * 128 + 64, 128);
+}
+
+/* What a block's sums become. y_s32 (int32 sums), or y_f32 (int8: rescaled as int8.py), or y_bf16 (+ bias). */
+typedef struct {
+    int32_t *y_s32;
+    float *y_f32;
+    uint16_t *y_bf16;
+    const float *x_scale, *w_scale, *bias;
+} epilogue;
+
+/* 16 sums of row i of acc from column j, those past `cols` left out (a mask). */
+__attribute__((optimize("fp-contract=off")))
+static void finish(const epilogue *out, const void *acc, int64_t m0, int64_t n0, int64_t M, int64_t N) {
+    const int64_t rows = M - m0 < BLOCK ? M - m0 : BLOCK, cols = N - n0 < BLOCK ? N - n0 : BLOCK;
+    for (int64_t i = 0; i < rows; i++) {
+        const int64_t m = m0 + i;
+        for (int64_t j = 0; j < cols; j += 16) {
+            const __mmask16 k = cols - j >= 16 ? 0xffff : (__mmask16)((1u << (cols - j)) - 1);
+            const int64_t at = m * N + n0 + j;
+            const __m512i s = _mm512_load_si512((const int32_t *)acc + i * BLOCK + j);
+            const __m512 bias = out->bias ? _mm512_maskz_loadu_ps(k, out->bias + n0 + j) : _mm512_setzero_ps();
+            if (out->y_s32) {
+                _mm512_mask_storeu_epi32(out->y_s32 + at, k, s);
+            } else if (out->y_f32) {  /* rescaled (int8.h), 16 at once: the same two roundings, then the bias */
+                const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(out->x_scale[m]),
+                                                   _mm512_maskz_loadu_ps(k, out->w_scale + n0 + j));
+                __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale);
+                if (out->bias) v = _mm512_add_ps(v, bias);
+                _mm512_mask_storeu_ps(out->y_f32 + at, k, v);
+            } else {  /* float32 sums + bias, rounded to nearest even bfloat16 */
+                const __m512 v = _mm512_add_ps(_mm512_castsi512_ps(s), bias);
+                _mm256_mask_storeu_epi16(out->y_bf16 + at, k, (__m256i)_mm512_cvtneps_pbh(v));
+            }
+        }
+    }
+}
+
+/* x packed (Mp rows), w packed (Np outputs) -> the epilogue's output, blocks split over the threads. A thread
+ * takes ROW_BLOCKS blocks of rows against one pair of w's tiles, K_TILES of K at a time (the pair's slice stays in
+ * L1), keeping the blocks' sums in between. */
+static inline __attribute__((always_inline)) void products(int kind, const uint8_t *xp, const uint8_t *wp,
+                                                            const epilogue *out, int64_t M, int64_t N, int64_t kt,
+                                                            int threads) {
+    const int64_t row_blocks = round_up(M, BLOCK) / BLOCK, col_blocks = round_up(N, BLOCK) / BLOCK;
+    #pragma omp parallel num_threads(threads)
+    {
+        configure_tiles();
+        int32_t acc[ROW_BLOCKS][BLOCK * BLOCK] __attribute__((aligned(64)));
+        #pragma omp for schedule(static) collapse(2)
+        for (int64_t mo = 0; mo < row_blocks; mo += ROW_BLOCKS)
+            for (int64_t nb = 0; nb < col_blocks; nb++) {
+                const int64_t last = mo + ROW_BLOCKS < row_blocks ? mo + ROW_BLOCKS : row_blocks;
+                for (int64_t t0 = 0; t0 < kt; t0 += K_TILES) {
+                    const int64_t t1 = t0 + K_TILES < kt ? t0 + K_TILES : kt;
+                    for (int64_t mb = mo; mb < last; mb++) {
+                        block(kind, xp + 2 * mb * kt * TILE_BYTES, wp + 2 * nb * kt * TILE_BYTES, kt, t0, t1,
+                              acc[mb - mo]);
+                        if (t1 == kt && mb > mo)  /* the block before: its epilogue runs while the tiles multiply */
+                            finish(out, acc[mb - mo - 1], (mb - 1) * BLOCK, nb * BLOCK, M, N);
+                    }
+                }
+                finish(out, acc[last - mo - 1], (last - 1) * BLOCK, nb * BLOCK, M, N);
+            }
+        _tile_release();
+    }
+}
+
+/* int8 rows x (M, K) float32 (quantised here, as quantize_row) or x_q (M, K) int8 (as given) times a packed int8
+ * weight: y (M, N) float32 = rescaled sums (w_scale, bias), or the int32 sums themselves where y_s32 is given.
+ * Returns 0, 1 when out of memory, 2 without the tiles. */
+int fastbark_amx_s8(const float *x, const int8_t *x_q, const int8_t *packed, const float *w_scale, const float *bias,
+                    float *y, int32_t *y_s32, int64_t M, int64_t N, int64_t K, int threads) {
+    if (!fastbark_amx_ready()) return 2;
+    const int64_t kt = round_up(K, ROW_BYTES) / ROW_BYTES, mp = round_up(M, BLOCK);
+    const size_t tiles = (size_t)(mp * kt * TILE_BYTES), scales = (size_t)(round_up(M, 16) * 4);
+    uint8_t *xp = scratch_bytes(tiles + scales + (size_t)(threads * K));
+    if (!xp) return 1;
+    float *xs = (float *)(xp + tiles);
+    int8_t *rows = (int8_t *)(xp + tiles + scales);  /* a row of x quantised, for each thread */
+    if (M % BLOCK || K % ROW_BYTES) memset(xp, 0, (size_t)(mp * kt * TILE_BYTES));  /* the padding: zeros */
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t m = 0; m < M; m++) {
+        int8_t *row = rows + omp_get_thread_num() * K;
+        if (x_q) memcpy(row, x_q + m * K, (size_t)K);
+        else quantize_row(x + m * K, K, row, NULL, xs + m);
+        pack_row((const uint8_t *)row, K, 1, kt, m, xp);
+    }
+    const epilogue out = {y_s32, y, NULL, xs, w_scale, bias};
+    products(KIND_S8, xp, (const uint8_t *)packed, &out, M, N, kt, threads);
+    return 0;
+}
+
+/* x (M, K) bfloat16 times a packed bfloat16 weight, + bias (float32, or NULL) -> y (M, N) bfloat16.
+ * Returns 0, 1 when out of memory, 2 without the tiles. */
+int fastbark_amx_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, uint16_t *y, int64_t M, int64_t N,
+                      int64_t K, int threads) {
+    if (!fastbark_amx_ready()) return 2;
+    const int64_t kt = round_up(K, ROW_BYTES / 2) / (ROW_BYTES / 2), mp = round_up(M, BLOCK);
+    uint8_t *xp = scratch_bytes((size_t)(mp * kt * TILE_BYTES));
+    if (!xp) return 1;
+    if (M % BLOCK || K % (ROW_BYTES / 2)) memset(xp, 0, (size_t)(mp * kt * TILE_BYTES));  /* the padding: zeros */
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t m = 0; m < M; m++) pack_row((const uint8_t *)(x + m * K), K, 2, kt, m, xp);
+    const epilogue out = {NULL, NULL, y, NULL, NULL, bias};
+    products(KIND_BF16, xp, (const uint8_t *)packed, &out, M, N, kt, threads);
+    return 0;
+}
+
+#else  /* no AMX in this build */
+
+int fastbark_amx_ready(void) { return 0; }
+int fastbark_amx_s8(const float *x, const int8_t *x_q, const int8_t *packed, const float *w_scale, const float *bias,
+                    float *y, int32_t *y_s32, int64_t M, int64_t N, int64_t K, int threads) {
+    (void)x; (void)x_q; (void)packed; (void)w_scale; (void)bias; (void)y; (void)y_s32; (void)M; (void)N; (void)K;
+    (void)threads;
+    return 2;
+}
+int fastbark_amx_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, uint16_t *y, int64_t M, int64_t N,
+                      int64_t K, int threads) {
+    (void)x; (void)packed; (void)bias; (void)y; (void)M; (void)N; (void)K; (void)threads;
+    return 2;
+}
+
+#endif
