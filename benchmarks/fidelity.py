@@ -7,10 +7,10 @@ compares like with like. Reports the largest relative logit error (max |fast - e
     python benchmarks/fidelity.py --size small --steps 64                  # bfloat16
     python benchmarks/fidelity.py --size small --steps 64 --dtype float32 --quantize int8
     python benchmarks/fidelity.py --size small --steps 64 --dtype float32 --quantize int4
-    python benchmarks/fidelity.py --size small --steps 64 --dtype float32 --quantize int8 --float32-cache
+    python benchmarks/fidelity.py --size small --steps 64 --dtype float32 --quantize int8 --cache float32
 
---float32-cache keeps the semantic and coarse KV caches in float32 where the backend chose bfloat16 ones (the
-quantised modes' one-call step), to measure what the bfloat16 caches cost.
+--cache keeps the semantic and coarse KV caches in float32, bfloat16 or int8 instead of the backend's choice (the
+quantised modes' one-call step keeps int8 ones), to measure what a rounded cache costs.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+CACHES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
 
 
@@ -84,7 +86,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--quantize", choices=["int8", "int4"], help="quantise the GPTs' linear layers")
-    p.add_argument("--float32-cache", action="store_true", help="float32 KV caches where the backend chose others")
+    p.add_argument("--cache", choices=list(CACHES), help="the KV caches' dtype instead of the backend's choice")
     p.add_argument("--json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,19 +94,20 @@ def main(argv=None) -> dict:
         exact = fastbark.Bark.from_pretrained(folder)
         fast = fastbark.Bark.from_pretrained(folder, dtype=args.dtype, quantize=args.quantize)
         caches = {str(m.cache_dtype) for m in (fast.semantic_model, fast.coarse_model)}
-        if args.float32_cache:  # the same kernels through the model's seam, the caches in the model's dtype
+        if args.cache:  # the same kernels through the model's seam, the caches in that dtype
             for m in (fast.semantic_model, fast.coarse_model):
-                m.use_kernels(m.layers[0].attn.kernel, m.decode_step, m.decoder)
+                m.use_kernels(m.layers[0].attn.kernel, m.decode_step, m.decoder, CACHES[args.cache])
+            caches = {str(CACHES[args.cache])}
         results = measure(exact, fast, "Hello, my dog is cute [laughs]", args.steps)
     mode = args.dtype + (f" + {args.quantize}" if args.quantize else "") + \
-        (", float32 KV caches" if args.float32_cache else f", KV caches {'/'.join(sorted(caches))} (None: the model's)")
+        f", KV caches {'/'.join(sorted(caches))} (None: the model's)"
     print(f"\nbark-{args.size} sizes, {mode} against float32, {args.steps} teacher-forced steps")
     print(f"{'stage':<10}{'max rel logit error':>22}{'greedy agreement':>19}")
     for stage, r in results.items():
         print(f"{stage:<10}{r['max_rel_logit_error']:>22.4f}{r['greedy_agreement']:>19.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"size": args.size, "dtype": args.dtype, "quantize": args.quantize,
-                                               "steps": args.steps, "float32_cache": args.float32_cache,
+                                               "steps": args.steps, "cache": args.cache,
                                                "kv_caches": sorted(caches),
                                                "stages": results}, indent=2))
     return results

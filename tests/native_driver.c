@@ -6,6 +6,7 @@
  *
  * Each record: a 32-byte name, an int64 count, then that many float32 values (int8 outputs widened to float32).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,8 +29,8 @@ int fastbark_attention_bf16(const float *qkv, float *out, int64_t B, int64_t T, 
                             int threads);
 int fastbark_has_bf16(void);
 int fastbark_decode_step(int format, float *x, const void **layers, int64_t n_layer, void *k_cache, void *v_cache,
-                         int kv_bf16, int64_t B, int64_t C, int64_t H, int64_t max_len, int64_t pos, float eps,
-                         int threads);
+                         float *k_scale, float *v_scale, int kv, int64_t B, int64_t C, int64_t H, int64_t max_len,
+                         int64_t pos, float eps, int threads);
 
 enum { INT8, BF16, F32, INT4 };  /* decode_step.c's formats */
 enum { GROUP = 32, BLOCK = 64, BLOCK_BYTES = 32 };  /* int4.h's layout */
@@ -170,7 +171,7 @@ static void decode_steps(void) {
     const int formats[] = {F32, INT8, INT4, BF16};
     const char *names[] = {"f32", "int8", "int4", "bf16"};
     for (int f = 0; f < 4; f++) {
-        for (int kv_bf16 = 0; kv_bf16 < (formats[f] == F32 ? 1 : 2); kv_bf16++) {
+        for (int kv = 0; kv < (formats[f] == F32 ? 1 : 3); kv++) {  /* the cache: 0 float32, 1 bfloat16, 2 int8 */
             const void *table[LAYERS * PER_LAYER];
             for (int l = 0; l < LAYERS; l++) {
                 const void **t = table + l * PER_LAYER;
@@ -183,7 +184,7 @@ static void decode_steps(void) {
                 linear(t + 12, formats[f], 4 * C, C);
                 linear(t + 16, formats[f], C, 4 * C);
             }
-            const int64_t cache_n = (int64_t)LAYERS * B * H * MAX_LEN * (C / H);
+            const int64_t cache_n = (int64_t)LAYERS * B * H * MAX_LEN * (C / H), scale_n = cache_n / (C / H);
             float *k = floats(cache_n, 1.0f), *v = floats(cache_n, 1.0f), *x = floats(B * C, 1.0f);
             uint16_t *k16 = malloc((size_t)cache_n * 2), *v16 = malloc((size_t)cache_n * 2);
             for (int64_t i = 0; i < cache_n; i++) {  /* bfloat16: the top half of each float32 (values exact) */
@@ -191,39 +192,54 @@ static void decode_steps(void) {
                 memcpy(&u, &k[i], 4); k16[i] = (uint16_t)(u >> 16); u &= 0xffff0000u; memcpy(&k[i], &u, 4);
                 memcpy(&u, &v[i], 4); v16[i] = (uint16_t)(u >> 16); u &= 0xffff0000u; memcpy(&v[i], &u, 4);
             }
+            /* int8: integers and a scale per position and head (drawn only here: the other records keep their data) */
+            int8_t *k8 = kv == 2 ? bytes(cache_n) : NULL, *v8 = kv == 2 ? bytes(cache_n) : NULL;
+            float *ks = kv == 2 ? floats(scale_n, 0.005f) : NULL, *vs = kv == 2 ? floats(scale_n, 0.005f) : NULL;
+            for (int64_t i = 0; i < scale_n && kv == 2; i++) { ks[i] = fabsf(ks[i]) + 0.002f; vs[i] = fabsf(vs[i]) + 0.002f; }
+            void *kc = kv == 2 ? (void *)k8 : kv ? (void *)k16 : (void *)k, *vc = kv == 2 ? (void *)v8 : kv ? (void *)v16 : (void *)v;
             /* each row alone first, on one thread, with a copy of its own cache rows: (layer, row, H, MAX_LEN, hd) */
-            const int64_t row_n = (int64_t)H * MAX_LEN * (C / H), elem = kv_bf16 ? 2 : 4;
+            const int64_t row_n = (int64_t)H * MAX_LEN * (C / H), row_s = (int64_t)H * MAX_LEN, elem = kv == 2 ? 1 : kv ? 2 : 4;
             float *alone = malloc((size_t)(B * C) * sizeof(float));
             char *k1 = malloc((size_t)(LAYERS * row_n * elem)), *v1 = malloc((size_t)(LAYERS * row_n * elem));
+            float *ks1 = malloc((size_t)(LAYERS * row_s) * sizeof(float)), *vs1 = malloc((size_t)(LAYERS * row_s) * sizeof(float));
             for (int r = 0; r < B; r++) {
                 for (int l = 0; l < LAYERS; l++) {
                     const int64_t from = ((int64_t)l * B + r) * row_n * elem, to = (int64_t)l * row_n * elem;
-                    memcpy(k1 + to, (kv_bf16 ? (char *)k16 : (char *)k) + from, (size_t)(row_n * elem));
-                    memcpy(v1 + to, (kv_bf16 ? (char *)v16 : (char *)v) + from, (size_t)(row_n * elem));
+                    memcpy(k1 + to, (char *)kc + from, (size_t)(row_n * elem));
+                    memcpy(v1 + to, (char *)vc + from, (size_t)(row_n * elem));
+                    if (kv != 2) continue;
+                    memcpy(ks1 + l * row_s, ks + ((int64_t)l * B + r) * row_s, (size_t)row_s * sizeof(float));
+                    memcpy(vs1 + l * row_s, vs + ((int64_t)l * B + r) * row_s, (size_t)row_s * sizeof(float));
                 }
                 memcpy(alone + r * C, x + r * C, C * sizeof(float));
-                if (fastbark_decode_step(formats[f], alone + r * C, table, LAYERS, k1, v1, kv_bf16, 1, C, H, MAX_LEN,
-                                         POS, 1e-5f, 1)) {
+                if (fastbark_decode_step(formats[f], alone + r * C, table, LAYERS, k1, v1, kv == 2 ? ks1 : NULL,
+                                         kv == 2 ? vs1 : NULL, kv, 1, C, H, MAX_LEN, POS, 1e-5f, 1)) {
                     fprintf(stderr, "decode step %s failed\n", names[f]);
                     exit(1);
                 }
             }
-            if (fastbark_decode_step(formats[f], x, table, LAYERS, kv_bf16 ? (void *)k16 : k, kv_bf16 ? (void *)v16 : v,
-                                     kv_bf16, B, C, H, MAX_LEN, POS, 1e-5f, 2)) {
+            if (fastbark_decode_step(formats[f], x, table, LAYERS, kc, vc, kv == 2 ? ks : NULL, kv == 2 ? vs : NULL, kv,
+                                     B, C, H, MAX_LEN, POS, 1e-5f, 2)) {
                 fprintf(stderr, "decode step %s failed\n", names[f]);
                 exit(1);
             }
+            const char *suffix[] = {"", " bf16", " int8"};
             char name[32];
-            snprintf(name, sizeof name, "invariant step %s%s", names[f], kv_bf16 ? " bf16" : "");
+            snprintf(name, sizeof name, "invariant step %s%s", names[f], suffix[kv]);
             emit(name, &(float){(float)(memcmp(alone, x, (size_t)(B * C) * sizeof(float)) == 0)}, 1);
-            free(alone); free(k1); free(v1);
-            snprintf(name, sizeof name, "step %s%s", names[f], kv_bf16 ? " bf16 cache" : "");
+            free(alone); free(k1); free(v1); free(ks1); free(vs1);
+            snprintf(name, sizeof name, "step %s%s", names[f], kv ? (kv == 2 ? " int8 cache" : " bf16 cache") : "");
             emit(name, x, B * C);
-            if (kv_bf16)  /* the written keys, back to float32 */
-                for (int64_t i = 0; i < cache_n; i++) { uint32_t u = (uint32_t)k16[i] << 16; memcpy(&k[i], &u, 4); }
-            snprintf(name, sizeof name, "step %s%s keys", names[f], kv_bf16 ? " bf16 cache" : "");
-            emit(name, k, cache_n);
-            free(k); free(v); free(x); free(k16); free(v16);  /* the layers' weights: freed at exit */
+            for (int64_t i = 0; i < cache_n && kv; i++) {  /* the written keys, back to float32 */
+                if (kv == 2) { k[i] = (float)k8[i] * ks[i / (C / H)]; continue; }
+                uint32_t u = (uint32_t)k16[i] << 16;
+                memcpy(&k[i], &u, 4);
+            }
+            snprintf(name, sizeof name, "step %s%s keys", names[f], kv ? (kv == 2 ? " int8 cache" : " bf16 cache") : "");
+            /* int8 cache: the first layer's keys only, which come from exact products of the input alone (a later
+               layer's come through attention's float sums, which may move an integer by one on another CPU) */
+            emit(name, k, kv == 2 ? cache_n / LAYERS : cache_n);
+            free(k); free(v); free(x); free(k16); free(v16); free(k8); free(v8); free(ks); free(vs);
         }
     }
 }

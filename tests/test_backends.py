@@ -305,7 +305,7 @@ def test_math_attention_runs_every_line_of_the_named_kernel_and_changes_no_token
 
 
 def test_a_named_attention_keeps_the_backends_step_and_caches(hub_dir):
-    """attention= swaps the whole-sequence kernel only: the int8 mode's one-call step and its bfloat16 caches stay."""
+    """attention= swaps the whole-sequence kernel only: the int8 mode's one-call step and its int8 caches stay."""
     default = fastbark.Bark.from_pretrained(hub_dir, quantize="int8", cpu_kernel="c")
     named = fastbark.Bark.from_pretrained(hub_dir, quantize="int8", cpu_kernel="c", attention="math")
     for name in ("semantic", "coarse"):

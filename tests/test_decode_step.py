@@ -149,21 +149,24 @@ def test_engine_uses_the_c_step_in_the_fast_modes(hub_dir):
             from fastbark.backends.cpu.linears import packing_available
             head = "PackedLinear" if packing_available(torch.bfloat16) else "Linear"
             assert type(tts.semantic_model.lm_head).__name__ in (head, "Bf16ViaFloat32Linear")
-        # the quantised modes' step keeps its caches in bfloat16; the exact mode's stay float32
+        # the quantised modes' step keeps its caches in int8; the exact mode's stay float32
         quantised_step = expected and "quantize" in options
         for name, model in (("semantic", tts.semantic_model), ("coarse", tts.coarse_model)):
-            assert model.new_cache(1, 4).k.dtype == (torch.bfloat16 if quantised_step else
-                                                     model.position_embeds_layer.weight.dtype), options
-            assert (tts.backend.models[name].kv_cache == "bfloat16") == quantised_step, options
-            assert ("KV cache bfloat16" in str(tts.backend)) == quantised_step, options
+            cache = model.new_cache(1, 4)
+            assert cache.k.dtype == (torch.int8 if quantised_step else model.position_embeds_layer.weight.dtype)
+            assert (cache.k_scale is not None) == quantised_step, options
+            assert (tts.backend.models[name].kv_cache == "int8") == quantised_step, options
+            assert ("KV cache int8" in str(tts.backend)) == quantised_step, options
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.int8])
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 @torch.inference_mode()
-def test_a_bfloat16_cache_costs_the_quantised_step_little(mode):
-    """The quantised modes' caches in bfloat16: the C step reads them as the blocks do (in float32, from the
-    rounded keys and values), the blocks and the C step agree over them, and against the float32 model the
-    logits err no more than with float32 caches, by a margin far under the int8 products' own error."""
+def test_a_rounded_cache_costs_the_quantised_step_little(mode, cache_dtype):
+    """The quantised modes' caches in bfloat16 or int8 (the default: a scale per position and head): the C step
+    reads them as the blocks do (in float32, from the rounded keys and values), the blocks and the C step agree over
+    them, and against the float32 model the logits err no more than with float32 caches, by a margin far under the
+    int8 products' own error."""
     if not decode_step_works(FORMATS[mode]):
         pytest.skip(f"no C decode step for {mode} on this machine")
     prompt, tokens = torch.randn(2, 21, 64), torch.randint(0, 50, (2, 12))  # 21-32 positions: blocks of 8 and tails
@@ -173,16 +176,21 @@ def test_a_bfloat16_cache_costs_the_quantised_step_little(mode):
         return ((x.float() - reference).abs().max() / reference.abs().max()).item()
     model = fast_model(mode, 64, 4, True)
     float32_cache, _ = decode(model, prompt, tokens)
-    model.use_kernels(cache_dtype=torch.bfloat16)
+    model.use_kernels(cache_dtype=cache_dtype)
     blocks, blocks_cache = decode(model, prompt, tokens)  # the blocks read the rounded cache in float32
-    assert blocks_cache.k.dtype == torch.bfloat16
+    assert blocks_cache.k.dtype == cache_dtype
     assert use_decode_step(model)
-    model.use_kernels(decode_step=model.decode_step, cache_dtype=torch.bfloat16)
+    model.use_kernels(decode_step=model.decode_step, cache_dtype=cache_dtype)
     c, cache = decode(model, prompt, tokens)
-    assert cache.k.dtype == torch.bfloat16
+    assert cache.k.dtype == cache_dtype
     assert ((c - blocks).abs().max() / reference.abs().max()).item() <= 0.5 * error(float32_cache)
     assert error(c) <= 1.25 * error(float32_cache) and error(blocks) <= 1.25 * error(float32_cache)
-    assert torch.equal(cache.k[:, :, :, :21], blocks_cache.k[:, :, :, :21])  # the prefill wrote both alike
+    for written, want in zip(cache.layer(0), blocks_cache.layer(0)):  # the prefill wrote both alike (int8: scales)
+        assert (written is None and want is None) or torch.equal(written[:, :, :21], want[:, :, :21])
+    if cache_dtype == torch.int8:  # the step rounds each new key and value as the blocks do: the same integers, or
+        # one apart where the C step's own sums moved a value across a rounding boundary
+        for written, want in zip(cache.layer(1)[:2], blocks_cache.layer(1)[:2]):
+            assert (written[:, :, 21:33].float() - want[:, :, 21:33].float()).abs().max() <= 1
 
 
 @torch.inference_mode()
@@ -245,7 +253,7 @@ class StandInStep:
 
     def __call__(self, x, cache, pos):
         for i, block in enumerate(self.model.layers):
-            x = block(x, (cache.k[i], cache.v[i]), pos)
+            x = block(x, cache.layer(i), pos)
         return x
 
 

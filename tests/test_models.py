@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fastbark.models.gpt import Block, CausalGPT, FineGPT, GPTConfig
+from fastbark.models.gpt import Block, CausalGPT, FineGPT, GPTConfig, LayerCache
 
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, input_vocab_size=40, output_vocab_size=40, block_size=24,
                    bias=True)
@@ -17,7 +17,7 @@ def test_a_block_for_its_last_positions_gives_those_of_the_whole_pass(first, cau
     x = torch.randn(2, 16, 32)
     with torch.inference_mode():
         if causal:  # a prefill into a cache: every position's keys and values are cached either way
-            caches = [(torch.zeros(2, 2, 24, 16), torch.zeros(2, 2, 24, 16)) for _ in range(2)]
+            caches = [LayerCache(torch.zeros(2, 2, 24, 16), torch.zeros(2, 2, 24, 16)) for _ in range(2)]
             whole, part = block(x, caches[0], 0), block(x, caches[1], 0, first=first)
             torch.testing.assert_close(caches[1], caches[0], rtol=0, atol=0)
         else:
@@ -34,7 +34,7 @@ def test_causal_queries_after_a_prefix_see_only_the_positions_before_them():
     with torch.inference_mode():
         outs = []
         for first in (0, 3):
-            cache = (torch.zeros(1, 2, 24, 16), torch.zeros(1, 2, 24, 16))
+            cache = LayerCache(torch.zeros(1, 2, 24, 16), torch.zeros(1, 2, 24, 16))
             block(prefix, cache, 0)
             outs.append(block(x, cache, 5, first=first))
     torch.testing.assert_close(outs[1], outs[0][:, 3:], rtol=1e-5, atol=1e-5)
@@ -65,6 +65,6 @@ def test_a_prefill_reads_the_last_position_of_the_whole_pass():
         x = embeds + model.position_embeds_layer.weight[:10]
         cache = model.new_cache(1)
         for i, block in enumerate(model.layers):
-            x = block(x, (cache.k[i], cache.v[i]), 0)
+            x = block(x, cache.layer(i), 0)
         whole = model.lm_head(model.layernorm_final(x[:, -1]))
     torch.testing.assert_close(logits, whole, rtol=1e-5, atol=1e-5)

@@ -14,13 +14,14 @@ typed seams, and only there:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import check_positive_ints
+from .quantize import quantize_rows
 
 
 @dataclass(frozen=True)
@@ -44,19 +45,54 @@ class GPTConfig:
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer, preallocated for `max_len` positions: (layers, B, H, max_len, hd)."""
+    """Keys and values of every layer, preallocated for `max_len` positions: (layers, B, H, max_len, hd). In int8,
+    each position's key and value of each head are rounded as quantize_rows does, with their scales in k_scale and
+    v_scale (layers, B, H, max_len): a quarter of float32's bytes for a step's attention to read."""
 
     k: torch.Tensor
     v: torch.Tensor
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, config: GPTConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
         shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
-        return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
+        scales = [torch.empty(shape[:-1], device=device) for _ in range(2)] if dtype == torch.int8 else [None, None]
+        return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype),
+                   *scales)
 
     def select(self, rows: torch.Tensor) -> "KVCache":
         """Keep only these batch rows (a copy; done when rows finish, not every step)."""
-        return KVCache(self.k[:, rows], self.v[:, rows])
+        return KVCache(*(t[:, rows] if t is not None else None for t in (self.k, self.v, self.k_scale, self.v_scale)))
+
+    def layer(self, i: int) -> "LayerCache":
+        return LayerCache(*(t[i] if t is not None else None for t in (self.k, self.v, self.k_scale, self.v_scale)))
+
+
+class LayerCache(NamedTuple):
+    """One layer's part of a KVCache: k, v (B, H, max_len, hd); in int8 also their scales (B, H, max_len)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+
+    def write(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v (B, H, T, hd) at positions pos..pos+T-1 (rounded to the cache's dtype)."""
+        T = k.shape[2]
+        if self.k_scale is None:
+            self.k[:, :, pos: pos + T], self.v[:, :, pos: pos + T] = k, v
+            return
+        for new, cache, scales in ((k, self.k, self.k_scale), (v, self.v, self.v_scale)):
+            q, scale = quantize_rows(new)  # (B, H, T, hd) int8, (B, H, T, 1)
+            cache[:, :, pos: pos + T], scales[:, :, pos: pos + T] = q, scale[..., 0]
+
+    def read(self, end: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions 0..end-1 of k and v in `dtype`."""
+        k, v = self.k[:, :, :end].to(dtype), self.v[:, :, :end].to(dtype)
+        if self.k_scale is not None:  # (B, H, end, hd) * (B, H, end, 1)
+            k, v = k * self.k_scale[:, :, :end, None].to(dtype), v * self.v_scale[:, :, :end, None].to(dtype)
+        return k, v
 
 
 class AttentionKernel:
@@ -122,8 +158,7 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.kernel = AttentionKernel()  # set through GPT.use_kernels
 
-    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None, pos: int,
-                first: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None, pos: int, first: int = 0) -> torch.Tensor:
         """x (B, T, C) -> (B, T - first, C): the outputs of positions first..T-1 only, each attending as it would
         in the whole pass (a model's last block, whose other outputs nothing reads: a prefill's last position, a
         fine pass's predicted positions). Every position's keys and values are used, and cached."""
@@ -132,14 +167,12 @@ class SelfAttention(nn.Module):
         qkv = self.att_proj(x)  # (B, T, 3C)
         q, k, v = qkv.view(B, T, 3, self.n_head, hd).permute(2, 0, 3, 1, 4)  # (B, T, 3C) -> 3 x (B, H, T, hd)
         if cache is not None:
-            k_cache, v_cache = cache  # (B, H, max_len, hd) each
-            k_cache[:, :, pos : pos + T] = k
-            v_cache[:, :, pos : pos + T] = v
+            cache.write(pos, k, v)
         prefill = pos == 0 and T > 1  # attends to its own keys, as computed (a cache may hold them rounded)
         if cache is not None and not prefill:
-            # every cached position; a cache in another dtype than the activations (a fast mode's bfloat16 cache)
-            # is read in theirs
-            k, v = k_cache[:, :, : pos + T].to(q.dtype), v_cache[:, :, : pos + T].to(q.dtype)
+            # every cached position; a cache in another dtype than the activations (a fast mode's bfloat16 or int8
+            # cache) is read in theirs
+            k, v = cache.read(pos + T, q.dtype)
         if first:
             q = q[:, :, first:]  # (B, H, T - first, hd)
             if cache is None:  # non-causal: every query sees every position
@@ -287,7 +320,7 @@ class CausalGPT(GPT):
         else:  # the last block for the last position only: the other positions' outputs are never read
             last = len(self.layers) - 1
             for i, block in enumerate(self.layers):
-                x = block(x, (cache.k[i], cache.v[i]), pos, first=T - 1 if i == last else 0)
+                x = block(x, cache.layer(i), pos, first=T - 1 if i == last else 0)
         return self.lm_head(self.layernorm_final(x[:, -1]))
 
 

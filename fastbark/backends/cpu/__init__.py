@@ -16,7 +16,7 @@ What it chooses, per engine options (each choice falls back, and says so in the 
   (int4.py; C products for one position per row), the heads in int8 as above; the decode steps as one C
   call each where that measured faster; the fine passes' products as float32 or bfloat16 GEMMs, whichever
   measured faster per shape ("auto");
-- int8 and int4 with the one-call step: the semantic and coarse KV caches in bfloat16;
+- int8 and int4 with the one-call step: the semantic and coarse KV caches in int8 (a scale per position and head);
 - bfloat16: the decode steps as one C call each (AVX512-BF16) where that measured faster than the blocks on
   oneDNN-packed weights ("auto"; "c": always), the heads oneDNN-packed; the long products (prefills, fine passes)
   as bfloat16 GEMMs or as float32 GEMMs over the same values, whichever measured faster per shape ("auto");
@@ -84,9 +84,10 @@ class CpuBackend(Backend):
                 fallbacks += self._decode_linears(model, dtype, head_only=step is not None)
                 if step is not None and dtype == torch.bfloat16 and o.cpu_kernel == "auto":
                     step = self._bfloat16_step(model, attention, step)
-            # the quantised modes' one-call step reads its KV cache in bfloat16: half the bytes of a step's attention
-            # (RESULTS.md section 44), an error far below the int8 products' own (fidelity.py)
-            model.use_kernels(attention, step, cache_dtype=torch.bfloat16 if o.quantize and step else None)
+            # the quantised modes' one-call step reads its KV cache in int8, a scale per position and head: a quarter
+            # of float32's bytes for a step's attention (bfloat16 before, RESULTS.md sections 44, 57), an error below
+            # the int8 products' own (fidelity.py)
+            model.use_kernels(attention, step, cache_dtype=torch.int8 if o.quantize and step else None)
         models.fine.use_kernels(attention)
         return list(dict.fromkeys(fallbacks))  # the same fallback once, not per model
 

@@ -307,8 +307,11 @@ def filled_cache(model, rows: int):
     not depend on them)."""
     with torch.inference_mode():
         cache = model.new_cache(rows, STEP_POSITIONS + 1)
-        cache.k.normal_()
-        cache.v.normal_()
+        for t in (cache.k, cache.v):
+            t.random_(-127, 128) if t.dtype == torch.int8 else t.normal_()  # an int8 cache: any integers, and scales
+        for t in (cache.k_scale, cache.v_scale):
+            if t is not None:
+                t.fill_(0.01)
     return cache
 
 

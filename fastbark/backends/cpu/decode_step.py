@@ -8,7 +8,7 @@ block of the step in one OpenMP region instead:
 - int8 mode: the same int8 products as int8.py (bit for bit, for the same input rows);
 - int4 mode: int4.py's products (native/int4.h, as its C kernel computes them);
 - bfloat16 mode: the bfloat16 weights, input rows rounded to bfloat16, float32 sums.
-LayerNorm, attention over the KV cache (float32, or bfloat16 in the int8 and int4 modes) and GELU run as
+LayerNorm, attention over the KV cache (float32, or int8 or bfloat16 in the int8 and int4 modes) and GELU run as
 float32 loops in C (LayerNorm's statistics in float64; attention 8-wide with AVX2), and the residual stream
 stays float32. The results are close to the Python step's, not
 equal (other summation orders, and in bfloat16 a float32 residual stream). Every row follows one
@@ -32,6 +32,7 @@ from .library import load_kernels
 from .linears import Bf16ViaFloat32Linear, GemvLinear
 
 INT8, BF16, F32, INT4 = 0, 1, 2, 3  # decode_step.c's weight formats
+KV_FORMATS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # decode_step.c's KV cache formats
 POINTERS_PER_LAYER = 20  # decode_step.c's Layer: 2 LayerNorm + 2 x 4 linear + 2 LayerNorm + 2 x 4 linear
 
 
@@ -100,27 +101,37 @@ class FusedDecodeStep:
         B, T, C = x.shape
         config = self.model.config
         k, v = cache.k, cache.v  # (n_layer, B, H, max_len, hd) each
-        if T != 1 or x.dtype not in (torch.float32, torch.bfloat16) or k.dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError("the fused decode step takes one position per row, and a cache, in float32 or bfloat16")
-        if not (k.is_contiguous() and v.is_contiguous()) or k.shape[1] != B or v.dtype != k.dtype:
-            raise ValueError("the KV cache must be contiguous and hold one row per input row")
+        if T != 1 or x.dtype not in (torch.float32, torch.bfloat16) or k.dtype not in KV_FORMATS:
+            raise ValueError("the fused decode step takes one position per row, and a cache in float32, bfloat16 or "
+                             "int8")
+        scales = (cache.k_scale, cache.v_scale) if k.dtype == torch.int8 else ()
+        if not all(t.is_contiguous() for t in (k, v, *scales)) or k.shape[1] != B or v.dtype != k.dtype or \
+                (k.dtype == torch.int8 and any(t is None or t.dtype != torch.float32 for t in scales)):
+            raise ValueError("the KV cache must be contiguous and hold one row per input row (int8: with its scales)")
         rows = x.reshape(B, C).float()  # (B, 1, C) -> (B, C); overwritten by the kernel
         if rows.data_ptr() == x.data_ptr():
             rows = rows.clone()  # never write into the caller's tensor
         table = self._table()
         status = self._kernel(self._format, rows.data_ptr(), table.data_ptr(), config.n_layer, k.data_ptr(),
-                              v.data_ptr(), int(k.dtype == torch.bfloat16), B, C, config.n_head, k.shape[3], pos,
-                              self._eps, torch.get_num_threads())
+                              v.data_ptr(), *(t.data_ptr() for t in scales) if scales else (None, None),
+                              KV_FORMATS[k.dtype], B, C, config.n_head, k.shape[3], pos, self._eps,
+                              torch.get_num_threads())
         if status:
             raise MemoryError("fastbark's decode step could not allocate its buffers") if status == 1 else \
                 ValueError(f"the fused decode step takes heads of at most 128, not {C // config.n_head}")
         return rows.to(x.dtype).reshape(B, 1, C)  # (B, C) -> (B, 1, C)
 
 
+def written_at(cache: KVCache, pos: int) -> torch.Tensor:
+    """Every layer's key and value at `pos`, as float32: (n_layer, 2, B, H, hd)."""
+    return torch.stack([torch.stack(cache.layer(i).read(pos + 1, torch.float32))[..., pos, :]
+                        for i in range(cache.k.shape[0])])
+
+
 @functools.cache
 def decode_step_works(format: int) -> bool:
     """Whether the C step was built and agrees with the Python step on a
-    small random model (INT8 and INT4: over float32 and over bfloat16 caches, the backend's choice); for F32
+    small random model (INT8 and INT4: over float32, bfloat16 and int8 caches; int8 is the backend's choice); for F32
     also that each row gets the same bits alone as in the batch, and with one thread as with all of them (the
     exact mode's promises)."""
     kernels = load_kernels()
@@ -144,17 +155,16 @@ def decode_step_works(format: int) -> bool:
 
         def close(a, b):
             return bool((a.float() - b.float()).abs().max() <= tolerance * b.float().abs().max())
-        for cache_dtype in (None, torch.bfloat16) if format in (INT8, INT4) else (None,):
+        for cache_dtype in (None, torch.bfloat16, torch.int8) if format in (INT8, INT4) else (None,):
             model.use_kernels(cache_dtype=cache_dtype)
             expected, got = model.new_cache(3), model.new_cache(3)
             model(embeds[:, :13], expected, 0)
             model(embeds[:, :13], got, 0)
             ref = x
             for i, block in enumerate(model.layers):
-                ref = block(ref, (expected.k[i], expected.v[i]), 13)
+                ref = block(ref, expected.layer(i), 13)
             y = step(x, got, 13)
-            if not (close(y, ref) and close(got.k[:, :, :, 13], expected.k[:, :, :, 13])
-                    and close(got.v[:, :, :, 13], expected.v[:, :, :, 13])):
+            if not (close(y, ref) and close(written_at(got, 13), written_at(expected, 13))):
                 return False
         if format == F32:
             alone = [step(x[i: i + 1], KVCache(got.k[:, i: i + 1].contiguous(), got.v[:, i: i + 1].contiguous()), 13)

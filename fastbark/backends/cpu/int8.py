@@ -31,12 +31,12 @@ import functools
 import torch
 from torch import nn
 
+from ...models.quantize import quantize_rows
 from . import amx as tiles
 from .library import (SHAPES_CHECKED, AmxKernels, Int8Kernels, has_vnni, load_kernels, run_quantize,
                       run_quantize_float, run_rescale, run_s8)
 from .linears import one_position
 
-INT8_MAX = 127  # symmetric range [-127, 127]; -128 is left out so that negation is exact
 # float32 holds every integer up to 2^24 exactly (24-bit significand). A sum of K products of values
 # in [-127, 127] stays within K * 127^2, so for K <= 2^24 / 127^2 = 1040 every partial sum, in any
 # order and with or without FMA, is exact. 1024 is the largest power of two under that.
@@ -122,13 +122,6 @@ def int8_kernels() -> Int8Kernels | None:
                 if not torch.equal(got, expected):
                     return None
     return kernels.s8
-
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, K) float -> (x_q (M, K) int8, scale (M, 1) float32) with x ~= x_q * scale."""
-    x = x.float()
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-12).div_(INT8_MAX)  # (M, 1)
-    return torch.round(x / scale).to(torch.int8), scale
 
 
 class Int8Linear(nn.Module):

@@ -17,7 +17,8 @@
  * - BF16 (the bfloat16 mode): bfloat16 weights; each input row is rounded to bfloat16, as torch's
  *   bfloat16 mode rounds every activation, and the products sum in float32 (AVX512-BF16, else AVX2 FMAs).
  * The residual stream, LayerNorm, attention and GELU stay in float32; the KV cache is float32 or
- * bfloat16 (the model's dtype, or bfloat16 in the int8 and int4 modes: the CPU backend's choice). With
+ * bfloat16 (the model's dtype), or int8 with a scale per position and head (the int8 and int4 modes: the CPU
+ * backend's choice; a score is the integer dot product times its key's scale). With
  * AVX2 and FMA, attention takes the scores of 8 keys at a time and the exponentials 8 at a time
  * (attend_avx2; with it the coarse stage of a 256-token clip ran 9.5% faster in float32 and 12% in int8,
  * RESULTS.md section 44). Every row goes through a fixed sequence of operations whatever the batch size or the
@@ -207,15 +208,20 @@ static inline float dot_f32(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* Key or value t of one head's cache, as float32 (kv_bf16: the cache holds bfloat16). */
-static inline float cached(const void *cache, int64_t i, int kv_bf16) {
-    return kv_bf16 ? from_bf16(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
+enum { KV_F32, KV_BF16, KV_INT8 };  /* the KV cache's format; KV_INT8 keeps a float32 scale per position and head */
+
+/* Element i of one head's cache as float32: KV_INT8's integer, before its position's scale. */
+static inline float cached(const void *cache, int64_t i, int kv) {
+    return kv == KV_BF16 ? from_bf16(((const uint16_t *)cache)[i])
+         : kv == KV_INT8 ? (float)((const int8_t *)cache)[i] : ((const float *)cache)[i];
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-/* 8 cached floats from element i on (kv_bf16: bfloat16 widened exactly). */
-static inline __m256 cached8(const void *cache, int64_t i, const int kv_bf16) {
-    if (!kv_bf16) return _mm256_loadu_ps((const float *)cache + i);
+/* 8 cached floats from element i on (bfloat16 widened exactly; int8 converted exactly, before its scale). */
+static inline __m256 cached8(const void *cache, int64_t i, const int kv) {
+    if (kv == KV_F32) return _mm256_loadu_ps((const float *)cache + i);
+    if (kv == KV_INT8)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)cache + i))));
     const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)cache + i));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
@@ -248,14 +254,14 @@ static inline __m256 exp8(__m256 x) {
  * products in two accumulators over alternate 8-float chunks, then the 8 sums reduced together, in a fixed
  * order (hadd pairs, then the two 128-bit halves). */
 static inline __attribute__((always_inline)) __m256 scores8(const __m256 *q, const void *k, int64_t t0, int64_t hd,
-                                                            const int kv_bf16) {
+                                                            const int kv) {
     __m256 sums[8];
     for (int j = 0; j < 8; j++) {
         const int64_t at = (t0 + j) * hd;
-        __m256 a = _mm256_mul_ps(q[0], cached8(k, at, kv_bf16)), b = _mm256_setzero_ps();
+        __m256 a = _mm256_mul_ps(q[0], cached8(k, at, kv)), b = _mm256_setzero_ps();
         for (int64_t c = 1; c < hd / 8; c++) {
-            if (c & 1) b = _mm256_fmadd_ps(q[c], cached8(k, at + 8 * c, kv_bf16), b);
-            else a = _mm256_fmadd_ps(q[c], cached8(k, at + 8 * c, kv_bf16), a);
+            if (c & 1) b = _mm256_fmadd_ps(q[c], cached8(k, at + 8 * c, kv), b);
+            else a = _mm256_fmadd_ps(q[c], cached8(k, at + 8 * c, kv), a);
         }
         sums[j] = _mm256_add_ps(a, b);
     }
@@ -277,28 +283,44 @@ static inline float max8(__m256 v) {
     return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
 }
 
+/* How far ahead (bytes) a head's attention asks for its keys while it scores them, and for its values, which it
+ * reads next (into L2: a head's values are at most 256 KB). Without it the step's attention over a cache that
+ * the weights had pushed out of the caches was bound by memory latency: at 800 positions on a Xeon (RESULTS.md
+ * section 57) 2.2-2.8 ms a coarse step in bfloat16 or int8, against 0.6-0.8 ms with the cache warm; with it
+ * 1.0-1.6 ms (1, 2, 4 and 8 KB measured alike). A prefetch past the end of the cache is a hint, never a fault. */
+enum { KV_PREFETCH = 2048 };
+
 /* attend() with 8-wide vectors, for hd a multiple of 8: the scores of 8 keys at a time, the exponentials 8 at
  * a time, the weighted values in hd / 8 accumulators. Each row and head runs the same instructions for a given
- * T, whatever the batch and thread count. */
+ * T, whatever the batch and thread count. KV_INT8: a key's score is its integer dot times its scale, a value's
+ * weight its probability times its scale. */
 static inline __attribute__((always_inline)) void attend_avx2(const float *q_in, const void *k, const void *v,
-                                                              float *out, float *p, int64_t T, int64_t hd,
-                                                              float scale, const int kv_bf16) {
+                                                              const float *ks, const float *vs, float *out, float *p,
+                                                              int64_t T, int64_t hd, float scale, const int kv,
+                                                              const void *next) {
     __m256 q[16], acc[16];  /* hd <= 128 */
     const int64_t chunks = hd / 8;
     const __m256 vscale = _mm256_set1_ps(scale);
     for (int64_t c = 0; c < chunks; c++) q[c] = _mm256_loadu_ps(q_in + 8 * c);
     __m256 top8 = _mm256_set1_ps(-INFINITY);
     int64_t t = 0;
+    const int64_t row_bytes = hd * (kv == KV_F32 ? 4 : kv == KV_BF16 ? 2 : 1);  /* one position's key or value */
     for (; t + 8 <= T; t += 8) {
-        const __m256 s = _mm256_mul_ps(scores8(q, k, t, hd, kv_bf16), vscale);
+        for (int64_t b = 0; b < 8 * row_bytes; b += 64) {  /* KV_PREFETCH: see there */
+            _mm_prefetch((const char *)k + t * row_bytes + KV_PREFETCH + b, _MM_HINT_T0);
+            _mm_prefetch((const char *)v + t * row_bytes + KV_PREFETCH + b, _MM_HINT_T1);
+        }
+        __m256 s = scores8(q, k, t, hd, kv);
+        if (kv == KV_INT8) s = _mm256_mul_ps(s, _mm256_loadu_ps(ks + t));
+        s = _mm256_mul_ps(s, vscale);
         _mm256_storeu_ps(p + t, s);
         top8 = _mm256_max_ps(top8, s);
     }
     float top = max8(top8);
     for (; t < T; t++) {  /* the last T % 8 keys one by one */
         __m256 a = _mm256_setzero_ps();
-        for (int64_t c = 0; c < chunks; c++) a = _mm256_fmadd_ps(q[c], cached8(k, t * hd + 8 * c, kv_bf16), a);
-        p[t] = sum8(a) * scale;
+        for (int64_t c = 0; c < chunks; c++) a = _mm256_fmadd_ps(q[c], cached8(k, t * hd + 8 * c, kv), a);
+        p[t] = (kv == KV_INT8 ? sum8(a) * ks[t] : sum8(a)) * scale;
         top = fmaxf(top, p[t]);
     }
     const __m256 vtop = _mm256_set1_ps(top);
@@ -314,29 +336,35 @@ static inline __attribute__((always_inline)) void attend_avx2(const float *q_in,
     }
     for (int64_t c = 0; c < chunks; c++) acc[c] = _mm256_setzero_ps();
     for (t = 0; t < T; t++) {
-        const __m256 w = _mm256_set1_ps(p[t]);
-        for (int64_t c = 0; c < chunks; c++) acc[c] = _mm256_fmadd_ps(w, cached8(v, t * hd + 8 * c, kv_bf16), acc[c]);
+        if (next)  /* the next head's keys, while this one's values are summed */
+            for (int64_t b = (t * row_bytes) % 64 ? 64 - (t * row_bytes) % 64 : 0; b < row_bytes; b += 64)
+                _mm_prefetch((const char *)next + t * row_bytes + b, _MM_HINT_T1);
+        const __m256 w = _mm256_set1_ps(kv == KV_INT8 ? p[t] * vs[t] : p[t]);
+        for (int64_t c = 0; c < chunks; c++) acc[c] = _mm256_fmadd_ps(w, cached8(v, t * hd + 8 * c, kv), acc[c]);
     }
     const __m256 inv = _mm256_set1_ps(1.0f / sum8(total8));
     for (int64_t c = 0; c < chunks; c++) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(acc[c], inv));
 }
 #endif
 
-/* One query against positions 0..T-1 of one head's cache: out (hd) = softmax(q K^T * scale) V. */
-static inline __attribute__((always_inline)) void attend(const float *q, const void *k, const void *v, float *out,
-                                                         float *p, int64_t T, int64_t hd, float scale,
-                                                         const int kv_bf16) {
+/* One query against positions 0..T-1 of one head's cache: out (hd) = softmax(q K^T * scale) V. ks, vs: KV_INT8's
+ * scales, one a position. */
+static inline __attribute__((always_inline)) void attend(const float *q, const void *k, const void *v,
+                                                         const float *ks, const float *vs, float *out, float *p,
+                                                         int64_t T, int64_t hd, float scale, const int kv,
+                                                         const void *next) {
 #if defined(__AVX2__) && defined(__FMA__)
     if (hd % 8 == 0) {
-        attend_avx2(q, k, v, out, p, T, hd, scale, kv_bf16);
+        attend_avx2(q, k, v, ks, vs, out, p, T, hd, scale, kv, next);
         return;
     }
 #endif
+    (void)next;
     float top = -INFINITY, row[128];  /* hd <= 128 (checked by the caller) */
     for (int64_t t = 0; t < T; t++) {
-        if (kv_bf16) {
-            for (int64_t d = 0; d < hd; d++) row[d] = cached(k, t * hd + d, 1);
-            p[t] = dot_f32(q, row, hd) * scale;
+        if (kv != KV_F32) {
+            for (int64_t d = 0; d < hd; d++) row[d] = cached(k, t * hd + d, kv);
+            p[t] = (kv == KV_INT8 ? dot_f32(q, row, hd) * ks[t] : dot_f32(q, row, hd)) * scale;
         } else {
             p[t] = dot_f32(q, (const float *)k + t * hd, hd) * scale;
         }
@@ -348,35 +376,45 @@ static inline __attribute__((always_inline)) void attend(const float *q, const v
         sum += p[t];
     }
     memset(out, 0, (size_t)hd * sizeof(float));
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t d = 0; d < hd; d++) out[d] += p[t] * cached(v, t * hd + d, kv_bf16);
+    for (int64_t t = 0; t < T; t++) {
+        const float w = kv == KV_INT8 ? p[t] * vs[t] : p[t];
+        for (int64_t d = 0; d < hd; d++) out[d] += w * cached(v, t * hd + d, kv);
+    }
     const float inv = 1.0f / sum;
     for (int64_t d = 0; d < hd; d++) out[d] *= inv;
 }
 
-/* Write k and v (hd floats each) at position pos of one head's cache, then attend. */
-static void store_and_attend(const float *q, const float *k_new, const float *v_new, void *k, void *v, float *out,
-                             float *p, int64_t pos, int64_t hd, float scale, int kv_bf16) {
-    if (kv_bf16) {
+/* Write k and v (hd floats each) at position pos of one head's cache, then attend. KV_INT8: each rounded as
+ * int8.h's quantize_row rounds a row (the int8 mode's rounding: symmetric, largest magnitude / 127), as the
+ * model's own cache writes do (models/gpt.py). `next`: the next head's keys (a prefetch hint), or NULL. */
+static void store_and_attend(const float *q, const float *k_new, const float *v_new, void *k, void *v, float *ks,
+                             float *vs, float *out, float *p, int64_t pos, int64_t hd, float scale, int kv,
+                             const void *next) {
+    if (kv == KV_BF16) {
         for (int64_t d = 0; d < hd; d++) {
             ((uint16_t *)k)[pos * hd + d] = to_bf16(k_new[d]);
             ((uint16_t *)v)[pos * hd + d] = to_bf16(v_new[d]);
         }
-        attend(q, k, v, out, p, pos + 1, hd, scale, 1);
+        attend(q, k, v, NULL, NULL, out, p, pos + 1, hd, scale, KV_BF16, next);
+    } else if (kv == KV_INT8) {
+        quantize_row(k_new, hd, (int8_t *)k + pos * hd, NULL, ks + pos);
+        quantize_row(v_new, hd, (int8_t *)v + pos * hd, NULL, vs + pos);
+        attend(q, k, v, ks, vs, out, p, pos + 1, hd, scale, KV_INT8, next);
     } else {
         memcpy((float *)k + pos * hd, k_new, (size_t)hd * sizeof(float));
         memcpy((float *)v + pos * hd, v_new, (size_t)hd * sizeof(float));
-        attend(q, k, v, out, p, pos + 1, hd, scale, 0);
+        attend(q, k, v, NULL, NULL, out, p, pos + 1, hd, scale, KV_F32, next);
     }
 }
 
 /* x (B, C): the step's input embeddings, overwritten by the last block's output (before the final
- * LayerNorm). k_cache, v_cache: (n_layer, B, H, max_len, hd), float32 or (kv_bf16) bfloat16; position
- * `pos` is written here. Returns 0; 1 when out of memory; 2 for a head size over 128. */
+ * LayerNorm). k_cache, v_cache: (n_layer, B, H, max_len, hd) in the format `kv` (KV_F32, KV_BF16, KV_INT8);
+ * k_scale, v_scale: KV_INT8's scales (n_layer, B, H, max_len), else NULL; position `pos` is written here.
+ * Returns 0; 1 when out of memory; 2 for a head size over 128. */
 int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_layer, void *k_cache, void *v_cache,
-                         int kv_bf16, int64_t B, int64_t C, int64_t H, int64_t max_len, int64_t pos, float eps,
-                         int threads) {
-    const int64_t hd = C / H, C4 = 4 * C, T = pos + 1, elem = kv_bf16 ? 2 : 4;
+                         float *k_scale, float *v_scale, int kv, int64_t B, int64_t C, int64_t H, int64_t max_len,
+                         int64_t pos, float eps, int threads) {
+    const int64_t hd = C / H, C4 = 4 * C, T = pos + 1, elem = kv == KV_F32 ? 4 : kv == KV_BF16 ? 2 : 1;
     if (hd > 128) return 2;
     const float scale = 1.0f / sqrtf((float)hd);
     float *h = malloc((size_t)(B * C4) * sizeof(float));  /* normed rows, then the MLP's hidden rows */
@@ -395,6 +433,8 @@ int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_la
             const Layer *l = layers + i;
             char *kc = (char *)k_cache + i * B * H * max_len * hd * elem;
             char *vc = (char *)v_cache + i * B * H * max_len * hd * elem;
+            float *ksc = kv == KV_INT8 ? k_scale + i * B * H * max_len : NULL;  /* (B, H, max_len) */
+            float *vsc = kv == KV_INT8 ? v_scale + i * B * H * max_len : NULL;
             #pragma omp single
             norm_and_prepare(format, x, l->ln1_weight, l->ln1_bias, eps, h, &rows, B, C);
             product(format, &l->att_proj, &rows, qkv, tmp, B, 3 * C, C, STORE);
@@ -403,8 +443,9 @@ int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_la
                 const int64_t b = u / H, head = u % H;
                 const float *q = qkv + b * 3 * C + head * hd;  /* qkv row: q (H, hd), k (H, hd), v (H, hd) */
                 store_and_attend(q, q + C, q + 2 * C, kc + u * max_len * hd * elem, vc + u * max_len * hd * elem,
-                                 att + b * C + head * hd, p + (int64_t)omp_get_thread_num() * T, pos, hd, scale,
-                                 kv_bf16);
+                                 ksc ? ksc + u * max_len : NULL, vsc ? vsc + u * max_len : NULL,
+                                 att + b * C + head * hd, p + (int64_t)omp_get_thread_num() * T, pos, hd, scale, kv,
+                                 u + 1 < B * H ? kc + (u + 1) * max_len * hd * elem : NULL);
             }
             #pragma omp single
             for (int64_t m = 0; m < B; m++) prepare(format, att, m, C, &rows);
