@@ -130,7 +130,7 @@ class Slab:
         self.users: weakref.WeakSet[StaticCache] = weakref.WeakSet()  # the caches viewing it; free when none
 
     def view(self, batch: int) -> "StaticCache":
-        cache = StaticCache(self.k[:, :batch], self.v[:, :batch], self)  # (n_layer, batch, H, max_len, hd)
+        cache = StaticCache(self.k[:, :batch], self.v[:, :batch], slab=self)  # (n_layer, batch, H, max_len, hd)
         self.users.add(cache)
         return cache
 
