@@ -45,6 +45,15 @@ def cpu_description() -> str:
            f"{os.cpu_count()} cores seen)"
 
 
+def model_parser(doc: str, threads: int = 2) -> argparse.ArgumentParser:
+    """A benchmark's options over one model size: --size, --threads and --json; the caller adds its own."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--size", default="small", choices=["tiny", "small", "large"])
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--json", help="write the results here")
+    return p
+
+
 def best_seconds(fn, repeats: int) -> float:
     """The fastest of `repeats` runs of fn(), in seconds."""
     best = float("inf")

@@ -14,7 +14,6 @@ layer and in attention's two products.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import fastbark
-from bench import best_seconds, cpu_description, report
+from bench import best_seconds, cpu_description, model_parser, report
 from fastbark.backends.cpu.amx import BF16_ROUTE, INT8_ROUTE, amx_kernels
 from fastbark.backends.cpu.int8 import int_mm_via_float
 from fastbark.testing import write_random_checkpoint
@@ -69,12 +68,9 @@ def fine_pass_flops(model) -> float:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="small", choices=["tiny", "small", "large"])
-    p.add_argument("--threads", type=int, default=2)
+    p = model_parser(__doc__)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--modes", default="float32,bfloat16,int8", help="comma list of float32, bfloat16, int8, int4")
-    p.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []

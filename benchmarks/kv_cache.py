@@ -7,7 +7,6 @@ alike. Prints each stage's best and median seconds per dtype, and writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 import fastbark
-from bench import cpu_description, report, timed
+from bench import cpu_description, model_parser, report, timed
 from fastbark.options import CoarseOptions, SemanticOptions
 from fastbark.pipeline.coarse import generate_coarse
 from fastbark.pipeline.semantic import generate_semantic
@@ -26,14 +25,11 @@ DTYPES = {"int8": torch.int8, "bfloat16": torch.bfloat16, "float32": torch.float
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="small", choices=["tiny", "small", "large"])
+    p = model_parser(__doc__)
     p.add_argument("--quantize", default="int8", choices=["int8", "int4"])
     p.add_argument("--semantic-tokens", type=int, default=256)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--caches", default="int8,bfloat16", help="comma list of int8, bfloat16, float32")
-    p.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     caches = args.caches.split(",")

@@ -216,3 +216,11 @@ def test_compute_rates_smoke(tmp_path):
                                  "--json", str(tmp_path / "r.json")])
     assert [r["mode"] for r in result["rows"]] == ["float32", "int8"]
     assert all(r["gemm_gflops"] > 0 and r["fine_gflops"] > 0 for r in result["rows"])
+
+
+def test_kv_cache_benchmark_smoke(tmp_path):
+    import kv_cache
+    result = kv_cache.main(["--size", "tiny", "--semantic-tokens", "8", "--rounds", "1", "--caches", "int8,float32",
+                            "--json", str(tmp_path / "k.json")])
+    assert [r["cache"] for r in result["rows"]] == ["int8", "float32"]
+    assert all(r["semantic_min"] > 0 and r["coarse_min"] > 0 for r in result["rows"])

@@ -57,7 +57,8 @@ class KVCache:
     @classmethod
     def empty(cls, config: GPTConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
         shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
-        scales = [torch.empty(shape[:-1], device=device) for _ in range(2)] if dtype == torch.int8 else [None, None]
+        scales = [torch.empty(shape[:-1], device=device, dtype=torch.float32) for _ in range(2)] \
+            if dtype == torch.int8 else [None, None]
         return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype),
                    *scales)
 
