@@ -9,6 +9,7 @@ from torch import nn
 
 from fastbark.backends.cpu import amx as tiles
 from fastbark.backends.cpu import int8
+from fastbark.backends.cpu.int4 import Int4Linear, dequantize_groups, quantize_groups
 from fastbark.backends.cpu.int8 import Int8Linear, int_routes
 from fastbark.backends.cpu.library import load_kernels
 
@@ -131,3 +132,36 @@ def test_the_tiles_route_is_offered_only_where_it_runs(monkeypatch):
     assert "amx" not in int_routes(amx=True)
     with pytest.raises(ValueError, match="AMX"):
         Int8Linear(nn.Linear(64, 32), route="amx")
+
+
+@needs_kernels
+@pytest.mark.parametrize("k, n", [(64, 32), (96, 45), (200, 70), (768, 33)])
+def test_int4_weights_expand_into_the_tiles_their_bfloat16_route_multiplies(k, n):
+    """An int4 weight (int4.py's groups) expanded straight into tiles holds, in fastbark_amx_pack's layout, each q * d
+    rounded once to bfloat16: the values the int4 mode's bfloat16 route multiplies. On every machine."""
+    amx = load_kernels().amx
+    g = torch.Generator().manual_seed(k + n)
+    packed, scale = quantize_groups(torch.randn(n, k, generator=g))
+    want = tiles.pack(amx, dequantize_groups(packed, scale, k).to(torch.bfloat16))
+    assert torch.equal(tiles.q4_tiles(amx, packed, scale, k), want)
+
+
+@needs_amx
+def test_int4_on_tiles_gives_the_bfloat16_routes_values():
+    g = torch.Generator().manual_seed(3)
+    linear = nn.Linear(200, 70)
+    on_tiles = Int4Linear(linear, one_text=True, route="amx")
+    reference = Int4Linear(linear, one_text=True, route="bfloat16")
+    x = torch.randn(1, 45, 200, generator=g)
+    want = reference(x)
+    assert (on_tiles(x) - want).abs().max() <= 2 ** -7 * want.abs().max()  # sums in another order, rounded once
+
+
+def test_the_int4_tiles_route_is_refused_where_it_cannot_run(monkeypatch):
+    from fastbark.backends.cpu.int4 import int4_routes
+    assert ("amx" in int4_routes(amx=True)) == (tiles.amx_kernels() is not None)
+    monkeypatch.setattr(tiles, "amx_kernels", lambda: None)
+    assert "amx" not in int4_routes(amx=True)
+    with pytest.raises(ValueError, match="AMX"):
+        Int4Linear(nn.Linear(64, 32), one_text=True, route="amx")
+    assert Int4Linear(nn.Linear(64, 32), route="amx").long_route == "float32"  # prefills never take a fine route

@@ -88,7 +88,7 @@ def test_fine_passes_in_bfloat16_stay_close_to_the_float32_route():
     torch.manual_seed(0)
     linear = nn.Linear(192, 96)
     plain = Int4Linear(linear, native=False, one_text=True)
-    half = Int4Linear(linear, native=False, one_text=True, half=True)
+    half = Int4Linear(linear, native=False, one_text=True, route="bfloat16")
     assert (plain.long_route, half.long_route) == ("float32", "bfloat16")
     x = torch.randn(1, 300, 192)  # one text, 300 positions
     want, got = plain(x), half(x)
@@ -96,23 +96,25 @@ def test_fine_passes_in_bfloat16_stay_close_to_the_float32_route():
     assert (got - want).abs().max() <= 2 ** -7 * want.abs().max()
     exact = linear(x)
     assert (got - exact).abs().max() <= 1.05 * (want - exact).abs().max() + 2 ** -7 * want.abs().max()
-    assert Int4Linear(linear, native=False, half=True).long_route == "float32"  # prefills of several texts: never
+    assert Int4Linear(linear, native=False, route="bfloat16").long_route == "float32"  # prefills of texts: never
 
 
-@pytest.mark.parametrize("fastest", ["float32", "bfloat16"])
+@pytest.mark.parametrize("fastest", ["float32", "bfloat16", "amx"])
 def test_the_int4_fine_passes_take_the_route_measured_fastest(hub_dir, monkeypatch, tmp_path, fastest):
-    """Each shape's route is timed at first use (the slower one made so by a sleep here); only the fine GPT's
-    layers take it, and the report lists the measurement."""
+    """Each shape's route is timed at first use (the slower ones made so by a sleep here); only the fine GPT's
+    layers take it, and the report lists the measurement. "amx": where this CPU has the tiles."""
     from fastbark.backends import cpu
-    from fastbark.backends.cpu.int4 import LONG_ROUTES
+    from fastbark.backends.cpu.int4 import int4_routes
+    if fastest not in int4_routes(amx=True):
+        pytest.skip("no AMX tiles on this CPU or build")
 
     def slowed(route):
         def slow(x, w):
             time.sleep(0.03)  # far beyond these small products' time, even on a busy machine
             return route(x, w)
         return slow
-    monkeypatch.setattr(cpu, "LONG_ROUTES", {name: route if name == fastest else slowed(route)
-                                             for name, route in LONG_ROUTES.items()})
+    monkeypatch.setattr(cpu, "int4_routes", lambda amx: {name: route if name == fastest else slowed(route)
+                                                         for name, route in int4_routes(amx).items()})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # measured afresh
     tts = fastbark.Bark.from_pretrained(hub_dir, quantize="int4")
     measured = [m for m in tts.backend.measured if m.startswith("int4 products ")]

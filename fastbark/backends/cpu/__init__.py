@@ -14,8 +14,8 @@ What it chooses, per engine options (each choice falls back, and says so in the 
   GEMMs, whichever measured faster per shape;
 - int4 (`quantize="int4"`): every linear layer of the three GPTs' blocks with int4 weights in groups of 32
   (int4.py; C products for one position per row), the heads in int8 as above; the decode steps as one C
-  call each where that measured faster; the fine passes' products as float32 or bfloat16 GEMMs, whichever
-  measured faster per shape ("auto");
+  call each where that measured faster; the fine passes' products as float32 or bfloat16 GEMMs or on AMX tiles,
+  whichever measured faster per shape ("auto");
 - int8 and int4 with the one-call step: the semantic and coarse KV caches in int8 (a scale per position and head);
 - bfloat16: the decode steps as one C call each (AVX512-BF16) where that measured faster than the blocks on
   oneDNN-packed weights ("auto"; "c": always), the heads oneDNN-packed; the long products (prefills, fine passes)
@@ -33,7 +33,7 @@ from ...models.gpt import CausalGPT
 from ..base import Backend, Models
 from .attention import CpuAttention, bf16_attention, sdpa_bf16_whole, sdpa_whole
 from .decode_step import fused_decode_step
-from .int4 import LONG_ROUTES, Int4Linear, int4_kernel
+from .int4 import Int4Linear, int4_kernel, int4_routes
 from .amx import BF16_ROUTE, AmxBf16Linear, amx_kernels
 from .int8 import Int8Linear, int8_kernels, int_routes
 from .choice import (Candidate, ChoiceCache, PlainLinear, choose_half_route, choose_int4_route, choose_int_route,
@@ -105,17 +105,18 @@ class CpuBackend(Backend):
                 routes[key] = choose_int_route(*shape, candidates, self.choice_cache())
                 self.choices.append(routes[key])
             return Int8Linear(linear, native=kernels is not None, route=routes[key].chosen if key in routes else None)
-        half_routes: dict = {}  # (K, N) -> the int4 fine passes' route measured fastest here
+        long_routes: dict = {}  # (K, N) -> the int4 fine passes' route measured fastest here
 
-        def int4_half(linear) -> bool:
-            """Whether the fine GPT's int4 products of this shape run as bfloat16 GEMMs (measured faster here)."""
+        def int4_route(linear) -> str:
+            """How the fine GPT's int4 products of this shape run: float32 or bfloat16 GEMMs, or on AMX tiles."""
             shape = (linear.in_features, linear.out_features)
             if o.cpu_kernel != "auto":
-                return False
-            if shape not in half_routes:
-                half_routes[shape] = choose_int4_route(*shape, LONG_ROUTES, self.choice_cache())
-                self.choices.append(half_routes[shape])
-            return half_routes[shape].chosen == "bfloat16"
+                return "float32"
+            if shape not in long_routes:
+                long_routes[shape] = choose_int4_route(*shape, int4_routes(amx=kernels is not None),
+                                                       self.choice_cache())
+                self.choices.append(long_routes[shape])
+            return long_routes[shape].chosen
         for model in models:
             # int4: every layer of the blocks; the heads, whose errors go straight into the logits, stay int8
             heads = [model.lm_head] if isinstance(model, CausalGPT) else list(model.lm_heads)
@@ -123,7 +124,7 @@ class CpuBackend(Backend):
             model.swap_linears(lambda linear: int8_linear(linear, one_text) if o.quantize == "int8" or
                                any(linear is h for h in heads) else
                                Int4Linear(linear, native=kernels is not None, one_text=one_text,
-                                          half=one_text and int4_half(linear)))
+                                          route=int4_route(linear) if one_text else "float32"))
         if kernels and int8_kernels() is None:
             fallbacks.append("int8 C kernels: failed their check; int8 products in torch")
         if kernels and o.quantize == "int4" and int4_kernel() is None:

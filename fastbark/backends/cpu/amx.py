@@ -8,6 +8,8 @@ quantises the rows and rescales the sums in the same call (section 57 has the ra
 - int8: the same bits as the int8 mode's torch._int_mm route (integer sums are exact in any order; the rounding and
   the epilogue are int8.h's). Checked when first used (int8.py's `amx_int8`): not used where they differ.
 - bfloat16: float32 sums in another order than oneDNN's, rounded once; its values are checked (within 1%).
+- int4: the bfloat16 product over an int4 weight expanded straight into tiles at each call (q * d rounded once to
+  bfloat16, the values of int4.py's bfloat16 route; the expansion is never kept).
 
 Only the fine GPT takes these routes, where measured faster (choice.py): its weights are packed once, a second copy
 of them (the plain one stays for everything else that reads it); each of its passes holds one text. The decode stages
@@ -72,6 +74,24 @@ def bfloat16_product(amx: AmxKernels, x: torch.Tensor, packed: torch.Tensor, bia
     y = torch.empty(x.shape[0], out_features, dtype=torch.bfloat16)
     _checked(amx.bf16(x.data_ptr(), packed.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr(),
                       x.shape[0], out_features, x.shape[1], threads))
+    return y
+
+
+def q4_tiles(amx: AmxKernels, packed: torch.Tensor, scale: torch.Tensor, in_features: int) -> torch.Tensor:
+    """An int4 weight (int4.py's packed bytes and scales) as bfloat16 tiles, as `pack` lays out its bfloat16 expansion."""
+    n = packed.shape[0]
+    tiles = torch.empty(amx.packed_bytes(KIND_BF16, n, in_features), dtype=torch.uint8)
+    amx.pack_q4(packed.data_ptr(), scale.data_ptr(), tiles.data_ptr(), n, in_features, torch.get_num_threads())
+    return tiles
+
+
+def int4_product(amx: AmxKernels, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, in_features: int,
+                 threads: int) -> torch.Tensor:
+    """Bfloat16 rows x (M, K) times an int4 weight, expanded into tiles for the call -> (M, N) bfloat16."""
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], packed.shape[0], dtype=torch.bfloat16)
+    _checked(amx.q4(x.data_ptr(), packed.data_ptr(), scale.data_ptr(), y.data_ptr(), x.shape[0], packed.shape[0],
+                    in_features, threads))
     return y
 
 

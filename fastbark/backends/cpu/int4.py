@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import amx as tiles
 from .int8 import quantize_rows
 from .library import load_kernels, run_q4, run_quantize
 from .linears import one_position, onednn_linear
@@ -69,6 +70,27 @@ LONG_ROUTES = {"float32": lambda x, w: F.linear(x, w),
                "bfloat16": lambda x, w: F.linear(x.to(torch.bfloat16), w.to(torch.bfloat16)).float()}
 
 
+class _TilesRoute:
+    """The bfloat16 route on AMX tiles (amx.py), as a chooser's candidate f(x, w): w, an int4 weight expanded, is
+    grouped again on its first use (exactly, where each group holds its -8 level: choice.choose_int4_route's weights);
+    a layer expands its own int4 weight into the tiles at each call."""
+
+    def __init__(self):
+        self._last = (None, None)
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self._last[0] is not w:
+            self._last = (w, quantize_groups(w))
+        packed, scale = self._last[1]
+        return tiles.int4_product(tiles.amx_kernels(), x.to(torch.bfloat16), packed, scale, w.shape[1],
+                                  torch.get_num_threads()).float()
+
+
+def int4_routes(amx: bool) -> dict:
+    """LONG_ROUTES, and with `amx` the AMX tiles' where this machine has them and they passed their checks."""
+    return {**LONG_ROUTES, "amx": _TilesRoute()} if amx and tiles.amx_kernels() is not None else LONG_ROUTES
+
+
 def _big_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (M, K) @ weight (N, K)^T on oneDNN: a row's result does not depend on M, but for M = 1, which oneDNN
     computes on another path (linears.py), so a lone row runs as two."""
@@ -81,10 +103,11 @@ class Int4Linear(nn.Module):
     """nn.Linear's forward with int4 weights (groups of GROUP) and per-row int8 activations. The float weight
     is not kept."""
 
-    def __init__(self, linear: nn.Linear, native: bool = True, one_text: bool = False, half: bool = False):
+    def __init__(self, linear: nn.Linear, native: bool = True, one_text: bool = False, route: str = "float32"):
         """`one_text`: long inputs always hold one text (the fine GPT's passes, pipeline/fine.py), so any GEMM keeps
         a text's bits, and the faster plain torch.mm runs them; otherwise oneDNN, whose rows do not depend on the
-        batch (prefills of several texts). `half` (with `one_text` only): those as bfloat16 GEMMs (LONG_ROUTES)."""
+        batch (prefills of several texts). `route` (with `one_text` only): those as float32 or bfloat16 GEMMs
+        (LONG_ROUTES), or bfloat16 products on AMX tiles ("amx": the weight expanded into tiles at each call)."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         packed, scale = quantize_groups(linear.weight)
@@ -94,7 +117,9 @@ class Int4Linear(nn.Module):
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
         self._native = int4_kernel() if native else None
         self._one_text = one_text
-        self.long_route = "bfloat16" if one_text and half else "float32"  # the fine GPT's; prefills: _big_product
+        self.long_route = route if one_text else "float32"  # the fine GPT's; prefills: _big_product
+        if self.long_route == "amx" and tiles.amx_kernels() is None:
+            raise ValueError("the int4 route 'amx' needs AMX tiles, which this machine or build does not have")
 
     @property
     def kind(self) -> str:
@@ -121,8 +146,12 @@ class Int4Linear(nn.Module):
         else:
             kernels = load_kernels() if self._native is not None else None
             x_q, x_scale = run_quantize(kernels.s8.quantize, rows, threads) if kernels else quantize_rows(rows)
-            product = LONG_ROUTES[self.long_route] if self._one_text else _big_product
-            y = product(x_q.float(), self.dequantized()) * x_scale  # (M, N) * (M, 1)
+            if self.long_route == "amx":  # the weight expanded into tiles for this call only
+                y = tiles.int4_product(tiles.amx_kernels(), x_q.to(torch.bfloat16), self.weight_packed,
+                                       self.weight_scale, self.in_features, threads).float() * x_scale
+            else:
+                product = LONG_ROUTES[self.long_route] if self._one_text else _big_product
+                y = product(x_q.float(), self.dequantized()) * x_scale  # (M, N) * (M, 1)
             if self._bias_f32 is not None:
                 y += self._bias_f32
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (M, N) -> x's leading shape + (N,)

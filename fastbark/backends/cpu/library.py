@@ -130,6 +130,8 @@ class AmxKernels:
     pack: object  # a weight (N, K) int8 or bfloat16 -> its tiles
     s8: object  # the int8 mode's product (quantise, tiles, rescale), or int32 sums of int8 rows
     bf16: object  # the bfloat16 mode's product
+    pack_q4: object  # an int4 weight (int4.h's layout) -> bfloat16 tiles
+    q4: object  # the int4 mode's fine-pass product: bfloat16 rows times an int4 weight expanded into tiles per call
     ready: bool  # built for AMX, and this process may use the tiles (the packing runs everywhere)
 
 
@@ -306,7 +308,10 @@ def _bind_amx(lib: ctypes.CDLL) -> AmxKernels:
     pack.argtypes, pack.restype = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64], None
     s8.argtypes, s8.restype = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
     bf16.argtypes, bf16.restype = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
-    return AmxKernels(packed_bytes, pack, s8, bf16, bool(lib.fastbark_amx_ready()))
+    pack_q4, q4 = lib.fastbark_amx_pack_q4, lib.fastbark_amx_q4
+    pack_q4.argtypes, pack_q4.restype = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int], None
+    q4.argtypes, q4.restype = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
+    return AmxKernels(packed_bytes, pack, s8, bf16, pack_q4, q4, bool(lib.fastbark_amx_ready()))
 
 
 def load_kernels() -> NativeKernels | None:

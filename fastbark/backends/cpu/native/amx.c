@@ -3,8 +3,10 @@
  * int8:     y = (x_q @ w_q^T) * (x_scale * w_scale) + bias, the int8 mode's product (int8.py), each row of x
  *           quantised by quantize_row (int8.h). Its int32 sums are exact in any order, so its bits are those of
  *           the torch._int_mm route (checked in int8.py when the library loads).
- * bfloat16: y = x @ w^T + bias, float32 sums rounded once to bfloat16 (linears.py; sums in another order than
+ * bfloat16: y = x @ w^T + bias, float32 sums rounded once to bfloat16 (amx.py; sums in another order than
  *           oneDNN's, so its values, not its bits, are checked).
+ * int4:     the bfloat16 product over an int4 weight (int4.h) expanded into bfloat16 tiles at each call, never kept
+ *           (int4.py's bfloat16 route: q * d rounded once to bfloat16).
  *
  * Layout. A tile is 16 rows of 64 bytes. TDPBSSD (int8) and TDPBF16PS (bfloat16) take a tile of x (16 rows of
  * DEPTH values along K) and a tile of w in lanes of 4 bytes: its row r holds, for each of 16 outputs n, the
@@ -12,7 +14,9 @@
  * (fastbark_amx_pack; N rounded up to 32, K to DEPTH, with zeros, which add nothing); x is packed at each call
  * into whole tiles [M/16][K/DEPTH][16][64] (contiguous tiles load faster than rows of x with a stride).
  * Blocking: a 32 x 32 block of y is 2 x 2 accumulator tiles over 2 tiles of x and 2 of w; a thread takes
- * ROW_BLOCKS blocks of rows (256 rows of x, in L2) against one pair of w's tiles (in L1).
+ * ROW_BLOCKS blocks of rows (256 rows of x, in L2) against one pair of w's tiles, K_TILES tiles of K at a time (in
+ * L1). On the Xeon of RESULTS.md section 57, 2 threads: int8 3.0-4.0 TOPS (torch._int_mm 1.6-3.1), bfloat16 1.7-2.2
+ * TFLOP/s (F.linear 0.8-1.9).
  *
  * Built where the compiler targets AMX-INT8 and AMX-BF16 (-march=native on such a CPU); elsewhere the entry points
  * report that they are absent. Linux grants a process the tiles' state only on request (arch_prctl).
@@ -20,6 +24,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "int4.h"
 #include "int8.h"
 
 enum { TILE_BYTES = 1024, TILE_ROWS = 16, ROW_BYTES = 64, LANE = 4, BLOCK = 32 };
@@ -46,6 +51,47 @@ void fastbark_amx_pack(int kind, const void *w, void *packed, int64_t N, int64_t
             const int64_t at = tile * TILE_BYTES + r * ROW_BYTES + (n % TILE_ROWS) * LANE;
             memcpy(dst + at, src + (n * K + k) * e, (size_t)((k + group <= K ? group : K - k) * e));
         }
+}
+
+/* An int4 weight (int4.h's layout: packed (N, q4_row_bytes(K)), scales (N, ceil(K / 32))) as bfloat16 tiles, as
+ * fastbark_amx_pack lays out a bfloat16 (N, K) weight: each weight q * d (one float32 rounding, as int4.py's
+ * expansion) rounded to nearest even bfloat16 (as its bfloat16 route rounds it). A group of 32 weights is one tile's
+ * depth: with AVX512-BF16 it is widened, scaled, rounded and scattered (its 16 pairs one tile row apart) at once. */
+void fastbark_amx_pack_q4(const uint8_t *w, const float *w_scale, void *tiles, int64_t N, int64_t K, int threads) {
+    const int64_t kt = round_up(K, 32) / 32, groups = q4_groups(K), row_bytes = q4_row_bytes(K);
+    if (N % BLOCK || K % 32) memset(tiles, 0, (size_t)fastbark_amx_packed_bytes(KIND_BF16, N, K));
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *row = w + n * row_bytes;
+        for (int64_t g = 0; g < groups; g++) {
+            const float d = w_scale[n * groups + g];
+            uint32_t *lane = (uint32_t *)tiles + ((n / TILE_ROWS) * kt + g) * (TILE_BYTES / 4) + n % TILE_ROWS;
+#if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__)
+            if ((g + 1) * 32 <= K) {  /* a whole group: the 32 nibbles of one plane of its block */
+                const __m256i bytes = _mm256_loadu_si256((const __m256i *)(row + g / 2 * Q4_BLOCK_BYTES));
+                const __m256i u = _mm256_and_si256(g % 2 ? _mm256_srli_epi16(bytes, 4) : bytes, _mm256_set1_epi8(15));
+                const __m512i eight = _mm512_set1_epi32(8);
+                const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(
+                    _mm512_cvtepu8_epi32(_mm256_castsi256_si128(u)), eight)), _mm512_set1_ps(d));
+                const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(
+                    _mm512_cvtepu8_epi32(_mm256_extracti128_si256(u, 1)), eight)), _mm512_set1_ps(d));
+                const __m512i pairs = _mm512_inserti64x4(_mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(lo)),
+                                                         (__m256i)_mm512_cvtneps_pbh(hi), 1);  /* k = 2p, 2p + 1 */
+                const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                                                          13, 14, 15), _mm512_set1_epi32(16));
+                _mm512_i32scatter_epi32(lane, rows, pairs, 4);  /* pair p: tile row p, this output's lane */
+                continue;
+            }
+#endif
+            for (int64_t k = g * 32; k < K && k < (g + 1) * 32; k++) {  /* K's last, partial group */
+                const float v = (float)q4_at(row, k) * d;
+                uint32_t u;
+                memcpy(&u, &v, 4);
+                const uint16_t h = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);  /* nearest even */
+                memcpy((uint16_t *)(lane + (k % 32) / 2 * (ROW_BYTES / 4)) + k % 2, &h, 2);
+            }
+        }
+    }
 }
 
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
@@ -205,6 +251,13 @@ static inline __attribute__((always_inline)) void products(int kind, const uint8
     }
 }
 
+/* Rows of bfloat16 x (M, K) into tiles at xp (the padding zero). */
+static void pack_rows_bf16(const uint16_t *x, uint8_t *xp, int64_t M, int64_t K, int64_t kt, int threads) {
+    if (M % BLOCK || K % (ROW_BYTES / 2)) memset(xp, 0, (size_t)(round_up(M, BLOCK) / TILE_ROWS * kt * TILE_BYTES));
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t m = 0; m < M; m++) pack_row((const uint8_t *)(x + m * K), K, 2, kt, m, xp);
+}
+
 /* int8 rows x (M, K) float32 (quantised here, as quantize_row) or x_q (M, K) int8 (as given) times a packed int8
  * weight: y (M, N) float32 = rescaled sums (w_scale, bias), or the int32 sums themselves where y_s32 is given.
  * Returns 0, 1 when out of memory, 2 without the tiles. */
@@ -212,12 +265,12 @@ int fastbark_amx_s8(const float *x, const int8_t *x_q, const int8_t *packed, con
                     float *y, int32_t *y_s32, int64_t M, int64_t N, int64_t K, int threads) {
     if (!fastbark_amx_ready()) return 2;
     const int64_t kt = round_up(K, ROW_BYTES) / ROW_BYTES, mp = round_up(M, BLOCK);
-    const size_t tiles = (size_t)(mp * kt * TILE_BYTES), scales = (size_t)(round_up(M, 16) * 4);
+    const size_t tiles = (size_t)(mp / TILE_ROWS * kt * TILE_BYTES), scales = (size_t)(round_up(M, 16) * 4);
     uint8_t *xp = scratch_bytes(tiles + scales + (size_t)(threads * K));
     if (!xp) return 1;
     float *xs = (float *)(xp + tiles);
     int8_t *rows = (int8_t *)(xp + tiles + scales);  /* a row of x quantised, for each thread */
-    if (M % BLOCK || K % ROW_BYTES) memset(xp, 0, (size_t)(mp * kt * TILE_BYTES));  /* the padding: zeros */
+    if (M % BLOCK || K % ROW_BYTES) memset(xp, 0, tiles);  /* the padding: zeros */
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t m = 0; m < M; m++) {
         int8_t *row = rows + omp_get_thread_num() * K;
@@ -236,13 +289,31 @@ int fastbark_amx_bf16(const uint16_t *x, const uint16_t *packed, const float *bi
                       int64_t K, int threads) {
     if (!fastbark_amx_ready()) return 2;
     const int64_t kt = round_up(K, ROW_BYTES / 2) / (ROW_BYTES / 2), mp = round_up(M, BLOCK);
-    uint8_t *xp = scratch_bytes((size_t)(mp * kt * TILE_BYTES));
+    const size_t tiles = (size_t)(mp / TILE_ROWS * kt * TILE_BYTES);
+    uint8_t *xp = scratch_bytes(tiles);
     if (!xp) return 1;
-    if (M % BLOCK || K % (ROW_BYTES / 2)) memset(xp, 0, (size_t)(mp * kt * TILE_BYTES));  /* the padding: zeros */
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t m = 0; m < M; m++) pack_row((const uint8_t *)(x + m * K), K, 2, kt, m, xp);
+    pack_rows_bf16(x, xp, M, K, kt, threads);
     const epilogue out = {NULL, NULL, y, NULL, NULL, bias};
     products(KIND_BF16, xp, (const uint8_t *)packed, &out, M, N, kt, threads);
+    return 0;
+}
+
+/* x (M, K) bfloat16 times an int4 weight (int4.h's layout: packed (N, q4_row_bytes(K)), scales (N, groups)), expanded
+ * here into bfloat16 tiles (fastbark_amx_pack_q4) in the calling thread's scratch memory, never kept -> y (M, N)
+ * bfloat16: the int4 mode's bfloat16 route (int4.py) on the tiles. Returns 0, 1 when out of memory, 2 without the
+ * tiles. */
+int fastbark_amx_q4(const uint16_t *x, const uint8_t *w, const float *w_scale, uint16_t *y, int64_t M, int64_t N,
+                    int64_t K, int threads) {
+    if (!fastbark_amx_ready()) return 2;
+    const int64_t kt = round_up(K, ROW_BYTES / 2) / (ROW_BYTES / 2), mp = round_up(M, BLOCK);
+    const size_t x_tiles = (size_t)(mp / TILE_ROWS * kt * TILE_BYTES);
+    const size_t w_tiles = (size_t)fastbark_amx_packed_bytes(KIND_BF16, N, K);
+    uint8_t *xp = scratch_bytes(x_tiles + w_tiles);
+    if (!xp) return 1;
+    fastbark_amx_pack_q4(w, w_scale, xp + x_tiles, N, K, threads);
+    pack_rows_bf16(x, xp, M, K, kt, threads);
+    const epilogue out = {NULL, NULL, y, NULL, NULL, NULL};
+    products(KIND_BF16, xp, xp + x_tiles, &out, M, N, kt, threads);
     return 0;
 }
 
@@ -258,6 +329,11 @@ int fastbark_amx_s8(const float *x, const int8_t *x_q, const int8_t *packed, con
 int fastbark_amx_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, uint16_t *y, int64_t M, int64_t N,
                       int64_t K, int threads) {
     (void)x; (void)packed; (void)bias; (void)y; (void)M; (void)N; (void)K; (void)threads;
+    return 2;
+}
+int fastbark_amx_q4(const uint16_t *x, const uint8_t *w, const float *w_scale, uint16_t *y, int64_t M, int64_t N,
+                    int64_t K, int threads) {
+    (void)x; (void)w; (void)w_scale; (void)y; (void)M; (void)N; (void)K; (void)threads;
     return 2;
 }
 
