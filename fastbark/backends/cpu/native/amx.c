@@ -283,38 +283,37 @@ int fastbark_amx_s8(const float *x, const int8_t *x_q, const int8_t *packed, con
     return 0;
 }
 
-/* x (M, K) bfloat16 times a packed bfloat16 weight, + bias (float32, or NULL) -> y (M, N) bfloat16.
- * Returns 0, 1 when out of memory, 2 without the tiles. */
-int fastbark_amx_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, uint16_t *y, int64_t M, int64_t N,
-                      int64_t K, int threads) {
-    if (!fastbark_amx_ready()) return 2;
-    const int64_t kt = round_up(K, ROW_BYTES / 2) / (ROW_BYTES / 2), mp = round_up(M, BLOCK);
-    const size_t tiles = (size_t)(mp / TILE_ROWS * kt * TILE_BYTES);
-    uint8_t *xp = scratch_bytes(tiles);
-    if (!xp) return 1;
-    pack_rows_bf16(x, xp, M, K, kt, threads);
-    const epilogue out = {NULL, NULL, y, NULL, NULL, bias};
-    products(KIND_BF16, xp, (const uint8_t *)packed, &out, M, N, kt, threads);
-    return 0;
-}
-
-/* x (M, K) bfloat16 times an int4 weight (int4.h's layout: packed (N, q4_row_bytes(K)), scales (N, groups)), expanded
- * here into bfloat16 tiles (fastbark_amx_pack_q4) in the calling thread's scratch memory, never kept -> y (M, N)
- * bfloat16: the int4 mode's bfloat16 route (int4.py) on the tiles. Returns 0, 1 when out of memory, 2 without the
- * tiles. */
-int fastbark_amx_q4(const uint16_t *x, const uint8_t *w, const float *w_scale, uint16_t *y, int64_t M, int64_t N,
-                    int64_t K, int threads) {
+/* x (M, K) bfloat16, packed into tiles, times the bfloat16 weight tiles `packed`, or where that is NULL the int4
+ * weight (w_q4, w_scale) expanded into tiles first, both in the calling thread's scratch memory; + bias (float32, or
+ * NULL) -> y (M, N) bfloat16. Returns 0, 1 when out of memory, 2 without the tiles. */
+static int bf16_call(const uint16_t *x, const uint8_t *packed, const uint8_t *w_q4, const float *w_scale,
+                     const float *bias, uint16_t *y, int64_t M, int64_t N, int64_t K, int threads) {
     if (!fastbark_amx_ready()) return 2;
     const int64_t kt = round_up(K, ROW_BYTES / 2) / (ROW_BYTES / 2), mp = round_up(M, BLOCK);
     const size_t x_tiles = (size_t)(mp / TILE_ROWS * kt * TILE_BYTES);
-    const size_t w_tiles = (size_t)fastbark_amx_packed_bytes(KIND_BF16, N, K);
-    uint8_t *xp = scratch_bytes(x_tiles + w_tiles);
+    uint8_t *xp = scratch_bytes(x_tiles + (packed ? 0 : (size_t)fastbark_amx_packed_bytes(KIND_BF16, N, K)));
     if (!xp) return 1;
-    fastbark_amx_pack_q4(w, w_scale, xp + x_tiles, N, K, threads);
+    if (!packed) {
+        fastbark_amx_pack_q4(w_q4, w_scale, xp + x_tiles, N, K, threads);
+        packed = xp + x_tiles;
+    }
     pack_rows_bf16(x, xp, M, K, kt, threads);
-    const epilogue out = {NULL, NULL, y, NULL, NULL, NULL};
-    products(KIND_BF16, xp, xp + x_tiles, &out, M, N, kt, threads);
+    const epilogue out = {NULL, NULL, y, NULL, NULL, bias};
+    products(KIND_BF16, xp, packed, &out, M, N, kt, threads);
     return 0;
+}
+
+/* The bfloat16 mode's product: x (M, K) bfloat16 times a packed bfloat16 weight, + bias -> y (M, N) bfloat16. */
+int fastbark_amx_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, uint16_t *y, int64_t M, int64_t N,
+                      int64_t K, int threads) {
+    return bf16_call(x, (const uint8_t *)packed, NULL, NULL, bias, y, M, N, K, threads);
+}
+
+/* The int4 mode's bfloat16 route (int4.py) on the tiles: x (M, K) bfloat16 times an int4 weight (int4.h's layout:
+ * packed (N, q4_row_bytes(K)), scales (N, groups)), expanded into bfloat16 tiles for this call only -> y (M, N). */
+int fastbark_amx_q4(const uint16_t *x, const uint8_t *w, const float *w_scale, uint16_t *y, int64_t M, int64_t N,
+                    int64_t K, int threads) {
+    return bf16_call(x, NULL, w, w_scale, NULL, y, M, N, K, threads);
 }
 
 #else  /* no AMX in this build */
