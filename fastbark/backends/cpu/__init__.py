@@ -94,29 +94,22 @@ class CpuBackend(Backend):
     def _quantise(self, models: Models, kernels) -> list[str]:
         """int8: every linear layer of the three GPTs in int8; int4: the blocks' in int4, the heads in int8."""
         o, fallbacks = self.options, []
-        routes: dict = {}  # (K, N, with the tiles) -> the big int8 products' route measured fastest here (choice.py)
+        routes: dict = {}  # the big int8 products' routes measured fastest here (_route)
+        long_routes: dict = {}  # the int4 fine passes' routes
 
         def int8_linear(linear, one_text: bool):
             """The fine GPT's layers (`one_text`) may take the AMX tiles (amx.py); the others' prefills may not."""
-            shape = (linear.in_features, linear.out_features)
-            candidates = int_routes(amx=one_text and kernels is not None and o.cpu_kernel == "auto")
-            key = (*shape, "amx" in candidates)
-            if key not in routes and o.cpu_kernel != "plain":
-                routes[key] = choose_int_route(*shape, candidates, self.choice_cache())
-                self.choices.append(routes[key])
-            return Int8Linear(linear, native=kernels is not None, route=routes[key].chosen if key in routes else None)
-        long_routes: dict = {}  # (K, N) -> the int4 fine passes' route measured fastest here
+            if o.cpu_kernel == "plain":
+                return Int8Linear(linear, native=kernels is not None)
+            tiles = one_text and kernels is not None and o.cpu_kernel == "auto"
+            return Int8Linear(linear, native=kernels is not None,
+                              route=self._route(routes, choose_int_route, linear, int_routes(amx=tiles)))
 
         def int4_route(linear) -> str:
             """How the fine GPT's int4 products of this shape run: float32 or bfloat16 GEMMs, or on AMX tiles."""
-            shape = (linear.in_features, linear.out_features)
             if o.cpu_kernel != "auto":
                 return "float32"
-            if shape not in long_routes:
-                long_routes[shape] = choose_int4_route(*shape, int4_routes(amx=kernels is not None),
-                                                       self.choice_cache())
-                self.choices.append(long_routes[shape])
-            return long_routes[shape].chosen
+            return self._route(long_routes, choose_int4_route, linear, int4_routes(amx=kernels is not None))
         for model in models:
             # int4: every layer of the blocks; the heads, whose errors go straight into the logits, stay int8
             heads = [model.lm_head] if isinstance(model, CausalGPT) else list(model.lm_heads)
@@ -140,18 +133,13 @@ class CpuBackend(Backend):
     def _bfloat16_products(self, models: Models) -> list[str]:
         """bfloat16: each layer shape's long products (prefills, fine passes) as bfloat16 GEMMs or as float32 GEMMs
         over the same values, whichever measured faster here (choice.py); the layers keep their bfloat16 weights."""
-        routes: dict = {}  # (K, N, with the tiles) -> the route measured fastest here
+        routes: dict = {}  # the routes measured fastest here (_route)
         amx = amx_kernels()
 
         def swapped(linear, one_text: bool):
             """The fine GPT's layers (`one_text`) may take the AMX tiles (amx.py); the others' prefills may not."""
             candidates = {**HALF_ROUTES, "amx": BF16_ROUTE} if one_text and amx is not None else HALF_ROUTES
-            shape = (linear.in_features, linear.out_features)
-            key = (*shape, "amx" in candidates)
-            if key not in routes:
-                routes[key] = choose_half_route(*shape, candidates, self.choice_cache())
-                self.choices.append(routes[key])
-            chosen = routes[key].chosen
+            chosen = self._route(routes, choose_half_route, linear, candidates)
             return Bf16ViaFloat32Linear(linear) if chosen == "via-float32" else \
                 AmxBf16Linear(linear, amx) if chosen == "amx" else None
         for model in models:
@@ -161,6 +149,16 @@ class CpuBackend(Backend):
             return ["bfloat16 products: bfloat16 GEMMs are slower on this CPU (no bfloat16 arithmetic); prefills and "
                     "fine passes run as float32 GEMMs over the same values"]
         return []
+
+    def _route(self, measured: dict, choose, linear, candidates: dict) -> str:
+        """The name of the route among `candidates` that `choose` (a choice.py chooser) measured fastest here for the
+        layer's shape: measured once per shape and set of candidates (kept in `measured`), and reported."""
+        shape = (linear.in_features, linear.out_features)
+        key = (*shape, *candidates)
+        if key not in measured:
+            measured[key] = choose(*shape, candidates, self.choice_cache())
+            self.choices.append(measured[key])
+        return measured[key].chosen
 
     def _whole_attention(self, models: Models, kernels) -> tuple[str, object, str]:
         """The fast modes' whole-sequence attention: (its name, the way or None for SDPA, a fallback line or ''). The

@@ -96,16 +96,17 @@ def int4_product(amx: AmxKernels, x: torch.Tensor, packed: torch.Tensor, scale: 
 
 
 class PackedRoute:
-    """A route for choice.py's choosers, f(x (M, K), w (N, K)): the product on the tiles, with w packed on its first
-    use (the chooser passes the same w at every timed call; packing is a layer's one-off cost)."""
+    """A route for choice.py's choosers, f(x (M, K), w (N, K)): `product(amx, x, prepare(amx, w), N)`, w prepared
+    (by default packed into tiles) on its first use only: the chooser passes the same w at every timed call, and a
+    layer prepares its weight once."""
 
-    def __init__(self, product):
-        self._product, self._last = product, (None, None)
+    def __init__(self, product, prepare=None):
+        self._product, self._prepare, self._last = product, prepare or pack, (None, None)
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         amx = amx_kernels()
         if self._last[0] is not w:
-            self._last = (w, pack(amx, w))
+            self._last = (w, self._prepare(amx, w))
         return self._product(amx, x, self._last[1], w.shape[0])
 
 

@@ -413,8 +413,9 @@ def choose_half_route(in_features: int, out_features: int, routes: dict[str, Cal
 def choose_int4_route(in_features: int, out_features: int, routes: dict[str, Callable], cache: ChoiceCache | None
                       ) -> Choice:
     """Which product (`routes`: name -> f(x (M, K) float32 holding int8 values, w (N, K) float32 int4 weights
-    expanded)) runs the int4 mode's fine passes fastest here for a layer's shape: float32 GEMMs (the reference)
-    or bfloat16 GEMMs over the same values rounded once (int4.py). Values within 1% of the reference's."""
+    expanded)) runs the int4 mode's fine passes fastest here for a layer's shape: float32 GEMMs (the reference),
+    bfloat16 GEMMs over the same values rounded once, or those on AMX tiles (int4.py). Values within 1% of the
+    reference's."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(-127, 128, (FINE_ROWS, in_features), generator=g).float()
     q = torch.randint(-8, 8, (out_features, in_features), generator=g)

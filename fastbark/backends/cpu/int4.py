@@ -15,9 +15,10 @@ ggml's q4_0). Activations are quantised on the fly, per row, to int8 exactly as 
   float32 (q * d, in C where built) for each call and multiplied by the rows of x_q, on oneDNN, whose rows
   do not depend on their batch, or on torch.mm where every long input holds one text (`one_text`: the fine
   GPT); the same numbers up to float32 rounding (tested). The fine GPT's passes may instead run as bfloat16
-  GEMMs (`LONG_ROUTES`, `half=True`, where the backend measured them faster: CPUs with AMX): x_q's integers
-  are exact in bfloat16, the weights q * d are rounded to bfloat16 (a relative error of at most 2^-9, against
-  int4's own of up to 1/16 of a group's largest weight), the sums stay float32, the result is rounded to
+  GEMMs (`LONG_ROUTES`, `route="bfloat16"`, where the backend measured them faster), or on CPUs with AMX as
+  the same bfloat16 products on tiles the weight is expanded into at each call (`route="amx"`, amx.py): x_q's
+  integers are exact in bfloat16, the weights q * d are rounded to bfloat16 (a relative error of at most 2^-9,
+  against int4's own of up to 1/16 of a group's largest weight), the sums stay float32, the result is rounded to
   bfloat16 once.
 Each row's numbers depend on that row alone, so a text gets the same bits alone as inside a batch.
 """
@@ -70,25 +71,18 @@ LONG_ROUTES = {"float32": lambda x, w: F.linear(x, w),
                "bfloat16": lambda x, w: F.linear(x.to(torch.bfloat16), w.to(torch.bfloat16)).float()}
 
 
-class _TilesRoute:
-    """The bfloat16 route on AMX tiles (amx.py), as a chooser's candidate f(x, w): w, an int4 weight expanded, is
-    grouped again on its first use (exactly, where each group holds its -8 level: choice.choose_int4_route's weights);
-    a layer expands its own int4 weight into the tiles at each call."""
-
-    def __init__(self):
-        self._last = (None, None)
-
-    def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if self._last[0] is not w:
-            self._last = (w, quantize_groups(w))
-        packed, scale = self._last[1]
-        return tiles.int4_product(tiles.amx_kernels(), x.to(torch.bfloat16), packed, scale, w.shape[1],
-                                  torch.get_num_threads()).float()
+def _tiles_product(amx, x: torch.Tensor, grouped: tuple[torch.Tensor, torch.Tensor], n: int) -> torch.Tensor:
+    """The tiles' route as a chooser's candidate: x (M, K) float32 holding int8 values times an int4 weight."""
+    return tiles.int4_product(amx, x.to(torch.bfloat16), *grouped, x.shape[1], torch.get_num_threads()).float()
 
 
 def int4_routes(amx: bool) -> dict:
     """LONG_ROUTES, and with `amx` the AMX tiles' where this machine has them and they passed their checks."""
-    return {**LONG_ROUTES, "amx": _TilesRoute()} if amx and tiles.amx_kernels() is not None else LONG_ROUTES
+    if not amx or tiles.amx_kernels() is None:
+        return LONG_ROUTES
+    # the chooser's w, an int4 weight expanded, grouped again on its first use: exactly, where each group holds its
+    # -8 level (choice.choose_int4_route's weights); a layer expands its own int4 weight into the tiles at each call
+    return {**LONG_ROUTES, "amx": tiles.PackedRoute(_tiles_product, lambda amx, w: quantize_groups(w))}
 
 
 def _big_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
