@@ -10,6 +10,11 @@ backend for the mode. Its FLOPs are counted from the model's shapes: 2 per multi
 layer and in attention's two products.
 
     python benchmarks/compute_rates.py --threads 2 --json benchmarks/compute-rates.json
+    python benchmarks/compute_rates.py --threads 2 --modes bfloat16,int8 --attention-ways   # + the pass per attention
+
+With --attention-ways the pass is also timed with each whole-sequence attention the CPU backend can choose among
+(the C kernels on AMX tiles and AVX512-BF16 where they run, SDPA in bfloat16 where the activations are float32, SDPA),
+in alternating rounds in one process: the choice's worth in a whole pass, the element-wise work included.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 import fastbark
 from bench import best_seconds, cpu_description, model_parser, report
 from fastbark.backends.cpu.amx import BF16_ROUTE, INT8_ROUTE, amx_kernels
+from fastbark.backends.cpu.attention import CpuAttention, amx_attention, bf16_attention, sdpa_bf16_whole, sdpa_whole
 from fastbark.backends.cpu.int8 import int_mm_via_float
 from fastbark.testing import write_random_checkpoint
 
@@ -67,10 +73,38 @@ def fine_pass_flops(model) -> float:
     return 2 * t * linears + attention
 
 
+def attention_ways(model, float32_activations: bool) -> dict[str, CpuAttention]:
+    """The whole-sequence attentions the CPU backend chooses among for this model (backends/cpu/__init__.py)."""
+    c = model.config
+    kernels = {"amx": amx_attention(), "bf16-c": bf16_attention()}
+    ways = {name: k for name, k in kernels.items() if k is not None and k.runs(c.n_head, c.n_embd)}
+    ways.update({"sdpa-bf16": sdpa_bf16_whole} if float32_activations else {})
+    half = next(model.parameters()).dtype != torch.float32
+    return {**{name: CpuAttention(way, half, name) for name, way in ways.items()}, "sdpa": CpuAttention(None, half)}
+
+
+def pass_per_way(model, codes, float32_activations: bool, rounds: int) -> dict[str, float]:
+    """Seconds of a pass with each attention way (the best of `rounds` alternating rounds); the model keeps the
+    backend's own attention afterwards."""
+    chosen = model.layers[0].attn.kernel
+    ways = attention_ways(model, float32_activations)
+    best = dict.fromkeys(ways, float("inf"))
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, way in ways.items():
+                model.use_kernels(way)
+                model(codes, 2)
+                best[name] = min(best[name], best_seconds(lambda: model(codes, 2), 2))
+    model.use_kernels(chosen)
+    return best
+
+
 def main(argv=None) -> dict:
     p = model_parser(__doc__)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--modes", default="float32,bfloat16,int8", help="comma list of float32, bfloat16, int8, int4")
+    p.add_argument("--attention-ways", action="store_true",
+                   help="also time the pass with each whole-sequence attention the backend chooses among")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
@@ -91,14 +125,17 @@ def main(argv=None) -> dict:
                          "fraction_of_gemm": flops / seconds / 1e9 / gemm, "fine_pass_gflop": flops / 1e9,
                          "linears": {k: v for k, v in tts.backend.models["fine"].linears.items()},
                          "attention": tts.backend.models["fine"].whole_attention})
+            if args.attention_ways and mode != "float32":  # the exact mode has one way: SDPA in float32
+                rows[-1]["pass_s_per_attention"] = pass_per_way(model, codes, mode.startswith("int"), args.repeats)
             del tts, model
     result = {"size": args.size, "threads": args.threads, "rows": rows, "cpu": cpu_description(),
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     return report(result, ["mode", "machine GEMM (GFLOP/s)", "fine pass (s)", "fine pass (GFLOP/s)", "of GEMM",
-                           "fine linears / attention"],
+                           "fine linears / attention", "pass (s) per attention"],
                   lambda r: [r["mode"], f"{r['gemm_gflops']:.0f}", f"{r['fine_pass_s']:.2f}", f"{r['fine_gflops']:.0f}",
                              f"{100 * r['fraction_of_gemm']:.0f}%",
-                             f"{', '.join(f'{n} {k}' for k, n in r['linears'].items())} / {r['attention']}"], args.json)
+                             f"{', '.join(f'{n} {k}' for k, n in r['linears'].items())} / {r['attention']}",
+                             ", ".join(f"{k} {v:.3f}" for k, v in r.get("pass_s_per_attention", {}).items())], args.json)
 
 
 if __name__ == "__main__":

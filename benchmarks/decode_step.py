@@ -11,7 +11,7 @@ in the same run (the floor a step cannot beat).
     python benchmarks/decode_step.py --threads 2 --positions 600 --json benchmarks/decode-step-600-zen3.json
 
 With --positions 600 (a coarse window's typical cache) attention reads as much as the int8 weights; the
-quantised modes are also timed with float32 caches ("float32 cache"), which the backend replaces by bfloat16.
+quantised modes are also timed with float32 caches ("float32 cache"), which the backend replaces by int8 ones.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def weight_bytes(model) -> int:
 
 def cache_bytes(model, positions: int) -> int:
     """What one step reads of the KV cache: keys and values of every layer at `positions` + 1 positions."""
-    c = model.config
-    return 2 * c.n_layer * c.n_embd * (positions + 1) * model.new_cache(1, 1).k.element_size()
+    c, cache = model.config, model.new_cache(1, 1)
+    scales = c.n_head * 4 if cache.k_scale is not None else 0  # an int8 cache's float32 scale per head
+    return 2 * c.n_layer * (c.n_embd * cache.k.element_size() + scales) * (positions + 1)
 
 
 def step_ms(model, threads: int, positions: int, runs: int = 15) -> float:
@@ -56,7 +57,11 @@ def step_ms(model, threads: int, positions: int, runs: int = 15) -> float:
     torch.set_num_threads(threads)
     with torch.inference_mode():
         cache = model.new_cache(1, positions + 1)
-        cache.k.normal_(), cache.v.normal_()
+        for t in (cache.k, cache.v):
+            t.random_(-127, 128) if t.dtype == torch.int8 else t.normal_()
+        for t in (cache.k_scale, cache.v_scale):
+            if t is not None:
+                t.uniform_(0.005, 0.02)  # an int8 cache's scales: values of about +-2
         token = torch.zeros(1, dtype=torch.long)
         model.decode(token, cache, positions)
         times = []

@@ -241,11 +241,25 @@ def test_whole_sequence_attention_takes_the_way_measured_fastest(tmp_path):
     assert faster.chosen == "c"
 
 
-@pytest.mark.parametrize("fastest", ["bf16-c", "sdpa", "sdpa-bf16"])
+class StandIn:
+    """A C attention kernel's stand-in (these tests run on every CPU): `way`, for heads of any size."""
+
+    def __init__(self, way):
+        self._way = way
+
+    @staticmethod
+    def runs(n_head: int, n_embd: int) -> bool:
+        return True
+
+    def __call__(self, qkv, n_head, causal):
+        return self._way(qkv, n_head, causal)
+
+
+@pytest.mark.parametrize("fastest", ["amx", "bf16-c", "sdpa", "sdpa-bf16"])
 def test_the_engine_runs_the_whole_attention_measured_fastest(hub_dir, monkeypatch, tmp_path, fastest):
-    """In a fast mode with cpu_kernel="auto", the bfloat16 C attention (a stand-in here, computing SDPA: this test
-    must run on CPUs without AVX512-BF16), SDPA and (int8: float32 activations) SDPA in bfloat16 are timed; all
-    but `fastest` are made slower by a sleep, and the report says what runs and why."""
+    """In a fast mode with cpu_kernel="auto", the C attention kernels on AMX tiles and on AVX512-BF16 (stand-ins here,
+    computing SDPA: this test must run on every CPU), SDPA and (int8: float32 activations) SDPA in bfloat16 are
+    timed; all but `fastest` are made slower by a sleep, and the report says what runs and why."""
     from fastbark.backends import cpu
     from fastbark.backends.cpu.attention import sdpa_bf16_whole, sdpa_whole
 
@@ -254,7 +268,9 @@ def test_the_engine_runs_the_whole_attention_measured_fastest(hub_dir, monkeypat
             time.sleep(0.005)
             return way(qkv, n_head, causal)
         return slow
-    monkeypatch.setattr(cpu, "bf16_attention", lambda: sdpa_whole if fastest == "bf16-c" else slowed(sdpa_whole))
+    for name, getter in (("amx", "amx_attention"), ("bf16-c", "bf16_attention")):
+        kernel = StandIn(sdpa_whole if fastest == name else slowed(sdpa_whole))
+        monkeypatch.setattr(cpu, getter, lambda kernel=kernel: kernel)
     if fastest != "sdpa":
         monkeypatch.setattr(cpu, "sdpa_whole", slowed(sdpa_whole))
     if fastest != "sdpa-bf16":
@@ -263,15 +279,18 @@ def test_the_engine_runs_the_whole_attention_measured_fastest(hub_dir, monkeypat
     report = fastbark.Bark.from_pretrained(hub_dir, quantize="int8").backend
     measured = [m for m in report.measured if m.startswith("whole-sequence attention ")]
     assert len(measured) == 1 and f": {fastest} (" in measured[0], measured
-    assert all(f"{way} " in measured[0] for way in ("bf16-c", "sdpa", "sdpa-bf16"))  # each was timed
+    assert all(f"{way} " in measured[0] for way in ("amx", "bf16-c", "sdpa", "sdpa-bf16"))  # each was timed
     for name in ("semantic", "coarse", "fine"):
         assert report.models[name].whole_attention == fastest
     slower = [f for f in report.fallbacks if f.startswith("bfloat16 attention kernel")]
     assert slower == (["bfloat16 attention kernel: measured slower than SDPA here; SDPA instead"]
                       if fastest == "sdpa" else [])
     forced = fastbark.Bark.from_pretrained(hub_dir, quantize="int8", cpu_kernel="c").backend
-    assert forced.models["fine"].whole_attention == "bf16-c"  # "c": wherever it runs, unmeasured
+    assert forced.models["fine"].whole_attention == "amx"  # "c": a C kernel wherever one runs (the tiles first)
     assert not any(m.startswith("whole-sequence attention ") for m in forced.measured)
+    monkeypatch.setattr(cpu, "amx_attention", lambda: None)
+    forced = fastbark.Bark.from_pretrained(hub_dir, quantize="int8", cpu_kernel="c").backend
+    assert forced.models["fine"].whole_attention == "bf16-c"
 
 
 def test_sdpa_in_bfloat16_is_offered_where_activations_are_float32_only(hub_dir, monkeypatch, tmp_path):

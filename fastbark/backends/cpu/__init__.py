@@ -20,8 +20,9 @@ What it chooses, per engine options (each choice falls back, and says so in the 
 - bfloat16: the decode steps as one C call each (AVX512-BF16) where that measured faster than the blocks on
   oneDNN-packed weights ("auto"; "c": always), the heads oneDNN-packed; the long products (prefills, fine passes)
   as bfloat16 GEMMs or as float32 GEMMs over the same values, whichever measured faster per shape ("auto");
-- the fast modes: whole-sequence attention with bfloat16 products in C (AVX512-BF16), SDPA, or (int8, int4: float32
-  activations) SDPA over bfloat16 q, k, v, whichever measured fastest ("auto"; "c": the C kernel wherever it runs);
+- the fast modes: whole-sequence attention with bfloat16 products in C (on AMX tiles or AVX512-BF16), SDPA, or (int8,
+  int4: float32 activations) SDPA over bfloat16 q, k, v, whichever measured fastest ("auto"; "c": a C kernel wherever
+  one runs);
 - half precision: a decode step's attention over the cache as two matmuls.
 """
 
@@ -31,7 +32,7 @@ import torch
 
 from ...models.gpt import CausalGPT
 from ..base import Backend, Models
-from .attention import CpuAttention, bf16_attention, sdpa_bf16_whole, sdpa_whole
+from .attention import CpuAttention, amx_attention, bf16_attention, sdpa_bf16_whole, sdpa_whole
 from .decode_step import fused_decode_step
 from .int4 import Int4Linear, int4_kernel, int4_routes
 from .amx import BF16_ROUTE, AmxBf16Linear, amx_kernels
@@ -162,25 +163,27 @@ class CpuBackend(Backend):
 
     def _whole_attention(self, models: Models, kernels) -> tuple[str, object, str]:
         """The fast modes' whole-sequence attention: (its name, the way or None for SDPA, a fallback line or ''). The
-        bfloat16 C kernel (AVX512-BF16), SDPA, and where the activations are float32 (int8, int4) SDPA over bfloat16
-        q, k, v: with "auto" whichever measured fastest at the fine GPT's shape (choice.py; on a CPU with AMX, SDPA's
-        bfloat16 kernels win), with "c" the C kernel wherever it runs, with "plain" SDPA."""
+        C kernels (on AMX tiles "amx", on AVX512-BF16 "bf16-c"), SDPA, and where the activations are float32 (int8,
+        int4) SDPA over bfloat16 q, k, v: with "auto" whichever measured fastest at the fine GPT's shape (choice.py),
+        with "c" a C kernel wherever one runs (the tiles first), with "plain" SDPA."""
         o = self.options
         kernel = bf16_attention() if kernels else None
+        tiles = amx_attention() if kernels else None
         missing = "bfloat16 attention kernel: not on this CPU (needs AVX512-BF16); SDPA instead" \
-            if kernels and kernel is None else ""
+            if kernels and kernel is None and tiles is None else ""
+        c = models.fine.config
+        c_ways = {name: way for name, way in (("amx", tiles), ("bf16-c", kernel))
+                  if way is not None and way.runs(c.n_head, c.n_embd)}  # the tiles first
         if o.cpu_kernel != "auto":
-            return ("bf16-c", kernel, missing) if kernel is not None else ("sdpa", None, missing)
-        ways = {"sdpa": sdpa_whole, **({"bf16-c": kernel} if kernel is not None else {}),
-                **({"sdpa-bf16": sdpa_bf16_whole} if o.torch_dtype == torch.float32 else {})}
+            return next(iter(c_ways.items()), ("sdpa", None)) + (missing,)
+        ways = {"sdpa": sdpa_whole, **c_ways, **({"sdpa-bf16": sdpa_bf16_whole} if o.torch_dtype == torch.float32 else {})}
         if len(ways) == 1:
             return "sdpa", None, missing
-        c = models.fine.config
         choice = choose_whole_attention(c.n_head, c.n_embd, o.torch_dtype, ways, self.choice_cache())
         self.choices.append(choice)
         if choice.chosen == "sdpa":
             return "sdpa", None, "bfloat16 attention kernel: measured slower than SDPA here; SDPA instead" \
-                if kernel is not None else missing
+                if c_ways else missing
         return choice.chosen, ways[choice.chosen], ""
 
     def _measured_step(self, model, attention, step, mode: str, ways: dict | None = None):

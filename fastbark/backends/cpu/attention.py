@@ -1,5 +1,6 @@
-"""The CPU backend's attention: whole sequences with bfloat16 products (native/attention.c, or SDPA's own
-bfloat16 kernels) in the fast modes, and one query over the cache as two matmuls in half precision.
+"""The CPU backend's attention: whole sequences with bfloat16 products (native/attention.c on AVX512-BF16 or AMX
+tiles, or SDPA's own bfloat16 kernels) in the fast modes, and one query over the cache as two matmuls in half
+precision.
 
 The fine GPT's passes attend over 1024 frames, and every coarse window starts with a causal
 prefill of 257-887 positions: there attention is compute-bound, and half of an int8 fine pass
@@ -10,7 +11,9 @@ faster than SDPA (`choice.choose_whole_attention`: on CPUs with AMX, SDPA's bflo
 where the CPU lacks AVX512-BF16 or the head size does not fit, `SelfAttention` falls back to SDPA.
 The int8 and int4 modes' activations are float32; there SDPA over q, k and v rounded to bfloat16
 (`sdpa_bf16_whole`) is a third way, measured with the others: on a CPU with AMX it ran a 1024-frame
-pass's attention 2.5x faster than float32 SDPA, the casts included (RESULTS.md section 56).
+pass's attention 2.5x faster than float32 SDPA, the casts included (RESULTS.md section 56). On those CPUs
+attention.c's tile kernel (`amx_attention`) is a fourth way: the same three lines as the AVX512-BF16 kernel, 32
+queries at a time on the tiles, reading float32 or bfloat16 q, k and v as they are.
 
 One query in half precision: two small matmuls run 2-4x faster than SDPA's CPU kernel.
 """
@@ -33,6 +36,12 @@ class Bf16Attention:
     def __init__(self, kernel):
         self._kernel = kernel
 
+    @staticmethod
+    def runs(n_head: int, n_embd: int) -> bool:
+        """Whether the kernel runs heads of this size: a multiple of 16 up to 128."""
+        hd = n_embd // n_head
+        return hd * n_head == n_embd and hd % 16 == 0 and hd <= 128
+
     def __call__(self, qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor | None:
         B, T, C3 = qkv.shape
         rows = qkv.float().contiguous()  # the kernel reads float32 (bfloat16 mode: converted here)
@@ -42,6 +51,33 @@ class Bf16Attention:
         if status == 1:
             raise MemoryError("fastbark's attention kernel could not allocate its buffers")
         return out.to(qkv.dtype) if status == 0 else None
+
+
+class AmxAttention:
+    """The same computation on AMX tiles (attention.c's `fastbark_attention_amx`): qkv float32 or bfloat16, read as
+    it is (no cast), the output in its dtype; None where the kernel cannot run (no tiles, a head size not a multiple
+    of 32)."""
+
+    def __init__(self, kernel):
+        self._kernel = kernel
+
+    @staticmethod
+    def runs(n_head: int, n_embd: int) -> bool:
+        """Whether the kernel runs heads of this size: a multiple of 32 (a tile's depth) up to 128."""
+        hd = n_embd // n_head
+        return hd * n_head == n_embd and hd % 32 == 0 and hd <= 128
+
+    def __call__(self, qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor | None:
+        if qkv.dtype not in (torch.float32, torch.bfloat16):
+            return None
+        B, T, C3 = qkv.shape
+        qkv = qkv.contiguous()
+        out = torch.empty(B, T, C3 // 3, dtype=qkv.dtype)
+        status = self._kernel(qkv.data_ptr(), out.data_ptr(), B, T, C3 // 3, n_head, int(causal),
+                              int(qkv.dtype == torch.bfloat16), torch.get_num_threads())
+        if status == 1:
+            raise MemoryError("fastbark's AMX attention could not allocate its buffers")
+        return out if status == 0 else None
 
 
 def sdpa_whole(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor:
@@ -56,26 +92,44 @@ def sdpa_bf16_whole(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tenso
     return sdpa_whole(qkv.to(torch.bfloat16), n_head, causal).to(qkv.dtype)
 
 
+def passes_check(attend: Callable, shapes=((37, 2, 16, True), (70, 3, 32, False), (19, 1, 64, False)),
+                 dtypes=(torch.float32,)) -> bool:
+    """Whether a whole-sequence attention runs these shapes (T, heads, head size, causal) close to float64 SDPA
+    (bfloat16 rounding), each row's bits the same alone as in a batch."""
+    g = torch.Generator().manual_seed(0)
+    for dtype in dtypes:
+        for T, n_head, hd, causal in shapes:
+            qkv = torch.randn(3, T, 3 * n_head * hd, generator=g).to(dtype)
+            got = attend(qkv, n_head, causal)
+            if got is None or got.dtype != dtype:
+                return False
+            expected = sdpa_whole(qkv.double(), n_head, causal)
+            if not torch.allclose(got.double(), expected, rtol=0.03, atol=0.03):
+                return False
+            if not all(torch.equal(attend(qkv[i: i + 1], n_head, causal), got[i: i + 1]) for i in range(3)):
+                return False
+    return True
+
+
 @functools.cache
 def bf16_attention() -> Bf16Attention | None:
-    """The kernel, where it was built, this CPU runs it, and it passes its check: close to float64 SDPA
-    (bfloat16 rounding), and each row's bits the same alone as in a batch."""
+    """The AVX512-BF16 kernel, where it was built, this CPU runs it, and it passes its check (`passes_check`)."""
     kernels = load_kernels()
-    if kernels is None:
+    attend = Bf16Attention(kernels.attention) if kernels is not None else None
+    return attend if attend is not None and passes_check(attend) else None
+
+
+@functools.cache
+def amx_attention() -> AmxAttention | None:
+    """The AMX kernel, where it was built, the process has the tiles, and it passes its check in float32 and
+    bfloat16, at head sizes 32 and 64 and lengths that end inside a block of 32 queries or keys."""
+    kernels = load_kernels()
+    amx = kernels.amx if kernels is not None else None
+    if amx is None or not amx.ready:
         return None
-    attend = Bf16Attention(kernels.attention)
-    g = torch.Generator().manual_seed(0)
-    for T, n_head, hd, causal in ((37, 2, 16, True), (70, 3, 32, False), (19, 1, 64, False)):
-        qkv = torch.randn(3, T, 3 * n_head * hd, generator=g)
-        got = attend(qkv, n_head, causal)
-        if got is None:
-            return None
-        expected = sdpa_whole(qkv.double(), n_head, causal)
-        if not torch.allclose(got.double(), expected, rtol=0.03, atol=0.03):
-            return None
-        if not all(torch.equal(attend(qkv[i: i + 1], n_head, causal), got[i: i + 1]) for i in range(3)):
-            return None
-    return attend
+    attend = AmxAttention(amx.attention)
+    shapes = ((37, 2, 32, True), (70, 3, 32, False), (19, 1, 64, False), (65, 2, 64, True))
+    return attend if passes_check(attend, shapes, (torch.float32, torch.bfloat16)) else None
 
 
 class CpuAttention(AttentionKernel):

@@ -132,6 +132,7 @@ class AmxKernels:
     bf16: object  # the bfloat16 mode's product
     pack_q4: object  # an int4 weight (int4.h's layout) -> bfloat16 tiles
     q4: object  # the int4 mode's fine-pass product: bfloat16 rows times an int4 weight expanded into tiles per call
+    attention: object  # whole-sequence attention on the tiles (native/attention.c; checked in attention.py)
     ready: bool  # built for AMX, and this process may use the tiles (the packing runs everywhere)
 
 
@@ -311,7 +312,9 @@ def _bind_amx(lib: ctypes.CDLL) -> AmxKernels:
     pack_q4, q4 = lib.fastbark_amx_pack_q4, lib.fastbark_amx_q4
     pack_q4.argtypes, pack_q4.restype = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int], None
     q4.argtypes, q4.restype = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
-    return AmxKernels(packed_bytes, pack, s8, bf16, pack_q4, q4, bool(lib.fastbark_amx_ready()))
+    attention = lib.fastbark_attention_amx
+    attention.argtypes, attention.restype = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 3, ctypes.c_int
+    return AmxKernels(packed_bytes, pack, s8, bf16, pack_q4, q4, attention, bool(lib.fastbark_amx_ready()))
 
 
 def load_kernels() -> NativeKernels | None:

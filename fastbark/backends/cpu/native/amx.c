@@ -24,13 +24,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "amx.h"
 #include "int4.h"
 #include "int8.h"
 
-enum { TILE_BYTES = 1024, TILE_ROWS = 16, ROW_BYTES = 64, LANE = 4, BLOCK = 32 };
 enum { KIND_S8 = 0, KIND_BF16 = 1 };
-
-static int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 static int64_t elem_bytes(int kind) { return kind == KIND_S8 ? 1 : 2; }
 static int64_t depth(int kind) { return ROW_BYTES / elem_bytes(kind); }  /* values of K in a tile row: 64 or 32 */
 
@@ -94,11 +92,8 @@ void fastbark_amx_pack_q4(const uint8_t *w, const float *w_scale, void *tiles, i
     }
 }
 
-#if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
-    defined(__AVX512BW__) && defined(__linux__)
-#include <immintrin.h>
+#if FASTBARK_AMX
 #include <omp.h>
-#include <pthread.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -114,39 +109,6 @@ int fastbark_amx_ready(void) {
     static int ready = -1;
     if (ready < 0) ready = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
     return ready;
-}
-
-/* Each calling thread's scratch memory for x's packed tiles, grown as needed and kept until the thread ends: fresh
- * memory at every call cost a page fault a page (1 ms for the 3 MB of a 1024 x 3072 x, as much as the product). */
-typedef struct { uint8_t *bytes; size_t size; } scratch;
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-
-static void scratch_free(void *s) { free(((scratch *)s)->bytes); free(s); }
-static void scratch_key_make(void) { pthread_key_create(&scratch_key, scratch_free); }
-
-static uint8_t *scratch_bytes(size_t size) {
-    pthread_once(&scratch_once, scratch_key_make);
-    scratch *s = pthread_getspecific(scratch_key);
-    if (!s) {
-        if (!(s = calloc(1, sizeof *s))) return NULL;
-        if (pthread_setspecific(scratch_key, s)) { free(s); return NULL; }
-    }
-    if (s->size < size) {
-        free(s->bytes);
-        s->size = 0;
-        if (!(s->bytes = aligned_alloc(64, (size + 63) / 64 * 64))) return NULL;
-        s->size = size;
-    }
-    return s->bytes;
-}
-
-static void configure_tiles(void) {
-    struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) { cfg.rows[t] = TILE_ROWS; cfg.colsb[t] = ROW_BYTES; }
-    _tile_loadconfig(&cfg);
 }
 
 /* Row m of x (K values of e bytes, already int8 or bfloat16) into its packed tiles; the padding stays zero. */
@@ -266,7 +228,7 @@ int fastbark_amx_s8(const float *x, const int8_t *x_q, const int8_t *packed, con
     if (!fastbark_amx_ready()) return 2;
     const int64_t kt = round_up(K, ROW_BYTES) / ROW_BYTES, mp = round_up(M, BLOCK);
     const size_t tiles = (size_t)(mp / TILE_ROWS * kt * TILE_BYTES), scales = (size_t)(round_up(M, 16) * 4);
-    uint8_t *xp = scratch_bytes(tiles + scales + (size_t)(threads * K));
+    uint8_t *xp = scratch_bytes(0, tiles + scales + (size_t)(threads * K));
     if (!xp) return 1;
     float *xs = (float *)(xp + tiles);
     int8_t *rows = (int8_t *)(xp + tiles + scales);  /* a row of x quantised, for each thread */
@@ -291,7 +253,7 @@ static int bf16_call(const uint16_t *x, const uint8_t *packed, const uint8_t *w_
     if (!fastbark_amx_ready()) return 2;
     const int64_t kt = round_up(K, ROW_BYTES / 2) / (ROW_BYTES / 2), mp = round_up(M, BLOCK);
     const size_t x_tiles = (size_t)(mp / TILE_ROWS * kt * TILE_BYTES);
-    uint8_t *xp = scratch_bytes(x_tiles + (packed ? 0 : (size_t)fastbark_amx_packed_bytes(KIND_BF16, N, K)));
+    uint8_t *xp = scratch_bytes(0, x_tiles + (packed ? 0 : (size_t)fastbark_amx_packed_bytes(KIND_BF16, N, K)));
     if (!xp) return 1;
     if (!packed) {
         fastbark_amx_pack_q4(w_q4, w_scale, xp + x_tiles, N, K, threads);

@@ -18,12 +18,17 @@
  *
  * Every output row follows a fixed order of operations whatever the batch or the thread count.
  * Without AVX512-BF16 the function returns 2 and fastbark uses SDPA (attention.py).
+ *
+ * On AMX (fastbark_attention_amx, below) the same three lines run on the tiles, 32 queries at a time: S for the
+ * block's 32 rows against every key it sees (TDPBF16PS, float32 sums), the softmax of each row in float32 with
+ * AVX-512 into bfloat16 tiles of P, then P v (TDPBF16PS) and the division by each row's sum.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include "amx.h"
 #if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #endif
@@ -189,6 +194,198 @@ int fastbark_attention_bf16(const float *qkv, float *out, int64_t B, int64_t T, 
     return failed;
 #else
     (void)qkv; (void)out; (void)B; (void)T; (void)C; (void)H; (void)causal; (void)threads;
+    return 2;
+#endif
+}
+
+#if FASTBARK_AMX
+
+/* AMX layouts (a tile: 16 rows of 64 bytes, read by TDPBF16PS as 16 rows of 32 bfloat16 (A) or as 16 rows of
+ * 16 lanes of a bfloat16 pair (B)), for one (text, head) of T keys, Tp = T rounded up to 32, hd = 32 * HT:
+ *   keys   kp [Tp/16 key tiles][HT][16 r][16 keys j] pair (k[j][32t + 2r], k[j][32t + 2r + 1])   B of S = q k^T
+ *   values vp [hd/16][Tp/32][16 r][16 dims d]      pair (v[32t + 2r][d], v[32t + 2r + 1][d])    B of P v
+ *   queries   [2][HT][16 rows][32]                  q rows of a block of 32                      A of S
+ *   P         [2][Tp/32][16 rows][32]                a block's probabilities, bfloat16            A of P v
+ * Keys and values past T are zero (a zero probability times garbage could be NaN). */
+
+/* 2^t for t <= 0, 2^n * p(f): n = t rounded to an integer (by adding and subtracting 1.5 * 2^23), f = t - n in
+ * [-1/2, 1/2], p of degree 4 fitted to 2^f's relative error (< 3e-6, far below the bfloat16 rounding of P that
+ * follows; Taylor's degree 4 is 20x worse); vscalefps takes 2^n to 0 below float32's range. On the Xeon of RESULTS.md
+ * section 58 512-bit arithmetic issues one instruction a cycle and this softmax was a third of a fine pass's
+ * attention: each instruction counts. */
+static inline __m512 exp2_neg(__m512 t) {
+    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    const __m512 n = _mm512_sub_ps(_mm512_add_ps(t, magic), magic);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(9.5700948e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5917859e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4024744e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9312179e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9999928e-1f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* Row `i` of q, k or v (hd values at `base`, float32 or bfloat16) as hd bfloat16, rounded to nearest even. */
+static inline void bf16_row(const void *base, int bf16, int64_t at, int64_t hd, uint16_t *row) {
+    if (bf16) { memcpy(row, (const uint16_t *)base + at, (size_t)hd * 2); return; }
+    to_pairs((const float *)base + at, hd, (uint32_t *)row);
+}
+
+/* One (text, head): its keys and values (rows of `stride` values from k, v) into kp and vp. */
+static void amx_pack_head(const void *qkv, int bf16, int64_t k_at, int64_t v_at, int64_t stride, int64_t T, int64_t hd,
+                          uint8_t *kp, uint8_t *vp) {
+    const int64_t Tp = round_up(T, BLOCK), ht = hd / 32;
+    uint16_t row[128], odd[128];  /* hd <= 128 */
+    const __m512i lane_rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                 _mm512_set1_epi32(16));
+    for (int64_t j = 0; j < Tp; j++) {  /* a key's 16 pairs of a tile: one lane of each of its 16 rows */
+        if (j < T) bf16_row(qkv, bf16, k_at + j * stride, hd, row);
+        else memset(row, 0, sizeof row);
+        for (int64_t t = 0; t < ht; t++)
+            _mm512_i32scatter_epi32((uint32_t *)kp + ((j / 16) * ht + t) * 256 + j % 16, lane_rows,
+                                    _mm512_loadu_si512((const uint32_t *)row + 16 * t), 4);
+    }
+    __m512i interleave;  /* 16-bit element 2i from the first row, 2i + 1 from the second */
+    uint16_t idx[32];
+    for (int i = 0; i < 16; i++) { idx[2 * i] = (uint16_t)i; idx[2 * i + 1] = (uint16_t)(32 + i); }
+    memcpy(&interleave, idx, sizeof interleave);
+    for (int64_t p = 0; p < Tp / 2; p++) {  /* keys 2p, 2p + 1: a row of 16 pairs in each of the hd/16 tiles */
+        if (2 * p < T) bf16_row(qkv, bf16, v_at + 2 * p * stride, hd, row);
+        else memset(row, 0, sizeof row);
+        if (2 * p + 1 < T) bf16_row(qkv, bf16, v_at + (2 * p + 1) * stride, hd, odd);
+        else memset(odd, 0, sizeof odd);
+        for (int64_t d = 0; d < hd; d += 16)
+            _mm512_storeu_si512(vp + ((d / 16) * (Tp / 32) + p / 16) * TILE_BYTES + (p % 16) * ROW_BYTES,
+                                _mm512_permutex2var_epi16(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(row + d))),
+                                                          interleave,
+                                                          _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(odd + d)))));
+    }
+}
+
+/* 32 queries from i0 of one (text, head) against the keys they see, into out (rows of `out_stride` values, float32
+ * or bfloat16). work: this thread's scratch for the query tiles, S (32 x span), P's tiles and 32 x 32 sums. */
+static void amx_attend_block(const void *qkv, int bf16, int64_t q_at, int64_t stride, const uint8_t *kp,
+                             const uint8_t *vp, int64_t i0, int64_t T, int causal, int64_t hd, float scale,
+                             uint8_t *work, void *out, int64_t out_at, int64_t out_stride) {
+    const int64_t Tp = round_up(T, BLOCK), ht = hd / 32, n = T - i0 < BLOCK ? T - i0 : BLOCK;
+    const int64_t span = causal ? i0 + n : T, sp = round_up(span, BLOCK), pt = sp / BLOCK;
+    uint8_t *qt = work, *pp = qt + 2 * ht * TILE_BYTES;
+    float *s = (float *)(pp + 2 * pt * TILE_BYTES), *o = s + BLOCK * sp;
+    uint16_t row[128];
+    for (int64_t r = 0; r < BLOCK; r++) {  /* the block's queries as A tiles; rows past T zero */
+        if (r < n) bf16_row(qkv, bf16, q_at + (i0 + r) * stride, hd, row);
+        else memset(row, 0, sizeof row);
+        for (int64_t t = 0; t < ht; t++)
+            memcpy(qt + ((r / 16) * ht + t) * TILE_BYTES + (r % 16) * ROW_BYTES, row + 32 * t, ROW_BYTES);
+    }
+    for (int64_t kb = 0; kb < pt; kb++) {  /* S = q k^T, 32 keys at a time: 2 x 2 tiles of sums */
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        for (int64_t t = 0; t < ht; t++) {
+            _tile_loadd(4, qt + t * TILE_BYTES, ROW_BYTES);
+            _tile_loadd(5, qt + (ht + t) * TILE_BYTES, ROW_BYTES);
+            _tile_loadd(6, kp + (2 * kb * ht + t) * TILE_BYTES, ROW_BYTES);
+            _tile_loadd(7, kp + ((2 * kb + 1) * ht + t) * TILE_BYTES, ROW_BYTES);
+            _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7); _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
+        }
+        float *c = s + kb * BLOCK;
+        _tile_stored(0, c, sp * 4); _tile_stored(1, c + 16, sp * 4);
+        _tile_stored(2, c + 16 * sp, sp * 4); _tile_stored(3, c + 16 * sp + 16, sp * 4);
+    }
+    float inv_sum[BLOCK];
+    const __m512 sc = _mm512_set1_ps(scale * 1.44269504088896341f);  /* to powers of 2 */
+    for (int64_t r = 0; r < BLOCK; r++) {  /* softmax of each row over its own keys; P in its tiles */
+        const float *srow = s + r * sp;
+        uint8_t *prow = pp + (r / 16) * pt * TILE_BYTES + (r % 16) * ROW_BYTES;
+        const int64_t valid = r >= n ? 0 : causal ? i0 + r + 1 : T;
+        /* the maximum over 4 chains (one would wait on each max's latency) */
+        __m512 top[4] = {_mm512_set1_ps(-INFINITY), _mm512_set1_ps(-INFINITY), _mm512_set1_ps(-INFINITY),
+                         _mm512_set1_ps(-INFINITY)};
+        int64_t j = 0;
+        for (; j + 64 <= valid; j += 64)
+            for (int c = 0; c < 4; c++) top[c] = _mm512_max_ps(top[c], _mm512_loadu_ps(srow + j + 16 * c));
+        for (; j < valid; j += 16) top[0] = _mm512_mask_max_ps(top[0], lanes(valid - j), top[0], _mm512_loadu_ps(srow + j));
+        const float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(top[0], top[1]), _mm512_max_ps(top[2], top[3])));
+        /* e = 2^((s - max) * scale * log2(e)), one rounding fewer than exp(s * scale - max * scale) */
+        const __m512 shift = _mm512_set1_ps(valid ? -m * (scale * 1.44269504088896341f) : 0.0f);
+        __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+        for (j = 0; j < sp; j += 32) {
+            __m512 e0 = exp2_neg(_mm512_fmadd_ps(_mm512_loadu_ps(srow + j), sc, shift));
+            __m512 e1 = exp2_neg(_mm512_fmadd_ps(_mm512_loadu_ps(srow + j + 16), sc, shift));
+            if (j + 32 > valid) {  /* keys this row does not see, and the padding: 0 */
+                e0 = _mm512_maskz_mov_ps(lanes(valid - j), e0);
+                e1 = _mm512_maskz_mov_ps(lanes(valid - j - 16), e1);
+            }
+            sum0 = _mm512_add_ps(sum0, e0);
+            sum1 = _mm512_add_ps(sum1, e1);
+            uint8_t *at = prow + (j / 32) * TILE_BYTES;
+            _mm512_storeu_si512(at, _mm512_inserti64x4(_mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(e0)),
+                                                       (__m256i)_mm512_cvtneps_pbh(e1), 1));
+        }
+        inv_sum[r] = valid ? 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1)) : 0.0f;
+    }
+    for (int64_t d0 = 0; d0 < hd; d0 += BLOCK) {  /* out = P v, 32 dimensions at a time: 2 x 2 tiles of sums */
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        const uint8_t *v0 = vp + (d0 / 16) * (Tp / 32) * TILE_BYTES, *v1 = v0 + (Tp / 32) * TILE_BYTES;
+        for (int64_t t = 0; t < pt; t++) {
+            _tile_loadd(4, pp + t * TILE_BYTES, ROW_BYTES);
+            _tile_loadd(5, pp + (pt + t) * TILE_BYTES, ROW_BYTES);
+            _tile_loadd(6, v0 + t * TILE_BYTES, ROW_BYTES);
+            _tile_loadd(7, v1 + t * TILE_BYTES, ROW_BYTES);
+            _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7); _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, o, BLOCK * 4); _tile_stored(1, o + 16, BLOCK * 4);
+        _tile_stored(2, o + 16 * BLOCK, BLOCK * 4); _tile_stored(3, o + 16 * BLOCK + 16, BLOCK * 4);
+        for (int64_t r = 0; r < n; r++)
+            for (int64_t c = 0; c < BLOCK; c += 16) {
+                const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(o + r * BLOCK + c), _mm512_set1_ps(inv_sum[r]));
+                const int64_t at = out_at + (i0 + r) * out_stride + d0 + c;
+                if (bf16) _mm256_storeu_si256((__m256i *)((uint16_t *)out + at), (__m256i)_mm512_cvtneps_pbh(v));
+                else _mm512_storeu_ps((float *)out + at, v);
+            }
+    }
+}
+
+#endif
+
+/* attention.c's computation on AMX tiles. qkv: (B, T, 3C) float32, or bfloat16 where `bf16`; out: (B, T, C) of the
+ * same type. Returns 0; 1 when out of memory; 2 without AMX (this CPU, this build, or Linux's grant) or where the
+ * head size is not a multiple of 32 up to 128. */
+int fastbark_attention_amx(const void *qkv, void *out, int64_t B, int64_t T, int64_t C, int64_t H, int causal,
+                           int bf16, int threads) {
+#if FASTBARK_AMX
+    const int64_t hd = C / H, Tp = round_up(T, BLOCK), blocks = Tp / BLOCK;
+    if (hd % 32 || hd > 128 || hd * H != C || !fastbark_amx_ready()) return 2;
+    const size_t head_bytes = (size_t)(Tp * hd * 2);  /* a head's packed keys, and again its values */
+    const size_t work = (size_t)(2 * (hd / 32) * TILE_BYTES + BLOCK * Tp * 2 + BLOCK * Tp * 4 + BLOCK * BLOCK * 4);
+    uint8_t *packs = scratch_bytes(0, (size_t)(B * H) * 2 * head_bytes);
+    if (!packs) return 1;
+    int failed = 0;
+    const float scale = 1.0f / sqrtf((float)hd);
+    #pragma omp parallel num_threads(threads) reduction(|: failed)
+    {
+        #pragma omp for schedule(static)
+        for (int64_t u = 0; u < B * H; u++) {
+            const int64_t at = (u / H) * T * 3 * C + (u % H) * hd;  /* (b, t = 0, q of head h) */
+            amx_pack_head(qkv, bf16, at + C, at + 2 * C, 3 * C, T, hd, packs + u * 2 * head_bytes,
+                          packs + (u * 2 + 1) * head_bytes);
+        }
+        uint8_t *mine = scratch_bytes(1, work);
+        if (!mine) failed = 1;
+        else configure_tiles();
+        /* causal blocks cost more the later they come: interleave them over the threads */
+        #pragma omp for schedule(static, 1)
+        for (int64_t w = 0; w < B * H * blocks; w++) {
+            if (!mine) continue;
+            const int64_t u = w / blocks, b = u / H, h = u % H;
+            amx_attend_block(qkv, bf16, b * T * 3 * C + h * hd, 3 * C, packs + u * 2 * head_bytes,
+                             packs + (u * 2 + 1) * head_bytes, (w % blocks) * BLOCK, T, causal, hd, scale, mine, out,
+                             b * T * C + h * hd, C);
+        }
+        if (mine) _tile_release();
+    }
+    return failed;
+#else
+    (void)qkv; (void)out; (void)B; (void)T; (void)C; (void)H; (void)causal; (void)bf16; (void)threads;
     return 2;
 #endif
 }
