@@ -32,7 +32,8 @@ def test_the_fastest_build_that_keeps_the_bits_is_chosen():
 
 def test_each_knob_sets_its_own_defines():
     assert defines_of({}) == {"FASTBARK_S8_PREFETCH": "2048", "FASTBARK_F32_PREFETCH": "0", "FASTBARK_BN": "1",
-                              "FASTBARK_BM": "4", "FASTBARK_F32_CHUNK": "131072", "FASTBARK_Q4_PREFETCH": "0"}
+                              "FASTBARK_BM": "4", "FASTBARK_F32_CHUNK": "131072", "FASTBARK_Q4_PREFETCH": "0",
+                              "FASTBARK_BF16_PREFETCH": "2048"}
     assert defines_of({"float32 blocks": "2x2", "int8 prefetch": "0"})["FASTBARK_BN"] == "2"
     assert defines_of({"int8 prefetch": "0"})["FASTBARK_S8_PREFETCH"] == "0"
 

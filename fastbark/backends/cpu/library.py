@@ -87,6 +87,7 @@ class Products:
     f32: object
     s8: object
     q4: object
+    bf16: object
 
     def linear_f32(self, x: torch.Tensor, w: torch.Tensor, threads: int) -> torch.Tensor:
         return run_f32(self.f32, x, w, None, threads)
@@ -98,14 +99,20 @@ class Products:
     def linear_q4(self, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, threads: int) -> torch.Tensor:
         return run_q4(self.q4, x, packed, scale, None, threads)
 
+    def linear_bf16(self, x: torch.Tensor, w: torch.Tensor, threads: int) -> torch.Tensor:
+        """Bfloat16 rows x (M, K) times a bfloat16 weight (N, K) -> float32 (M, N): the bfloat16 step's product."""
+        y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
+        self.bf16(x.data_ptr(), w.data_ptr(), None, y.data_ptr(), x.shape[0], w.shape[0], w.shape[1], threads)
+        return y
+
 
 def bind_products(lib: ctypes.CDLL) -> Products:
-    f32, s8, q4 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8, lib.fastbark_linear_q4
-    f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    f32, s8, q4, bf16 = lib.fastbark_gemv_f32, lib.fastbark_linear_s8, lib.fastbark_linear_q4, lib.fastbark_linear_bf16
+    f32.argtypes = bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     s8.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     q4.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    f32.restype, s8.restype, q4.restype = None, ctypes.c_int, ctypes.c_int
-    return Products(f32, s8, q4)
+    f32.restype, s8.restype, q4.restype, bf16.restype = None, ctypes.c_int, ctypes.c_int, None
+    return Products(f32, s8, q4, bf16)
 
 
 def build_products(compiler: str, defines: dict[str, str]) -> Products:

@@ -1,14 +1,15 @@
 """The C kernels' build-time parameters, chosen by timing them on the machine at hand (not by its vendor).
 
-Five parameters change how the decode-step products stream their weights, never what they compute: every
+Six parameters change how the decode-step products stream their weights, never what they compute: every
 output runs the same operations whichever value is built, so every build gives the same bits.
 - `int8 prefetch` (FASTBARK_S8_PREFETCH, native/int8.h): how far ahead the int8 dot product asks for w;
 - `float32 prefetch` (FASTBARK_F32_PREFETCH, native/gemv.h): the same for one row's float32 product;
 - `float32 blocks` (FASTBARK_BN x FASTBARK_BM, native/gemv.h): rows of w by rows of x per register block, for
   several rows (a batch of decodes);
 - `float32 chunk` (FASTBARK_F32_CHUNK, native/gemv.h): how many bytes of w a chunk of blocks takes, for several rows;
-- `int4 prefetch` (FASTBARK_Q4_PREFETCH, native/int4.h): how far ahead the int4 dot product asks for w.
-At first use gemv.c, which holds the three products, is built once per candidate value. A candidate whose outputs
+- `int4 prefetch` (FASTBARK_Q4_PREFETCH, native/int4.h): how far ahead the int4 dot product asks for w;
+- `bfloat16 prefetch` (FASTBARK_BF16_PREFETCH, native/bf16.h): the same for the bfloat16 mode's dot product.
+At first use gemv.c, which holds the four products, is built once per candidate value. A candidate whose outputs
 differ from the first candidate's in a single bit is refused; the others are timed on bark-small layers' products,
 over weights of twice the last-level cache's size, at most choice.EVICT_BYTES_MAX (read from memory, as in a
 decode step), at the rows the parameter matters for, in two interleaved rounds, each keeping its best. One
@@ -62,6 +63,8 @@ KNOBS = (
     Knob("float32 chunk", ("FASTBARK_F32_CHUNK",), ("131072", "65536", "262144"), "f32", (8, 16)),
     # the int4 mode's dot product, for one row as the int8 one
     Knob("int4 prefetch", ("FASTBARK_Q4_PREFETCH",), ("0", "1024", "2048"), "q4", (1,)),
+    # the bfloat16 mode's dot product, for one row as the others
+    Knob("bfloat16 prefetch", ("FASTBARK_BF16_PREFETCH",), ("2048", "0", "1024", "4096"), "bf16", (1,)),
 )
 
 
@@ -98,11 +101,11 @@ def choose_value(label: str, runs: dict[str, Callable[[int], list[torch.Tensor]]
 
 
 def layer_runs(products: dict[str, object], product: str) -> dict[str, Callable[[int], list[torch.Tensor]]]:
-    """value -> f(M): that build's products (float32 or int8) for M random rows over bark-small layers' weights,
+    """value -> f(M): that build's products (float32, int8, int4 or bfloat16) for M random rows over bark-small layers' weights,
     as many layers as make choice.eviction_bytes(): read from memory, one after another, as in a decode step."""
     g = torch.Generator().manual_seed(0)
     threads = torch.get_num_threads()
-    layer_bytes = sum(n * k for n, k in LAYER) * {"s8": 1, "q4": 0.5, "f32": 4}[product]
+    layer_bytes = sum(n * k for n, k in LAYER) * {"s8": 1, "q4": 0.5, "f32": 4, "bf16": 2}[product]
     shapes = LAYER * max(2, int(-(-eviction_bytes() // layer_bytes)))  # ceil(2 x cache / a layer), capped
     if product == "s8":
         weights = [torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g) for n, k in shapes]
@@ -112,8 +115,11 @@ def layer_runs(products: dict[str, object], product: str) -> dict[str, Callable[
         weights = [torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g) for n, k in shapes]
         scales = [torch.rand(n, k // 32, generator=g) / 100 for n, k in shapes]
     else:
-        weights = [torch.randn(n, k, generator=g) for n, k in shapes]
+        weights = [torch.randn(n, k, generator=g).to(torch.float32 if product == "f32" else torch.bfloat16)
+                   for n, k in shapes]
     xs = {m: {k: torch.randn(m, k, generator=g) for k in (768, 3072)} for m in CHECK_ROWS}  # (M, K) rows
+    if product == "bf16":
+        xs = {m: {k: x.bfloat16() for k, x in rows.items()} for m, rows in xs.items()}
 
     def run(build, m: int) -> list[torch.Tensor]:
         x = xs[m]
@@ -121,6 +127,8 @@ def layer_runs(products: dict[str, object], product: str) -> dict[str, Callable[
             return [build.linear_s8(x[w.shape[1]], w, s, c, threads) for w, s, c in zip(weights, sums, scales)]
         if product == "q4":
             return [build.linear_q4(x[2 * w.shape[1]], w, c, threads) for w, c in zip(weights, scales)]
+        if product == "bf16":
+            return [build.linear_bf16(x[w.shape[1]], w, threads) for w in weights]
         return [build.linear_f32(x[w.shape[1]], w, threads) for w in weights]
     return {value: (lambda m, build=build: run(build, m)) for value, build in products.items()}
 
@@ -136,7 +144,7 @@ def cached(cache: ChoiceCache) -> tuple[dict[str, str], tuple[Choice, ...]] | No
 def tune(build: Callable[[dict[str, str]], object], cache: ChoiceCache) -> tuple[dict[str, str], tuple[Choice, ...]]:
     """The -D values to build the library with, and the choices behind them (cached, else measured now).
     `build(defines)` compiles gemv.c with them and returns its products (library.Products: `linear_f32`,
-    `linear_s8`, `linear_q4`), or raises OSError or SubprocessError."""
+    `linear_s8`, `linear_q4`, `linear_bf16`), or raises OSError or SubprocessError."""
     known = cached(cache)
     if known is not None:
         return known

@@ -35,6 +35,7 @@
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
+#include "bf16.h"
 #include "gemv.h"
 #include "int4.h"
 #include "int8.h"
@@ -64,20 +65,6 @@ typedef struct {  /* the input rows of a product, prepared for the weights' form
     float *xsum;  /* INT4: each row's sums over its groups (int4.h) */
 } Rows;
 
-static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch does (finite values) */
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static inline float from_bf16(uint16_t h) {
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 /* Row m (K wide) of x, prepared as product() reads it. */
 static void prepare(int format, const float *x, int64_t m, int64_t K, Rows *r) {
     if (format == INT8 || format == INT4) {
@@ -88,36 +75,6 @@ static void prepare(int format, const float *x, int64_t m, int64_t K, Rows *r) {
     } else {
         for (int64_t k = 0; k < K; k++) r->h[m * K + k] = to_bf16(x[m * K + k]);
     }
-}
-
-/* sum_k x[k] w[k] over bfloat16 x and w, in float32 (each product exact): on AVX512-BF16 32 products per
- * instruction; on AVX2, 16 values per step widened by shifts (the even-numbered ones of each pair by a shift left,
- * the odd ones by masking their pair's low half) into two FMA accumulators, summed in a fixed order; then a fixed
- * tail. Without either, in order. */
-static inline float dot_bf16(const uint16_t *x, const uint16_t *w, int64_t K) {
-    int64_t k = 0;
-    float s = 0.0f;
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
-    __m512 acc = _mm512_setzero_ps();
-    for (; k + 32 <= K; k += 32)
-        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(x + k), (__m512bh)_mm512_loadu_si512(w + k));
-    s = _mm512_reduce_add_ps(acc);
-#elif defined(__AVX2__) && defined(__FMA__)
-    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
-    __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
-    for (; k + 16 <= K; k += 16) {
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + k)), wv = _mm256_loadu_si256((const __m256i *)(w + k));
-        even = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(xv, 16)),
-                               _mm256_castsi256_ps(_mm256_slli_epi32(wv, 16)), even);
-        odd = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(xv, high)),
-                              _mm256_castsi256_ps(_mm256_and_si256(wv, high)), odd);
-    }
-    float t[8];
-    _mm256_storeu_ps(t, _mm256_add_ps(even, odd));
-    s = ((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]));
-#endif
-    for (; k < K; k++) s += from_bf16(x[k]) * from_bf16(w[k]);
-    return s;
 }
 
 static inline float gelu(float v) { return v * 0.5f * (1.0f + erff(v * (float)M_SQRT1_2)); }

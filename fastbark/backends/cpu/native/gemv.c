@@ -141,3 +141,19 @@ void fastbark_dequantize_q4(const uint8_t *w, const float *w_scale, float *out, 
         for (int64_t k = 0; k < K; k++)
             out[n * K + k] = (float)q4_at(w + n * row_bytes, k) * w_scale[n * groups + k / Q4_GROUP];
 }
+
+/* ---------------------------------------------------------------- bfloat16 (the bfloat16 mode's decode step)
+ *
+ * y[m, n] = dot_bf16(x[m], w[n]) (+ bias[n]) over bfloat16 rows x (M, K) and w (N, K): the step's bfloat16 product
+ * (decode_step.c), exported for tuning.py to time with each BF16_PREFETCH. */
+#include "bf16.h"
+
+void fastbark_linear_bf16(const uint16_t *x, const uint16_t *w, const float *bias, float *y, int64_t M, int64_t N,
+                          int64_t K, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t m = 0; m < M; m++) {
+            const float v = dot_bf16(x + m * K, w + n * K, K);
+            y[m * N + n] = bias ? v + bias[n] : v;
+        }
+}
