@@ -31,41 +31,39 @@ from .library import load_kernels
 
 
 class Bf16Attention:
-    """(qkv (B, T, 3C), heads, causal) -> attention output (B, T, C), or None where the kernel cannot run."""
+    """(qkv (B, T, 3C), heads, causal) -> attention output (B, T, C), or None where the kernel cannot run: attention.c's
+    AVX512-BF16 kernel, which reads float32 (bfloat16 q, k, v are converted here)."""
+
+    HEAD_MULTIPLE = 16  # the head sizes it runs: multiples of this, up to 128
 
     def __init__(self, kernel):
         self._kernel = kernel
 
-    @staticmethod
-    def runs(n_head: int, n_embd: int) -> bool:
-        """Whether the kernel runs heads of this size: a multiple of 16 up to 128."""
+    @classmethod
+    def runs(cls, n_head: int, n_embd: int) -> bool:
+        """Whether the kernel runs heads of this size."""
         hd = n_embd // n_head
-        return hd * n_head == n_embd and hd % 16 == 0 and hd <= 128
+        return hd * n_head == n_embd and hd % cls.HEAD_MULTIPLE == 0 and hd <= 128
 
     def __call__(self, qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor | None:
         B, T, C3 = qkv.shape
-        rows = qkv.float().contiguous()  # the kernel reads float32 (bfloat16 mode: converted here)
+        rows = qkv.float().contiguous()
         out = torch.empty(B, T, C3 // 3, dtype=torch.float32)
-        status = self._kernel(rows.data_ptr(), out.data_ptr(), B, T, C3 // 3, n_head, int(causal),
-                              torch.get_num_threads())
-        if status == 1:
-            raise MemoryError("fastbark's attention kernel could not allocate its buffers")
-        return out.to(qkv.dtype) if status == 0 else None
-
-
-class AmxAttention:
-    """The same computation on AMX tiles (attention.c's `fastbark_attention_amx`): qkv float32 or bfloat16, read as
-    it is (no cast), the output in its dtype; None where the kernel cannot run (no tiles, a head size not a multiple
-    of 32)."""
-
-    def __init__(self, kernel):
-        self._kernel = kernel
+        return self._finish(self._kernel(rows.data_ptr(), out.data_ptr(), B, T, C3 // 3, n_head, int(causal),
+                                         torch.get_num_threads()), out.to(qkv.dtype))
 
     @staticmethod
-    def runs(n_head: int, n_embd: int) -> bool:
-        """Whether the kernel runs heads of this size: a multiple of 32 (a tile's depth) up to 128."""
-        hd = n_embd // n_head
-        return hd * n_head == n_embd and hd % 32 == 0 and hd <= 128
+    def _finish(status: int, out: torch.Tensor) -> torch.Tensor | None:
+        if status == 1:
+            raise MemoryError("fastbark's attention kernel could not allocate its buffers")
+        return out if status == 0 else None
+
+
+class AmxAttention(Bf16Attention):
+    """The same computation on AMX tiles (attention.c's `fastbark_attention_amx`): qkv float32 or bfloat16, read as
+    it is (no cast), the output in its dtype; None where the kernel cannot run (no tiles, a head size it does not)."""
+
+    HEAD_MULTIPLE = 32  # a tile's depth in bfloat16
 
     def __call__(self, qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor | None:
         if qkv.dtype not in (torch.float32, torch.bfloat16):
@@ -73,11 +71,8 @@ class AmxAttention:
         B, T, C3 = qkv.shape
         qkv = qkv.contiguous()
         out = torch.empty(B, T, C3 // 3, dtype=qkv.dtype)
-        status = self._kernel(qkv.data_ptr(), out.data_ptr(), B, T, C3 // 3, n_head, int(causal),
-                              int(qkv.dtype == torch.bfloat16), torch.get_num_threads())
-        if status == 1:
-            raise MemoryError("fastbark's AMX attention could not allocate its buffers")
-        return out if status == 0 else None
+        return self._finish(self._kernel(qkv.data_ptr(), out.data_ptr(), B, T, C3 // 3, n_head, int(causal),
+                                         int(qkv.dtype == torch.bfloat16), torch.get_num_threads()), out)
 
 
 def sdpa_whole(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor:
