@@ -69,7 +69,8 @@ def test_tuning_benchmark_smoke(tmp_path):
     import tuning
     result = tuning.main(["--runs", "1", "--json", str(tmp_path / "out.json")])
     assert json.loads((tmp_path / "out.json").read_text())["runs"][0]["choices"].keys() == \
-        {"int8 prefetch", "float32 prefetch", "float32 blocks", "float32 chunk", "int4 prefetch"} == result["runs"][0]["choices"].keys()
+        {"int8 prefetch", "float32 prefetch", "float32 blocks", "float32 chunk", "int4 prefetch", "bfloat16 prefetch"} \
+        == result["runs"][0]["choices"].keys()
 
 
 @pytest.mark.filterwarnings("ignore")
