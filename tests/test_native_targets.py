@@ -106,6 +106,11 @@ EXACT = ("s8 ", "quantized", "q4 weight", "rescale", "step int8 keys", "step int
          "step int8 int8 cache keys",
          "invariant")  # 1 where each row alone, on one thread, had its bits in the batch
 BF16_ONLY = ("attention bf16", "has bf16")  # empty or 0 where the build has no AVX512-BF16: checked on their own
+# The quantised steps round every row to int8 before each product (and the int8 caches each key and value): a float
+# one build computes an ulp away from another's (other multiply-adds fused: every record differs by ~1e-7) may round
+# to the next integer there, which moves the step's output by about one int8 step of one value times its weight
+# (9.4e-5 of the largest output once, in "step int4 int8 cache" on arm64). Within 1e-3 of it.
+QUANTISED = ("step int8", "step int4")
 
 
 def driver_outputs(path: Path) -> dict:
@@ -150,7 +155,8 @@ def assert_computes_what_it_computes_here(got: dict, here: dict) -> None:
         if name.startswith(EXACT):
             assert np.array_equal(got_one.view(np.uint32), want.view(np.uint32)), name
         else:
-            assert np.abs(got_one.astype(np.float64) - want).max() <= 1e-5 * np.abs(want).max(), name
+            bound = 1e-3 if name.startswith(QUANTISED) else 1e-5
+            assert np.abs(got_one.astype(np.float64) - want).max() <= bound * np.abs(want).max(), name
 
 
 def bf16_rounded(x: np.ndarray) -> np.ndarray:
