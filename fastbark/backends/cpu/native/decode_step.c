@@ -79,51 +79,31 @@ static void prepare(int format, const float *x, int64_t m, int64_t K, Rows *r) {
 
 static inline float gelu(float v) { return v * 0.5f * (1.0f + erff(v * (float)M_SQRT1_2)); }
 
-/* GELU of 8 floats for the fast modes, in the same lane arithmetic on every x86-64 build (GCC's 8-wide vectors):
+/* GELU of 8 floats for the fast modes, in GCC's 8-wide vectors (the same lane arithmetic on AVX2, AVX-512 and arm64):
  * 1 + erf(z) for z = x / sqrt(2) from Abramowitz and Stegun 7.1.26, 1 - erf(|z|) = p(t) e^(-z^2), t = 1 / (1 +
  * 0.3275911 |z|) (|error| < 1.5e-7), with e^(-z^2) = 2^n 2^f (n rounded by adding 1.5 x 2^23; 2^f by its Taylor
  * polynomial of degree 6 on [-1/2, 1/2]). glibc's scalar erff took 9 ns a value on the Xeon of RESULTS.md section
- * 58: 28 us a layer's 3072 (0.17 ms of a 3.8 ms int8 step over 12 layers, 2 threads). The exact mode keeps erff.
- * Without contraction every operation rounds once, so every build (AVX2, AVX-512, arm64) gives the same bits: a
- * fused multiply-add where another build has none moved a value by an ulp, and the next product's int8 rounding of
- * it by a step (tests/test_native_targets.py). */
+ * 58, 28 us a layer's 3072 on one thread. The exact mode keeps erff.
+ * Without contraction every operation rounds once, so every build gives the same bits: a fused multiply-add where
+ * another build has none moved a value by an ulp, and the next product's int8 rounding of it by a step
+ * (tests/test_native_targets.py). Casts between the two vector types keep the bits. */
 typedef int32_t i8v __attribute__((vector_size(32)));
 __attribute__((optimize("fp-contract=off")))
 static inline v8 gelu8(v8 x) {
     const v8 z = x * (float)M_SQRT1_2;
-    i8v bits;
-    memcpy(&bits, &z, sizeof bits);
-    const i8v abs_bits = bits & 0x7fffffff;
-    v8 a;
-    memcpy(&a, &abs_bits, sizeof a);
+    const v8 a = (v8)((i8v)z & 0x7fffffff);  /* |z| */
     const v8 t = 1.0f / (1.0f + 0.3275911f * a);
     const v8 poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
     v8 e = -(a * a) * 1.44269504088896341f;  /* -z^2 in powers of 2 */
-    const i8v low = e < -125.0f;
-    i8v eb;
-    memcpy(&eb, &e, sizeof eb);
     const v8 floor_ = {-125.0f, -125.0f, -125.0f, -125.0f, -125.0f, -125.0f, -125.0f, -125.0f};
-    i8v fb;
-    memcpy(&fb, &floor_, sizeof fb);
-    eb = (low & fb) | (~low & eb);  /* below 2^-125: e^(-z^2) is under 1e-37, far below p(t)'s error */
-    memcpy(&e, &eb, sizeof e);
+    const i8v low = e < floor_;  /* below 2^-125: e^(-z^2) is under 1e-37, far below p(t)'s error */
+    e = (v8)((low & (i8v)floor_) | (~low & (i8v)e));
     const v8 big = e + 12582912.0f, n = big - 12582912.0f, f = e - n;
-    v8 p = 1.0f + f * (0.693147181f + f * (0.240226507f + f * (0.0555041087f + f * (0.00961812911f +
-                       f * (0.00133335581f + f * 0.000154035304f)))));
-    i8v pb, nb;
-    memcpy(&pb, &p, sizeof pb);
-    memcpy(&nb, &big, sizeof nb);
-    pb = pb + (nb << 23);  /* 2^n into the exponent: big's low bits hold n */
-    memcpy(&p, &pb, sizeof p);
-    const v8 q = poly * p;  /* 1 - erf(|z|) */
+    const v8 p = 1.0f + f * (0.693147181f + f * (0.240226507f + f * (0.0555041087f + f * (0.00961812911f +
+                             f * (0.00133335581f + f * 0.000154035304f)))));
+    const v8 q = poly * (v8)((i8v)p + ((i8v)big << 23));  /* 1 - erf(|z|); 2^n into p's exponent: big's low bits hold n */
     const i8v negative = x < 0.0f;
-    const v8 two_minus = 2.0f - q;
-    i8v qb, tb;
-    memcpy(&qb, &q, sizeof qb);
-    memcpy(&tb, &two_minus, sizeof tb);
-    const i8v one_plus_bits = (negative & qb) | (~negative & tb);  /* 1 + erf(z) */
-    v8 one_plus;
-    memcpy(&one_plus, &one_plus_bits, sizeof one_plus);
+    const v8 one_plus = (v8)((negative & (i8v)q) | (~negative & (i8v)(2.0f - q)));  /* 1 + erf(z) */
     return x * 0.5f * one_plus;
 }
 
