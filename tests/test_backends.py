@@ -117,8 +117,8 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
     tuning = [m for m in report.measured if m.startswith(TUNING_LABEL)]  # the C library's, once per machine
     assert len(tuning) == (len(KNOBS) if load_kernels() is not None and kernel in ("auto", "c") else 0)
     decode_choices = [m for m in report.measured if not m.startswith(
-        ("int8 products", "int4 products", "bfloat16 products", "decode step", "whole-sequence attention",
-         TUNING_LABEL))]
+        ("int8 products", "int4 products", "int4 prefill products", "bfloat16 products", "decode step",
+         "whole-sequence attention", TUNING_LABEL))]
     # int4 with "auto": each shape's fine-pass products as float32 or bfloat16 GEMMs, as measured here
     int4 = {tuple(map(int, m.split(": ")[0].removeprefix("int4 products ").split(" -> "))): m.split(": ")[1].split(" ")[0]
             for m in report.measured if m.startswith("int4 products")}
@@ -126,6 +126,13 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
     for layer in tts.fine_model.modules():
         if hasattr(layer, "long_route"):
             assert layer.long_route == int4.get((layer.in_features, layer.out_features), "float32")
+    # and the prefills' (the other GPTs'), on oneDNN or on AMX tiles, where the tiles offered a choice
+    prefill = {tuple(map(int, m.split(": ")[0].removeprefix("int4 prefill products ").split(" -> "))):
+               m.split(": ")[1].split(" ")[0] for m in report.measured if m.startswith("int4 prefill products")}
+    assert bool(prefill) == (quantize == "int4" and kernel == "auto" and amx_kernels() is not None)
+    for layer in (*tts.semantic_model.modules(), *tts.coarse_model.modules()):
+        if hasattr(layer, "long_route"):
+            assert layer.long_route == prefill.get((layer.in_features, layer.out_features), "float32")
     # bfloat16 with "auto": each shape's long products in bfloat16 or as float32 GEMMs, as measured here
     half = {tuple(map(int, m.split(": ")[0].removeprefix("bfloat16 products ").split(" -> "))): m.split(": ")[1]
             for m in report.measured if m.startswith("bfloat16 products")}

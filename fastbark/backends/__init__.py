@@ -35,7 +35,7 @@ def select(options: EngineOptions, models: Models, backend: Backend | None = Non
             kernel = SdpaKernel(options.attention, base=model.layers[0].attn.kernel)
             if isinstance(model, CausalGPT):
                 # only the passes' kernel changes
-                model.use_kernels(kernel, model.decode_step, model.decoder, model.cache_dtype)
+                model.use_kernels(kernel, model.decode_step, model.decoder, model.cache_dtype, model.cache_quantize)
             else:
                 model.use_kernels(kernel, model.passes)
     measured = tuple(dict.fromkeys(map(str, backend.choices)))  # a shape shared by two models: once

@@ -3,12 +3,14 @@
 Module and parameter names follow the Hugging Face checkpoints (`input_embeds_layer`,
 `layers.N.attn.att_proj`, ...), so a hub state dict loads without renaming.
 
-Pure torch, no device branches. A backend (fastbark/backends/) may swap in its own code at four
+Pure torch, no device branches. A backend (fastbark/backends/) may swap in its own code at these
 typed seams, and only there:
 - `AttentionKernel`: attention over a whole sequence, and one query over the KV cache;
 - `DecodeStep`: every block of a causal GPT for one position per row;
 - `Decoder`: the whole of a causal GPT's cache work (its caches, prefills and token steps from ids);
-- `GPT.swap_linears`: the linear layers (any module with nn.Linear's forward).
+- `GPT.swap_linears`: the linear layers (any module with nn.Linear's forward; a `GeluLinear` also offers the MLP its
+  first product with GELU applied in the same pass);
+- `Quantizer`: how an int8 KV cache rounds what it stores (quantize_rows' bits, in a backend's code).
 """
 
 from __future__ import annotations
@@ -43,31 +45,39 @@ class GPTConfig:
             raise ValueError(f"hidden size {self.n_embd} is not divisible by the {self.n_head} heads")
 
 
+Quantizer = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]  # seam: quantize_rows, or the same bits
+
+
 @dataclass
 class KVCache:
     """Keys and values of every layer, preallocated for `max_len` positions: (layers, B, H, max_len, hd). In int8,
-    each position's key and value of each head are rounded as quantize_rows does, with their scales in k_scale and
-    v_scale (layers, B, H, max_len): a quarter of float32's bytes for a step's attention to read."""
+    each position's key and value of each head are rounded as quantize_rows does (by `quantize`: quantize_rows, or a
+    backend's code with its bits), with their scales in k_scale and v_scale (layers, B, H, max_len): a quarter of
+    float32's bytes for a step's attention to read."""
 
     k: torch.Tensor
     v: torch.Tensor
     k_scale: torch.Tensor | None = None
     v_scale: torch.Tensor | None = None
+    quantize: Quantizer = quantize_rows
 
     @classmethod
-    def empty(cls, config: GPTConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
+    def empty(cls, config: GPTConfig, batch: int, max_len: int, device, dtype,
+              quantize: Quantizer | None = None) -> "KVCache":
         shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
         scales = [torch.empty(shape[:-1], device=device, dtype=torch.float32) for _ in range(2)] \
             if dtype == torch.int8 else [None, None]
         return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype),
-                   *scales)
+                   *scales, quantize or quantize_rows)
 
     def select(self, rows: torch.Tensor) -> "KVCache":
         """Keep only these batch rows (a copy; done when rows finish, not every step)."""
-        return KVCache(*(t[:, rows] if t is not None else None for t in (self.k, self.v, self.k_scale, self.v_scale)))
+        return KVCache(*(t[:, rows] if t is not None else None for t in (self.k, self.v, self.k_scale, self.v_scale)),
+                       self.quantize)
 
     def layer(self, i: int) -> "LayerCache":
-        return LayerCache(*(t[i] if t is not None else None for t in (self.k, self.v, self.k_scale, self.v_scale)))
+        return LayerCache(*(t[i] if t is not None else None for t in (self.k, self.v, self.k_scale, self.v_scale)),
+                          self.quantize)
 
 
 class LayerCache(NamedTuple):
@@ -77,6 +87,7 @@ class LayerCache(NamedTuple):
     v: torch.Tensor
     k_scale: torch.Tensor | None = None
     v_scale: torch.Tensor | None = None
+    quantize: Quantizer = quantize_rows
 
     def write(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v (B, H, T, hd) at positions pos..pos+T-1 (rounded to the cache's dtype)."""
@@ -85,7 +96,7 @@ class LayerCache(NamedTuple):
             self.k[:, :, pos: pos + T], self.v[:, :, pos: pos + T] = k, v
             return
         for new, cache, scales in ((k, self.k, self.k_scale), (v, self.v, self.v_scale)):
-            q, scale = quantize_rows(new)  # (B, H, T, hd) int8, (B, H, T, 1)
+            q, scale = self.quantize(new)  # (B, H, T, hd) int8, (B, H, T, 1)
             cache[:, :, pos: pos + T], scales[:, :, pos: pos + T] = q, scale[..., 0]
 
     def read(self, end: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,6 +162,14 @@ class Decoder(Protocol):
 LinearFactory = Callable[[nn.Module], "nn.Module | None"]  # seam: a replacement for a linear layer, or None
 
 
+class GeluLinear(Protocol):
+    """Seam: a backend's linear layer (put in place by swap_linears) that also offers gelu(layer(x)) in one pass,
+    the GELU in the product's epilogue; the MLP calls it for its first product where the layer has it. Its GELU may
+    be the backend's own close approximation (the fast modes'); the layer documents which."""
+
+    def forward_gelu(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -208,7 +227,8 @@ class MLP(nn.Module):
         self.out_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(F.gelu(self.in_proj(x)))
+        fused = getattr(self.in_proj, "forward_gelu", None)  # a GeluLinear's
+        return self.out_proj(fused(x) if fused is not None else F.gelu(self.in_proj(x)))
 
 
 class Block(nn.Module):
@@ -279,14 +299,18 @@ class CausalGPT(GPT):
         self.decode_step: DecodeStep | None = None  # None: the blocks themselves; set through use_kernels
         self.decoder: Decoder | None = None  # None: the model's own caches, prefill and step; set through use_kernels
         self.cache_dtype: torch.dtype | None = None  # None: the model's dtype; set through use_kernels
+        self.cache_quantize: Quantizer | None = None  # None: quantize_rows; set through use_kernels
 
     def use_kernels(self, attention: AttentionKernel | None = None, decode_step: DecodeStep | None = None,
-                    decoder: Decoder | None = None, cache_dtype: torch.dtype | None = None) -> None:
+                    decoder: Decoder | None = None, cache_dtype: torch.dtype | None = None,
+                    cache_quantize: Quantizer | None = None) -> None:
         """Also run one-position steps with `decode_step` (None: block by block), the cache work with
         `decoder` (None: the model's own), and keep the model's own KV caches in `cache_dtype` (None: the
-        model's dtype; the blocks read another in the activations' dtype)."""
+        model's dtype; the blocks read another in the activations' dtype), an int8 one rounded by `cache_quantize`
+        (None: quantize_rows; a backend's must give its bits)."""
         super().use_kernels(attention)
         self.decode_step, self.decoder, self.cache_dtype = decode_step, decoder, cache_dtype
+        self.cache_quantize = cache_quantize
 
     def release_caches(self) -> None:
         """Free the decoder's kept caches that no generation is using (offload: the model leaves the device)."""
@@ -298,7 +322,7 @@ class CausalGPT(GPT):
             return self.decoder.new_cache(batch, max_len or self.config.block_size)
         w = self.position_embeds_layer.weight  # (lm_head's weight may be swapped away by a backend)
         return KVCache.empty(self.config, batch, max_len or self.config.block_size, w.device,
-                             self.cache_dtype or w.dtype)
+                             self.cache_dtype or w.dtype, self.cache_quantize)
 
     def prefill(self, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """embeds (B, T, C) at positions 0..T-1, into a fresh cache -> logits of the last position (B, V)."""

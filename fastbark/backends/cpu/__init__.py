@@ -28,6 +28,8 @@ What it chooses, per engine options (each choice falls back, and says so in the 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ...models.gpt import CausalGPT
@@ -36,7 +38,7 @@ from .attention import CpuAttention, amx_attention, bf16_attention, sdpa_bf16_wh
 from .decode_step import fused_decode_step
 from .int4 import Int4Linear, int4_kernel, int4_routes
 from .amx import BF16_ROUTE, AmxBf16Linear, amx_kernels
-from .int8 import Int8Linear, int8_kernels, int_routes
+from .int8 import Int8Linear, int8_kernels, int_routes, quantize_rows_native
 from .choice import (Candidate, ChoiceCache, PlainLinear, choose_half_route, choose_int4_route, choose_int_route,
                      choose_linears, choose_step, choose_whole_attention, code_digest, machine_key, step_key)
 from .library import cache_dir, has_vnni, kernels_unavailable, load_kernels, sources_digest
@@ -88,7 +90,9 @@ class CpuBackend(Backend):
             # the quantised modes' one-call step reads its KV cache in int8, a scale per position and head: a quarter
             # of float32's bytes for a step's attention (bfloat16 before, RESULTS.md sections 44, 57), an error below
             # the int8 products' own (fidelity.py)
-            model.use_kernels(attention, step, cache_dtype=torch.int8 if o.quantize and step else None)
+            int8_cache = o.quantize is not None and step is not None
+            model.use_kernels(attention, step, cache_dtype=torch.int8 if int8_cache else None,
+                              cache_quantize=quantize_rows_native if int8_cache and int8_kernels() else None)
         models.fine.use_kernels(attention)
         return list(dict.fromkeys(fallbacks))  # the same fallback once, not per model
 
@@ -96,7 +100,7 @@ class CpuBackend(Backend):
         """int8: every linear layer of the three GPTs in int8; int4: the blocks' in int4, the heads in int8."""
         o, fallbacks = self.options, []
         routes: dict = {}  # the big int8 products' routes measured fastest here (_route)
-        long_routes: dict = {}  # the int4 fine passes' routes
+        long_routes: dict = {}  # the int4 long products' routes (fine passes, prefills)
 
         def int8_linear(linear, one_text: bool):
             """The fine GPT's layers (`one_text`) may take the AMX tiles (amx.py); the others' prefills may not."""
@@ -106,11 +110,13 @@ class CpuBackend(Backend):
             return Int8Linear(linear, native=kernels is not None,
                               route=self._route(routes, choose_int_route, linear, int_routes(amx=tiles)))
 
-        def int4_route(linear) -> str:
-            """How the fine GPT's int4 products of this shape run: float32 or bfloat16 GEMMs, or on AMX tiles."""
-            if o.cpu_kernel != "auto":
+        def int4_route(linear, one_text: bool) -> str:
+            """How the int4 products of this shape run: the fine GPT's as float32 or bfloat16 GEMMs, the prefills' as
+            oneDNN's float32 GEMMs; either on AMX tiles where there are some."""
+            routes = int4_routes(amx=kernels is not None, one_text=one_text)
+            if o.cpu_kernel != "auto" or len(routes) == 1:
                 return "float32"
-            return self._route(long_routes, choose_int4_route, linear, int4_routes(amx=kernels is not None))
+            return self._route(long_routes, functools.partial(choose_int4_route, prefill=not one_text), linear, routes)
         for model in models:
             # int4: every layer of the blocks; the heads, whose errors go straight into the logits, stay int8
             heads = [model.lm_head] if isinstance(model, CausalGPT) else list(model.lm_heads)
@@ -118,7 +124,7 @@ class CpuBackend(Backend):
             model.swap_linears(lambda linear: int8_linear(linear, one_text) if o.quantize == "int8" or
                                any(linear is h for h in heads) else
                                Int4Linear(linear, native=kernels is not None, one_text=one_text,
-                                          route=int4_route(linear) if one_text else "float32"))
+                                          route=int4_route(linear, one_text)))
         if kernels and int8_kernels() is None:
             fallbacks.append("int8 C kernels: failed their check; int8 products in torch")
         if kernels and o.quantize == "int4" and int4_kernel() is None:

@@ -49,12 +49,13 @@ def pack(amx: AmxKernels, w: torch.Tensor) -> torch.Tensor:
 
 
 def int8_product(amx: AmxKernels, x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
-                 bias: torch.Tensor | None, out_features: int, threads: int) -> torch.Tensor:
-    """Float32 rows x (M, K) -> (M, N) float32: int8.py's Int8Linear product, quantised and rescaled in the call."""
+                 bias: torch.Tensor | None, out_features: int, threads: int, gelu: bool = False) -> torch.Tensor:
+    """Float32 rows x (M, K) -> (M, N) float32: int8.py's Int8Linear product, quantised and rescaled in the call;
+    with `gelu`, through gelu.h's GELU in the same pass."""
     y = torch.empty(x.shape[0], out_features, dtype=torch.float32)
     _checked(amx.s8(x.data_ptr(), None, packed.data_ptr(), w_scale.data_ptr(),
                     bias.data_ptr() if bias is not None else None, y.data_ptr(), None, x.shape[0], out_features,
-                    x.shape[1], threads))
+                    x.shape[1], int(gelu), threads))
     return y
 
 
@@ -63,17 +64,18 @@ def int8_sums(amx: AmxKernels, x_q: torch.Tensor, packed: torch.Tensor, out_feat
     x_q = x_q.contiguous()
     y = torch.empty(x_q.shape[0], out_features, dtype=torch.int32)
     _checked(amx.s8(None, x_q.data_ptr(), packed.data_ptr(), None, None, None, y.data_ptr(), x_q.shape[0],
-                    out_features, x_q.shape[1], torch.get_num_threads()))
+                    out_features, x_q.shape[1], 0, torch.get_num_threads()))
     return y
 
 
 def bfloat16_product(amx: AmxKernels, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
-                     out_features: int, threads: int) -> torch.Tensor:
-    """Bfloat16 rows x (M, K) -> (M, N) bfloat16, + bias (float32)."""
+                     out_features: int, threads: int, gelu: bool = False) -> torch.Tensor:
+    """Bfloat16 rows x (M, K) -> (M, N) bfloat16, + bias (float32); with `gelu`, the float32 results through gelu.h's
+    GELU before their one rounding."""
     x = x.contiguous()
     y = torch.empty(x.shape[0], out_features, dtype=torch.bfloat16)
     _checked(amx.bf16(x.data_ptr(), packed.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr(),
-                      x.shape[0], out_features, x.shape[1], threads))
+                      x.shape[0], out_features, x.shape[1], int(gelu), threads))
     return y
 
 
@@ -150,11 +152,20 @@ class AmxBf16Linear(PlainLinear):
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._product(x, gelu=False)
+
+    def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """gelu(self(x)) (models.gpt.GeluLinear): on the tiles, gelu.h's GELU over the float32 results before they
+        are rounded to bfloat16; one-position rows, torch's GELU after F.linear."""
+        return self._product(x, gelu=True)
+
+    def _product(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
         if one_position(x) or x.dtype != torch.bfloat16:
-            return F.linear(x, self.weight, self.bias)
+            y = F.linear(x, self.weight, self.bias)
+            return F.gelu(y) if gelu else y
         rows = x.reshape(-1, self.in_features)  # (..., K) -> (M, K)
         y = bfloat16_product(self._amx, rows, self.weight_tiles, self._bias_f32, self.out_features,
-                             torch.get_num_threads())
+                             torch.get_num_threads(), gelu)
         return y.reshape(*x.shape[:-1], self.out_features)  # (M, N) -> x's leading shape + (N,)
 
     def extra_repr(self) -> str:

@@ -410,18 +410,20 @@ def choose_half_route(in_features: int, out_features: int, routes: dict[str, Cal
                         "bfloat16 products ", (x, w), routes, cache, same_bits=False)
 
 
-def choose_int4_route(in_features: int, out_features: int, routes: dict[str, Callable], cache: ChoiceCache | None
-                      ) -> Choice:
+def choose_int4_route(in_features: int, out_features: int, routes: dict[str, Callable], cache: ChoiceCache | None,
+                      prefill: bool = False) -> Choice:
     """Which product (`routes`: name -> f(x (M, K) float32 holding int8 values, w (N, K) float32 int4 weights
-    expanded)) runs the int4 mode's fine passes fastest here for a layer's shape: float32 GEMMs (the reference),
-    bfloat16 GEMMs over the same values rounded once, or those on AMX tiles (int4.py). Values within 1% of the
+    expanded)) runs the int4 mode's long products fastest here for a layer's shape: float32 GEMMs (the reference),
+    bfloat16 GEMMs over the same values rounded once, or those on AMX tiles (int4.py): the fine passes' routes, or
+    with `prefill` the prefills' (int4.int4_routes; reported as "int4 prefill products"). Values within 1% of the
     reference's."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(-127, 128, (FINE_ROWS, in_features), generator=g).float()
     q = torch.randint(-8, 8, (out_features, in_features), generator=g)
     q[:, ::32] = -8  # each group of 32 holds its -8 level: grouping it again (the tiles' route) gives the same values
+    label = "int4 prefill products " if prefill else "int4 products "
     return choose_route(f"int4 {in_features}x{out_features}:{','.join(routes)}", (in_features, out_features),
-                        "int4 products ", (x, q.float() * 1e-3), routes, cache, same_bits=False)
+                        label, (x, q.float() * 1e-3), routes, cache, same_bits=False)
 
 
 # ---------------------------------------------------------------- whole-sequence attention

@@ -76,13 +76,16 @@ def _tiles_product(amx, x: torch.Tensor, grouped: tuple[torch.Tensor, torch.Tens
     return tiles.int4_product(amx, x.to(torch.bfloat16), *grouped, x.shape[1], torch.get_num_threads()).float()
 
 
-def int4_routes(amx: bool) -> dict:
-    """LONG_ROUTES, and with `amx` the AMX tiles' where this machine has them and they passed their checks."""
+def int4_routes(amx: bool, one_text: bool = True) -> dict:
+    """The routes of a layer's long products: with `one_text` (the fine GPT) LONG_ROUTES, else (prefills, whose
+    rows must not depend on their batch) oneDNN's float32 GEMMs; and with `amx` the AMX tiles' (each output summed
+    in one fixed order, whatever the batch) where this machine has them and they passed their checks."""
+    routes = LONG_ROUTES if one_text else {"float32": _big_product}
     if not amx or tiles.amx_kernels() is None:
-        return LONG_ROUTES
+        return routes
     # the chooser's w, an int4 weight expanded, grouped again on its first use: exactly, where each group holds its
     # -8 level (choice.choose_int4_route's weights); a layer expands its own int4 weight into the tiles at each call
-    return {**LONG_ROUTES, "amx": tiles.PackedRoute(_tiles_product, lambda amx, w: quantize_groups(w))}
+    return {**routes, "amx": tiles.PackedRoute(_tiles_product, lambda amx, w: quantize_groups(w))}
 
 
 def _big_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -100,8 +103,9 @@ class Int4Linear(nn.Module):
     def __init__(self, linear: nn.Linear, native: bool = True, one_text: bool = False, route: str = "float32"):
         """`one_text`: long inputs always hold one text (the fine GPT's passes, pipeline/fine.py), so any GEMM keeps
         a text's bits, and the faster plain torch.mm runs them; otherwise oneDNN, whose rows do not depend on the
-        batch (prefills of several texts). `route` (with `one_text` only): those as float32 or bfloat16 GEMMs
-        (LONG_ROUTES), or bfloat16 products on AMX tiles ("amx": the weight expanded into tiles at each call)."""
+        batch (prefills of several texts). `route`: with `one_text`, those as float32 or bfloat16 GEMMs
+        (LONG_ROUTES); with or without it, bfloat16 products on AMX tiles ("amx": the weight expanded into tiles at
+        each call; a row's numbers do not depend on its batch there either)."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         packed, scale = quantize_groups(linear.weight)
@@ -111,7 +115,7 @@ class Int4Linear(nn.Module):
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
         self._native = int4_kernel() if native else None
         self._one_text = one_text
-        self.long_route = route if one_text else "float32"  # the fine GPT's; prefills: _big_product
+        self.long_route = route if one_text or route == "amx" else "float32"  # prefills' "float32": _big_product
         if self.long_route == "amx" and tiles.amx_kernels() is None:
             raise ValueError("the int4 route 'amx' needs AMX tiles, which this machine or build does not have")
 

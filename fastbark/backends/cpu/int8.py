@@ -29,11 +29,12 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...models.quantize import quantize_rows
 from . import amx as tiles
-from .library import (SHAPES_CHECKED, AmxKernels, Int8Kernels, has_vnni, load_kernels, run_quantize,
+from .library import (SHAPES_CHECKED, AmxKernels, Int8Kernels, has_vnni, load_kernels, run_gelu, run_quantize,
                       run_quantize_float, run_rescale, run_s8)
 from .linears import one_position
 
@@ -124,6 +125,15 @@ def int8_kernels() -> Int8Kernels | None:
     return kernels.s8
 
 
+def quantize_rows_native(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rows (x (..., K) -> int8 (..., K), scales (..., 1)) in one parallel C pass (int8.h's quantize_row:
+    the same bits, checked by int8_kernels): an int8 KV cache's writes (a models.gpt.Quantizer). A prefill's keys
+    and values of 887 positions: 0.26 ms each against quantize_rows' 1.57 ms (RESULTS.md section 59)."""
+    rows = x.reshape(-1, x.shape[-1]).float().contiguous()  # (..., K) -> (M, K): a copy of a strided view
+    q, scale = run_quantize(int8_kernels().quantize, rows, torch.get_num_threads())
+    return q.view(x.shape), scale.view(*x.shape[:-1], 1)  # (M, K), (M, 1) -> x's shape, (..., 1)
+
+
 class Int8Linear(nn.Module):
     """nn.Linear's forward with int8 weights and per-row int8 activations. The float weight is not kept."""
 
@@ -158,6 +168,15 @@ class Int8Linear(nn.Module):
         return [self.weight_q, self.weight_sum, self.weight_scale, self._bias_f32]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._product(x, gelu=False)
+
+    def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """gelu(self(x)) (models.gpt.GeluLinear). With the C kernels, gelu.h's GELU (the one-call decode step's),
+        applied in the pass that rescales the sums (on the tiles, or after torch._int_mm or the float32 GEMMs): the
+        same bits on every route; without them, torch's."""
+        return self._product(x, gelu=True)
+
+    def _product(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
         native, threads = self._native, torch.get_num_threads()
         rows = x.reshape(-1, self.in_features)  # (..., K) -> (M, K)
         if native is not None:  # the kernels read float32 rows, as quantize_rows does
@@ -167,24 +186,28 @@ class Int8Linear(nn.Module):
         if native is not None and one_position(x):
             y = run_s8(native.linear, rows, self.weight_q, self.weight_sum, self.weight_scale, self._bias_f32,
                        threads)
+            if gelu:
+                run_gelu(native.gelu, y, threads)
         elif self._amx is not None:  # the same numbers, in one call on the tiles
             y = tiles.int8_product(self._amx, rows.float().contiguous(), self.weight_tiles, self.weight_scale,
-                                   self._bias_f32, self.out_features, threads)
+                                   self._bias_f32, self.out_features, threads, gelu)
         elif native is not None and self.route == "via-float" and float_products_exact():  # the same numbers, in float32
             x_f, x_scale = run_quantize_float(native.quantize_float, rows, threads)  # (M, K) the int8 values
             acc = float_products(x_f, self.weight_q)  # (M, N) float32 or int32, exact
             rescale = native.rescale_float if acc.dtype == torch.float32 else native.rescale
-            y = run_rescale(rescale, acc, x_scale, self.weight_scale, self._bias_f32, threads, in_place=True)
+            y = run_rescale(rescale, acc, x_scale, self.weight_scale, self._bias_f32, threads, in_place=True, gelu=gelu)
         elif native is not None:  # the same numbers, with the float work in one parallel pass each
             x_q, x_scale = run_quantize(native.quantize, rows, threads)
             acc = int_products(x_q, self.weight_q, self.route == "via-float")  # (M, N) int32, exact
-            y = run_rescale(native.rescale, acc, x_scale, self.weight_scale, self._bias_f32, threads)
+            y = run_rescale(native.rescale, acc, x_scale, self.weight_scale, self._bias_f32, threads, gelu=gelu)
         else:
             x_q, x_scale = quantize_rows(rows)
             acc = int_products(x_q, self.weight_q, self.route == "via-float")  # (M, N) int32, exact
             y = acc * (x_scale * self.weight_scale)  # (M, N) int32 * (M, N) float32 -> float32
             if self.bias is not None:
                 y += self.bias
+            if gelu:
+                y = F.gelu(y)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (M, N) -> x's leading shape + (N,)
 
     def extra_repr(self) -> str:

@@ -127,6 +127,7 @@ class Int8Kernels:
     rescale: object  # big products: int32 -> float32, after torch._int_mm
     quantize_float: object  # the via-float route: rows -> their int8 values as float32, and scales
     rescale_float: object  # the via-float route: exact float32 sums -> float32, as `rescale`
+    gelu: object  # gelu.h's GELU in place over float32 values (the MLP's first product where not fused into it)
 
 
 @dataclass(frozen=True)
@@ -202,13 +203,19 @@ def run_quantize_float(fn, x: torch.Tensor, threads: int = 1) -> tuple[torch.Ten
 
 
 def run_rescale(fn, acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, b: torch.Tensor | None,
-                threads: int = 1, in_place: bool = False) -> torch.Tensor:
-    """acc (M, N) * (x_scale (M, 1) * w_scale (N,)) + b -> float32 (M, N): int32 sums (`rescale`) or exact float32
-    ones (`rescale_float`); `in_place`: written over acc (each element read before its result is written), which
-    saves a pass of fresh memory over the (M, N) output."""
+                threads: int = 1, in_place: bool = False, gelu: bool = False) -> torch.Tensor:
+    """acc (M, N) * (x_scale (M, 1) * w_scale (N,)) + b -> float32 (M, N), with `gelu` through gelu.h's GELU: int32
+    sums (`rescale`) or exact float32 ones (`rescale_float`); `in_place`: written over acc (each element read before
+    its result is written), which saves a pass of fresh memory over the (M, N) output."""
     y = acc.view(torch.float32) if in_place else torch.empty(acc.shape, dtype=torch.float32)
     fn(acc.data_ptr(), x_scale.data_ptr(), w_scale.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(),
-       acc.shape[0], acc.shape[1], threads)
+       acc.shape[0], acc.shape[1], int(gelu), threads)
+    return y
+
+
+def run_gelu(fn, y: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    """gelu.h's GELU over a contiguous float32 y, in place."""
+    fn(y.data_ptr(), y.numel(), threads)
     return y
 
 
@@ -289,14 +296,16 @@ def _load() -> tuple[NativeKernels | None, str]:
     quantize_float, rescale_float = lib.fastbark_quantize_rows_f32, lib.fastbark_rescale_f32
     quantize_float.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     quantize_float.restype = ctypes.c_int
-    rescale_float.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    rescale_float.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int] * 2
     rescale_float.restype = None
+    gelu = lib.fastbark_gelu_f32
+    gelu.argtypes, gelu.restype = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int], None
     decode, attention = lib.fastbark_decode_step, lib.fastbark_attention_bf16
     dequantize_q4 = lib.fastbark_dequantize_q4
     dequantize_q4.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     dequantize_q4.restype = None
     quantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
-    rescale.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    rescale.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int] * 2
     decode.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 4 + \
         [ctypes.c_int] + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
     quantize.restype = rescale.restype = None
@@ -304,7 +313,7 @@ def _load() -> tuple[NativeKernels | None, str]:
     decode.restype = attention.restype = ctypes.c_int
     if not _check_f32(f32):
         return None, "the built kernel failed its self-check"
-    return NativeKernels(f32, Int8Kernels(s8, quantize, rescale, quantize_float, rescale_float), q4, dequantize_q4,
+    return NativeKernels(f32, Int8Kernels(s8, quantize, rescale, quantize_float, rescale_float, gelu), q4, dequantize_q4,
                          attention, decode, bool(lib.fastbark_has_bf16()), _bind_amx(lib), tuning), ""
 
 
@@ -314,8 +323,8 @@ def _bind_amx(lib: ctypes.CDLL) -> AmxKernels:
         lib.fastbark_amx_bf16
     packed_bytes.argtypes, packed_bytes.restype = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64], ctypes.c_int64
     pack.argtypes, pack.restype = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64], None
-    s8.argtypes, s8.restype = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
-    bf16.argtypes, bf16.restype = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
+    s8.argtypes, s8.restype = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2, ctypes.c_int
+    bf16.argtypes, bf16.restype = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2, ctypes.c_int
     pack_q4, q4 = lib.fastbark_amx_pack_q4, lib.fastbark_amx_q4
     pack_q4.argtypes, pack_q4.restype = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int], None
     q4.argtypes, q4.restype = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int

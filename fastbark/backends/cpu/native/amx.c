@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "amx.h"
+#include "gelu.h"
 #include "int4.h"
 #include "int8.h"
 
@@ -148,12 +149,14 @@ static inline __attribute__((always_inline)) void block(int kind, const uint8_t 
     _tile_stored(3, c + 16 * 128 + 64, 128);
 }
 
-/* What a block's sums become. y_s32 (int32 sums), or y_f32 (int8: rescaled as int8.py), or y_bf16 (+ bias). */
+/* What a block's sums become. y_s32 (int32 sums), or y_f32 (int8: rescaled as int8.py), or y_bf16 (+ bias); with
+ * `gelu`, the float results through gelu.h's GELU before they are stored (the MLP's first product). */
 typedef struct {
     int32_t *y_s32;
     float *y_f32;
     uint16_t *y_bf16;
     const float *x_scale, *w_scale, *bias;
+    int gelu;
 } epilogue;
 
 /* 16 sums of row i of acc from column j, those past `cols` left out (a mask). */
@@ -174,9 +177,11 @@ static void finish(const epilogue *out, const void *acc, int64_t m0, int64_t n0,
                                                    _mm512_maskz_loadu_ps(k, out->w_scale + n0 + j));
                 __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale);
                 if (out->bias) v = _mm512_add_ps(v, bias);
+                if (out->gelu) v = (__m512)gelu_lanes((gelu_f)v);
                 _mm512_mask_storeu_ps(out->y_f32 + at, k, v);
             } else {  /* float32 sums + bias, rounded to nearest even bfloat16 */
-                const __m512 v = _mm512_add_ps(_mm512_castsi512_ps(s), bias);
+                __m512 v = _mm512_add_ps(_mm512_castsi512_ps(s), bias);
+                if (out->gelu) v = (__m512)gelu_lanes((gelu_f)v);
                 _mm256_mask_storeu_epi16(out->y_bf16 + at, k, (__m256i)_mm512_cvtneps_pbh(v));
             }
         }
@@ -221,10 +226,10 @@ static void pack_rows_bf16(const uint16_t *x, uint8_t *xp, int64_t M, int64_t K,
 }
 
 /* int8 rows x (M, K) float32 (quantised here, as quantize_row) or x_q (M, K) int8 (as given) times a packed int8
- * weight: y (M, N) float32 = rescaled sums (w_scale, bias), or the int32 sums themselves where y_s32 is given.
- * Returns 0, 1 when out of memory, 2 without the tiles. */
+ * weight: y (M, N) float32 = rescaled sums (w_scale, bias), with `gelu` through GELU, or the int32 sums themselves
+ * where y_s32 is given. Returns 0, 1 when out of memory, 2 without the tiles. */
 int fastbark_amx_s8(const float *x, const int8_t *x_q, const int8_t *packed, const float *w_scale, const float *bias,
-                    float *y, int32_t *y_s32, int64_t M, int64_t N, int64_t K, int threads) {
+                    float *y, int32_t *y_s32, int64_t M, int64_t N, int64_t K, int gelu, int threads) {
     if (!fastbark_amx_ready()) return 2;
     const int64_t kt = round_up(K, ROW_BYTES) / ROW_BYTES, mp = round_up(M, BLOCK);
     const size_t tiles = (size_t)(mp / TILE_ROWS * kt * TILE_BYTES), scales = (size_t)(round_up(M, 16) * 4);
@@ -240,16 +245,16 @@ int fastbark_amx_s8(const float *x, const int8_t *x_q, const int8_t *packed, con
         else quantize_row(x + m * K, K, row, NULL, xs + m);
         pack_row((const uint8_t *)row, K, 1, kt, m, xp);
     }
-    const epilogue out = {y_s32, y, NULL, xs, w_scale, bias};
+    const epilogue out = {y_s32, y, NULL, xs, w_scale, bias, gelu};
     products(KIND_S8, xp, (const uint8_t *)packed, &out, M, N, kt, threads);
     return 0;
 }
 
 /* x (M, K) bfloat16, packed into tiles, times the bfloat16 weight tiles `packed`, or where that is NULL the int4
  * weight (w_q4, w_scale) expanded into tiles first, both in the calling thread's scratch memory; + bias (float32, or
- * NULL) -> y (M, N) bfloat16. Returns 0, 1 when out of memory, 2 without the tiles. */
+ * NULL), with `gelu` through GELU -> y (M, N) bfloat16. Returns 0, 1 when out of memory, 2 without the tiles. */
 static int bf16_call(const uint16_t *x, const uint8_t *packed, const uint8_t *w_q4, const float *w_scale,
-                     const float *bias, uint16_t *y, int64_t M, int64_t N, int64_t K, int threads) {
+                     const float *bias, uint16_t *y, int64_t M, int64_t N, int64_t K, int gelu, int threads) {
     if (!fastbark_amx_ready()) return 2;
     const int64_t kt = round_up(K, ROW_BYTES / 2) / (ROW_BYTES / 2), mp = round_up(M, BLOCK);
     const size_t x_tiles = (size_t)(mp / TILE_ROWS * kt * TILE_BYTES);
@@ -260,36 +265,37 @@ static int bf16_call(const uint16_t *x, const uint8_t *packed, const uint8_t *w_
         packed = xp + x_tiles;
     }
     pack_rows_bf16(x, xp, M, K, kt, threads);
-    const epilogue out = {NULL, NULL, y, NULL, NULL, bias};
+    const epilogue out = {NULL, NULL, y, NULL, NULL, bias, gelu};
     products(KIND_BF16, xp, packed, &out, M, N, kt, threads);
     return 0;
 }
 
-/* The bfloat16 mode's product: x (M, K) bfloat16 times a packed bfloat16 weight, + bias -> y (M, N) bfloat16. */
+/* The bfloat16 mode's product: x (M, K) bfloat16 times a packed bfloat16 weight, + bias (with `gelu`, through GELU
+ * before the rounding) -> y (M, N) bfloat16. */
 int fastbark_amx_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, uint16_t *y, int64_t M, int64_t N,
-                      int64_t K, int threads) {
-    return bf16_call(x, (const uint8_t *)packed, NULL, NULL, bias, y, M, N, K, threads);
+                      int64_t K, int gelu, int threads) {
+    return bf16_call(x, (const uint8_t *)packed, NULL, NULL, bias, y, M, N, K, gelu, threads);
 }
 
 /* The int4 mode's bfloat16 route (int4.py) on the tiles: x (M, K) bfloat16 times an int4 weight (int4.h's layout:
  * packed (N, q4_row_bytes(K)), scales (N, groups)), expanded into bfloat16 tiles for this call only -> y (M, N). */
 int fastbark_amx_q4(const uint16_t *x, const uint8_t *w, const float *w_scale, uint16_t *y, int64_t M, int64_t N,
                     int64_t K, int threads) {
-    return bf16_call(x, NULL, w, w_scale, NULL, y, M, N, K, threads);
+    return bf16_call(x, NULL, w, w_scale, NULL, y, M, N, K, 0, threads);
 }
 
 #else  /* no AMX in this build */
 
 int fastbark_amx_ready(void) { return 0; }
 int fastbark_amx_s8(const float *x, const int8_t *x_q, const int8_t *packed, const float *w_scale, const float *bias,
-                    float *y, int32_t *y_s32, int64_t M, int64_t N, int64_t K, int threads) {
+                    float *y, int32_t *y_s32, int64_t M, int64_t N, int64_t K, int gelu, int threads) {
     (void)x; (void)x_q; (void)packed; (void)w_scale; (void)bias; (void)y; (void)y_s32; (void)M; (void)N; (void)K;
-    (void)threads;
+    (void)gelu; (void)threads;
     return 2;
 }
 int fastbark_amx_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, uint16_t *y, int64_t M, int64_t N,
-                      int64_t K, int threads) {
-    (void)x; (void)packed; (void)bias; (void)y; (void)M; (void)N; (void)K; (void)threads;
+                      int64_t K, int gelu, int threads) {
+    (void)x; (void)packed; (void)bias; (void)y; (void)M; (void)N; (void)K; (void)gelu; (void)threads;
     return 2;
 }
 int fastbark_amx_q4(const uint16_t *x, const uint8_t *w, const float *w_scale, uint16_t *y, int64_t M, int64_t N,

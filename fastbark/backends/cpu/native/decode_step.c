@@ -36,6 +36,7 @@
 #include <immintrin.h>
 #endif
 #include "bf16.h"
+#include "gelu.h"
 #include "gemv.h"
 #include "int4.h"
 #include "int8.h"
@@ -79,44 +80,12 @@ static void prepare(int format, const float *x, int64_t m, int64_t K, Rows *r) {
 
 static inline float gelu(float v) { return v * 0.5f * (1.0f + erff(v * (float)M_SQRT1_2)); }
 
-/* GELU of 8 floats for the fast modes, in GCC's 8-wide vectors (the same lane arithmetic on AVX2, AVX-512 and arm64):
- * 1 + erf(z) for z = x / sqrt(2) from Abramowitz and Stegun 7.1.26, 1 - erf(|z|) = p(t) e^(-z^2), t = 1 / (1 +
- * 0.3275911 |z|) (|error| < 1.5e-7), with e^(-z^2) = 2^n 2^f (n rounded by adding 1.5 x 2^23; 2^f by its Taylor
- * polynomial of degree 6 on [-1/2, 1/2]). glibc's scalar erff took 9 ns a value on the Xeon of RESULTS.md section
- * 58, 28 us a layer's 3072 on one thread. The exact mode keeps erff.
- * Without contraction every operation rounds once, so every build gives the same bits: a fused multiply-add where
- * another build has none moved a value by an ulp, and the next product's int8 rounding of it by a step
- * (tests/test_native_targets.py). Casts between the two vector types keep the bits. */
-typedef int32_t i8v __attribute__((vector_size(32)));
-__attribute__((optimize("fp-contract=off")))
-static inline v8 gelu8(v8 x) {
-    const v8 z = x * (float)M_SQRT1_2;
-    const v8 a = (v8)((i8v)z & 0x7fffffff);  /* |z| */
-    const v8 t = 1.0f / (1.0f + 0.3275911f * a);
-    const v8 poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-    v8 e = -(a * a) * 1.44269504088896341f;  /* -z^2 in powers of 2 */
-    const v8 floor_ = {-125.0f, -125.0f, -125.0f, -125.0f, -125.0f, -125.0f, -125.0f, -125.0f};
-    const i8v low = e < floor_;  /* below 2^-125: e^(-z^2) is under 1e-37, far below p(t)'s error */
-    e = (v8)((low & (i8v)floor_) | (~low & (i8v)e));
-    const v8 big = e + 12582912.0f, n = big - 12582912.0f, f = e - n;
-    const v8 p = 1.0f + f * (0.693147181f + f * (0.240226507f + f * (0.0555041087f + f * (0.00961812911f +
-                             f * (0.00133335581f + f * 0.000154035304f)))));
-    const v8 q = poly * (v8)((i8v)p + ((i8v)big << 23));  /* 1 - erf(|z|); 2^n into p's exponent: big's low bits hold n */
-    const i8v negative = x < 0.0f;
-    const v8 one_plus = (v8)((negative & (i8v)q) | (~negative & (i8v)(2.0f - q)));  /* 1 + erf(z) */
-    return x * 0.5f * one_plus;
-}
-
-/* GELU over y[0..n) in place, n a multiple of 8, split over the threads of the enclosing parallel region. */
-__attribute__((optimize("fp-contract=off")))
+/* GELU over y[0..n) in place with gelu.h's vectors (the fast modes), split over the threads of the enclosing
+ * parallel region in spans of 256 (each value's bits do not depend on its span). */
 static void gelu_rows(float *y, int64_t n) {
+    const int64_t spans = (n + 255) / 256;
     #pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; i += 8) {
-        v8 v;
-        memcpy(&v, y + i, sizeof v);
-        v = gelu8(v);
-        memcpy(y + i, &v, sizeof v);
-    }
+    for (int64_t s = 0; s < spans; s++) gelu_span(y + s * 256, n - s * 256 < 256 ? n - s * 256 : 256);
 }
 
 static inline void finish_output(float *out, float v, int mode) {
@@ -568,9 +537,9 @@ int fastbark_decode_step(int format, float *x, const Layer *layers, int64_t n_la
             product(format, &l->att_out_proj, &rows, x, tmp, B, C, C, ADD_TO);
             #pragma omp single
             norm_and_prepare(format, x, l->ln2_weight, l->ln2_bias, eps, h, &rows, B, C);
-            if (format == F32 || C4 % 8) {
+            if (format == F32) {
                 product(format, &l->mlp_in_proj, &rows, h, tmp, B, C4, C, GELU);
-            } else {  /* the fast modes: the products, then GELU 8 at a time */
+            } else {  /* the fast modes: the products, then gelu.h's GELU over them */
                 product(format, &l->mlp_in_proj, &rows, h, tmp, B, C4, C, STORE);
                 gelu_rows(h, B * C4);
             }

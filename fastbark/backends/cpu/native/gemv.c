@@ -35,6 +35,7 @@ void fastbark_gemv_f32(const float *x, const float *w, const float *bias, float 
  * 128 * sum_k wq[n, k] it adds is taken off again (w_sum, precomputed); with AVX2, on |x| (int8.h).
  */
 #include <stdlib.h>
+#include "gelu.h"
 #include "int8.h"
 
 /* x: (M, K) float32, wq: (N, K) int8, w_sum: (N,) int32, w_scale: (N,), bias: (N,) or NULL, y: (M, N).
@@ -87,23 +88,36 @@ int fastbark_quantize_rows_f32(const float *x, float *q, float *scale, int64_t M
     return failed;
 }
 
-/* y = acc * (x_scale[m] * w_scale[n]), then + bias[n] (int8.h's rescaled). */
+/* y = acc * (x_scale[m] * w_scale[n]), then + bias[n] (int8.h's rescaled); with `gelu`, each row then through
+ * gelu.h's GELU while it is in cache (the MLP's first product: one pass over its output instead of two). */
 __attribute__((optimize("fp-contract=off")))
 void fastbark_rescale_s32(const int32_t *acc, const float *x_scale, const float *w_scale, const float *bias,
-                          float *y, int64_t M, int64_t N, int threads) {
+                          float *y, int64_t M, int64_t N, int gelu, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t m = 0; m < M; m++)
+    for (int64_t m = 0; m < M; m++) {
         for (int64_t n = 0; n < N; n++) y[m * N + n] = rescaled((float)acc[m * N + n], x_scale[m], w_scale[n], bias, n);
+        if (gelu) gelu_span(y + m * N, N);
+    }
 }
 
 /* The same from float32 sums that are exact integers below 2^24 (the via-float route's GEMMs over K <= 1024):
  * (float) of their int32 value is the value itself, so the bits are fastbark_rescale_s32's. */
 __attribute__((optimize("fp-contract=off")))
 void fastbark_rescale_f32(const float *acc, const float *x_scale, const float *w_scale, const float *bias,
-                          float *y, int64_t M, int64_t N, int threads) {
+                          float *y, int64_t M, int64_t N, int gelu, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t m = 0; m < M; m++)
+    for (int64_t m = 0; m < M; m++) {
         for (int64_t n = 0; n < N; n++) y[m * N + n] = rescaled(acc[m * N + n], x_scale[m], w_scale[n], bias, n);
+        if (gelu) gelu_span(y + m * N, N);
+    }
+}
+
+/* gelu.h's GELU over y[0..n) in place: the fast modes' MLP where its first product did not apply it (one-position
+ * rows). */
+void fastbark_gelu_f32(float *y, int64_t n, int threads) {
+    const int64_t spans = (n + 4095) / 4096;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t s = 0; s < spans; s++) gelu_span(y + s * 4096, n - s * 4096 < 4096 ? n - s * 4096 : 4096);
 }
 
 /* ---------------------------------------------------------------- int4 (the int4 mode's decode step)
