@@ -127,11 +127,88 @@ def test_scratch_memory_is_reused_safely_across_shapes_and_threads():
 
 def test_the_tiles_route_is_offered_only_where_it_runs(monkeypatch):
     assert ("amx" in int_routes(amx=True)) == (int8.amx_int8() is not None)
-    assert "amx" not in int_routes(amx=False)  # the decode stages' prefills never take it
+    assert ("amx-plain" in int_routes(amx=True, plain=True)) == (int8.amx_int8() is not None)
+    assert "amx" not in int_routes(amx=True, plain=True)  # the decode stages: no packed copy
+    assert not {"amx", "amx-plain"} & set(int_routes(amx=False))
     monkeypatch.setattr(int8, "amx_int8", lambda: None)
-    assert "amx" not in int_routes(amx=True)
-    with pytest.raises(ValueError, match="AMX"):
-        Int8Linear(nn.Linear(64, 32), route="amx")
+    assert not {"amx", "amx-plain"} & (set(int_routes(amx=True)) | set(int_routes(amx=True, plain=True)))
+    for route in ("amx", "amx-plain"):
+        with pytest.raises(ValueError, match="AMX"):
+            Int8Linear(nn.Linear(64, 32), route=route)
+
+
+# (M, K, N) the plain weights' kernels take: N a multiple of 32, K of 64; rows ending inside a tile and a block
+PLAIN = [(5, 64, 32), (40, 128, 64), (70, 192, 96), (887, 768, 256)]
+
+
+@needs_amx
+@pytest.mark.parametrize("m, k, n", PLAIN)
+def test_plain_int8_weights_on_tiles_give_the_torch_paths_bits(m, k, n):
+    """The decode stages' prefills: w's rows as the tiles' A operand, x packed as B, y^T transposed back: the same
+    bits as the torch path and the packed route (GELU's too), no packed copy kept, a row's bits whatever its batch."""
+    g = torch.Generator().manual_seed(m + n)
+    linear = nn.Linear(k, n, bias=n % 64 == 0)
+    x = torch.randn(2, m, k, generator=g) * 3
+    plain, packed = Int8Linear(linear, route="amx-plain"), Int8Linear(linear, route="amx")
+    assert plain.kind == "int8-amx" and not hasattr(plain, "weight_tiles")
+    assert torch.equal(plain(x), Int8Linear(linear, native=False)(x))
+    assert torch.equal(plain.forward_gelu(x), packed.forward_gelu(x))
+    whole = plain(x[1])
+    for rows in (slice(0, 2), slice(m // 2, m), slice(m - 2, m)):
+        assert torch.equal(plain(x[1, rows]), whole[rows])
+    sums = tiles.int8_sums(tiles.amx_kernels(), x[0].clamp(-127, 127).to(torch.int8), plain.weight_q, n, plain=True)
+    assert torch.equal(sums, x[0].clamp(-127, 127).to(torch.int8).int() @ plain.weight_q.int().T)
+
+
+@needs_amx
+@pytest.mark.parametrize("m, k, n", PLAIN)
+def test_plain_bfloat16_weights_on_tiles_are_a_bfloat16_product(m, k, n):
+    g = torch.Generator().manual_seed(m)
+    linear = nn.Linear(k, n).to(torch.bfloat16)
+    layer = tiles.AmxBf16Linear(linear, plain=True)
+    assert layer.weight_tiles is None and layer.weight is linear.weight  # only the plain weight, shared
+    x = torch.randn(1, m, k, generator=g).bfloat16()
+    y = layer(x)
+    want = x.float() @ linear.weight.float().T + linear.bias.float()
+    assert y.dtype == torch.bfloat16 and (y.float() - want).abs().max() <= 2 ** -7 * want.abs().max()
+    for rows in (slice(0, 2), slice(m // 2, m)):  # a row's bits whatever its batch
+        assert torch.equal(layer(x[:, rows]), y[:, rows])
+    gelu = layer.forward_gelu(x)
+    assert (gelu.float() - torch.nn.functional.gelu(want)).abs().max() <= 2 ** -7 * want.abs().max()
+
+
+@needs_amx
+def test_plain_weights_of_other_shapes_are_refused():
+    amx = tiles.amx_kernels()
+    with pytest.raises(ValueError, match="multiple of 32"):
+        Int8Linear(nn.Linear(96, 64), route="amx-plain")  # K = 96: not whole tiles of 64 int8
+    with pytest.raises(ValueError, match="multiple of 32"):
+        tiles.AmxBf16Linear(nn.Linear(64, 48).bfloat16(), plain=True)  # N = 48: not whole pairs of 16
+    x = torch.randint(-127, 128, (4, 96), dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="plain weights"):  # the C entry point refuses them too
+        tiles.int8_sums(amx, x, torch.zeros(64, 96, dtype=torch.int8), 64, plain=True)
+
+
+@needs_amx
+def test_a_quantised_prefill_on_plain_tiles_keeps_its_logits_and_rows():
+    """A causal GPT's int8 prefill with its products on the tiles over plain weights: the logits of int8's torch._int_mm
+    route bit for bit, and a text's logits alone equal to its logits in a batch."""
+    from fastbark.models.gpt import CausalGPT, GPTConfig
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=64, input_vocab_size=50, output_vocab_size=64, block_size=64,
+                       bias=True)
+    models = {}
+    for route in ("int_mm", "amx-plain"):
+        torch.manual_seed(0)
+        model = CausalGPT(config).eval()
+        model.swap_linears(lambda linear, route=route: Int8Linear(linear, route=route))
+        models[route] = model
+    embeds = torch.randn(3, 37, 64)
+    with torch.inference_mode():
+        want = models["int_mm"].prefill(embeds, models["int_mm"].new_cache(3))
+        got = models["amx-plain"].prefill(embeds, models["amx-plain"].new_cache(3))
+        alone = models["amx-plain"].prefill(embeds[1:2], models["amx-plain"].new_cache(1))
+    assert torch.equal(got, want) and torch.equal(alone, got[1:2])
 
 
 @needs_kernels

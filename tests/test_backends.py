@@ -10,7 +10,7 @@ import reference as ref
 from fastbark.backends.cpu.attention import bf16_attention
 from fastbark.backends.cpu.decode_step import BF16, F32, INT4, INT8, decode_step_works
 from fastbark.backends.cpu.int4 import int4_kernel
-from fastbark.backends.cpu.amx import AmxBf16Linear, amx_kernels
+from fastbark.backends.cpu.amx import KIND_BF16, KIND_S8, AmxBf16Linear, amx_kernels, plain_runs
 from fastbark.backends.cpu.int8 import Int8Linear, int8_kernels
 from fastbark.backends.cpu.library import has_vnni, load_kernels
 from fastbark.backends.cpu.linears import Bf16ViaFloat32Linear, packing_available
@@ -90,12 +90,15 @@ def with_swapped(kinds: dict, model) -> dict:
 
 
 def measured_routes(report, label: str) -> dict:
-    """The long products' routes in the report: (in, out, whether the AMX tiles were a candidate) -> chosen."""
+    """The long products' routes in the report: (in, out, which AMX tiles' route was a candidate: "amx" over packed
+    weights, "amx-plain" over plain ones, or None) -> chosen."""
     routes = {}
     for line in report.measured:
         if line.startswith(label):
             shape, rest = line.removeprefix(label).split(": ", 1)
-            routes[(*map(int, shape.split(" -> ")), "(amx " in rest or ", amx " in rest)] = rest.split(" ")[0]
+            candidates = {part.strip(" (").split(" ")[0] for part in rest.split(" ", 1)[1].split(", ")}
+            tiles = next((name for name in ("amx", "amx-plain") if name in candidates), None)
+            routes[(*map(int, shape.split(" -> ")), tiles)] = rest.split(" ")[0]
     return routes
 
 
@@ -141,19 +144,27 @@ def test_cpu_backend_report(hub_dir, dtype, quantize, kernel):
     if via:
         want["fallbacks"].add("bfloat16 products")
     half_routes, int8_routes = measured_routes(report, "bfloat16 products "), measured_routes(report, "int8 products ")
-    tiles = amx_kernels() is not None and kernel == "auto"  # the fine GPT's products may take the AMX tiles
+    tiles = amx_kernels() is not None and kernel == "auto"  # the products may take the AMX tiles
     for model in (tts.semantic_model, tts.coarse_model, tts.fine_model):  # a layer is swapped where its shape chose so
         fine = model is tts.fine_model
+        # the fine GPT's candidates: the tiles over packed weights; the prefills': over the plain weights they keep
+        # (not the decode stages' heads, which read one position a row)
+        key_tiles = ("amx" if fine else "amx-plain") if tiles else None
         for layer in model.modules():
             if hasattr(layer, "in_features") and hasattr(layer, "out_features"):
-                key = (layer.in_features, layer.out_features, fine and tiles)
+                plain = not fine and layer is not model.lm_head and \
+                    plain_runs(layer.out_features, layer.in_features, KIND_BF16 if half_routes else KIND_S8)
+                key = (layer.in_features, layer.out_features, key_tiles if fine or plain else None)
                 if half_routes:
                     route = half_routes[key]
                     assert isinstance(layer, Bf16ViaFloat32Linear) == (route == "via-float32"), (key, type(layer))
-                    assert isinstance(layer, AmxBf16Linear) == (route == "amx"), (key, type(layer))
+                    assert isinstance(layer, AmxBf16Linear) == route.startswith("amx"), (key, type(layer))
+                    if isinstance(layer, AmxBf16Linear):  # no packed copy of the decode stages' weights
+                        assert (layer.weight_tiles is None) == (route == "amx-plain")
                 if isinstance(layer, Int8Linear) and int8_routes:
-                    assert layer.route == int8_routes[key] and (layer.kind == "int8-amx") == (layer.route == "amx")
-                assert fine or getattr(layer, "kind", "") not in ("amx-bf16", "int8-amx")
+                    assert layer.route == int8_routes[key]
+                    assert (layer.kind == "int8-amx") == layer.route.startswith("amx")
+                    assert hasattr(layer, "weight_tiles") == (layer.route == "amx")
     assert len(attention) == (want["whole"] is None)  # the fast modes' C attention, timed against SDPA
     if want["whole"] is None:  # what was measured faster runs; where SDPA won, the report says so
         want["whole"] = attention[0].split(": ")[1].split(" ")[0]

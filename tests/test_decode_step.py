@@ -304,7 +304,9 @@ def test_the_bfloat16_step_runs_only_where_it_measured_faster(hub_dir, tmp_path,
         assert tts.backend.models[name].decode_step == faster
         # layers whose shape measured faster as float32 GEMMs keep their plain weights in Bf16ViaFloat32Linear
         kinds = {type(m).__name__ for b in model.layers for m in b.modules() if hasattr(m, "in_features")}
-        assert kinds - {"Bf16ViaFloat32Linear"} <= ({"PackedLinear"} if faster == "blocks" and packs else {"Linear"})
+        # (and in the step's plain weights, those whose prefills measured faster on AMX tiles, in AmxBf16Linear)
+        assert kinds - {"Bf16ViaFloat32Linear"} <= ({"PackedLinear"} if faster == "blocks" and packs else
+                                                    {"Linear", "AmxBf16Linear"})
         assert type(model.lm_head).__name__ in ("PackedLinear" if packs else "Linear", "Bf16ViaFloat32Linear")
     steps = [m for m in tts.backend.measured if m.startswith("decode step")]
     assert len(steps) == 2 and all(f": {faster} (" in m for m in steps), steps

@@ -31,13 +31,14 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch import nn
 
 from ...models.gpt import CausalGPT
 from ..base import Backend, Models
 from .attention import CpuAttention, amx_attention, bf16_attention, sdpa_bf16_whole, sdpa_whole
 from .decode_step import fused_decode_step
 from .int4 import Int4Linear, int4_kernel, int4_routes
-from .amx import BF16_ROUTE, AmxBf16Linear, amx_kernels
+from .amx import BF16_PLAIN_ROUTE, BF16_ROUTE, KIND_BF16, KIND_S8, AmxBf16Linear, amx_kernels, plain_runs
 from .int8 import Int8Linear, int8_kernels, int_routes, quantize_rows_native
 from .choice import (Candidate, ChoiceCache, PlainLinear, choose_half_route, choose_int4_route, choose_int_route,
                      choose_linears, choose_step, choose_whole_attention, code_digest, machine_key, step_key)
@@ -102,13 +103,16 @@ class CpuBackend(Backend):
         routes: dict = {}  # the big int8 products' routes measured fastest here (_route)
         long_routes: dict = {}  # the int4 long products' routes (fine passes, prefills)
 
-        def int8_linear(linear, one_text: bool):
-            """The fine GPT's layers (`one_text`) may take the AMX tiles (amx.py); the others' prefills may not."""
+        def int8_linear(linear, one_text: bool, head: bool):
+            """Any layer may take the AMX tiles (amx.py): the fine GPT's (`one_text`) over a packed copy of the weight,
+            the others' (prefills) over the plain weight their one-call step reads where its shape suits the tiles; not
+            a decode stage's `head`, which only ever reads one position a row."""
             if o.cpu_kernel == "plain":
                 return Int8Linear(linear, native=kernels is not None)
-            tiles = one_text and kernels is not None and o.cpu_kernel == "auto"
-            return Int8Linear(linear, native=kernels is not None,
-                              route=self._route(routes, choose_int_route, linear, int_routes(amx=tiles)))
+            tiles = kernels is not None and o.cpu_kernel == "auto" and (one_text or (
+                not head and plain_runs(linear.out_features, linear.in_features, KIND_S8)))
+            return Int8Linear(linear, native=kernels is not None, route=self._route(
+                routes, choose_int_route, linear, int_routes(amx=tiles, plain=not one_text)))
 
         def int4_route(linear, one_text: bool) -> str:
             """How the int4 products of this shape run: the fine GPT's as float32 or bfloat16 GEMMs, the prefills' as
@@ -121,8 +125,8 @@ class CpuBackend(Backend):
             # int4: every layer of the blocks; the heads, whose errors go straight into the logits, stay int8
             heads = [model.lm_head] if isinstance(model, CausalGPT) else list(model.lm_heads)
             one_text = not isinstance(model, CausalGPT)  # the fine GPT: one text per pass (pipeline/fine.py)
-            model.swap_linears(lambda linear: int8_linear(linear, one_text) if o.quantize == "int8" or
-                               any(linear is h for h in heads) else
+            model.swap_linears(lambda linear: int8_linear(linear, one_text, any(linear is h for h in heads))
+                               if o.quantize == "int8" or any(linear is h for h in heads) else
                                Int4Linear(linear, native=kernels is not None, one_text=one_text,
                                           route=int4_route(linear, one_text)))
         if kernels and int8_kernels() is None:
@@ -143,15 +147,19 @@ class CpuBackend(Backend):
         routes: dict = {}  # the routes measured fastest here (_route)
         amx = amx_kernels()
 
-        def swapped(linear, one_text: bool):
-            """The fine GPT's layers (`one_text`) may take the AMX tiles (amx.py); the others' prefills may not."""
-            candidates = {**HALF_ROUTES, "amx": BF16_ROUTE} if one_text and amx is not None else HALF_ROUTES
-            chosen = self._route(routes, choose_half_route, linear, candidates)
+        def swapped(linear, one_text: bool, head: bool):
+            """Any layer may take the AMX tiles (amx.py): the fine GPT's (`one_text`) over a packed copy of the weight,
+            the others' (prefills) over the plain weight their one-call step reads where its shape suits the tiles; not
+            a decode stage's `head`, which only ever reads one position a row (and is packed for oneDNN)."""
+            prefill = not head and plain_runs(linear.out_features, linear.in_features, KIND_BF16)
+            tiles = {} if amx is None else {"amx": BF16_ROUTE} if one_text else \
+                {"amx-plain": BF16_PLAIN_ROUTE} if prefill else {}
+            chosen = self._route(routes, choose_half_route, linear, {**HALF_ROUTES, **tiles})
             return Bf16ViaFloat32Linear(linear) if chosen == "via-float32" else \
-                AmxBf16Linear(linear, amx) if chosen == "amx" else None
+                AmxBf16Linear(linear, amx, plain=chosen == "amx-plain") if chosen.startswith("amx") else None
         for model in models:
             one_text = not isinstance(model, CausalGPT)  # the fine GPT: one text per pass (pipeline/fine.py)
-            model.swap_linears(lambda linear: swapped(linear, one_text))
+            model.swap_linears(lambda linear: swapped(linear, one_text, not one_text and linear is model.lm_head))
         if any(c.chosen == "via-float32" for c in routes.values()):
             return ["bfloat16 products: bfloat16 GEMMs are slower on this CPU (no bfloat16 arithmetic); prefills and "
                     "fine passes run as float32 GEMMs over the same values"]
@@ -204,7 +212,8 @@ class CpuBackend(Backend):
     def _bfloat16_step(self, model, attention, step):
         """bfloat16 with "auto": the one-call step (it reads the blocks' plain bfloat16 weights) or the blocks on
         oneDNN-packed weights where this CPU packs bfloat16 (else plain), whichever step measured faster per text;
-        the head is packed either way (`_decode_linears`). On CPUs with AMX, oneDNN's blocks may be the faster."""
+        the head is packed either way (`_decode_linears`). On CPUs with AMX, oneDNN's blocks may be the faster; with
+        them, the layers whose prefills took the tiles (AmxBf16Linear) are packed too, and prefill on oneDNN."""
         packs = packing_available(torch.bfloat16)
         packed: dict = {}  # plain layer -> its packed copy, made once
         plain: dict = {}  # packed copy -> the plain layer
@@ -221,7 +230,8 @@ class CpuBackend(Backend):
             model.use_kernels(attention, step)
 
         def blocks():
-            model.swap_linears(to_packed)
+            model.swap_linears(lambda m: to_packed(m) if isinstance(m, (nn.Linear, AmxBf16Linear)) else None,
+                               swapped=True)
             model.use_kernels(attention, None)
         return self._measured_step(model, attention, step, "bfloat16", {"fused-c": fused, "blocks": blocks})
 

@@ -1,4 +1,5 @@
-"""Long products on AMX tiles (Intel Xeon since Sapphire Rapids): the fine GPT's 1024-row passes, int8 and bfloat16.
+"""Long products on AMX tiles (Intel Xeon since Sapphire Rapids): the fine GPT's 1024-row passes and the decode
+stages' prefills, int8 and bfloat16.
 
 oneDNN's AMX GEMMs left the second core idle for bark's N = 768 products and ran the int8 mode's rounding and
 rescaling as passes of their own (RESULTS.md section 56: the fine passes at 28-30% of the machine's AMX rate).
@@ -11,9 +12,11 @@ quantises the rows and rescales the sums in the same call (section 57 has the ra
 - int4: the bfloat16 product over an int4 weight expanded straight into tiles at each call (q * d rounded once to
   bfloat16, the values of int4.py's bfloat16 route; the expansion is never kept).
 
-Only the fine GPT takes these routes, where measured faster (choice.py): its weights are packed once, a second copy
-of them (the plain one stays for everything else that reads it); each of its passes holds one text. The decode stages
-keep the plain layout their one-call step reads; their prefills stay on oneDNN.
+Each layer takes these routes where measured faster (choice.py). The fine GPT's weights are packed once ("amx"), a
+second copy of them (the plain one stays for everything else that reads it). The decode stages keep only the plain
+layout their one-call step reads: their prefills multiply on it as it lies ("amx-plain": w's rows as the tiles' A
+operand, x packed at each call, no copy kept). Every output sums in one fixed order whatever the rows around it, so
+a row's numbers do not depend on its batch (tested).
 """
 
 from __future__ import annotations
@@ -29,8 +32,19 @@ from .library import SHAPES_CHECKED, AmxKernels, load_kernels
 from .linears import one_position
 
 KIND_S8, KIND_BF16 = 0, 1  # amx.c's weight kinds
+# (M, N, K) the plain weights' kernels are checked at: N a multiple of 32 and K of 64, as they need; rows that end
+# inside a tile and a block, and more than one block
+PLAIN_SHAPES = ((1, 32, 64), (37, 64, 128), (70, 96, 192))
+
+
+def plain_runs(n: int, k: int, kind: int) -> bool:
+    """Whether the plain weights' kernels (amx.c's _plain entry points) take a weight (N, K) of `kind`: N a multiple
+    of 32, K of a tile row's 64 int8 or 32 bfloat16 values."""
+    return n % 32 == 0 and k % (64 if kind == KIND_S8 else 32) == 0
 _ERRORS = {1: (MemoryError, "fastbark's AMX kernel could not allocate its packed rows"),
-           2: (RuntimeError, "fastbark's AMX kernel may not use the tiles in this process")}
+           2: (RuntimeError, "fastbark's AMX kernel may not use the tiles in this process"),
+           3: (RuntimeError, "fastbark's AMX kernel over plain weights takes N a multiple of 32 and K of 64 (int8) or "
+                             "32 (bfloat16)")}
 
 
 def _checked(code: int) -> None:
@@ -48,34 +62,38 @@ def pack(amx: AmxKernels, w: torch.Tensor) -> torch.Tensor:
     return packed
 
 
-def int8_product(amx: AmxKernels, x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
-                 bias: torch.Tensor | None, out_features: int, threads: int, gelu: bool = False) -> torch.Tensor:
+def int8_product(amx: AmxKernels, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
+                 bias: torch.Tensor | None, out_features: int, threads: int, gelu: bool = False,
+                 plain: bool = False) -> torch.Tensor:
     """Float32 rows x (M, K) -> (M, N) float32: int8.py's Int8Linear product, quantised and rescaled in the call;
-    with `gelu`, through gelu.h's GELU in the same pass."""
+    with `gelu`, through gelu.h's GELU in the same pass. w: packed (`pack`), or with `plain` the int8 (N, K) weight."""
     y = torch.empty(x.shape[0], out_features, dtype=torch.float32)
-    _checked(amx.s8(x.data_ptr(), None, packed.data_ptr(), w_scale.data_ptr(),
-                    bias.data_ptr() if bias is not None else None, y.data_ptr(), None, x.shape[0], out_features,
-                    x.shape[1], int(gelu), threads))
+    _checked((amx.s8_plain if plain else amx.s8)(
+        x.data_ptr(), None, w.data_ptr(), w_scale.data_ptr(), bias.data_ptr() if bias is not None else None,
+        y.data_ptr(), None, x.shape[0], out_features, x.shape[1], int(gelu), threads))
     return y
 
 
-def int8_sums(amx: AmxKernels, x_q: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
-    """x_q (M, K) int8 -> (M, N) int32 sums with a packed weight: torch._int_mm's numbers (the route chooser's)."""
+def int8_sums(amx: AmxKernels, x_q: torch.Tensor, w: torch.Tensor, out_features: int,
+              plain: bool = False) -> torch.Tensor:
+    """x_q (M, K) int8 -> (M, N) int32 sums with a packed weight (or with `plain` the int8 (N, K) weight itself):
+    torch._int_mm's numbers (the route chooser's)."""
     x_q = x_q.contiguous()
     y = torch.empty(x_q.shape[0], out_features, dtype=torch.int32)
-    _checked(amx.s8(None, x_q.data_ptr(), packed.data_ptr(), None, None, None, y.data_ptr(), x_q.shape[0],
-                    out_features, x_q.shape[1], 0, torch.get_num_threads()))
+    _checked((amx.s8_plain if plain else amx.s8)(None, x_q.data_ptr(), w.data_ptr(), None, None, None, y.data_ptr(),
+                                                 x_q.shape[0], out_features, x_q.shape[1], 0, torch.get_num_threads()))
     return y
 
 
-def bfloat16_product(amx: AmxKernels, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
-                     out_features: int, threads: int, gelu: bool = False) -> torch.Tensor:
+def bfloat16_product(amx: AmxKernels, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+                     out_features: int, threads: int, gelu: bool = False, plain: bool = False) -> torch.Tensor:
     """Bfloat16 rows x (M, K) -> (M, N) bfloat16, + bias (float32); with `gelu`, the float32 results through gelu.h's
-    GELU before their one rounding."""
+    GELU before their one rounding. w: packed (`pack`), or with `plain` the bfloat16 (N, K) weight."""
     x = x.contiguous()
     y = torch.empty(x.shape[0], out_features, dtype=torch.bfloat16)
-    _checked(amx.bf16(x.data_ptr(), packed.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr(),
-                      x.shape[0], out_features, x.shape[1], int(gelu), threads))
+    _checked((amx.bf16_plain if plain else amx.bf16)(
+        x.data_ptr(), w.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr(), x.shape[0],
+        out_features, x.shape[1], int(gelu), threads))
     return y
 
 
@@ -112,43 +130,62 @@ class PackedRoute:
         return self._product(amx, x, self._last[1], w.shape[0])
 
 
+def _as_it_is(amx: AmxKernels, w: torch.Tensor) -> torch.Tensor:
+    return w.contiguous()
+
+
 INT8_ROUTE = PackedRoute(int8_sums)  # "amx" among int8.py's routes (int_routes) where the tiles are there
 BF16_ROUTE = PackedRoute(lambda amx, x, packed, n: bfloat16_product(amx, x, packed, None, n, torch.get_num_threads()))
+# "amx-plain": the prefills' routes, over the weight as it is
+INT8_PLAIN_ROUTE = PackedRoute(functools.partial(int8_sums, plain=True), _as_it_is)
+BF16_PLAIN_ROUTE = PackedRoute(lambda amx, x, w, n: bfloat16_product(amx, x, w, None, n, torch.get_num_threads(),
+                                                                     plain=True), _as_it_is)
 
 
 @functools.cache
 def amx_kernels() -> AmxKernels | None:
-    """amx.c's kernels where this build has them, the process may use the tiles, and they pass their checks: int8
-    sums equal to exact integer ones; the bfloat16 product within 1% of a float32 one. (int8.py checks the int8
-    mode's whole product, rounding and rescaling included, against its torch path: `amx_int8`.)"""
+    """amx.c's kernels where this build has them, the process may use the tiles, and they pass their checks, over
+    packed and plain weights: int8 sums equal to exact integer ones; the bfloat16 product within 1% of a float32 one.
+    (int8.py checks the int8 mode's whole product, rounding and rescaling included, against its torch path:
+    `amx_int8`.)"""
     kernels = load_kernels()
     amx = kernels.amx if kernels is not None else None
     if amx is None or not amx.ready:
         return None
     g = torch.Generator().manual_seed(0)
-    for m, n, k in (*SHAPES_CHECKED, (40, 70, 200)):  # tails of every block and tile, and more than one block
-        x_q = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
-        w_q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
-        if not torch.equal(int8_sums(amx, x_q, pack(amx, w_q), n), x_q.int() @ w_q.int().T):
-            return None
-        x, w, b = torch.randn(m, k, generator=g).bfloat16(), torch.randn(n, k, generator=g).bfloat16(), torch.randn(n)
-        want = F.linear(x.float(), w.float(), b)
-        got = bfloat16_product(amx, x, pack(amx, w), b, n, torch.get_num_threads()).float()
-        if not torch.allclose(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item()):
-            return None
+    # tails of every block and tile, and more than one block; plain weights: tails of the rows only (PLAIN_SHAPES)
+    for plain, shapes in ((False, (*SHAPES_CHECKED, (40, 70, 200))), (True, PLAIN_SHAPES)):
+        for m, n, k in shapes:
+            x_q = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+            w_q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+            weight = w_q if plain else pack(amx, w_q)
+            if not torch.equal(int8_sums(amx, x_q, weight, n, plain), x_q.int() @ w_q.int().T):
+                return None
+            x, w, b = torch.randn(m, k, generator=g).bfloat16(), torch.randn(n, k, generator=g).bfloat16(), torch.randn(n)
+            want = F.linear(x.float(), w.float(), b)
+            got = bfloat16_product(amx, x, w if plain else pack(amx, w), b, n, torch.get_num_threads(),
+                                   plain=plain).float()
+            if not torch.allclose(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item()):
+                return None
     return amx
 
 
 class AmxBf16Linear(PlainLinear):
-    """A bfloat16 nn.Linear whose long products (the fine passes) run on the tiles; one-position inputs stay F.linear.
-    The plain bfloat16 weight is kept beside its packed copy."""
+    """A bfloat16 nn.Linear whose long products (fine passes, prefills) run on the tiles; one-position inputs stay
+    F.linear. The plain bfloat16 weight is kept, and beside it a packed copy unless `plain` (the decode stages':
+    their products multiply the plain weight as it lies)."""
 
     kind = "amx-bf16"
 
-    def __init__(self, linear: nn.Linear, amx: AmxKernels | None = None):
+    def __init__(self, linear: nn.Linear, amx: AmxKernels | None = None, plain: bool = False):
         super().__init__(linear)
         self._amx = amx or amx_kernels()
-        self.register_buffer("weight_tiles", pack(self._amx, linear.weight.detach()), persistent=False)
+        if plain and not plain_runs(self.out_features, self.in_features, KIND_BF16):
+            raise ValueError(f"the AMX tiles take plain bfloat16 weights of N a multiple of 32 and K of 32, not "
+                             f"{self.out_features} x {self.in_features}")
+        self._plain = plain
+        tiles = None if plain else pack(self._amx, linear.weight.detach())
+        self.register_buffer("weight_tiles", tiles, persistent=False)
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,9 +201,10 @@ class AmxBf16Linear(PlainLinear):
             y = F.linear(x, self.weight, self.bias)
             return F.gelu(y) if gelu else y
         rows = x.reshape(-1, self.in_features)  # (..., K) -> (M, K)
-        y = bfloat16_product(self._amx, rows, self.weight_tiles, self._bias_f32, self.out_features,
-                             torch.get_num_threads(), gelu)
+        y = bfloat16_product(self._amx, rows, self.weight if self._plain else self.weight_tiles, self._bias_f32,
+                             self.out_features, torch.get_num_threads(), gelu, self._plain)
         return y.reshape(*x.shape[:-1], self.out_features)  # (M, N) -> x's leading shape + (N,)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, long products=AMX tiles"
+        weights = "plain weights" if self._plain else "packed weights"
+        return f"in_features={self.in_features}, out_features={self.out_features}, long products=AMX tiles ({weights})"

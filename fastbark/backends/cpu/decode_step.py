@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ...models.gpt import CausalGPT, GPTConfig, KVCache
+from .amx import AmxBf16Linear
 from .int4 import Int4Linear, int4_kernel
 from .int8 import Int8Linear, int8_kernels
 from .library import load_kernels
@@ -36,16 +37,17 @@ POINTERS_PER_LAYER = 20  # decode_step.c's Layer: 2 LayerNorm + 2 x 4 linear + 2
 
 
 def weight_format(model: CausalGPT) -> int | None:
-    """INT8 or INT4 for a quantised model, BF16 for plain bfloat16 linear layers (nn.Linear or Bf16ViaFloat32Linear,
-    which keeps the plain weight), F32 for float32 ones (nn.Linear or GemvLinear, likewise), None otherwise."""
+    """INT8 or INT4 for a quantised model, BF16 for plain bfloat16 linear layers (nn.Linear, Bf16ViaFloat32Linear or
+    AmxBf16Linear, which keep the plain weight), F32 for float32 ones (nn.Linear or GemvLinear, likewise), None
+    otherwise."""
     linears = [m for block in model.layers for m in (block.attn.att_proj, block.attn.out_proj, block.mlp.in_proj,
                                                       block.mlp.out_proj)]
     if all(isinstance(m, Int8Linear) for m in linears):
         return INT8
     if all(isinstance(m, Int4Linear) for m in linears):
         return INT4
-    if all(type(m) in (nn.Linear, Bf16ViaFloat32Linear) and m.weight.dtype == torch.bfloat16 and m.weight.is_contiguous()
-           for m in linears):
+    if all(type(m) in (nn.Linear, Bf16ViaFloat32Linear, AmxBf16Linear) and m.weight.dtype == torch.bfloat16
+           and m.weight.is_contiguous() for m in linears):
         return BF16
     if all(type(m) in (nn.Linear, GemvLinear) and m.weight.dtype == torch.float32 and m.weight.is_contiguous()
            for m in linears):

@@ -74,9 +74,13 @@ def float_products_exact() -> bool:
 ROUTES = {"int_mm": lambda x_q, w_q: torch._int_mm(x_q, w_q.t()), "via-float": int_mm_via_float}  # the reference first
 
 
-def int_routes(amx: bool) -> dict:
-    """ROUTES, and with `amx` the AMX tiles' (amx.py) where this machine has them and they passed their checks."""
-    return {**ROUTES, "amx": tiles.INT8_ROUTE} if amx and amx_int8() is not None else ROUTES
+def int_routes(amx: bool, plain: bool = False) -> dict:
+    """ROUTES, and with `amx` the AMX tiles' (amx.py) where this machine has them and they passed their checks: over
+    a packed copy of the weight ("amx"), or with `plain` over the weight as it lies ("amx-plain": the decode stages',
+    which keep only that)."""
+    if not amx or amx_int8() is None:
+        return ROUTES
+    return {**ROUTES, "amx-plain": tiles.INT8_PLAIN_ROUTE} if plain else {**ROUTES, "amx": tiles.INT8_ROUTE}
 
 
 @functools.cache
@@ -87,10 +91,11 @@ def amx_int8() -> AmxKernels | None:
         return None
     with torch.random.fork_rng(devices=[]):  # the layers' initialisation must not move the user's RNG
         torch.manual_seed(0)
-        for m, n, k in (*SHAPES_CHECKED, (40, 70, 200)):
-            linear, x = nn.Linear(k, n, bias=n % 2 == 0), torch.randn(m, k) * 3
-            if not torch.equal(Int8Linear(linear, route="amx", amx=amx)(x), Int8Linear(linear, native=False)(x)):
-                return None
+        for route, shapes in (("amx", (*SHAPES_CHECKED, (40, 70, 200))), ("amx-plain", tiles.PLAIN_SHAPES)):
+            for m, n, k in shapes:
+                linear, x = nn.Linear(k, n, bias=n % 2 == 0), torch.randn(m, k) * 3
+                if not torch.equal(Int8Linear(linear, route=route, amx=amx)(x), Int8Linear(linear, native=False)(x)):
+                    return None
     return amx
 
 
@@ -140,8 +145,9 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, native: bool = True, route: str | None = None,
                  amx: AmxKernels | None = None):
         """`route`: how the big products run (ROUTES, int_routes): "int_mm" (torch._int_mm), "via-float" (exact
-        float32 GEMMs) or "amx" (amx.py: quantised, multiplied and rescaled on the tiles, the weight packed here);
-        None: by the CPU's flags (no VNNI: via float). The CPU backend passes what it measured (choice.py)."""
+        float32 GEMMs), "amx" (amx.py: quantised, multiplied and rescaled on the tiles, the weight packed here) or
+        "amx-plain" (the same over the plain int8 weight, N a multiple of 32 and K of 64); None: by the CPU's flags
+        (no VNNI: via float). The CPU backend passes what it measured (choice.py)."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         w_q, w_scale = quantize_rows(linear.weight.detach())  # (N, K) int8, (N, 1)
@@ -153,10 +159,14 @@ class Int8Linear(nn.Module):
         self._bias_f32 = linear.bias.detach().float() if linear.bias is not None else None
         self._native = int8_kernels() if native else None
         self.route = route or ("int_mm" if has_vnni() else "via-float")  # _int_mm is slow without VNNI
-        self._amx = (amx or amx_int8()) if self.route == "amx" else None
+        on_tiles = self.route in ("amx", "amx-plain")
+        self._amx = (amx or amx_int8()) if on_tiles else None
+        if on_tiles and self._amx is None:
+            raise ValueError(f"the int8 route '{self.route}' needs AMX tiles, which this machine or build does not have")
+        if self.route == "amx-plain" and not tiles.plain_runs(self.out_features, self.in_features, tiles.KIND_S8):
+            raise ValueError(f"the int8 route 'amx-plain' takes N a multiple of 32 and K of 64, not "
+                             f"{self.out_features} x {self.in_features}")
         if self.route == "amx":
-            if self._amx is None:
-                raise ValueError("the int8 route 'amx' needs AMX tiles, which this machine or build does not have")
             self.register_buffer("weight_tiles", tiles.pack(self._amx, w_q), persistent=False)
 
     @property
@@ -189,8 +199,9 @@ class Int8Linear(nn.Module):
             if gelu:
                 run_gelu(native.gelu, y, threads)
         elif self._amx is not None:  # the same numbers, in one call on the tiles
-            y = tiles.int8_product(self._amx, rows.float().contiguous(), self.weight_tiles, self.weight_scale,
-                                   self._bias_f32, self.out_features, threads, gelu)
+            plain = self.route == "amx-plain"
+            y = tiles.int8_product(self._amx, rows.float().contiguous(), self.weight_q if plain else self.weight_tiles,
+                                   self.weight_scale, self._bias_f32, self.out_features, threads, gelu, plain)
         elif native is not None and self.route == "via-float" and float_products_exact():  # the same numbers, in float32
             x_f, x_scale = run_quantize_float(native.quantize_float, rows, threads)  # (M, K) the int8 values
             acc = float_products(x_f, self.weight_q)  # (M, N) float32 or int32, exact

@@ -140,6 +140,8 @@ class AmxKernels:
     bf16: object  # the bfloat16 mode's product
     pack_q4: object  # an int4 weight (int4.h's layout) -> bfloat16 tiles
     q4: object  # the int4 mode's fine-pass product: bfloat16 rows times an int4 weight expanded into tiles per call
+    s8_plain: object  # s8 over a plain (N, K) int8 weight (the decode stages' prefills)
+    bf16_plain: object  # bf16 over a plain (N, K) bfloat16 weight
     attention: object  # whole-sequence attention on the tiles (native/attention.c; checked in attention.py)
     ready: bool  # built for AMX, and this process may use the tiles (the packing runs everywhere)
 
@@ -328,9 +330,13 @@ def _bind_amx(lib: ctypes.CDLL) -> AmxKernels:
     pack_q4, q4 = lib.fastbark_amx_pack_q4, lib.fastbark_amx_q4
     pack_q4.argtypes, pack_q4.restype = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int], None
     q4.argtypes, q4.restype = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
+    s8_plain, bf16_plain = lib.fastbark_amx_s8_plain, lib.fastbark_amx_bf16_plain
+    s8_plain.argtypes, s8_plain.restype = s8.argtypes, ctypes.c_int
+    bf16_plain.argtypes, bf16_plain.restype = bf16.argtypes, ctypes.c_int
     attention = lib.fastbark_attention_amx
     attention.argtypes, attention.restype = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 3, ctypes.c_int
-    return AmxKernels(packed_bytes, pack, s8, bf16, pack_q4, q4, attention, bool(lib.fastbark_amx_ready()))
+    return AmxKernels(packed_bytes, pack, s8, bf16, pack_q4, q4, s8_plain, bf16_plain, attention,
+                      bool(lib.fastbark_amx_ready()))
 
 
 def load_kernels() -> NativeKernels | None:

@@ -1,4 +1,5 @@
-/* Long matrix products on AMX tiles (Intel Xeon since Sapphire Rapids): the fine passes' 1024 rows.
+/* Long matrix products on AMX tiles (Intel Xeon since Sapphire Rapids): the fine passes' 1024 rows, and the decode
+ * stages' prefills.
  *
  * int8:     y = (x_q @ w_q^T) * (x_scale * w_scale) + bias, the int8 mode's product (int8.py), each row of x
  *           quantised by quantize_row (int8.h). Its int32 sums are exact in any order, so its bits are those of
@@ -17,6 +18,11 @@
  * ROW_BLOCKS blocks of rows (256 rows of x, in L2) against one pair of w's tiles, K_TILES tiles of K at a time (in
  * L1). On the Xeon of RESULTS.md section 57, 2 threads: int8 3.0-4.0 TOPS (torch._int_mm 1.6-3.1), bfloat16 1.7-2.2
  * TFLOP/s (F.linear 0.8-1.9).
+ * Plain weights (the _plain entry points: the decode stages', which keep only the layout their one-call step reads):
+ * the roles swap. w's rows are the A operand as they lie in memory, x's rows are packed at each call as the B operand
+ * (a 16 x 16 transpose of 4-byte lanes per tile), the tiles hold y^T and the epilogue transposes them back. The same
+ * sums in the same order: on that Xeon (section 59) a layer's four products over 887 rows took 4.95 ms against the
+ * packed weights' 4.86 (int8) and 7.32 against 7.59 (bfloat16).
  *
  * Built where the compiler targets AMX-INT8 and AMX-BF16 (-march=native on such a CPU); elsewhere the entry points
  * report that they are absent. Linux grants a process the tiles' state only on request (arch_prctl).
@@ -122,11 +128,13 @@ static void pack_row(const uint8_t *row, int64_t K, int64_t e, int64_t kt, int64
     }
 }
 
-/* Adds tiles [t0, t1) of K of one 32 x 32 block of x @ w^T to acc (32 x 32, int32 or float32; zeros first where
- * t0 is 0). Inlined with its kind a constant: the tile instructions take their registers as immediates. */
-static inline __attribute__((always_inline)) void block(int kind, const uint8_t *x0, const uint8_t *w0, int64_t kt,
-                                                         int64_t t0, int64_t t1, void *acc) {
-    const uint8_t *x1 = x0 + kt * TILE_BYTES, *w1 = w0 + kt * TILE_BYTES;
+/* Adds tiles [t0, t1) of K of one 32 x 32 block to acc (32 x 32, int32 or float32; zeros first where t0 is 0): rows
+ * i of acc from the A tiles (tile t of rows 0-15 at a0 + t * a_step, of rows 16-31 at a1 + t * a_step, their rows
+ * a_stride bytes apart), columns from the B tiles (packed: tile t at b0 + t * TILE_BYTES, b1 for columns 16-31).
+ * Inlined with its kind a constant: the tile instructions take their registers as immediates. */
+static inline __attribute__((always_inline)) void block(int kind, const uint8_t *a0, const uint8_t *a1,
+                                                         int64_t a_stride, int64_t a_step, const uint8_t *b0,
+                                                         const uint8_t *b1, int64_t t0, int64_t t1, void *acc) {
     uint8_t *c = acc;  /* rows of 32 four-byte sums: stride 128 bytes */
     if (t0 == 0) {
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
@@ -135,10 +143,10 @@ static inline __attribute__((always_inline)) void block(int kind, const uint8_t 
         _tile_loadd(3, c + 16 * 128 + 64, 128);
     }
     for (int64_t t = t0; t < t1; t++) {
-        _tile_loadd(4, x0 + t * TILE_BYTES, ROW_BYTES);
-        _tile_loadd(5, x1 + t * TILE_BYTES, ROW_BYTES);
-        _tile_loadd(6, w0 + t * TILE_BYTES, ROW_BYTES);
-        _tile_loadd(7, w1 + t * TILE_BYTES, ROW_BYTES);
+        _tile_loadd(4, a0 + t * a_step, a_stride);
+        _tile_loadd(5, a1 + t * a_step, a_stride);
+        _tile_loadd(6, b0 + t * TILE_BYTES, ROW_BYTES);
+        _tile_loadd(7, b1 + t * TILE_BYTES, ROW_BYTES);
         if (kind == KIND_S8) {
             _tile_dpbssd(0, 4, 6); _tile_dpbssd(1, 4, 7); _tile_dpbssd(2, 5, 6); _tile_dpbssd(3, 5, 7);
         } else {
@@ -147,6 +155,31 @@ static inline __attribute__((always_inline)) void block(int kind, const uint8_t 
     }
     _tile_stored(0, c, 128); _tile_stored(1, c + 64, 128); _tile_stored(2, c + 16 * 128, 128);
     _tile_stored(3, c + 16 * 128 + 64, 128);
+}
+
+/* The 16 x 16 four-byte values of r transposed in place: r[i] lane j <- r[j] lane i (64 shuffles). */
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {  /* per 128-bit lane L: rows i, i + 1 of elements 4L, 4L + 1 | 4L + 2, 4L + 3 */
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  /* r[i + c], lane L: rows i..i+3 of element 4L + c */
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {  /* element 4L + c: lane L of r[c], r[4 + c], r[8 + c], r[12 + c] */
+        const __m512i v0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44), v1 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xee);
+        const __m512i w0 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44);
+        const __m512i w1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xee);
+        t[c] = _mm512_shuffle_i32x4(v0, w0, 0x88);
+        t[4 + c] = _mm512_shuffle_i32x4(v0, w0, 0xdd);
+        t[8 + c] = _mm512_shuffle_i32x4(v1, w1, 0x88);
+        t[12 + c] = _mm512_shuffle_i32x4(v1, w1, 0xdd);
+    }
+    memcpy(r, t, sizeof t);
 }
 
 /* What a block's sums become. y_s32 (int32 sums), or y_f32 (int8: rescaled as int8.py), or y_bf16 (+ bias); with
@@ -159,42 +192,58 @@ typedef struct {
     int gelu;
 } epilogue;
 
-/* 16 sums of row i of acc from column j, those past `cols` left out (a mask). */
+/* 16 sums s of row m of y from column n, those outside mask k left out, as `out` says. */
 __attribute__((optimize("fp-contract=off")))
-static void finish(const epilogue *out, const void *acc, int64_t m0, int64_t n0, int64_t M, int64_t N) {
-    const int64_t rows = M - m0 < BLOCK ? M - m0 : BLOCK, cols = N - n0 < BLOCK ? N - n0 : BLOCK;
-    for (int64_t i = 0; i < rows; i++) {
-        const int64_t m = m0 + i;
-        for (int64_t j = 0; j < cols; j += 16) {
-            const __mmask16 k = cols - j >= 16 ? 0xffff : (__mmask16)((1u << (cols - j)) - 1);
-            const int64_t at = m * N + n0 + j;
-            const __m512i s = _mm512_load_si512((const int32_t *)acc + i * BLOCK + j);
-            const __m512 bias = out->bias ? _mm512_maskz_loadu_ps(k, out->bias + n0 + j) : _mm512_setzero_ps();
-            if (out->y_s32) {
-                _mm512_mask_storeu_epi32(out->y_s32 + at, k, s);
-            } else if (out->y_f32) {  /* rescaled (int8.h), 16 at once: the same two roundings, then the bias */
-                const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(out->x_scale[m]),
-                                                   _mm512_maskz_loadu_ps(k, out->w_scale + n0 + j));
-                __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale);
-                if (out->bias) v = _mm512_add_ps(v, bias);
-                if (out->gelu) v = (__m512)gelu_lanes((gelu_f)v);
-                _mm512_mask_storeu_ps(out->y_f32 + at, k, v);
-            } else {  /* float32 sums + bias, rounded to nearest even bfloat16 */
-                __m512 v = _mm512_add_ps(_mm512_castsi512_ps(s), bias);
-                if (out->gelu) v = (__m512)gelu_lanes((gelu_f)v);
-                _mm256_mask_storeu_epi16(out->y_bf16 + at, k, (__m256i)_mm512_cvtneps_pbh(v));
-            }
-        }
+static inline void finish16(const epilogue *out, __m512i s, int64_t m, int64_t n, int64_t N, __mmask16 k) {
+    const int64_t at = m * N + n;
+    const __m512 bias = out->bias ? _mm512_maskz_loadu_ps(k, out->bias + n) : _mm512_setzero_ps();
+    if (out->y_s32) {
+        _mm512_mask_storeu_epi32(out->y_s32 + at, k, s);
+    } else if (out->y_f32) {  /* rescaled (int8.h), 16 at once: the same two roundings, then the bias */
+        const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(out->x_scale[m]), _mm512_maskz_loadu_ps(k, out->w_scale + n));
+        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale);
+        if (out->bias) v = _mm512_add_ps(v, bias);
+        if (out->gelu) v = (__m512)gelu_lanes((gelu_f)v);
+        _mm512_mask_storeu_ps(out->y_f32 + at, k, v);
+    } else {  /* float32 sums + bias, rounded to nearest even bfloat16 */
+        __m512 v = _mm512_add_ps(_mm512_castsi512_ps(s), bias);
+        if (out->gelu) v = (__m512)gelu_lanes((gelu_f)v);
+        _mm256_mask_storeu_epi16(out->y_bf16 + at, k, (__m256i)_mm512_cvtneps_pbh(v));
     }
 }
 
-/* x packed (Mp rows), w packed (Np outputs) -> the epilogue's output, blocks split over the threads. A thread
+/* A 32 x 32 block of y from acc: with `transposed` acc holds y^T (rows of outputs n0.., columns of rows m0..; each
+ * 16 x 16 quarter is transposed first), else y itself; the rows past M and the columns past N left out. */
+__attribute__((optimize("fp-contract=off")))
+static inline void finish(const epilogue *out, const void *acc, int64_t m0, int64_t n0, int64_t M, int64_t N,
+                          int transposed) {
+    const int64_t rows = M - m0 < BLOCK ? M - m0 : BLOCK, cols = N - n0 < BLOCK ? N - n0 : BLOCK;
+    const int32_t *sums = acc;
+    if (!transposed) {
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < cols; j += 16)
+                finish16(out, _mm512_load_si512(sums + i * BLOCK + j), m0 + i, n0 + j, N,
+                         cols - j >= 16 ? 0xffff : (__mmask16)((1u << (cols - j)) - 1));
+        return;
+    }
+    for (int64_t j = 0; j < cols; j += 16)  /* outputs n0 + j.. (cols: whole 16s, as the plain weights' callers ask) */
+        for (int64_t i = 0; i < rows; i += 16) {  /* rows m0 + i.. */
+            __m512i r[16];
+            for (int64_t c = 0; c < 16; c++) r[c] = _mm512_load_si512(sums + (j + c) * BLOCK + i);  /* output j + c */
+            transpose16(r);  /* r[c]: row i + c, outputs j.. */
+            for (int64_t c = 0; c < 16 && i + c < rows; c++) finish16(out, r[c], m0 + i + c, n0 + j, N, 0xffff);
+        }
+}
+
+/* The epilogue's output from x's tiles (Mp rows) and w's, blocks split over the threads. With `plain` (w's plain
+ * (N, K) rows as the A operand, x's tiles as B: acc holds y^T), else w packed as B and x's tiles as A. A thread
  * takes ROW_BLOCKS blocks of rows against one pair of w's tiles, K_TILES of K at a time (the pair's slice stays in
  * L1), keeping the blocks' sums in between. */
-static inline __attribute__((always_inline)) void products(int kind, const uint8_t *xp, const uint8_t *wp,
-                                                            const epilogue *out, int64_t M, int64_t N, int64_t kt,
-                                                            int threads) {
+static inline __attribute__((always_inline)) void products(int kind, const uint8_t *xp, const uint8_t *w, int plain,
+                                                            const epilogue *out, int64_t M, int64_t N, int64_t K,
+                                                            int64_t kt, int threads) {
     const int64_t row_blocks = round_up(M, BLOCK) / BLOCK, col_blocks = round_up(N, BLOCK) / BLOCK;
+    const int64_t w_row = K * elem_bytes(kind);  /* plain: bytes between rows of w */
     #pragma omp parallel num_threads(threads)
     {
         configure_tiles();
@@ -206,16 +255,41 @@ static inline __attribute__((always_inline)) void products(int kind, const uint8
                 for (int64_t t0 = 0; t0 < kt; t0 += K_TILES) {
                     const int64_t t1 = t0 + K_TILES < kt ? t0 + K_TILES : kt;
                     for (int64_t mb = mo; mb < last; mb++) {
-                        block(kind, xp + 2 * mb * kt * TILE_BYTES, wp + 2 * nb * kt * TILE_BYTES, kt, t0, t1,
-                              acc[mb - mo]);
+                        const uint8_t *x0 = xp + 2 * mb * kt * TILE_BYTES;
+                        if (plain) {
+                            const uint8_t *w0 = w + nb * BLOCK * w_row;
+                            block(kind, w0, w0 + TILE_ROWS * w_row, w_row, ROW_BYTES, x0, x0 + kt * TILE_BYTES, t0,
+                                  t1, acc[mb - mo]);
+                        } else {
+                            const uint8_t *w0 = w + 2 * nb * kt * TILE_BYTES;
+                            block(kind, x0, x0 + kt * TILE_BYTES, ROW_BYTES, TILE_BYTES, w0, w0 + kt * TILE_BYTES, t0,
+                                  t1, acc[mb - mo]);
+                        }
                         if (t1 == kt && mb > mo)  /* the block before: its epilogue runs while the tiles multiply */
-                            finish(out, acc[mb - mo - 1], (mb - 1) * BLOCK, nb * BLOCK, M, N);
+                            finish(out, acc[mb - mo - 1], (mb - 1) * BLOCK, nb * BLOCK, M, N, plain);
                     }
                 }
-                finish(out, acc[last - mo - 1], (last - 1) * BLOCK, nb * BLOCK, M, N);
+                finish(out, acc[last - mo - 1], (last - 1) * BLOCK, nb * BLOCK, M, N, plain);
             }
         _tile_release();
     }
+}
+
+/* Rows of x (M, K; e-byte values, K a multiple of the tiles' depth) as the B operand of plain weights: for each 16
+ * rows and tile of K, row r of the tile holds lane r (4 bytes) of each of the 16 rows, a 16 x 16 transpose of
+ * lanes; rows past M are zeros. */
+static void pack_rows_b(const uint8_t *x, uint8_t *xp, int64_t M, int64_t K, int64_t e, int64_t kt, int threads) {
+    const int64_t groups = round_up(M, BLOCK) / TILE_ROWS, row_bytes = K * e;
+    #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t t = 0; t < kt; t++) {
+            __m512i r[16];
+            for (int64_t i = 0; i < 16; i++)
+                r[i] = g * 16 + i < M ? _mm512_loadu_si512(x + (g * 16 + i) * row_bytes + t * ROW_BYTES)
+                                      : _mm512_setzero_si512();
+            transpose16(r);
+            for (int64_t i = 0; i < 16; i++) _mm512_store_si512(xp + (g * kt + t) * TILE_BYTES + i * ROW_BYTES, r[i]);
+        }
 }
 
 /* Rows of bfloat16 x (M, K) into tiles at xp (the padding zero). */
@@ -246,7 +320,7 @@ int fastbark_amx_s8(const float *x, const int8_t *x_q, const int8_t *packed, con
         pack_row((const uint8_t *)row, K, 1, kt, m, xp);
     }
     const epilogue out = {y_s32, y, NULL, xs, w_scale, bias, gelu};
-    products(KIND_S8, xp, (const uint8_t *)packed, &out, M, N, kt, threads);
+    products(KIND_S8, xp, (const uint8_t *)packed, 0, &out, M, N, K, kt, threads);
     return 0;
 }
 
@@ -266,7 +340,7 @@ static int bf16_call(const uint16_t *x, const uint8_t *packed, const uint8_t *w_
     }
     pack_rows_bf16(x, xp, M, K, kt, threads);
     const epilogue out = {NULL, NULL, y, NULL, NULL, bias, gelu};
-    products(KIND_BF16, xp, packed, &out, M, N, kt, threads);
+    products(KIND_BF16, xp, packed, 0, &out, M, N, K, kt, threads);
     return 0;
 }
 
@@ -282,6 +356,46 @@ int fastbark_amx_bf16(const uint16_t *x, const uint16_t *packed, const float *bi
 int fastbark_amx_q4(const uint16_t *x, const uint8_t *w, const float *w_scale, uint16_t *y, int64_t M, int64_t N,
                     int64_t K, int threads) {
     return bf16_call(x, NULL, w, w_scale, NULL, y, M, N, K, 0, threads);
+}
+
+/* The decode stages' prefills, whose weights are kept only in their plain (N, K) layout (the one-call step reads
+ * it): w's rows as the tiles' A operand (16 outputs x 64 bytes of K, rows K values apart: no packed copy), x's rows
+ * packed at each call as the B operand (pack_rows_b), so the tiles hold y^T and the epilogue transposes them back.
+ * The arguments and results of fastbark_amx_s8 and fastbark_amx_bf16 (the same sums: int8's exact, bfloat16's in
+ * the same order), for K a multiple of 64 (int8) or 32 (bfloat16) and N of 32; 3 for other shapes. */
+int fastbark_amx_s8_plain(const float *x, const int8_t *x_q, const int8_t *w, const float *w_scale, const float *bias,
+                          float *y, int32_t *y_s32, int64_t M, int64_t N, int64_t K, int gelu, int threads) {
+    if (!fastbark_amx_ready()) return 2;
+    if (K % ROW_BYTES || N % BLOCK) return 3;
+    const int64_t kt = K / ROW_BYTES, mp = round_up(M, BLOCK);
+    const size_t tiles = (size_t)(mp / TILE_ROWS * kt * TILE_BYTES), scales = (size_t)(round_up(M, 16) * 4);
+    uint8_t *xp = scratch_bytes(0, tiles + scales + (size_t)(M * K));
+    if (!xp) return 1;
+    float *xs = (float *)(xp + tiles);
+    int8_t *rows = (int8_t *)(xp + tiles + scales);  /* x quantised */
+    if (x_q) {
+        memcpy(rows, x_q, (size_t)(M * K));
+    } else {
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, rows + m * K, NULL, xs + m);
+    }
+    pack_rows_b((const uint8_t *)rows, xp, M, K, 1, kt, threads);
+    const epilogue out = {y_s32, y, NULL, xs, w_scale, bias, gelu};
+    products(KIND_S8, xp, (const uint8_t *)w, 1, &out, M, N, K, kt, threads);
+    return 0;
+}
+
+int fastbark_amx_bf16_plain(const uint16_t *x, const uint16_t *w, const float *bias, uint16_t *y, int64_t M, int64_t N,
+                            int64_t K, int gelu, int threads) {
+    if (!fastbark_amx_ready()) return 2;
+    if (K % (ROW_BYTES / 2) || N % BLOCK) return 3;
+    const int64_t kt = K / (ROW_BYTES / 2), mp = round_up(M, BLOCK);
+    uint8_t *xp = scratch_bytes(0, (size_t)(mp / TILE_ROWS * kt * TILE_BYTES));
+    if (!xp) return 1;
+    pack_rows_b((const uint8_t *)x, xp, M, K, 2, kt, threads);
+    const epilogue out = {NULL, NULL, y, NULL, NULL, bias, gelu};
+    products(KIND_BF16, xp, (const uint8_t *)w, 1, &out, M, N, K, kt, threads);
+    return 0;
 }
 
 #else  /* no AMX in this build */
@@ -301,6 +415,18 @@ int fastbark_amx_bf16(const uint16_t *x, const uint16_t *packed, const float *bi
 int fastbark_amx_q4(const uint16_t *x, const uint8_t *w, const float *w_scale, uint16_t *y, int64_t M, int64_t N,
                     int64_t K, int threads) {
     (void)x; (void)w; (void)w_scale; (void)y; (void)M; (void)N; (void)K; (void)threads;
+    return 2;
+}
+
+int fastbark_amx_s8_plain(const float *x, const int8_t *x_q, const int8_t *w, const float *w_scale, const float *bias,
+                          float *y, int32_t *y_s32, int64_t M, int64_t N, int64_t K, int gelu, int threads) {
+    (void)x; (void)x_q; (void)w; (void)w_scale; (void)bias; (void)y; (void)y_s32; (void)M; (void)N; (void)K;
+    (void)gelu; (void)threads;
+    return 2;
+}
+int fastbark_amx_bf16_plain(const uint16_t *x, const uint16_t *w, const float *bias, uint16_t *y, int64_t M, int64_t N,
+                            int64_t K, int gelu, int threads) {
+    (void)x; (void)w; (void)bias; (void)y; (void)M; (void)N; (void)K; (void)gelu; (void)threads;
     return 2;
 }
 
