@@ -6,8 +6,10 @@ exact float32 route the int8 mode takes without VNNI; int4: float32 or bfloat16,
 weights to either), and on CPUs with AMX fastbark's own products on the tiles (amx.py; its weights packed
 beforehand, as a layer holds them) where those are faster. The stage: one fine-model pass over a full
 1024-frame window at bark-small sizes (random weights), as the pipeline runs it, through fastbark's
-backend for the mode. Its FLOPs are counted from the model's shapes: 2 per multiply-add in every linear
-layer and in attention's two products.
+backend for the mode; and a coarse prefill of PREFILL_POSITIONS positions (a coarse window's longest: its
+history and a voice's), into a fresh cache, as the coarse stage runs one. Their FLOPs are counted from the
+models' shapes: 2 per multiply-add in every linear layer and in attention's two products (the prefill's
+causal attention counted whole, its head for the last position only).
 
     python benchmarks/compute_rates.py --threads 2 --json benchmarks/compute-rates.json
     python benchmarks/compute_rates.py --threads 2 --modes bfloat16,int8 --attention-ways   # + the pass per attention
@@ -22,6 +24,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +76,37 @@ def fine_pass_flops(model) -> float:
     return 2 * t * linears + attention
 
 
+PREFILL_POSITIONS = 887  # a coarse window's longest prefill: 630 coarse and 256 semantic history tokens and one more
+
+
+def prefill_flops(model, t: int) -> float:
+    """FLOPs of a causal GPT's prefill over t positions: every block's products and attention for each position, the
+    last block's attention and MLP too (counted whole), the head for the last position."""
+    c = model.config
+    blocks = sum(m.in_features * m.out_features for m in model.layers.modules() if hasattr(m, "in_features"))
+    head = model.lm_head.in_features * model.lm_head.out_features
+    return 2 * t * blocks + c.n_layer * 2 * 2 * t * t * c.n_embd + 2 * head
+
+
+def engines(args) -> Iterator[tuple[str, fastbark.Bark]]:
+    """(mode, an engine in that mode) for each of args.modes, over one random checkpoint of args.size."""
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_random_checkpoint(args.size, Path(tmp) / "bark")
+        for mode in args.modes.split(","):
+            engine = dict(dtype="bfloat16") if mode == "bfloat16" else dict(quantize=mode) if mode.startswith("int") else {}
+            yield mode, fastbark.Bark.from_pretrained(folder, threads=args.threads, **engine)
+
+
+def pass_inputs(tts: fastbark.Bark) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fine pass's codes (1, block_size, codebooks) and a coarse prefill's embeddings (1, PREFILL_POSITIONS, C)."""
+    fine, coarse = tts.fine_model, tts.coarse_model
+    codes = torch.randint(0, 1024, (1, fine.config.block_size, fine.config.n_codes_total),
+                          generator=torch.Generator().manual_seed(0))
+    embeds = torch.randn(1, PREFILL_POSITIONS, coarse.config.n_embd, generator=torch.Generator().manual_seed(1))
+    return codes, embeds.to(coarse.position_embeds_layer.weight.dtype)
+
+
 def attention_ways(model, float32_activations: bool) -> dict[str, CpuAttention]:
     """The whole-sequence attentions the CPU backend chooses among for this model (backends/cpu/__init__.py)."""
     c = model.config
@@ -106,34 +140,35 @@ def main(argv=None) -> dict:
     p.add_argument("--attention-ways", action="store_true",
                    help="also time the pass with each whole-sequence attention the backend chooses among")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = write_random_checkpoint(args.size, Path(tmp) / "bark")
-        for mode in args.modes.split(","):
-            engine = dict(dtype="bfloat16") if mode == "bfloat16" else dict(quantize=mode) if mode.startswith("int") else {}
-            tts = fastbark.Bark.from_pretrained(folder, threads=args.threads, **engine)
-            model = tts.fine_model
-            t = model.config.block_size
-            codes = torch.randint(0, 1024, (1, t, model.config.n_codes_total), generator=torch.Generator().manual_seed(0))
-            with torch.inference_mode():
-                model(codes, 2)  # warm up
-                seconds = best_seconds(lambda: model(codes, 2), args.repeats)
-            gemm = gemm_gflops(mode, args.repeats)
-            flops = fine_pass_flops(model)
-            rows.append({"mode": mode, "gemm_gflops": gemm, "fine_pass_s": seconds, "fine_gflops": flops / seconds / 1e9,
-                         "fraction_of_gemm": flops / seconds / 1e9 / gemm, "fine_pass_gflop": flops / 1e9,
-                         "linears": {k: v for k, v in tts.backend.models["fine"].linears.items()},
-                         "attention": tts.backend.models["fine"].whole_attention})
-            if args.attention_ways and mode != "float32":  # the exact mode has one way: SDPA in float32
-                rows[-1]["pass_s_per_attention"] = pass_per_way(model, codes, mode.startswith("int"), args.repeats)
-            del tts, model
+    for mode, tts in engines(args):
+        model, coarse = tts.fine_model, tts.coarse_model
+        codes, embeds = pass_inputs(tts)
+        with torch.inference_mode():
+            model(codes, 2)  # warm up
+            seconds = best_seconds(lambda: model(codes, 2), args.repeats)
+            coarse.prefill(embeds, coarse.new_cache(1))  # warm up
+            prefill_s = best_seconds(lambda: coarse.prefill(embeds, coarse.new_cache(1)), args.repeats)
+        gemm = gemm_gflops(mode, args.repeats)
+        flops, prefill = fine_pass_flops(model), prefill_flops(coarse, PREFILL_POSITIONS)
+        rows.append({"mode": mode, "gemm_gflops": gemm, "fine_pass_s": seconds, "fine_gflops": flops / seconds / 1e9,
+                     "fraction_of_gemm": flops / seconds / 1e9 / gemm, "fine_pass_gflop": flops / 1e9,
+                     "prefill_s": prefill_s, "prefill_gflop": prefill / 1e9,
+                     "prefill_fraction_of_gemm": prefill / prefill_s / 1e9 / gemm,
+                     "linears": {k: v for k, v in tts.backend.models["fine"].linears.items()},
+                     "prefill_linears": {k: v for k, v in tts.backend.models["coarse"].linears.items()},
+                     "attention": tts.backend.models["fine"].whole_attention})
+        if args.attention_ways and mode != "float32":  # the exact mode has one way: SDPA in float32
+            rows[-1]["pass_s_per_attention"] = pass_per_way(model, codes, mode.startswith("int"), args.repeats)
+        del tts, model
     result = {"size": args.size, "threads": args.threads, "rows": rows, "cpu": cpu_description(),
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     return report(result, ["mode", "machine GEMM (GFLOP/s)", "fine pass (s)", "fine pass (GFLOP/s)", "of GEMM",
-                           "fine linears / attention", "pass (s) per attention"],
-                  lambda r: [r["mode"], f"{r['gemm_gflops']:.0f}", f"{r['fine_pass_s']:.2f}", f"{r['fine_gflops']:.0f}",
-                             f"{100 * r['fraction_of_gemm']:.0f}%",
+                           f"coarse prefill of {PREFILL_POSITIONS} (s)", "of GEMM", "fine linears / attention",
+                           "pass (s) per attention"],
+                  lambda r: [r["mode"], f"{r['gemm_gflops']:.0f}", f"{r['fine_pass_s']:.3f}", f"{r['fine_gflops']:.0f}",
+                             f"{100 * r['fraction_of_gemm']:.0f}%", f"{r['prefill_s']:.3f}",
+                             f"{100 * r['prefill_fraction_of_gemm']:.0f}%",
                              f"{', '.join(f'{n} {k}' for k, n in r['linears'].items())} / {r['attention']}",
                              ", ".join(f"{k} {v:.3f}" for k, v in r.get("pass_s_per_attention", {}).items())], args.json)
 

@@ -216,7 +216,16 @@ def test_compute_rates_smoke(tmp_path):
     result = compute_rates.main(["--size", "tiny", "--modes", "float32,int8", "--repeats", "1",
                                  "--json", str(tmp_path / "r.json")])
     assert [r["mode"] for r in result["rows"]] == ["float32", "int8"]
-    assert all(r["gemm_gflops"] > 0 and r["fine_gflops"] > 0 for r in result["rows"])
+    assert all(r["gemm_gflops"] > 0 and r["fine_gflops"] > 0 and r["prefill_s"] > 0 for r in result["rows"])
+
+
+def test_routes_ab_smoke(tmp_path):
+    import routes_ab
+    result = routes_ab.main(["--size", "tiny", "--modes", "int8,bfloat16", "--rounds", "1",
+                             "--json", str(tmp_path / "a.json")])
+    assert {(r["mode"], r["pass"], r["undone"]) for r in result["rows"]} >= {
+        ("int8", "prefill", "prefills"), ("int8", "fine pass", "gelu"), ("bfloat16", "prefill", "gelu")}
+    assert all(r["before_s"] > 0 and r["chosen_s"] > 0 for r in result["rows"])
 
 
 def test_kv_cache_benchmark_smoke(tmp_path):
