@@ -66,21 +66,22 @@ def test_bits_do_not_depend_on_the_batch_or_the_threads():
     """Each output sums its K in one fixed order (tile by tile), whatever rows come with it and however the blocks
     are split over the threads."""
     g = torch.Generator().manual_seed(0)
-    linear = nn.Linear(256, 96)
-    layer8 = Int8Linear(linear, route="amx")
-    half = tiles.AmxBf16Linear(nn.Linear(256, 96).to(torch.bfloat16))
-    x = torch.randn(70, 256, generator=g)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        whole8, whole16 = layer8(x), half(x.bfloat16())
-        torch.set_num_threads(1)
-        assert torch.equal(layer8(x), whole8) and torch.equal(half(x.bfloat16()), whole16)
-    finally:
-        torch.set_num_threads(before)
-    for rows in (slice(0, 2), slice(33, 70), slice(5, 6)):  # alone (two rows: a lone one goes to the decode path)
-        assert torch.equal(layer8(x[rows]), whole8[rows])
-        assert torch.equal(half(x[rows].bfloat16()), whole16[rows])
+    linear, linear16 = nn.Linear(256, 96), nn.Linear(256, 96).to(torch.bfloat16)
+    for plain in (False, True):  # packed weights (the fine GPT's), plain ones (the prefills')
+        layer8 = Int8Linear(linear, route="amx-plain" if plain else "amx")
+        half = tiles.AmxBf16Linear(linear16, plain=plain)
+        x = torch.randn(70, 256, generator=g)
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(2)
+            whole8, whole16 = layer8(x), half(x.bfloat16())
+            torch.set_num_threads(1)
+            assert torch.equal(layer8(x), whole8) and torch.equal(half(x.bfloat16()), whole16)
+        finally:
+            torch.set_num_threads(before)
+        for rows in (slice(0, 2), slice(33, 70), slice(5, 6)):  # alone (two rows: a lone one goes to the decode path)
+            assert torch.equal(layer8(x[rows]), whole8[rows])
+            assert torch.equal(half(x[rows].bfloat16()), whole16[rows])
 
 
 @needs_amx

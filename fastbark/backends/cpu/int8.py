@@ -16,8 +16,9 @@ are built (library.py), single positions (decode steps) are quantised, multiplie
 one C call, and longer inputs have their rounding and rescaling done in C around torch._int_mm.
 Both give the torch path's bits, which is checked when the kernels are built.
 
-On CPUs with AMX, the fine GPT's products may run on the tiles instead (amx.py: quantised, multiplied and rescaled
-in one call, the weight packed once), where that measured fastest (`int_routes`, choice.py); the same bits again.
+On CPUs with AMX, the long products may run on the tiles instead (amx.py: quantised, multiplied and rescaled in one
+call; the fine GPT's weights packed once, the decode stages' prefills over their plain weights), where that measured
+fastest (`int_routes`, choice.py); the same bits again.
 
 Without VNNI (AVX2-only CPUs) torch._int_mm has no fast path. There the big products run as float32
 matrix products over K in slices short enough that every partial sum is an exact integer
