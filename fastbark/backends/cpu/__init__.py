@@ -10,16 +10,21 @@ What it chooses, per engine options (each choice falls back, and says so in the 
   step as one C call (C products) or as those blocks, whichever measured faster ("auto"; "c": the call);
 - int8 (`quantize="int8"`): every linear layer of the three GPTs in int8 (C products where the
   kernels are built); the semantic and coarse decode steps as one C call each, where that measured
-  faster than the blocks; the big products (prefills, fine passes) on torch._int_mm or exact float32
-  GEMMs, whichever measured faster per shape;
+  faster than the blocks; the big products (prefills, fine passes) on torch._int_mm, exact float32
+  GEMMs or AMX tiles (the fine GPT's weights packed for them, the prefills' used as they lie), whichever
+  measured faster per shape;
 - int4 (`quantize="int4"`): every linear layer of the three GPTs' blocks with int4 weights in groups of 32
   (int4.py; C products for one position per row), the heads in int8 as above; the decode steps as one C
   call each where that measured faster; the fine passes' products as float32 or bfloat16 GEMMs or on AMX tiles,
-  whichever measured faster per shape ("auto");
-- int8 and int4 with the one-call step: the semantic and coarse KV caches in int8 (a scale per position and head);
+  the prefills' on oneDNN's float32 GEMMs or AMX tiles, whichever measured faster per shape ("auto");
+- int8 and int4 with the one-call step: the semantic and coarse KV caches in int8 (a scale per position and head),
+  rounded in C where the kernels are built;
 - bfloat16: the decode steps as one C call each (AVX512-BF16) where that measured faster than the blocks on
   oneDNN-packed weights ("auto"; "c": always), the heads oneDNN-packed; the long products (prefills, fine passes)
-  as bfloat16 GEMMs or as float32 GEMMs over the same values, whichever measured faster per shape ("auto");
+  as bfloat16 GEMMs, as float32 GEMMs over the same values or on AMX tiles, whichever measured faster per shape
+  ("auto");
+- the MLP's GELU in the pass that finishes its first product where that layer offers it (int8 with the C kernels,
+  bfloat16 on AMX tiles: native/gelu.h's, the one-call step's);
 - the fast modes: whole-sequence attention with bfloat16 products in C (on AMX tiles or AVX512-BF16), SDPA, or (int8,
   int4: float32 activations) SDPA over bfloat16 q, k, v, whichever measured fastest ("auto"; "c": a C kernel wherever
   one runs);
