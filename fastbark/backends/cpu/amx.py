@@ -89,7 +89,7 @@ def bfloat16_product(amx: AmxKernels, x: torch.Tensor, w: torch.Tensor, bias: to
                      out_features: int, threads: int, gelu: bool = False, plain: bool = False) -> torch.Tensor:
     """Bfloat16 rows x (M, K) -> (M, N) bfloat16, + bias (float32); with `gelu`, the float32 results through gelu.h's
     GELU before their one rounding. w: packed (`pack`), or with `plain` the bfloat16 (N, K) weight."""
-    x = x.contiguous()
+    x, w = x.contiguous(), w.contiguous()  # the plain weight is read as rows (a no-op where it is already)
     y = torch.empty(x.shape[0], out_features, dtype=torch.bfloat16)
     _checked((amx.bf16_plain if plain else amx.bf16)(
         x.data_ptr(), w.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr(), x.shape[0],
