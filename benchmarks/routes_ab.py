@@ -15,6 +15,7 @@ positions into a fresh cache, and a fine pass over a 1024-frame window. Each is 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,31 +28,30 @@ from fastbark.backends.cpu.int8 import Int8Linear
 from fastbark.models import gpt
 
 
-def undo_prefill_routes(model) -> list:
-    """Set the decode stage's tiles routes back to the ones before them; returns how to redo them."""
-    redo = []
+def swap(module, **attributes) -> Callable[[], None]:
+    """Set attributes of `module`; returns what sets them back (deleting those it did not have)."""
+    before = {name: module.__dict__.get(name, swap) for name in attributes}  # swap itself: "had none"
+    for name, value in attributes.items():
+        setattr(module, name, value)
+
+    def restore():
+        for name, value in before.items():
+            delattr(module, name) if value is swap else setattr(module, name, value)
+    return restore
+
+
+def undo_prefill_routes(model) -> list[Callable[[], None]]:
+    """Set the decode stage's tiles routes back to the ones before them; returns what redoes them."""
+    restores = []
     for m in model.modules():
         if isinstance(m, Int8Linear) and m.route == "amx-plain":
-            redo.append((m, "route", m.route, "_amx", m._amx))
-            m.route, m._amx = "int_mm", None
+            restores.append(swap(m, route="int_mm", _amx=None))
         elif isinstance(m, Int4Linear) and m.long_route == "amx":
-            redo.append((m, "long_route", "amx", None, None))
-            m.long_route = "float32"
+            restores.append(swap(m, long_route="float32"))
         elif isinstance(m, tiles.AmxBf16Linear):
-            redo.append((m, "forward", None, None, None))
-            m.forward = lambda x, m=m: F.linear(x, m.weight, m.bias)
-            m.forward_gelu = lambda x, m=m: F.gelu(F.linear(x, m.weight, m.bias))
-    return redo
-
-
-def redo(changes: list) -> None:
-    for m, name, value, name2, value2 in changes:
-        if name == "forward":
-            del m.forward, m.forward_gelu
-            continue
-        setattr(m, name, value)
-        if name2:
-            setattr(m, name2, value2)
+            restores.append(swap(m, forward=lambda x, m=m: F.linear(x, m.weight, m.bias),
+                                 forward_gelu=lambda x, m=m: F.gelu(F.linear(x, m.weight, m.bias))))
+    return restores
 
 
 def unfused(self, x):
@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
             return lambda: setattr(gpt.MLP, "forward", forward)
 
         quantize = coarse.cache_quantize
-        cases = [("prefill", "prefills", prefill, undo, lambda: redo(changes)),
+        cases = [("prefill", "prefills", prefill, undo, lambda: [restore() for restore in changes]),
                  ("prefill", "gelu", prefill, set_mlp(unfused), set_mlp(fused)),
                  ("fine pass", "gelu", fine_pass, set_mlp(unfused), set_mlp(fused))]
         if quantize is not None:

@@ -10,9 +10,10 @@ block of the step in one OpenMP region instead:
 - bfloat16 mode: the bfloat16 weights, input rows rounded to bfloat16, float32 sums.
 LayerNorm, attention over the KV cache (float32, or int8 or bfloat16 in the int8 and int4 modes) and GELU run as
 float32 loops in C (LayerNorm's statistics in float64; attention 8-wide with AVX2, 16-wide with AVX-512), and the
-residual stream stays float32. The results are close to the Python step's, not equal (other summation orders, and in bfloat16 a float32 residual stream). Every row follows one
-fixed sequence of operations, whatever its batch and the thread count: in float32 a row gets the
-same bits alone as in a batch, with one thread as with several (checked with the step itself).
+residual stream stays float32. The results are close to the Python step's, not equal (other summation orders, and
+in bfloat16 a float32 residual stream). Every row follows one fixed sequence of operations, whatever its batch and
+the thread count: in float32 a row gets the same bits alone as in a batch, with one thread as with several (checked
+with the step itself).
 Whether the step runs at all is measured against the blocks (choice.py: `choose_step`).
 tests/test_decode_step.py checks all four.
 """

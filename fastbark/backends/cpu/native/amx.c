@@ -369,17 +369,16 @@ int fastbark_amx_s8_plain(const float *x, const int8_t *x_q, const int8_t *w, co
     if (K % ROW_BYTES || N % BLOCK) return 3;
     const int64_t kt = K / ROW_BYTES, mp = round_up(M, BLOCK);
     const size_t tiles = (size_t)(mp / TILE_ROWS * kt * TILE_BYTES), scales = (size_t)(round_up(M, 16) * 4);
-    uint8_t *xp = scratch_bytes(0, tiles + scales + (size_t)(M * K));
+    uint8_t *xp = scratch_bytes(0, tiles + scales + (size_t)(x_q ? 0 : M * K));
     if (!xp) return 1;
     float *xs = (float *)(xp + tiles);
-    int8_t *rows = (int8_t *)(xp + tiles + scales);  /* x quantised */
-    if (x_q) {
-        memcpy(rows, x_q, (size_t)(M * K));
-    } else {
+    if (!x_q) {  /* x quantised, after the tiles and scales */
+        int8_t *rows = (int8_t *)(xp + tiles + scales);
         #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, rows + m * K, NULL, xs + m);
+        x_q = rows;
     }
-    pack_rows_b((const uint8_t *)rows, xp, M, K, 1, kt, threads);
+    pack_rows_b((const uint8_t *)x_q, xp, M, K, 1, kt, threads);
     const epilogue out = {y_s32, y, NULL, xs, w_scale, bias, gelu};
     products(KIND_S8, xp, (const uint8_t *)w, 1, &out, M, N, K, kt, threads);
     return 0;

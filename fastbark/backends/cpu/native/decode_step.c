@@ -21,8 +21,8 @@
  * backend's choice; a score is the integer dot product times its key's scale). With
  * AVX2 and FMA, attention takes the scores of 8 keys at a time and the exponentials 8 at a time
  * (attend_avx2; with it the coarse stage of a 256-token clip ran 9.5% faster in float32 and 12% in int8,
- * RESULTS.md section 44); with AVX-512, 16 at a time (attend_avx512). Every row goes through a fixed sequence of operations whatever the batch size or the
- * thread count, so the step stays batch-invariant.
+ * RESULTS.md section 44); with AVX-512, 16 at a time (attend_avx512). Every row goes through a fixed sequence of
+ * operations whatever the batch size or the thread count, so the step stays batch-invariant.
  *
  * The caller (decode_step.py) passes the layers' tensors as a table of pointers, `Layer`,
  * and the KV cache as laid out by models/gpt.py: (n_layer, B, H, max_len, hd).

@@ -6,7 +6,7 @@
  * glibc's scalar erff took 9 ns a value on the Xeon of RESULTS.md section 58. The exact mode keeps erff.
  *
  * Users: the fast modes' one-call decode step (decode_step.c), the long products that end in GELU (the MLP's first
- * product, its GELU in the product's epilogue: amx.c, gemv.c's rescaling) and gelu.c's entry points.
+ * product, its GELU in the product's epilogue: amx.c, gemv.c's rescaling) and gemv.c's fastbark_gelu_f32.
  *
  * GELU_LANES values at a time: 16 where the CPU has 512-bit registers, else 8 (a 64-byte generic vector would live
  * on the stack on AVX2). Lane for lane the arithmetic is the same at either width, and without contraction every
