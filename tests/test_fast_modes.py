@@ -116,6 +116,30 @@ def test_int8_c_kernel_is_the_torch_path_bit_for_bit(k, n, dtype):
     assert torch.equal(native(several), torch_path(several))
 
 
+@pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode kernels need a C compiler")
+@pytest.mark.parametrize("make", ["int8-c", "int8-torch", "int4", "gemv"])
+@torch.inference_mode()
+def test_a_model_converted_after_its_layers_were_swapped_keeps_their_formats(make):
+    """model.to(bfloat16) after the backend's layers are in place (OwnFormats): the C kernels read their tensors by
+    address as float32 scales and weights, so those keep their dtypes (a bfloat16 scale read as float32 is read past
+    its end), and each layer gives for bfloat16 inputs what it gave before the conversion."""
+    from fastbark.backends.cpu.int4 import Int4Linear
+    from fastbark.backends.cpu.linears import GemvLinear
+    layers = {"int8-c": Int8Linear, "int8-torch": lambda linear: Int8Linear(linear, native=False),
+              "int4": Int4Linear, "gemv": GemvLinear}
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(layers[make](torch.nn.Linear(96, 40)))
+    inputs = [torch.randn(3, 1, 96).bfloat16(), torch.randn(2, 5, 96).bfloat16()]  # a decode step's rows; a prefill's
+    before = [layer(x) for x in inputs]
+    dtypes = {name: t.dtype for name, t in layer.state_dict().items()}
+    assert layer.bfloat16() is layer and layer.to(torch.float16) is layer
+    assert {name: t.dtype for name, t in layer.state_dict().items()} == dtypes
+    for x, want in zip(inputs, before):
+        got = layer(x)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    assert layer.float()(inputs[0].float()).dtype == torch.float32
+
+
 @pytest.mark.parametrize("m, k, n", [(5, 45, 7), (33, 1024, 64), (17, 3072, 40), (9, 4096, 12)])
 def test_int_products_via_float_are_int_mm_exactly(m, k, n):
     """The AVX2 path's float32 GEMMs over K slices give torch._int_mm's int32 bits, even for the largest

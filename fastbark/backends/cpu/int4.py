@@ -35,7 +35,7 @@ from torch import nn
 from . import amx as tiles
 from .int8 import quantize_rows
 from .library import load_kernels, run_q4, run_quantize
-from .linears import one_position, onednn_linear
+from .linears import OwnFormats, one_position, onednn_linear
 
 GROUP = 32  # weights per scale, as native/int4.h's Q4_GROUP
 BLOCK = 2 * GROUP  # weights per 32-byte block: one group in each nibble plane (int4.h's layout)
@@ -96,9 +96,9 @@ def _big_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return onednn_linear(x, weight)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(OwnFormats):
     """nn.Linear's forward with int4 weights (groups of GROUP) and per-row int8 activations. The float weight
-    is not kept."""
+    is not kept; the scales stay float32 whatever the model is converted to (OwnFormats)."""
 
     def __init__(self, linear: nn.Linear, native: bool = True, one_text: bool = False, route: str = "float32"):
         """`one_text`: long inputs always hold one text (the fine GPT's passes, pipeline/fine.py), so any GEMM keeps

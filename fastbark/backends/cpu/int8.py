@@ -37,7 +37,7 @@ from ...models.quantize import quantize_rows
 from . import amx as tiles
 from .library import (SHAPES_CHECKED, AmxKernels, Int8Kernels, has_vnni, load_kernels, run_gelu, run_quantize,
                       run_quantize_float, run_rescale, run_s8)
-from .linears import one_position
+from .linears import OwnFormats, one_position
 
 # float32 holds every integer up to 2^24 exactly (24-bit significand). A sum of K products of values
 # in [-127, 127] stays within K * 127^2, so for K <= 2^24 / 127^2 = 1040 every partial sum, in any
@@ -140,8 +140,9 @@ def quantize_rows_native(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.view(x.shape), scale.view(*x.shape[:-1], 1)  # (M, K), (M, 1) -> x's shape, (..., 1)
 
 
-class Int8Linear(nn.Module):
-    """nn.Linear's forward with int8 weights and per-row int8 activations. The float weight is not kept."""
+class Int8Linear(OwnFormats):
+    """nn.Linear's forward with int8 weights and per-row int8 activations. The float weight is not kept; the scales
+    stay float32 whatever the model is converted to (OwnFormats)."""
 
     def __init__(self, linear: nn.Linear, native: bool = True, route: str | None = None,
                  amx: AmxKernels | None = None):

@@ -39,6 +39,29 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return F.linear(x, weight, bias)
 
 
+class OwnFormats(nn.Module):
+    """A layer whose tensors C kernels read by address, in the formats the layer made them in (float32 weights,
+    int8 or int4 codes, float32 scales and biases). `Module.to(dtype)`, `.bfloat16()`, `.float()` leave those formats
+    as they are: they set the activations' dtype, which such a layer takes in any float dtype (it reads them as
+    float32 and returns theirs). Converting them would hand a kernel a buffer of another width to read as float32
+    (reading past its end) and round the torch path's scales."""
+
+    def _apply(self, fn, recurse: bool = True):
+        # detached: torch may convert a parameter in place (param.data = ...), these keep the old tensors
+        kept = {name: t.detach() for name, t in (*self._parameters.items(), *self._buffers.items()) if t is not None}
+        super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = self._parameters.get(name, self._buffers.get(name))
+            if after.dtype == before.dtype:  # a move, or nothing: kept
+                continue
+            restored = before.to(after.device)  # the dtype change undone
+            if name in self._parameters:
+                after.data = restored
+            else:
+                self._buffers[name] = restored
+        return self
+
+
 def one_position(x: torch.Tensor) -> bool:
     """Whether x holds one position per row: (B, 1, K) in a decode step, or (B, K) at a head, whatever B is.
     Such rows take a decode kernel, so that a row's bits do not depend on how many rows come with it."""
@@ -94,8 +117,9 @@ def packing_available(dtype: torch.dtype) -> bool:
     return pack_linear(nn.Linear(8, 8, bias=False).to(dtype)) is not None
 
 
-class GemvLinear(nn.Module):
-    """nn.Linear for the CPU decode step: one-position inputs use the C kernel, longer ones oneDNN."""
+class GemvLinear(OwnFormats):
+    """nn.Linear for the CPU decode step: one-position inputs use the C kernel, longer ones oneDNN. The weight stays
+    float32 (OwnFormats); inputs of another dtype are read as float32."""
 
     kind = "c"
 
@@ -108,10 +132,10 @@ class GemvLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not one_position(x):  # several positions per row: a compute-bound product (oneDNN repacks per call)
-            return onednn_linear(x, self.weight, self.bias)
-        rows = x.reshape(-1, self.in_features).contiguous()  # (B, 1, K) or (B, K) -> (B, K)
+            return onednn_linear(x.float(), self.weight, self.bias).to(x.dtype)
+        rows = x.reshape(-1, self.in_features).float().contiguous()  # (B, 1, K) or (B, K) -> (B, K)
         y = run_f32(self._kernel, rows, self.weight, self.bias, torch.get_num_threads())  # (B, N)
-        return y.reshape(*x.shape[:-1], self.out_features)  # (B, N) -> (B, 1, N) or (B, N)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (B, N) -> (B, 1, N) or (B, N)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, decode=C kernel"

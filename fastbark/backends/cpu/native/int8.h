@@ -27,7 +27,8 @@
 
 /* aux may be NULL. The vector loops do the scalar loop's
  * arithmetic on 16 floats at once (max is exact; a true division; round half to even), so their
- * bytes are the same. */
+ * bytes are the same. Rows of finite values only: torch's amax keeps a NaN, maxps and fmaxf drop it (a
+ * model whose activations hold NaN has failed before this). */
 static inline void quantize_row(const float *x, int64_t K, int8_t *q, uint8_t *aux, float *scale) {
     float amax = 0.0f;
     int64_t k = 0;
