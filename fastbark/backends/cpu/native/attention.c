@@ -208,21 +208,19 @@ int fastbark_attention_bf16(const float *qkv, float *out, int64_t B, int64_t T, 
  *   P         [2][Tp/32][16 rows][32]                a block's probabilities, bfloat16            A of P v
  * Keys and values past T are zero (a zero probability times garbage could be NaN). */
 
-/* 2^t for t <= 0, 2^n * p(f): n = t rounded to an integer (by adding and subtracting 1.5 * 2^23), f = t - n in
- * [-1/2, 1/2], p of degree 4 fitted to 2^f's relative error (< 3e-6, far below the bfloat16 rounding of P that
- * follows; Taylor's degree 4 is 20x worse); vscalefps takes 2^n to 0 below float32's range. On the Xeon of RESULTS.md
- * section 58 512-bit arithmetic issues one instruction a cycle and this softmax was a third of a fine pass's
- * attention: each instruction counts. */
-static inline __m512 exp2_neg(__m512 t) {
-    const __m512 magic = _mm512_set1_ps(12582912.0f);
-    const __m512 n = _mm512_sub_ps(_mm512_add_ps(t, magic), magic);
-    const __m512 f = _mm512_sub_ps(t, n);
-    __m512 p = _mm512_set1_ps(9.5700948e-3f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5917859e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4024744e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9312179e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9999928e-1f));
-    return _mm512_scalef_ps(p, n);
+/* 2^t = 2^floor(t) * p(f), f = t - floor(t) in [0, 1) in one instruction (vreduceps), p of degree 4 fitted to 2^f's
+ * relative error on [0, 1) (< 2.7e-6, far below the bfloat16 rounding of P that follows; Taylor's degree 4 is 20x
+ * worse), and vscalefps multiplies by 2^floor(t) itself, taking it to 0 below float32's range. On the Xeon of
+ * RESULTS.md section 58 512-bit arithmetic issues one instruction a cycle and this softmax was a third of a fine
+ * pass's attention: each instruction counts (6 here; rounding t by adding and subtracting 1.5 * 2^23 took 8). */
+static inline __m512 exp2_ps(__m512 t) {
+    const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 p = _mm512_set1_ps(1.3534168e-2f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.2011460e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4144275e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9300383e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000026f));
+    return _mm512_scalef_ps(p, t);
 }
 
 /* Row `i` of q, k or v (hd values at `base`, float32 or bfloat16) as hd bfloat16, rounded to nearest even. */
@@ -309,8 +307,8 @@ static void amx_attend_block(const void *qkv, int bf16, int64_t q_at, int64_t st
         const __m512 shift = _mm512_set1_ps(valid ? -m * (scale * 1.44269504088896341f) : 0.0f);
         __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
         for (j = 0; j < sp; j += 32) {
-            __m512 e0 = exp2_neg(_mm512_fmadd_ps(_mm512_loadu_ps(srow + j), sc, shift));
-            __m512 e1 = exp2_neg(_mm512_fmadd_ps(_mm512_loadu_ps(srow + j + 16), sc, shift));
+            __m512 e0 = exp2_ps(_mm512_fmadd_ps(_mm512_loadu_ps(srow + j), sc, shift));
+            __m512 e1 = exp2_ps(_mm512_fmadd_ps(_mm512_loadu_ps(srow + j + 16), sc, shift));
             if (j + 32 > valid) {  /* keys this row does not see, and the padding: 0 */
                 e0 = _mm512_maskz_mov_ps(lanes(valid - j), e0);
                 e1 = _mm512_maskz_mov_ps(lanes(valid - j - 16), e1);
@@ -318,8 +316,7 @@ static void amx_attend_block(const void *qkv, int bf16, int64_t q_at, int64_t st
             sum0 = _mm512_add_ps(sum0, e0);
             sum1 = _mm512_add_ps(sum1, e1);
             uint8_t *at = prow + (j / 32) * TILE_BYTES;
-            _mm512_storeu_si512(at, _mm512_inserti64x4(_mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(e0)),
-                                                       (__m256i)_mm512_cvtneps_pbh(e1), 1));
+            _mm512_storeu_si512(at, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));  /* e0's 16 values, then e1's */
         }
         inv_sum[r] = valid ? 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1)) : 0.0f;
     }
