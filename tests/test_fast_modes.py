@@ -117,6 +117,28 @@ def test_int8_c_kernel_is_the_torch_path_bit_for_bit(k, n, dtype):
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode kernels need a C compiler")
+def test_the_c_rounding_of_rows_divides_as_torch_does_at_every_half_way_point():
+    """int8.h's quantize_row divides by the row's scale with multiply-adds (Markstein's correction), which must give
+    the division's own quotient: values at, and a few ulps either side of, every half-way point k + 1/2 of the
+    scale, in rows whose scales span 2^-30..2^30, round to torch's quantize_rows' integers."""
+    from fastbark.backends.cpu.library import load_kernels, run_quantize
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for exponent in range(-30, 31, 3):
+        scale = (1 + torch.rand(1, generator=g).item()) * 2.0 ** exponent / 127  # the row's largest value: 127 scale
+        halves = (torch.arange(-127, 127) + 0.5) * scale  # (254,) half-way points, as float32 products
+        ulps = torch.arange(-3, 4, dtype=torch.int32)  # each, and 3 ulps either side
+        near = (halves.float().view(torch.int32)[:, None] + ulps).view(torch.float32).reshape(-1)  # (254 * 7,)
+        rows.append(torch.cat([near, torch.tensor([127 * scale])]).float())  # the largest magnitude sets the scale
+    width = max(len(r) for r in rows)
+    x = torch.stack([torch.cat([r, torch.zeros(width - len(r))]) for r in rows])  # (21, K): K leaves a tail
+    q, scale = run_quantize(load_kernels().s8.quantize, x.contiguous(), 2)
+    want_q, want_scale = quantize_rows(x)
+    assert torch.equal(scale, want_scale)
+    assert torch.equal(q, want_q)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="the C decode kernels need a C compiler")
 @pytest.mark.parametrize("make", ["int8-c", "int8-torch", "int4", "gemv"])
 @torch.inference_mode()
 def test_a_model_converted_after_its_layers_were_swapped_keeps_their_formats(make):
