@@ -22,9 +22,10 @@ void fastbark_dequantize_q4(const uint8_t *w, const float *w_scale, float *out, 
 void fastbark_quantize_rows(const float *x, int8_t *q, float *scale, int64_t M, int64_t K, int threads);
 int fastbark_quantize_rows_f32(const float *x, float *q, float *scale, int64_t M, int64_t K, int threads);
 void fastbark_rescale_s32(const int32_t *acc, const float *x_scale, const float *w_scale, const float *bias, float *y,
-                          int64_t M, int64_t N, int threads);
+                          int64_t M, int64_t N, int gelu, int threads);
 void fastbark_rescale_f32(const float *acc, const float *x_scale, const float *w_scale, const float *bias, float *y,
-                          int64_t M, int64_t N, int threads);
+                          int64_t M, int64_t N, int gelu, int threads);
+void fastbark_gelu_f32(float *y, int64_t n, int threads);
 int fastbark_attention_bf16(const float *qkv, float *out, int64_t B, int64_t T, int64_t C, int64_t H, int causal,
                             int threads);
 int fastbark_has_bf16(void);
@@ -126,12 +127,14 @@ static void products(void) {
         int32_t *acc = malloc((size_t)(M * N) * sizeof(int32_t));
         float *acc_f = malloc((size_t)(M * N) * sizeof(float));
         for (int64_t i = 0; i < M * N; i++) acc_f[i] = (float)(acc[i] = (int32_t)(next_u32() % 2000001) - 1000000);
-        fastbark_rescale_s32(acc, x_scale, w_scale, bias, y, M, N, 2);
-        snprintf(name, sizeof name, "rescale s32 %lldx%lld", (long long)M, (long long)N);
-        emit(name, y, M * N);
-        fastbark_rescale_f32(acc_f, x_scale, w_scale, bias, y, M, N, 2);
-        snprintf(name, sizeof name, "rescale f32 %lldx%lld", (long long)M, (long long)N);
-        emit(name, y, M * N);
+        for (int gelu = 0; gelu < 2; gelu++) {  /* and the MLP's first product: its GELU (gelu.h) in this pass */
+            fastbark_rescale_s32(acc, x_scale, w_scale, bias, y, M, N, gelu, 2);
+            snprintf(name, sizeof name, "rescale s32%s %lldx%lld", gelu ? " gelu" : "", (long long)M, (long long)N);
+            emit(name, y, M * N);
+            fastbark_rescale_f32(acc_f, x_scale, w_scale, bias, y, M, N, gelu, 2);
+            snprintf(name, sizeof name, "rescale f32%s %lldx%lld", gelu ? " gelu" : "", (long long)M, (long long)N);
+            emit(name, y, M * N);
+        }
         free(q_f); free(q_scale); free(acc); free(acc_f);
 
         const int64_t row_bytes = q4_row_bytes(K), groups = q4_groups(K);
@@ -258,6 +261,18 @@ static void attention(void) {
     free(qkv); free(o);
 }
 
+/* gelu.h's GELU over every interval of its tables, their joins and past them, and the far tails */
+static void gelu(void) {
+    enum { N = 20011 };  /* not a multiple of the vectors: a tail */
+    float *y = floats(N, 0);
+    for (int64_t i = 0; i < N - 6; i++) y[i] = -9.0f + 18.0f * (float)i / (float)(N - 7);
+    const float tails[6] = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e30f, -1e30f};
+    memcpy(y + N - 6, tails, sizeof tails);
+    fastbark_gelu_f32(y, N, 2);
+    emit("gelu", y, N);
+    free(y);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2 || !(out = fopen(argv[1], "wb"))) {
         fprintf(stderr, "usage: native_driver OUT_FILE\n");
@@ -266,5 +281,6 @@ int main(int argc, char **argv) {
     products();
     decode_steps();
     attention();
+    gelu();
     return fclose(out) != 0;
 }
