@@ -228,6 +228,19 @@ def test_routes_ab_smoke(tmp_path):
     assert all(r["before_s"] > 0 and r["chosen_s"] > 0 for r in result["rows"])
 
 
+def test_kernels_ab_smoke(tmp_path):
+    """The AMX kernels of the last commit against this tree's; on a CPU without AMX, no rows."""
+    import kernels_ab
+    from fastbark.backends.cpu.amx import amx_kernels
+    result = kernels_ab.main(["--size", "tiny", "--modes", "int8", "--rounds", "1", "--base", "HEAD",
+                              "--json", str(tmp_path / "k.json")])
+    if amx_kernels() is None:
+        assert result["rows"] == []
+        return
+    assert [(r["mode"], r["pass"]) for r in result["rows"]] == [("int8", "prefill"), ("int8", "fine pass")]
+    assert all(r["base_best_s"] > 0 and r["now_median_s"] > 0 for r in result["rows"])
+
+
 def test_kv_cache_benchmark_smoke(tmp_path):
     import kv_cache
     result = kv_cache.main(["--size", "tiny", "--semantic-tokens", "8", "--rounds", "1", "--caches", "int8,float32",
