@@ -209,8 +209,8 @@ int fastbark_attention_bf16(const float *qkv, float *out, int64_t B, int64_t T, 
  * Keys and values past T are zero (a zero probability times garbage could be NaN). */
 
 /* 2^t = 2^floor(t) * p(f), f = t - floor(t) in [0, 1) in one instruction (vreduceps), p of degree 4 fitted to 2^f's
- * relative error on [0, 1) (< 2.7e-6, far below the bfloat16 rounding of P that follows; Taylor's degree 4 is 20x
- * worse), and vscalefps multiplies by 2^floor(t) itself, taking it to 0 below float32's range. On the Xeon of
+ * relative error on [0, 1) (< 2.7e-6, far below the bfloat16 rounding of P that follows; Taylor's degree 4 is
+ * 7.5e-4), and vscalefps multiplies by 2^floor(t) itself, taking it to 0 below float32's range. On the Xeon of
  * RESULTS.md section 58 512-bit arithmetic issues one instruction a cycle and this softmax was a third of a fine
  * pass's attention: each instruction counts (6 here; rounding t by adding and subtracting 1.5 * 2^23 took 8). */
 static inline __m512 exp2_ps(__m512 t) {

@@ -1,7 +1,7 @@
 /* The fast modes' GELU, in GCC's generic vectors: x / 2 (1 + erf(x / sqrt 2)).
  *
  * erf(|x| / sqrt 2) piecewise: u = |x| 7 / (4 sqrt 2) in [0, 7] splits [0, 4 sqrt 2) into 7 intervals (u's integer
- * part i), on each a polynomial of degree 6 in u - i, fitted near-minimax to erf (|error| < 4e-8); from 4 sqrt 2 on,
+ * part i), on each a polynomial of degree 6 in u - i, fitted near-minimax to erf (|error| < 5.2e-8); from 4 sqrt 2 on,
  * where float32's erf is 1, u is held at 7 and the eighth entry is the constant 1. The 8 coefficients of each degree
  * are one 8-entry table, looked up for all lanes at once by a shuffle (vpermps; tbl on ARM): 32 operations a vector
  * and no division. At most 4.9e-7 from float64's GELU (torch's float32 GELU: 1.2e-6). On the Xeon of RESULTS.md

@@ -25,14 +25,14 @@
 #define S8_VNNI 0
 #endif
 
-/* aux may be NULL. The vector loops do the scalar loop's
- * arithmetic on 16 floats at once (max is exact; x / s correctly rounded; round half to even), so their
- * bytes are the same. x / s without a division (Markstein's theorem): with r = 1 / s correctly rounded and y = x r
- * (within an ulp of x / s), x - y s is exact in one FMA and y + (x - y s) r rounds to x / s correctly rounded, the
- * division's own result, for x / s in float32's normal range (|x / s| <= 127 here; smaller values round to 0 either
- * way). Three multiply-adds in place of a division that issued once per 16 cycles: the long products' rows were
- * quantised at ~0.37 ns a value against ~0.28 ns now (one Xeon thread, 1024 x 3072, RESULTS.md section 60). Rows of finite values only: torch's amax keeps a NaN, maxps and fmaxf drop it (a
- * model whose activations hold NaN has failed before this). */
+/* aux may be NULL. The vector loops do the scalar loop's arithmetic on 16 floats at once (max is exact; x / s
+ * correctly rounded; round half to even), so their bytes are the same. x / s without a division (Markstein's
+ * theorem): with r = 1 / s correctly rounded and y = x r (within an ulp of x / s), x - y s is exact in one FMA and
+ * y + (x - y s) r rounds to x / s correctly rounded, the division's own result, for x / s in float32's normal range
+ * (|x / s| <= 127 here; smaller values round to 0 either way). A long product's rows were quantised at ~0.37 ns a
+ * value with the division, ~0.28 ns so (one Xeon thread, 1024 x 3072, RESULTS.md section 60). Rows of finite values
+ * only: torch's amax keeps a NaN, maxps and fmaxf drop it (a model whose activations hold NaN has failed before
+ * this). */
 static inline void quantize_row(const float *x, int64_t K, int8_t *q, uint8_t *aux, float *scale) {
     float amax = 0.0f;
     int64_t k = 0;
@@ -57,7 +57,8 @@ static inline void quantize_row(const float *x, int64_t K, int8_t *q, uint8_t *a
     for (; k + 16 <= K; k += 16) {
         const __m512 xv = _mm512_loadu_ps(x + k), y = _mm512_mul_ps(xv, vr);
         const __m512 quotient = _mm512_fmadd_ps(_mm512_fnmadd_ps(y, vs, xv), vr, y);  /* x / s, as divided */
-        const __m512i v = _mm512_cvtps_epi32(_mm512_roundscale_ps(quotient, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        const __m512i v = _mm512_cvtps_epi32(_mm512_roundscale_ps(quotient,
+                                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
         _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
         if (aux) _mm_storeu_si128((__m128i *)(aux + k), _mm512_cvtepi32_epi8(S8_VNNI ? _mm512_add_epi32(v, _mm512_set1_epi32(128))
                                                                                : _mm512_abs_epi32(v)));
