@@ -157,31 +157,6 @@ static inline __attribute__((always_inline)) void block(int kind, const uint8_t 
     _tile_stored(3, c + 16 * 128 + 64, 128);
 }
 
-/* The 16 x 16 four-byte values of r transposed in place: r[i] lane j <- r[j] lane i (64 shuffles). */
-static inline void transpose16(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 16; i += 2) {  /* per 128-bit lane L: rows i, i + 1 of elements 4L, 4L + 1 | 4L + 2, 4L + 3 */
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {  /* r[i + c], lane L: rows i..i+3 of element 4L + c */
-        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int c = 0; c < 4; c++) {  /* element 4L + c: lane L of r[c], r[4 + c], r[8 + c], r[12 + c] */
-        const __m512i v0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44), v1 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xee);
-        const __m512i w0 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44);
-        const __m512i w1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xee);
-        t[c] = _mm512_shuffle_i32x4(v0, w0, 0x88);
-        t[4 + c] = _mm512_shuffle_i32x4(v0, w0, 0xdd);
-        t[8 + c] = _mm512_shuffle_i32x4(v1, w1, 0x88);
-        t[12 + c] = _mm512_shuffle_i32x4(v1, w1, 0xdd);
-    }
-    memcpy(r, t, sizeof t);
-}
-
 /* What a block's sums become. y_s32 (int32 sums), or y_f32 (int8: rescaled as int8.py), or y_bf16 (+ bias); with
  * `gelu`, the float results through gelu.h's GELU before they are stored (the MLP's first product). */
 typedef struct {

@@ -233,15 +233,19 @@ static inline void bf16_row(const void *base, int bf16, int64_t at, int64_t hd, 
 static void amx_pack_head(const void *qkv, int bf16, int64_t k_at, int64_t v_at, int64_t stride, int64_t T, int64_t hd,
                           uint8_t *kp, uint8_t *vp) {
     const int64_t Tp = round_up(T, BLOCK), ht = hd / 32;
-    uint16_t row[128], odd[128];  /* hd <= 128 */
-    const __m512i lane_rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                 _mm512_set1_epi32(16));
-    for (int64_t j = 0; j < Tp; j++) {  /* a key's 16 pairs of a tile: one lane of each of its 16 rows */
-        if (j < T) bf16_row(qkv, bf16, k_at + j * stride, hd, row);
-        else memset(row, 0, sizeof row);
-        for (int64_t t = 0; t < ht; t++)
-            _mm512_i32scatter_epi32((uint32_t *)kp + ((j / 16) * ht + t) * 256 + j % 16, lane_rows,
-                                    _mm512_loadu_si512((const uint32_t *)row + 16 * t), 4);
+    uint16_t row[128], odd[128], keys[16][128];  /* hd <= 128 */
+    for (int64_t j0 = 0; j0 < Tp; j0 += 16) {  /* 16 keys: row j of a tile holds pair j of each (a transpose) */
+        for (int64_t i = 0; i < 16; i++) {
+            if (j0 + i < T) bf16_row(qkv, bf16, k_at + (j0 + i) * stride, hd, keys[i]);
+            else memset(keys[i], 0, sizeof keys[i]);
+        }
+        for (int64_t t = 0; t < ht; t++) {
+            __m512i r[16];
+            for (int64_t i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(keys[i] + 32 * t);  /* key i's 16 pairs */
+            transpose16(r);  /* r[p]: pair p of the 16 keys */
+            for (int64_t p = 0; p < 16; p++)
+                _mm512_storeu_si512(kp + ((j0 / 16) * ht + t) * TILE_BYTES + p * ROW_BYTES, r[p]);
+        }
     }
     __m512i interleave;  /* 16-bit element 2i from the first row, 2i + 1 from the second */
     uint16_t idx[32];
