@@ -238,8 +238,8 @@ def test_int4_on_tiles_gives_the_bfloat16_routes_values():
 def test_the_int4_tiles_route_is_refused_where_it_cannot_run(monkeypatch):
     from fastbark.backends.cpu.int4 import int4_routes
     assert ("amx" in int4_routes(amx=True)) == (tiles.amx_kernels() is not None)
-    assert set(int4_routes(amx=True, one_text=False)) == {"float32", "amx"} if tiles.amx_kernels() is not None else {
-        "float32"}  # prefills: oneDNN or the tiles, whose rows do not depend on their batch
+    assert set(int4_routes(amx=True, one_text=False)) == ({"float32", "amx"} if tiles.amx_kernels() is not None else {
+        "float32"})  # prefills: oneDNN or the tiles, whose rows do not depend on their batch
     monkeypatch.setattr(tiles, "amx_kernels", lambda: None)
     assert "amx" not in int4_routes(amx=True) and "amx" not in int4_routes(amx=True, one_text=False)
     for one_text in (True, False):

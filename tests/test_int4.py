@@ -125,7 +125,7 @@ def test_the_int4_fine_passes_take_the_route_measured_fastest(hub_dir, monkeypat
               if isinstance(m, Int4Linear)}
     assert fine == {fastest}
     prefill_routes = set(int4_routes(amx=True, one_text=False))
-    assert others == {fastest} if fastest in prefill_routes else others <= prefill_routes
+    assert (others == {fastest}) if fastest in prefill_routes else (others <= prefill_routes)
     measured = [m for m in tts.backend.measured if m.startswith("int4 prefill products ")]
     assert bool(measured) == (len(prefill_routes) > 1)  # timed only where there is a choice
     plain = fastbark.Bark.from_pretrained(hub_dir, quantize="int4", cpu_kernel="c")  # unmeasured: float32
